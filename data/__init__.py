@@ -1,0 +1,1 @@
+"""Streaming readers and writers: BEIR folders, JSONL and TSV corpora, TREC runs."""

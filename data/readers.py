@@ -1,0 +1,189 @@
+"""Streaming readers for corpora, queries and qrels.
+
+Corpus formats (picked from the path):
+
+- a BEIR folder (``corpus.jsonl``, ``queries.jsonl``, ``qrels/<split>.tsv``);
+- a ``.jsonl`` file, one object per line: ``_id`` (or ``id``/``docid``), optional
+  ``title``, ``text`` (or ``contents``), optional ``metadata`` object;
+- a ``.tsv`` file: ``id<TAB>text`` or ``id<TAB>title<TAB>text`` per line.
+
+Every problem is reported as one :class:`~genseek.errors.InputError` naming the
+file, the line and what was expected. Readers yield ``(line_number, Document)``
+so an import can resume after its last committed line.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import re
+from collections.abc import Iterator
+from pathlib import Path
+
+from genseek.errors import InputError
+from genseek.types import Document
+
+MAX_DOC_BYTES = 16 * 1024 * 1024
+"""Default cap on one document's UTF-8 size (title + text); larger ones are an error."""
+
+_BAD_ID = re.compile(r"[\s\x00-\x1f\x7f]")
+
+
+def check_id(value: object, path: str, line: int, field: str = "_id") -> str:
+    """A valid document or query id as a string, or an InputError saying why not."""
+    if isinstance(value, bool) or not isinstance(value, (str, int)):
+        raise InputError(f"field {field!r} must be a string or integer, got {type(value).__name__}",
+                         path=path, line=line)
+    text = str(value)
+    if not text:
+        raise InputError(f"field {field!r} is empty", path=path, line=line)
+    if len(text) > 512 or _BAD_ID.search(text):
+        raise InputError(f"field {field!r} = {text[:40]!r}: ids must be 1-512 characters "
+                         "without whitespace or control characters", path=path, line=line)
+    return text
+
+
+def corpus_file(path: Path) -> Path:
+    """The file holding the corpus at ``path`` (a BEIR folder, JSONL or TSV file)."""
+    path = Path(path)
+    if path.is_dir():
+        corpus = path / "corpus.jsonl"
+        if not corpus.is_file():
+            raise InputError("folder has no corpus.jsonl (expected a BEIR dataset folder)",
+                             path=str(path))
+        return corpus
+    if not path.exists():
+        raise InputError("no such file or folder", path=str(path))
+    if path.suffix not in (".jsonl", ".tsv", ".json"):
+        raise InputError("unknown corpus format: expected a BEIR folder, .jsonl or .tsv",
+                         path=str(path))
+    return path
+
+
+def _lines(path: Path, skip: int = 0) -> Iterator[tuple[int, str]]:
+    """Decoded lines with 1-based numbers, blank lines skipped; strict UTF-8."""
+    with open(path, "rb") as fh:
+        for number, raw in enumerate(fh, start=1):
+            if number <= skip:
+                continue
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError as exc:
+                raise InputError(f"invalid UTF-8 at byte {exc.start} of the line",
+                                 path=str(path), line=number) from None
+            if line.strip():
+                yield number, line.rstrip("\r\n")
+
+
+def _check_size(doc: Document, path: str, line: int, max_bytes: int) -> Document:
+    size = len(doc.title.encode("utf-8")) + len(doc.text.encode("utf-8"))
+    if size > max_bytes:
+        raise InputError(f"document {doc.doc_id!r} is {size:,} bytes, over the limit of "
+                         f"{max_bytes:,} (max_doc_bytes)", path=path, line=line)
+    return doc
+
+
+def _text_field(obj: dict, names: tuple[str, ...], path: str, line: int) -> str:
+    for name in names:
+        if name in obj and obj[name] is not None:
+            if not isinstance(obj[name], str):
+                raise InputError(f"field {name!r} must be a string, got "
+                                 f"{type(obj[name]).__name__}", path=path, line=line)
+            return obj[name]
+    return ""
+
+
+def parse_json_doc(text: str, path: str, line: int) -> Document:
+    """One corpus JSON object as a Document (no size check)."""
+    try:
+        obj = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise InputError(f"bad JSON at column {exc.colno}: {exc.msg}", path=path,
+                         line=line) from None
+    if not isinstance(obj, dict):
+        raise InputError(f"expected a JSON object, got {type(obj).__name__}", path=path, line=line)
+    for key in ("_id", "id", "docid"):
+        if key in obj:
+            doc_id = check_id(obj[key], path, line, key)
+            break
+    else:
+        raise InputError("missing field '_id' (the document id)", path=path, line=line)
+    metadata = obj.get("metadata") or {}
+    if not isinstance(metadata, dict):
+        raise InputError("field 'metadata' must be a JSON object", path=path, line=line)
+    return Document(doc_id, _text_field(obj, ("title",), path, line),
+                    _text_field(obj, ("text", "contents"), path, line), metadata)
+
+
+def read_corpus(path: Path, skip_lines: int = 0,
+                max_doc_bytes: int = MAX_DOC_BYTES) -> Iterator[tuple[int, Document]]:
+    """Stream ``(line_number, Document)`` from a corpus, after the first ``skip_lines`` lines."""
+    file = corpus_file(path)
+    name = str(file)
+    if file.suffix == ".tsv":
+        for number, line in _lines(file, skip_lines):
+            cols = line.split("\t")
+            if len(cols) not in (2, 3):
+                raise InputError(f"expected 2 or 3 tab-separated columns (id, [title,] text), "
+                                 f"got {len(cols)}", path=name, line=number)
+            doc_id = check_id(cols[0], name, number, "id")
+            title, text = (cols[1], cols[2]) if len(cols) == 3 else ("", cols[1])
+            yield number, _check_size(Document(doc_id, title, text), name, number, max_doc_bytes)
+        return
+    for number, line in _lines(file, skip_lines):
+        doc = parse_json_doc(line, name, number)
+        yield number, _check_size(doc, name, number, max_doc_bytes)
+
+
+def read_queries(path: Path) -> dict[str, str]:
+    """Queries from a BEIR ``queries.jsonl`` (or a folder holding one), or a TSV ``id<TAB>text``."""
+    path = Path(path)
+    file = path / "queries.jsonl" if path.is_dir() else path
+    if not file.is_file():
+        raise InputError("no such queries file", path=str(file))
+    queries: dict[str, str] = {}
+    for number, line in _lines(file):
+        if file.suffix == ".tsv":
+            qid, _, text = line.partition("\t")
+        else:
+            try:
+                obj = json.loads(line)
+            except json.JSONDecodeError as exc:
+                raise InputError(f"bad JSON at column {exc.colno}: {exc.msg}", path=str(file),
+                                 line=number) from None
+            if not isinstance(obj, dict) or "_id" not in obj:
+                raise InputError("expected an object with '_id' and 'text'", path=str(file),
+                                 line=number)
+            qid, text = obj["_id"], obj.get("text", "")
+        queries[check_id(qid, str(file), number)] = str(text)
+    return queries
+
+
+def read_qrels(path: Path, split: str = "test") -> dict[str, dict[str, int]]:
+    """Relevance judgements ``{query_id: {doc_id: grade}}`` from a BEIR folder or TSV file.
+
+    Accepts BEIR's ``query-id<TAB>corpus-id<TAB>score`` (header optional) and TREC's
+    ``qid 0 docid grade``.
+    """
+    path = Path(path)
+    file = path / "qrels" / f"{split}.tsv" if path.is_dir() else path
+    if not file.is_file():
+        raise InputError(f"no qrels for split {split!r}", path=str(file))
+    qrels: dict[str, dict[str, int]] = {}
+    with open(file, encoding="utf-8", newline="") as fh:
+        for number, row in enumerate(csv.reader(fh, delimiter="\t"), start=1):
+            if len(row) == 1:
+                row = row[0].split()
+            if not row or (number == 1 and row[0] == "query-id"):
+                continue
+            if len(row) == 4:
+                row = [row[0], row[2], row[3]]
+            if len(row) != 3:
+                raise InputError("expected query-id, corpus-id, score", path=str(file), line=number)
+            try:
+                grade = int(float(row[2]))
+            except ValueError:
+                raise InputError(f"score {row[2]!r} is not a number", path=str(file),
+                                 line=number) from None
+            qrels.setdefault(row[0], {})[row[1]] = grade
+    return qrels

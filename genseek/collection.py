@@ -1,0 +1,339 @@
+"""A collection: one folder holding a document store and any number of named indexes.
+
+Layout::
+
+    COLLECTION/
+      collection.json      manifest: format version and the index specs by name
+      docs.sqlite          document store + operation log (genseek.store)
+      indexes/NAME/        one folder per index, owned by its index type
+      collection.lock      held (flock) by the one process that has it open
+
+Write path: :meth:`Collection.write` commits a batch to the store (the
+acknowledgement point), then brings every index up to the store's sequence
+number. Opening a collection does the same catch-up, so a crash between the
+store's commit and an index's commit loses nothing.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from genseek.atomic import atomic_write_json
+from genseek.errors import GenseekError
+from genseek.protocols import Index, Retriever
+from genseek.registry import resolve
+from genseek.spec import IndexSpec, validate_name
+from genseek.store import DocStore, WriteResult
+from genseek.types import Document, Hit
+
+MANIFEST = "collection.json"
+FORMAT = "genseek-collection"
+FORMAT_VERSION = 1
+
+Progress = Callable[[str, int, int], None]
+"""``progress(index_name, applied_seq, target_seq)`` during catch-up."""
+
+
+@dataclass(frozen=True)
+class IngestReport:
+    """What :meth:`Collection.ingest` did."""
+
+    read: int  # records read from the source in this run
+    skipped_lines: int  # lines skipped because an earlier run had committed them
+    upserted: int
+    unchanged: int
+    empty_ids: tuple[str, ...]  # documents with neither title nor text (indexed anyway)
+    seq: int
+
+
+class Collection:
+    """Open with :meth:`open` or :meth:`create`; use as a context manager."""
+
+    def __init__(self, path: Path, manifest: dict[str, Any], lock_fd: int):
+        self.path = path
+        self.manifest = manifest
+        self._lock_fd = lock_fd
+        self.store = DocStore(path / "docs.sqlite")
+        self.indexes: dict[str, Index] = {}
+        try:
+            for name, spec in manifest["indexes"].items():
+                self.indexes[name] = self._open_index(name, IndexSpec.parse(spec))
+        except BaseException:
+            self.close()
+            raise
+
+    # -- opening ------------------------------------------------------------------------
+
+    @staticmethod
+    def _lock(path: Path) -> int:
+        fd = os.open(path / "collection.lock", os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            raise GenseekError(f"collection {path} is open in another process; "
+                               "try again when it has finished") from None
+        return fd
+
+    @staticmethod
+    def _check_dir(path: Path) -> Path:
+        path = Path(path)
+        if path.exists() and not path.is_dir():
+            raise GenseekError(f"{path} is a file, not a collection folder")
+        return path
+
+    @classmethod
+    def exists(cls, path: Path) -> bool:
+        return (Path(path) / MANIFEST).is_file()
+
+    @classmethod
+    def open(cls, path: Path, progress: Progress | None = None) -> Collection:
+        """Open an existing collection and bring every index up to date."""
+        path = cls._check_dir(path)
+        manifest_path = path / MANIFEST
+        if not manifest_path.is_file():
+            raise GenseekError(f"{path} is not a genseek collection (no {MANIFEST})")
+        try:
+            manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
+        except (OSError, ValueError) as exc:
+            raise GenseekError(f"{manifest_path}: unreadable manifest: {exc}") from None
+        if manifest.get("format") != FORMAT or not isinstance(manifest.get("indexes"), dict):
+            raise GenseekError(f"{manifest_path}: not a genseek collection manifest")
+        if manifest.get("version", 0) > FORMAT_VERSION:
+            raise GenseekError(f"{manifest_path}: format version {manifest['version']} is newer "
+                               f"than this genseek supports ({FORMAT_VERSION})")
+        collection = cls(path, manifest, cls._lock(path))
+        try:
+            collection.sync(progress)
+        except BaseException:
+            collection.close()
+            raise
+        return collection
+
+    @classmethod
+    def create(cls, path: Path, indexes: dict[str, str | IndexSpec] | None = None,
+               progress: Progress | None = None) -> Collection:
+        """Create a collection (the folder may exist but must be empty) with ``indexes``."""
+        path = cls._check_dir(path)
+        if (path / MANIFEST).exists():
+            raise GenseekError(f"{path} is already a collection")
+        if path.exists() and any(p.name != "collection.lock" for p in path.iterdir()):
+            raise GenseekError(f"{path} exists and is not empty; choose a new folder")
+        specs = {validate_name(n): str(IndexSpec.parse(str(s))) for n, s in (indexes or {}).items()}
+        for spec in specs.values():
+            resolve(IndexSpec.parse(spec))  # unknown types fail before anything is written
+        path.mkdir(parents=True, exist_ok=True)
+        fd = cls._lock(path)
+        manifest = {"format": FORMAT, "version": FORMAT_VERSION, "indexes": specs}
+        try:
+            atomic_write_json(path / MANIFEST, manifest)
+            collection = cls(path, manifest, fd)
+        except BaseException:
+            os.close(fd)
+            raise
+        try:
+            collection.sync(progress)
+        except BaseException:
+            collection.close()
+            raise
+        return collection
+
+    def _open_index(self, name: str, spec: IndexSpec) -> Index:
+        return resolve(spec).open(self.path / "indexes" / name, dict(spec.params))
+
+    def add_index(self, name: str, spec: str | IndexSpec, progress: Progress | None = None) -> Index:
+        """Add an index and build it from the stored documents."""
+        validate_name(name)
+        spec = spec if isinstance(spec, IndexSpec) else IndexSpec.parse(spec)
+        if name in self.indexes:
+            if str(spec) != self.manifest["indexes"][name]:
+                raise GenseekError(f"index {name!r} already exists with spec "
+                                   f"{self.manifest['indexes'][name]!r}, not {str(spec)!r}")
+            return self.indexes[name]
+        index = self._open_index(name, spec)
+        self.indexes[name] = index
+        self.manifest = {**self.manifest, "indexes": {**self.manifest["indexes"], name: str(spec)}}
+        atomic_write_json(self.path / MANIFEST, self.manifest)
+        self.sync(progress)
+        return index
+
+    def drop_index(self, name: str) -> None:
+        """Remove an index from the manifest and delete its folder."""
+        import shutil
+
+        index = self.index(name)
+        index.close()
+        del self.indexes[name]
+        self.manifest = {**self.manifest, "indexes": {
+            n: s for n, s in self.manifest["indexes"].items() if n != name}}
+        atomic_write_json(self.path / MANIFEST, self.manifest)
+        shutil.rmtree(self.path / "indexes" / name, ignore_errors=True)
+
+    # -- keeping indexes current ------------------------------------------------------------
+
+    def sync(self, progress: Progress | None = None, batch_ops: int = 1000) -> None:
+        """Apply every store operation each index has not applied yet."""
+        target = self.store.seq
+        for name, index in self.indexes.items():
+            seq = index.applied_seq
+            if seq > target:
+                raise GenseekError(f"index {name!r} is ahead of the document store "
+                                   f"({seq} > {target}): the collection folder was mixed up")
+            while seq < target:
+                changes = self.store.changes(seq, batch_ops)
+                index.apply(changes)
+                index.commit(changes.upto_seq)
+                seq = changes.upto_seq
+                if progress:
+                    progress(name, seq, target)
+
+    def write(self, upserts: Sequence[Document] = (), deletes: Iterable[str] = (),
+              meta: dict[str, str] | None = None) -> WriteResult:
+        """Commit a batch to the store, then apply it to every index.
+
+        The batch is acknowledged (durable) once the store has committed it; if the
+        process dies before the indexes have applied it, the next open replays it.
+        """
+        result = self.store.write(upserts, deletes, meta)
+        self.sync()
+        return result
+
+    def upsert(self, docs: Sequence[Document]) -> WriteResult:
+        return self.write(upserts=docs)
+
+    def delete(self, doc_ids: Iterable[str]) -> WriteResult:
+        return self.write(deletes=doc_ids)
+
+    def ingest(self, records: Iterator[tuple[int, Document]], source_key: str | None = None,
+               batch_size: int = 1000, on_batch: Callable[[int], None] | None = None,
+               skip_lines: int = 0) -> IngestReport:
+        """Write ``(line_number, Document)`` records in batches.
+
+        With ``source_key``, each batch also records the last line it committed under
+        that key, so an interrupted import resumes there (see :meth:`resume_point`).
+        """
+        read = upserted = unchanged = 0
+        empty: list[str] = []
+        batch: list[Document] = []
+        last_line = skip_lines
+        seq = self.store.seq
+
+        def flush() -> None:
+            nonlocal upserted, unchanged, seq
+            meta = {source_key: json.dumps({"line": last_line})} if source_key else None
+            result = self.write(upserts=batch, meta=meta)
+            upserted += result.upserted
+            unchanged += result.unchanged
+            seq = result.seq
+            if on_batch:
+                on_batch(len(batch))
+            batch.clear()
+
+        for line, doc in records:
+            read += 1
+            last_line = line
+            if not doc.title.strip() and not doc.text.strip():
+                empty.append(doc.doc_id)
+            batch.append(doc)
+            if len(batch) >= batch_size:
+                flush()
+        if batch or source_key:
+            flush()
+        return IngestReport(read, skip_lines, upserted, unchanged, tuple(empty), seq)
+
+    def resume_point(self, source_key: str) -> int:
+        """The last line an earlier import of ``source_key`` committed (0 if none)."""
+        raw = self.store.get_meta(source_key)
+        return int(json.loads(raw)["line"]) if raw else 0
+
+    # -- reading ----------------------------------------------------------------------------
+
+    def index(self, name: str) -> Index:
+        try:
+            return self.indexes[name]
+        except KeyError:
+            known = ", ".join(self.indexes) or "none"
+            raise GenseekError(f"no index named {name!r} in {self.path} (indexes: {known})") from None
+
+    def retriever(self, names: Sequence[str] | str | None = None, fusion: str = "rrf",
+                  **fusion_params: Any) -> Retriever:
+        """One index, or a fusion (``rrf`` or ``linear``) of several (all by default)."""
+        from genseek.retrievers.fusion import LinearFusion, RRFusion
+
+        if isinstance(names, str):
+            return self.index(names)
+        chosen = list(names) if names else list(self.indexes)
+        if not chosen:
+            raise GenseekError(f"collection {self.path} has no indexes")
+        stages = [self.index(n) for n in chosen]
+        if len(stages) == 1:
+            return stages[0]
+        if fusion == "rrf":
+            return RRFusion(stages, **fusion_params)
+        if fusion == "linear":
+            return LinearFusion(stages, **fusion_params)
+        raise GenseekError(f"unknown fusion {fusion!r}: use rrf or linear")
+
+    def search(self, queries: Sequence[str] | str, k: int = 10,
+               index: Sequence[str] | str | None = None, fusion: str = "rrf",
+               **fusion_params: Any) -> list[list[Hit]] | list[Hit]:
+        """Search one query (returns hits) or a batch (returns one list per query)."""
+        single = isinstance(queries, str)
+        batch = [queries] if single else list(queries)
+        results = self.retriever(index, fusion, **fusion_params).search(batch, k)
+        return results[0] if single else results
+
+    def get(self, doc_ids: Sequence[str]) -> dict[str, Document]:
+        return self.store.get(doc_ids)
+
+    def __len__(self) -> int:
+        return len(self.store)
+
+    def stats(self) -> dict[str, Any]:
+        from genseek.protocols import dir_bytes
+
+        try:
+            import psutil
+
+            rss = psutil.Process().memory_info().rss
+        except ImportError:  # pragma: no cover
+            rss = None
+        return {
+            "path": str(self.path),
+            "documents": len(self.store),
+            "seq": self.store.seq,
+            "disk_bytes": dir_bytes(self.path),
+            "store_bytes": sum(p.stat().st_size for p in self.path.glob("docs.sqlite*")),
+            "process_rss_bytes": rss,
+            "indexes": {name: {"spec": self.manifest["indexes"][name], **index.stats()}
+                        for name, index in self.indexes.items()},
+        }
+
+    # -- closing ----------------------------------------------------------------------------
+
+    def close(self) -> None:
+        errors = []
+        for index in self.indexes.values():
+            try:
+                index.close()
+            except Exception as exc:  # noqa: BLE001 - close the rest, then report
+                errors.append(exc)
+        self.indexes = {}
+        self.store.close()
+        if self._lock_fd is not None:
+            os.close(self._lock_fd)
+            self._lock_fd = None
+        if errors:
+            raise errors[0]
+
+    def __enter__(self) -> Collection:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

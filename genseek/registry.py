@@ -1,0 +1,40 @@
+"""Index types by name.
+
+Built-in types are listed here as import paths and imported on first use, so
+``genseek --help`` never starts a JVM or loads torch. Other packages add types
+through the ``genseek.indexes`` entry-point group (``name = "module:Class"``).
+"""
+
+from __future__ import annotations
+
+import importlib
+from importlib.metadata import entry_points
+
+from genseek.errors import GenseekError
+from genseek.protocols import IndexType
+from genseek.spec import IndexSpec
+
+BUILTIN_TYPES: dict[str, str] = {
+    "bm25": "genseek.indexers.bm25:BM25Index",
+    "dense": "genseek.indexers.dense:DenseIndex",
+}
+
+
+def available_types() -> dict[str, str]:
+    """Every known index type name and its ``module:Class`` path."""
+    types = dict(BUILTIN_TYPES)
+    for ep in entry_points(group="genseek.indexes"):
+        types.setdefault(ep.name, ep.value)
+    return types
+
+
+def resolve(spec: IndexSpec) -> IndexType:
+    """The class implementing ``spec.type``; a clear error for unknown types."""
+    types = available_types()
+    target = types.get(spec.type)
+    if target is None:
+        raise GenseekError(
+            f"unknown index type {spec.type!r}; known types: {', '.join(sorted(types))}"
+        )
+    module, _, attr = target.partition(":")
+    return getattr(importlib.import_module(module), attr)

@@ -1,0 +1,283 @@
+"""``dense``: faiss over a text encoder, with vectors stored so nothing is encoded twice.
+
+Layout of the index folder::
+
+    vectors.sqlite   label INTEGER PRIMARY KEY, doc_id, vec BLOB (float32) + meta(seq, dim, model)
+    ann.faiss        the faiss structure, a cache of vectors.sqlite at ann.json's seq
+    ann.json         {"seq": ..., "factory": ..., "trained": ...}
+
+A vector's label is the document version (the store's sequence number), so a
+replaced version is removed by label and a replay after a crash is a no-op.
+``vectors.sqlite`` is the source of truth and is committed atomically with the
+applied sequence number; the faiss file is rewritten at most every
+``save_every`` seconds and on close, and is rebuilt from the stored vectors
+(never re-encoded) whenever it is missing, stale or unreadable.
+
+Spec parameters: ``model`` (all-MiniLM-L6-v2), ``factory`` (faiss index_factory
+string, ``Flat``), ``metric`` (ip | l2), ``batch_size`` (32), ``max_length``
+(the model's), ``nprobe``, ``ef_search``, ``train_min`` (vectors needed before an
+index that must be trained is trained; exact search until then, 1000),
+``rebuild_dead`` (fraction of deleted-but-unremovable vectors that triggers a
+rebuild, 0.2), ``save_every`` (seconds, 300).
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import threading
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import faiss
+import numpy as np
+
+from genseek.atomic import atomic_write, atomic_write_json
+from genseek.encoders import DEFAULT_MODEL, TextEncoder, shared_encoder
+from genseek.errors import GenseekError
+from genseek.protocols import dir_bytes
+from genseek.types import ChangeSet, Hit
+
+_PARAMS: dict[str, Any] = {
+    "model": DEFAULT_MODEL, "factory": "Flat", "metric": "ip", "batch_size": 32,
+    "max_length": None, "nprobe": None, "ef_search": None, "train_min": 1000,
+    "rebuild_dead": 0.2, "save_every": 300,
+}
+
+
+class DenseIndex:
+    """A faiss index over stored vectors. See the module docstring for the spec."""
+
+    def __init__(self, path: Path, params: dict[str, Any], encoder: TextEncoder | None = None):
+        unknown = set(params) - set(_PARAMS)
+        if unknown:
+            raise GenseekError(
+                f"dense: unknown parameter(s) {', '.join(sorted(unknown))}; known: {', '.join(_PARAMS)}"
+            )
+        self.params = {**_PARAMS, **params}
+        if self.params["metric"] not in ("ip", "l2"):
+            raise GenseekError(f"dense: metric must be ip or l2, not {self.params['metric']!r}")
+        self.path = Path(path)
+        self.path.mkdir(parents=True, exist_ok=True)
+        self.encoder = encoder or shared_encoder(str(self.params["model"]), self.params["max_length"])
+        self.dim = self.encoder.dim
+        self._db = sqlite3.connect(self.path / "vectors.sqlite", isolation_level=None,
+                                   check_same_thread=False)
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute("PRAGMA synchronous=FULL")
+        self._db.execute("CREATE TABLE IF NOT EXISTS vectors (label INTEGER PRIMARY KEY,"
+                         " doc_id TEXT NOT NULL, vec BLOB NOT NULL)")
+        self._db.execute("CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT)")
+        self._check_meta()
+        self._lock = threading.RLock()
+        self._in_tx = False
+        self._labels: dict[int, str] = dict(self._db.execute("SELECT label, doc_id FROM vectors"))
+        self._applied = int(self._meta("seq") or 0)
+        self._dead = 0
+        self._fallback = False
+        self._saved_seq = -1
+        self._last_save = time.monotonic()
+        self._index = self._load_or_rebuild()
+
+    @classmethod
+    def open(cls, path: Path, params: dict[str, Any]) -> DenseIndex:
+        return cls(path, params)
+
+    # -- metadata -----------------------------------------------------------------------
+
+    def _meta(self, key: str) -> str | None:
+        row = self._db.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
+        return row[0] if row else None
+
+    def _check_meta(self) -> None:
+        stored_dim, stored_model = self._meta("dim"), self._meta("model")
+        if stored_dim is None:
+            self._db.execute("INSERT OR REPLACE INTO meta VALUES ('dim', ?), ('model', ?)",
+                             (str(self.dim), str(self.params["model"])))
+        elif int(stored_dim) != self.dim:
+            raise GenseekError(
+                f"dense index at {self.path} holds {stored_dim}-d vectors from model "
+                f"{stored_model!r}; model {self.params['model']!r} makes {self.dim}-d vectors"
+            )
+
+    @property
+    def applied_seq(self) -> int:
+        return self._applied
+
+    # -- the faiss structure --------------------------------------------------------------
+
+    def _metric(self) -> int:
+        return faiss.METRIC_INNER_PRODUCT if self.params["metric"] == "ip" else faiss.METRIC_L2
+
+    def _new_index(self, vectors: np.ndarray) -> faiss.Index:
+        """An ID-mapped index for ``vectors`` (trained on them when it must be).
+
+        Sets ``self._fallback`` when the factory needs more training vectors than
+        there are: the index is then an exact Flat one until ``train_min`` is reached.
+        """
+        try:
+            index = faiss.index_factory(self.dim, f"IDMap2,{self.params['factory']}", self._metric())
+        except RuntimeError as exc:
+            raise GenseekError(f"dense: bad faiss factory string {self.params['factory']!r}: "
+                               f"{str(exc).splitlines()[-1][:200]}") from None
+        self._fallback = False
+        if not index.is_trained:
+            if len(vectors) < int(self.params["train_min"]):
+                self._fallback = True
+                return faiss.IndexIDMap2(faiss.IndexFlat(self.dim, self._metric()))
+            index.train(vectors)
+        self._apply_search_params(index)
+        return index
+
+    def _all_vectors(self) -> tuple[np.ndarray, np.ndarray]:
+        rows = self._db.execute("SELECT label, vec FROM vectors ORDER BY label").fetchall()
+        labels = np.fromiter((r[0] for r in rows), dtype=np.int64, count=len(rows))
+        vecs = np.frombuffer(b"".join(r[1] for r in rows), dtype=np.float32).reshape(-1, self.dim)
+        return labels, vecs
+
+    def _rebuild(self) -> faiss.Index:
+        labels, vecs = self._all_vectors()
+        index = self._new_index(vecs)
+        if len(labels):
+            index.add_with_ids(vecs, labels)
+        self._dead = 0
+        return index
+
+    def _load_or_rebuild(self) -> faiss.Index:
+        info_path, ann_path = self.path / "ann.json", self.path / "ann.faiss"
+        try:
+            info = json.loads(info_path.read_text())
+            if (info.get("seq") == self._applied and info.get("factory") == self.params["factory"]
+                    and info.get("ntotal") == len(self._labels)):
+                index = faiss.read_index(str(ann_path))
+                if index.d == self.dim and index.ntotal == len(self._labels):
+                    self._fallback = bool(info.get("fallback"))
+                    self._saved_seq = self._applied
+                    self._apply_search_params(index)
+                    return index
+        except (OSError, ValueError, RuntimeError):
+            pass  # missing, stale or unreadable cache: rebuild from the stored vectors
+        return self._rebuild()
+
+    def _apply_search_params(self, index: faiss.Index) -> None:
+        ps = faiss.ParameterSpace()
+        for name, faiss_name in (("nprobe", "nprobe"), ("ef_search", "efSearch")):
+            if self.params[name] is not None:
+                try:
+                    ps.set_index_parameter(index, faiss_name, self.params[name])
+                except RuntimeError:
+                    pass  # the exact fallback index has no such parameter
+
+    def _save(self) -> None:
+        with self._lock:
+            index, seq, ntotal = self._index, self._applied, self._index.ntotal
+            if self._dead or seq == self._saved_seq:
+                return  # unchanged, or holds dead vectors: the file must mirror the store
+            atomic_write(self.path / "ann.faiss", lambda tmp: faiss.write_index(index, tmp))
+            atomic_write_json(self.path / "ann.json", {
+                "seq": seq, "factory": self.params["factory"], "ntotal": ntotal,
+                "fallback": self._fallback})
+            self._saved_seq = seq
+            self._last_save = time.monotonic()
+
+    # -- writes ---------------------------------------------------------------------------
+
+    def _begin(self) -> None:
+        if not self._in_tx:
+            self._db.execute("BEGIN IMMEDIATE")
+            self._in_tx = True
+
+    def apply(self, changes: ChangeSet) -> None:
+        gone = [v for _, v in changes.removed if v in self._labels]
+        new_docs = [d for d in changes.upserts if d.version not in self._labels]
+        if not gone and not new_docs:
+            return
+        vecs = self.encoder.encode([d.contents for d in new_docs], int(self.params["batch_size"]))
+        self._begin()
+        if gone:
+            self._db.executemany("DELETE FROM vectors WHERE label = ?", [(v,) for v in gone])
+        if new_docs:
+            self._db.executemany(
+                "INSERT OR REPLACE INTO vectors(label, doc_id, vec) VALUES (?, ?, ?)",
+                [(d.version, d.doc_id, vecs[i].tobytes()) for i, d in enumerate(new_docs)],
+            )
+        with self._lock:
+            if gone:
+                ids = np.asarray(gone, dtype=np.int64)
+                try:
+                    removed = self._index.remove_ids(ids)
+                except RuntimeError:  # e.g. HNSW: keep the vectors, filter them at search
+                    removed = 0
+                self._dead += len(gone) - int(removed)
+                for v in gone:
+                    del self._labels[v]
+            if new_docs:
+                self._index.add_with_ids(vecs, np.asarray([d.version for d in new_docs],
+                                                          dtype=np.int64))
+                for d in new_docs:
+                    self._labels[d.version] = d.doc_id
+
+    def commit(self, seq: int) -> None:
+        self._begin()
+        self._db.execute("INSERT OR REPLACE INTO meta VALUES ('seq', ?)", (str(seq),))
+        self._db.execute("COMMIT")
+        self._in_tx = False
+        self._applied = seq
+        with self._lock:
+            n = len(self._labels)
+            if (self._dead > float(self.params["rebuild_dead"]) * max(n, 1)
+                    or (self._fallback and n >= int(self.params["train_min"]))):
+                self._index = self._rebuild()
+        if time.monotonic() - self._last_save > float(self.params["save_every"]):
+            self._save()
+
+    # -- reads ----------------------------------------------------------------------------
+
+    def encode_queries(self, queries: Sequence[str]) -> np.ndarray:
+        """Query vectors, shape ``[len(queries), dim]``."""
+        return self.encoder.encode(list(queries), int(self.params["batch_size"]))
+
+    def search(self, queries: Sequence[str], k: int) -> list[list[Hit]]:
+        if k <= 0 or not queries:
+            return [[] for _ in queries]
+        return self.search_vectors(self.encode_queries(queries), k)
+
+    def search_vectors(self, vectors: np.ndarray, k: int) -> list[list[Hit]]:
+        """Search with query vectors of shape ``[n, dim]``."""
+        with self._lock:
+            index, labels, dead = self._index, self._labels, self._dead
+            fetch = min(index.ntotal, k + dead)
+            if fetch == 0:
+                return [[] for _ in range(len(vectors))]
+            scores, ids = index.search(np.ascontiguousarray(vectors, dtype=np.float32), fetch)
+            sign = -1.0 if self.params["metric"] == "l2" else 1.0
+            out = []
+            for row_s, row_i in zip(scores, ids, strict=True):
+                hits = [Hit(labels[int(i)], sign * float(s))
+                        for s, i in zip(row_s, row_i, strict=True) if int(i) in labels]
+                out.append(hits[:k])
+            return out
+
+    def stats(self) -> dict[str, Any]:
+        with self._lock:
+            memory = int(faiss.serialize_index(self._index).nbytes)
+            return {
+                "type": "dense",
+                "documents": len(self._labels),
+                "applied_seq": self._applied,
+                "disk_bytes": dir_bytes(self.path),
+                "memory_bytes": memory,
+                "vectors": int(self._index.ntotal),
+                "dim": self.dim,
+                "exact_fallback": self._fallback,
+                "params": {k: v for k, v in self.params.items() if v is not None},
+            }
+
+    def close(self) -> None:
+        if self._in_tx:
+            self._db.execute("ROLLBACK")
+            self._in_tx = False
+        self._save()
+        self._db.close()

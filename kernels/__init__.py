@@ -1,0 +1,1 @@
+"""Pure numeric functions: no I/O, no state. Fusion arithmetic lives here."""
