@@ -58,8 +58,7 @@ class TextEncoder:
         if max_length is not None:
             self._model.max_seq_length = int(max_length)
         self.normalize = normalize
-        get_dim = getattr(self._model, "get_embedding_dimension", None) or getattr(
-            self._model, "get_sentence_embedding_dimension")
+        get_dim = getattr(self._model, "get_embedding_dimension", None) or self._model.get_sentence_embedding_dimension
         dim = get_dim()
         if dim is None:
             dim = int(self._model.encode(["x"]).shape[1])

@@ -24,9 +24,9 @@ from pathlib import Path
 from typing import Any
 
 from genseek.errors import GenseekError
+from genseek.indexers.jvm import autoclass, java_exception
 from genseek.protocols import dir_bytes
 from genseek.types import ChangeSet, Hit
-from genseek.indexers.jvm import autoclass, java_exception
 
 _SEQ_KEY = "genseek.seq"
 _PARAMS = {"k1": 0.9, "b": 0.4, "expunge_deletes": True, "ram_buffer_mb": 256, "threads": 2}

@@ -23,6 +23,7 @@ rebuild, 0.2), ``save_every`` (seconds, 300).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import sqlite3
 import threading
@@ -165,10 +166,9 @@ class DenseIndex:
         ps = faiss.ParameterSpace()
         for name, faiss_name in (("nprobe", "nprobe"), ("ef_search", "efSearch")):
             if self.params[name] is not None:
-                try:
+                # The exact fallback index has no such parameter: ignore it there.
+                with contextlib.suppress(RuntimeError):
                     ps.set_index_parameter(index, faiss_name, self.params[name])
-                except RuntimeError:
-                    pass  # the exact fallback index has no such parameter
 
     def _save(self) -> None:
         with self._lock:
