@@ -145,13 +145,31 @@ def cmd_index(args: argparse.Namespace) -> int:
         except BaseException:
             collection.close()
             raise
+        created = False
     else:
         specs = dict(named) if named else {n: n for n in DEFAULT_INDEXES}
         if len(specs) != len(named or specs):
             raise GenseekError("two --index options give the same name")
+        from genseek.data.readers import corpus_file
+
+        corpus_file(Path(args.source))  # a missing source fails before anything is created
         collection = Collection.create(path, specs)
-    with collection:
-        _print_ingest(_ingest(collection, Path(args.source), args), args.json)
+        created = True
+    try:
+        summary = _ingest(collection, Path(args.source), args)
+    except GenseekError:
+        nothing_written = created and collection.store.seq == 0
+        collection.close()
+        if nothing_written:  # the first batch failed: leave no empty collection behind
+            import shutil
+
+            shutil.rmtree(path, ignore_errors=True)
+        raise
+    except BaseException:
+        collection.close()
+        raise
+    collection.close()
+    _print_ingest(summary, args.json)
     return 0
 
 

@@ -58,10 +58,11 @@ class Collection:
     def __init__(self, path: Path, manifest: dict[str, Any], lock_fd: int):
         self.path = path
         self.manifest = manifest
-        self._lock_fd = lock_fd
-        self.store = DocStore(path / "docs.sqlite")
+        self._lock_fd: int | None = lock_fd
         self.indexes: dict[str, Index] = {}
+        self.store: DocStore | None = None
         try:
+            self.store = DocStore(path / "docs.sqlite")
             for name, spec in manifest["indexes"].items():
                 self.indexes[name] = self._open_index(name, IndexSpec.parse(spec))
         except BaseException:
@@ -128,21 +129,38 @@ class Collection:
         specs = {validate_name(n): str(IndexSpec.parse(str(s))) for n, s in (indexes or {}).items()}
         for spec in specs.values():
             resolve(IndexSpec.parse(spec))  # unknown types fail before anything is written
+        created = not path.exists()
         path.mkdir(parents=True, exist_ok=True)
         fd = cls._lock(path)
         manifest = {"format": FORMAT, "version": FORMAT_VERSION, "indexes": specs}
         try:
-            atomic_write_json(path / MANIFEST, manifest)
+            # Opening the indexes validates their parameters; the manifest is written
+            # last, so a bad spec leaves no collection behind.
             collection = cls(path, manifest, fd)
-        except BaseException:
-            os.close(fd)
+        except BaseException:  # __init__ has closed what it opened, the lock included
+            cls._remove_partial(path, created)
             raise
         try:
+            atomic_write_json(path / MANIFEST, manifest)
             collection.sync(progress)
         except BaseException:
             collection.close()
+            cls._remove_partial(path, created)
             raise
         return collection
+
+    @staticmethod
+    def _remove_partial(path: Path, created: bool) -> None:
+        import shutil
+
+        if created:
+            shutil.rmtree(path, ignore_errors=True)
+            return
+        for child in path.iterdir():
+            if child.is_dir():
+                shutil.rmtree(child, ignore_errors=True)
+            else:
+                child.unlink(missing_ok=True)
 
     def _open_index(self, name: str, spec: IndexSpec) -> Index:
         return resolve(spec).open(self.path / "indexes" / name, dict(spec.params))
@@ -325,7 +343,8 @@ class Collection:
             except Exception as exc:  # noqa: BLE001 - close the rest, then report
                 errors.append(exc)
         self.indexes = {}
-        self.store.close()
+        if self.store is not None:
+            self.store.close()
         if self._lock_fd is not None:
             os.close(self._lock_fd)
             self._lock_fd = None

@@ -122,7 +122,7 @@ class DenseIndex:
             index = faiss.index_factory(self.dim, f"IDMap2,{self.params['factory']}", self._metric())
         except RuntimeError as exc:
             raise GenseekError(f"dense: bad faiss factory string {self.params['factory']!r}: "
-                               f"{str(exc).splitlines()[-1][:200]}") from None
+                               f"{str(exc).split(': ')[-1].strip()[:200]}") from None
         self._fallback = False
         if not index.is_trained:
             if len(vectors) < int(self.params["train_min"]):
@@ -277,7 +277,10 @@ class DenseIndex:
 
     def close(self) -> None:
         if self._in_tx:
+            # Applied but not committed (an error interrupted a sync): drop it, and do not
+            # save the in-memory faiss index, which may hold the uncommitted changes.
             self._db.execute("ROLLBACK")
             self._in_tx = False
-        self._save()
+        else:
+            self._save()
         self._db.close()
