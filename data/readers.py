@@ -144,7 +144,9 @@ def read_queries(path: Path) -> dict[str, str]:
     queries: dict[str, str] = {}
     for number, line in _lines(file):
         if file.suffix == ".tsv":
-            qid, _, text = line.partition("\t")
+            qid, tab, text = line.partition("\t")
+            if not tab:
+                raise InputError("expected id<TAB>query text", path=str(file), line=number)
         else:
             try:
                 obj = json.loads(line)
@@ -171,7 +173,7 @@ def read_qrels(path: Path, split: str = "test") -> dict[str, dict[str, int]]:
         raise InputError(f"no qrels for split {split!r}", path=str(file))
     qrels: dict[str, dict[str, int]] = {}
     with open(file, encoding="utf-8", newline="") as fh:
-        for number, row in enumerate(csv.reader(fh, delimiter="\t"), start=1):
+        for number, row in enumerate(csv.reader(fh, delimiter="\t", quoting=csv.QUOTE_NONE), start=1):
             if len(row) == 1:
                 row = row[0].split()
             if not row or (number == 1 and row[0] == "query-id"):

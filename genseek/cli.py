@@ -41,7 +41,9 @@ def _quiet_libraries() -> None:
 def _bar(total: int | None, desc: str, enabled: bool, unit: str = "doc"):
     from tqdm import tqdm
 
-    return tqdm(total=total, desc=desc, unit=unit, disable=not enabled, dynamic_ncols=True,
+    # disable=None: no bar when stderr is not a terminal (logs, pipes, captured output)
+    return tqdm(total=total, desc=desc, unit=unit, disable=None if enabled else True,
+                dynamic_ncols=True,
                 smoothing=0.1, file=sys.stderr)
 
 
@@ -97,7 +99,8 @@ def _ingest(collection, source: Path, args: argparse.Namespace) -> dict[str, Any
     bar = _bar(total, "indexing", not args.no_progress)
     bar.update(skip)
     if skip:
-        bar.write(f"resuming {file} after line {skip:,} (committed by an earlier run)")
+        bar.write(f"resuming {file} after line {skip:,} (committed by an earlier run)",
+                  file=sys.stderr)  # tqdm.write defaults to stdout, which --json owns
     start = time.perf_counter()
     try:
         records = read_corpus(file, skip_lines=skip, max_doc_bytes=args.max_doc_bytes)
@@ -182,8 +185,11 @@ def cmd_add(args: argparse.Namespace) -> int:
 def cmd_delete(args: argparse.Namespace) -> int:
     ids = list(args.ids)
     if args.ids_file:
-        ids += [line.strip() for line in Path(args.ids_file).read_text("utf-8").splitlines()
-                if line.strip()]
+        try:
+            text = Path(args.ids_file).read_text("utf-8")
+        except (OSError, UnicodeDecodeError) as exc:
+            raise GenseekError(f"{args.ids_file}: cannot read the ids file: {exc}") from None
+        ids += [line.strip() for line in text.splitlines() if line.strip()]
     if not ids:
         raise GenseekError("give document ids to delete (arguments or --ids-file)")
     with _open(args.collection, False) as collection:
@@ -388,6 +394,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 130
     except BrokenPipeError:
         return 0
+    except OSError as exc:  # the environment: a path that is a file, no permission, disk full
+        print(f"genseek: error: {exc}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

@@ -81,7 +81,7 @@ class IndexSpec:
 
 def validate_name(name: str, what: str = "index") -> str:
     """Return ``name`` if it is a safe identifier for a file-system entry, else raise."""
-    if not _NAME.match(name):
+    if not _NAME.fullmatch(name):
         raise GenseekError(
             f"bad {what} name {name!r}: use 1-64 letters, digits, '_' or '-', starting with a letter"
         )

@@ -29,6 +29,7 @@ from genseek.protocols import dir_bytes
 from genseek.types import ChangeSet, Hit
 
 _SEQ_KEY = "genseek.seq"
+_MAX_CLAUSES = 65536
 _PARAMS = {"k1": 0.9, "b": 0.4, "expunge_deletes": True, "ram_buffer_mb": 256, "threads": 2}
 
 
@@ -51,10 +52,15 @@ class BM25Index:
                 f"bm25: unknown parameter(s) {', '.join(sorted(unknown))}; known: {', '.join(_PARAMS)}"
             )
         self.params = {**_PARAMS, **params}
+        for key in ("k1", "b", "ram_buffer_mb", "threads"):  # fail here, not after a commit
+            if isinstance(self.params[key], bool) or not isinstance(self.params[key], (int, float)):
+                raise GenseekError(f"bm25: parameter {key} must be a number, "
+                                   f"not {self.params[key]!r}")
         self.path = Path(path)
         self.path.mkdir(parents=True, exist_ok=True)
         j = _Java()
         self._j = j
+        j.IndexSearcher.setMaxClauseCount(_MAX_CLAUSES)  # long queries (e.g. a whole passage)
         self._analyzer = j.DefaultEnglishAnalyzer.newDefaultInstance()
         policy = j.TieredMergePolicy()
         policy.setForceMergeDeletesPctAllowed(0.0)
@@ -187,7 +193,9 @@ class BM25Index:
             "documents": docs,
             "applied_seq": self._applied,
             "disk_bytes": dir_bytes(self.path),
-            "memory_bytes": int(self._writer.ramBytesUsed()),
+            # Lucene reads its files through mmap (the page cache); what it holds on the
+            # heap is the writer's buffer plus the JVM heap shared by all Lucene indexes.
+            "memory_bytes": int(self._writer.ramBytesUsed()) + _jvm_heap_used(self._j),
             "params": dict(self.params),
         }
 
@@ -198,6 +206,11 @@ class BM25Index:
             self._release(gen, retire=True)
         if self._writer.isOpen():
             self._writer.rollback()  # closes; drops anything applied but not committed
+
+
+def _jvm_heap_used(j: _Java) -> int:
+    runtime = j.Runtime.getRuntime()
+    return int(runtime.totalMemory() - runtime.freeMemory())
 
 
 class _Java:
@@ -216,6 +229,8 @@ class _Java:
         self.SegmentInfos = c("org.apache.lucene.index.SegmentInfos")
         self.Term = c("org.apache.lucene.index.Term")
         self.TermQuery = c("org.apache.lucene.search.TermQuery")
+        self.IndexSearcher = c("org.apache.lucene.search.IndexSearcher")
+        self.Runtime = c("java.lang.Runtime")
         self.BM25Similarity = c("org.apache.lucene.search.similarities.BM25Similarity")
         self.FSDirectory = c("org.apache.lucene.store.FSDirectory")
         self.Paths = c("java.nio.file.Paths")

@@ -10,8 +10,9 @@ A vector's label is the document version (the store's sequence number), so a
 replaced version is removed by label and a replay after a crash is a no-op.
 ``vectors.sqlite`` is the source of truth and is committed atomically with the
 applied sequence number; the faiss file is rewritten at most every
-``save_every`` seconds and on close, and is rebuilt from the stored vectors
-(never re-encoded) whenever it is missing, stale or unreadable.
+``save_every`` seconds and on close (with the count of removed vectors it still
+holds, filtered at search), and is rebuilt from the stored vectors (never
+re-encoded) whenever it is missing, stale or unreadable.
 
 Spec parameters: ``model`` (all-MiniLM-L6-v2), ``factory`` (faiss index_factory
 string, ``Flat``), ``metric`` (ip | l2), ``batch_size`` (32), ``max_length``
@@ -58,6 +59,11 @@ class DenseIndex:
                 f"dense: unknown parameter(s) {', '.join(sorted(unknown))}; known: {', '.join(_PARAMS)}"
             )
         self.params = {**_PARAMS, **params}
+        for key in ("batch_size", "max_length", "nprobe", "ef_search", "train_min",
+                    "rebuild_dead", "save_every"):  # fail here, not after a store commit
+            value = self.params[key]
+            if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float))):
+                raise GenseekError(f"dense: parameter {key} must be a number, not {value!r}")
         if self.params["metric"] not in ("ip", "l2"):
             raise GenseekError(f"dense: metric must be ip or l2, not {self.params['metric']!r}")
         self.path = Path(path)
@@ -78,6 +84,7 @@ class DenseIndex:
         self._applied = int(self._meta("seq") or 0)
         self._dead = 0
         self._fallback = False
+        self._train_failed_at = 0  # vectors at the last failed training attempt
         self._saved_seq = -1
         self._last_save = time.monotonic()
         self._index = self._load_or_rebuild()
@@ -125,10 +132,16 @@ class DenseIndex:
                                f"{str(exc).split(': ')[-1].strip()[:200]}") from None
         self._fallback = False
         if not index.is_trained:
-            if len(vectors) < int(self.params["train_min"]):
+            if len(vectors) >= max(int(self.params["train_min"]), 2 * self._train_failed_at):
+                # e.g. PQ8 needs >= 256 points: exact search until there are enough, and
+                # no new attempt until the vectors have doubled.
+                try:
+                    index.train(vectors)
+                except RuntimeError:
+                    self._train_failed_at = len(vectors)
+            if not index.is_trained:
                 self._fallback = True
                 return faiss.IndexIDMap2(faiss.IndexFlat(self.dim, self._metric()))
-            index.train(vectors)
         self._apply_search_params(index)
         return index
 
@@ -150,10 +163,12 @@ class DenseIndex:
         info_path, ann_path = self.path / "ann.json", self.path / "ann.faiss"
         try:
             info = json.loads(info_path.read_text())
+            dead = int(info.get("dead", 0))
             if (info.get("seq") == self._applied and info.get("factory") == self.params["factory"]
-                    and info.get("ntotal") == len(self._labels)):
+                    and info.get("ntotal") == len(self._labels) + dead):
                 index = faiss.read_index(str(ann_path))
-                if index.d == self.dim and index.ntotal == len(self._labels):
+                if index.d == self.dim and index.ntotal == len(self._labels) + dead:
+                    self._dead = dead  # removed labels still in the structure, filtered at search
                     self._fallback = bool(info.get("fallback"))
                     self._saved_seq = self._applied
                     self._apply_search_params(index)
@@ -173,12 +188,12 @@ class DenseIndex:
     def _save(self) -> None:
         with self._lock:
             index, seq, ntotal = self._index, self._applied, self._index.ntotal
-            if self._dead or seq == self._saved_seq:
-                return  # unchanged, or holds dead vectors: the file must mirror the store
+            if seq == self._saved_seq:
+                return
             atomic_write(self.path / "ann.faiss", lambda tmp: faiss.write_index(index, tmp))
             atomic_write_json(self.path / "ann.json", {
                 "seq": seq, "factory": self.params["factory"], "ntotal": ntotal,
-                "fallback": self._fallback})
+                "dead": self._dead, "fallback": self._fallback})
             self._saved_seq = seq
             self._last_save = time.monotonic()
 
@@ -206,10 +221,12 @@ class DenseIndex:
         with self._lock:
             if gone:
                 ids = np.asarray(gone, dtype=np.int64)
-                try:
+                # IDMap2's remove_ids is only right for flat-code sub-indexes: an IVF one
+                # keeps its internal ids, so the id map would shift and mislabel results.
+                # Others (IVF, HNSW): keep the vectors, filter them at search.
+                removed = 0
+                if isinstance(faiss.downcast_index(self._index.index), faiss.IndexFlatCodes):
                     removed = self._index.remove_ids(ids)
-                except RuntimeError:  # e.g. HNSW: keep the vectors, filter them at search
-                    removed = 0
                 self._dead += len(gone) - int(removed)
                 for v in gone:
                     del self._labels[v]
@@ -228,7 +245,8 @@ class DenseIndex:
         with self._lock:
             n = len(self._labels)
             if (self._dead > float(self.params["rebuild_dead"]) * max(n, 1)
-                    or (self._fallback and n >= int(self.params["train_min"]))):
+                    or (self._fallback
+                        and n >= max(int(self.params["train_min"]), 2 * self._train_failed_at))):
                 self._index = self._rebuild()
         if time.monotonic() - self._last_save > float(self.params["save_every"]):
             self._save()

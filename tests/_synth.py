@@ -1,0 +1,63 @@
+"""Deterministic synthetic corpora for the tests (no files from the datasets folder)."""
+
+from __future__ import annotations
+
+import json
+import random
+from collections.abc import Iterable
+from pathlib import Path
+
+from genseek.types import Document
+
+# Overlapping topical vocabulary, so BM25 scores vary and rankings are not trivial.
+TOPICS = {
+    "aero": "wing lift drag airflow pressure boundary layer turbulent laminar shock supersonic "
+            "nozzle thrust velocity mach flutter",
+    "bio": "cell protein gene expression mutation enzyme membrane receptor tissue tumor "
+           "immune antibody pathway signaling",
+    "lib": "library catalog indexing retrieval citation journal archive reader classification "
+           "thesaurus bibliographic abstract search",
+    "comp": "algorithm compiler memory cache processor parallel scheduling network protocol "
+            "database query storage kernel",
+    "phys": "energy particle field wave quantum electron photon magnetic thermal pressure "
+            "velocity spectrum radiation",
+}
+COMMON = "study result method analysis effect model system data measurement theory experiment"
+
+
+def unique_token(i: int, version: int = 0) -> str:
+    """A token that occurs in exactly one synthetic document version."""
+    return f"tok{i:04d}v{version}"
+
+
+def make_docs(n: int, seed: int = 0, start: int = 0, version: int = 0,
+              prefix: str = "d") -> list[Document]:
+    """``n`` short varied documents; doc ``i`` carries :func:`unique_token` ``(i, version)``."""
+    rng = random.Random(seed * 1_000_003 + start * 7919 + version)
+    topics = list(TOPICS)
+    common = COMMON.split()
+    docs = []
+    for i in range(start, start + n):
+        main, other = rng.sample(topics, 2)
+        words = TOPICS[main].split()
+        extra = TOPICS[other].split()
+        length = rng.randint(6, 30)
+        body = [rng.choice(words) if rng.random() < 0.7 else rng.choice(extra + common)
+                for _ in range(length)]
+        body.insert(rng.randint(0, len(body)), unique_token(i, version))
+        title = " ".join(rng.sample(words, 2)) if rng.random() < 0.6 else ""
+        docs.append(Document(f"{prefix}{i}", title, " ".join(body), {"topic": main}))
+    return docs
+
+
+def make_queries(n: int, seed: int = 1) -> list[str]:
+    rng = random.Random(seed)
+    vocab = sorted({w for text in TOPICS.values() for w in text.split()})
+    return [" ".join(rng.sample(vocab, rng.randint(2, 4))) for _ in range(n)]
+
+
+def write_jsonl(path: Path, docs: Iterable[Document]) -> Path:
+    with open(path, "w", encoding="utf-8") as fh:
+        for d in docs:
+            fh.write(json.dumps({"_id": d.doc_id, "title": d.title, "text": d.text}) + "\n")
+    return path

@@ -1,0 +1,44 @@
+"""Shared fixtures: the BEIR datasets folder (integration tests) and small synthetic corpora."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+
+
+def datasets_path() -> Path:
+    """``$GENSEEK_DATASETS``, else ``../shared/datasets`` relative to the repository root."""
+    env = os.environ.get("GENSEEK_DATASETS")
+    return Path(env) if env else REPO_ROOT.parent / "shared" / "datasets"
+
+
+@pytest.fixture(scope="session")
+def datasets_root() -> Path:
+    """The folder holding the BEIR datasets; the test is skipped when it is absent."""
+    root = datasets_path()
+    if not root.is_dir():
+        pytest.skip(f"datasets folder {root} not found (set GENSEEK_DATASETS)")
+    return root
+
+
+@pytest.fixture(scope="session")
+def beir_dataset(datasets_root):
+    """``beir_dataset(name)``: the folder of a complete BEIR dataset, else skip the test."""
+
+    def get(name: str) -> Path:
+        folder = datasets_root / name
+        needed = [folder / "corpus.jsonl", folder / "queries.jsonl",
+                  folder / "qrels" / "test.tsv"]
+        missing = [str(p) for p in needed if not p.is_file()]
+        if missing:
+            pytest.skip(f"dataset {name} is incomplete: missing {', '.join(missing)}")
+        return folder
+
+    return get
