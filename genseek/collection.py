@@ -18,7 +18,9 @@ from __future__ import annotations
 
 import fcntl
 import json
+import logging
 import os
+import threading
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,6 +33,8 @@ from genseek.registry import resolve
 from genseek.spec import IndexSpec, validate_name
 from genseek.store import DocStore, WriteResult
 from genseek.types import Document, Hit
+
+log = logging.getLogger("genseek.collection")
 
 MANIFEST = "collection.json"
 FORMAT = "genseek-collection"
@@ -61,6 +65,12 @@ class Collection:
         self._lock_fd: int | None = lock_fd
         self.indexes: dict[str, Index] = {}
         self.store: DocStore | None = None
+        self._sync_lock = threading.RLock()  # one catch-up at a time
+        self._synced = threading.Condition()  # notified after every catch-up
+        self._wake = threading.Event()
+        self._worker: threading.Thread | None = None
+        self._stopping = False
+        self.sync_error: str | None = None  # the background applier's last failure
         try:
             self.store = DocStore(path / "docs.sqlite")
             for name, spec in manifest["indexes"].items():
@@ -197,30 +207,83 @@ class Collection:
 
     def sync(self, progress: Progress | None = None, batch_ops: int = 1000) -> None:
         """Apply every store operation each index has not applied yet."""
-        target = self.store.seq
-        for name, index in self.indexes.items():
-            seq = index.applied_seq
-            if seq > target:
-                raise GenseekError(f"index {name!r} is ahead of the document store "
-                                   f"({seq} > {target}): the collection folder was mixed up")
-            while seq < target:
-                changes = self.store.changes(seq, batch_ops)
-                index.apply(changes)
-                index.commit(changes.upto_seq)
-                seq = changes.upto_seq
-                if progress:
-                    progress(name, seq, target)
+        with self._sync_lock:
+            target = self.store.seq
+            for name, index in self.indexes.items():
+                seq = index.applied_seq
+                if seq > target:
+                    raise GenseekError(f"index {name!r} is ahead of the document store "
+                                       f"({seq} > {target}): the collection folder was mixed up")
+                while seq < target:
+                    changes = self.store.changes(seq, batch_ops)
+                    index.apply(changes)
+                    index.commit(changes.upto_seq)
+                    seq = changes.upto_seq
+                    if progress:
+                        progress(name, seq, target)
+        with self._synced:
+            self._synced.notify_all()
+
+    @property
+    def applied_seq(self) -> int:
+        """The sequence number every index has reached (the store's, with no indexes)."""
+        seqs = [index.applied_seq for index in self.indexes.values()]
+        return min(seqs) if seqs else self.store.seq
 
     def write(self, upserts: Sequence[Document] = (), deletes: Iterable[str] = (),
-              meta: dict[str, str] | None = None) -> WriteResult:
+              meta: dict[str, str] | None = None, *, sync: bool = True) -> WriteResult:
         """Commit a batch to the store, then apply it to every index.
 
         The batch is acknowledged (durable) once the store has committed it; if the
         process dies before the indexes have applied it, the next open replays it.
+        With ``sync=False`` the indexes are left to the background applier (see
+        :meth:`start_background_sync`); :meth:`wait_for` waits for them.
         """
         result = self.store.write(upserts, deletes, meta)
-        self.sync()
+        if sync:
+            self.sync()
+        else:
+            self._wake.set()
         return result
+
+    def wait_for(self, seq: int, timeout: float | None = None) -> bool:
+        """Block until every index has applied ``seq``; False on timeout."""
+        if self._worker is None and self.applied_seq < seq:
+            self.sync()
+        with self._synced:
+            return self._synced.wait_for(lambda: self.applied_seq >= seq, timeout)
+
+    def start_background_sync(self, interval: float = 1.0) -> None:
+        """Apply store writes to the indexes in a background thread (``write(sync=False)``)."""
+        if self._worker is not None:
+            return
+        self._stopping = False
+        self._worker = threading.Thread(target=self._apply_loop, args=(interval,),
+                                        name=f"genseek-sync-{self.path.name}", daemon=True)
+        self._worker.start()
+
+    def _apply_loop(self, interval: float) -> None:
+        backoff = interval
+        while not self._stopping:
+            self._wake.wait(backoff)
+            self._wake.clear()
+            try:
+                self.sync()
+                self.sync_error, backoff = None, interval
+            except Exception as exc:  # noqa: BLE001 - keep serving; report through stats
+                self.sync_error = f"{type(exc).__name__}: {exc}"
+                log.error("collection %s: applying writes failed: %s", self.path, self.sync_error)
+                backoff = min(backoff * 2, 30.0)
+
+    def stop_background_sync(self) -> None:
+        """Stop the applier after it has applied every acknowledged write."""
+        worker, self._worker = self._worker, None
+        if worker is None:
+            return
+        self._stopping = True
+        self._wake.set()
+        worker.join()
+        self.sync()
 
     def upsert(self, docs: Sequence[Document]) -> WriteResult:
         return self.write(upserts=docs)
@@ -336,7 +399,11 @@ class Collection:
     # -- closing ----------------------------------------------------------------------------
 
     def close(self) -> None:
-        errors = []
+        errors: list[Exception] = []
+        try:
+            self.stop_background_sync()
+        except Exception as exc:  # noqa: BLE001 - still close everything
+            errors.append(exc)
         for index in self.indexes.values():
             try:
                 index.close()

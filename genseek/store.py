@@ -17,6 +17,7 @@ from __future__ import annotations
 import hashlib
 import json
 import sqlite3
+import threading
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -68,40 +69,77 @@ class WriteResult:
 
 
 class DocStore:
-    """SQLite document store. One writer at a time (SQLite's lock); readers never block."""
+    """SQLite document store, safe to share between threads.
+
+    Writes go through one connection under a lock (SQLite allows one writer);
+    each reading thread gets its own connection, and WAL mode lets readers run
+    while a write is in progress.
+    """
 
     def __init__(self, path: Path):
         self.path = Path(path)
-        # isolation_level=None: we issue BEGIN/COMMIT ourselves.
-        self._db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
-        self._db.execute("PRAGMA journal_mode=WAL")
-        # FULL: a committed (acknowledged) write survives power loss, not only kill -9.
-        self._db.execute("PRAGMA synchronous=FULL")
-        self._db.execute("PRAGMA busy_timeout=30000")
-        with self._tx():
+        self._lock = threading.Lock()
+        self._local = threading.local()
+        self._readers: list[sqlite3.Connection] = []
+        self._db = self._connect()
+        with self._tx() as db:
             for stmt in _SCHEMA.strip().split(";"):
                 if stmt.strip():
-                    self._db.execute(stmt)
-            self._db.execute(
+                    db.execute(stmt)
+            db.execute(
                 "INSERT OR IGNORE INTO meta(key, value) VALUES ('schema_version', ?)",
                 (str(SCHEMA_VERSION),),
             )
+
+    def _connect(self) -> sqlite3.Connection:
+        # isolation_level=None: we issue BEGIN/COMMIT ourselves.
+        db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+        db.execute("PRAGMA journal_mode=WAL")
+        # FULL: a committed (acknowledged) write survives power loss, not only kill -9.
+        db.execute("PRAGMA synchronous=FULL")
+        db.execute("PRAGMA busy_timeout=30000")
+        return db
+
+    def _reader(self) -> sqlite3.Connection:
+        """This thread's read connection."""
+        db = getattr(self._local, "db", None)
+        if db is None:
+            db = self._local.db = self._connect()
+            with self._lock:
+                self._readers.append(db)
+        return db
 
     # -- transactions ---------------------------------------------------------------
 
     @contextmanager
     def _tx(self, mode: str = "IMMEDIATE") -> Iterator[sqlite3.Connection]:
-        self._db.execute(f"BEGIN {mode}")
+        """A write transaction on the writer connection (held under the lock)."""
+        with self._lock:
+            self._db.execute(f"BEGIN {mode}")
+            try:
+                yield self._db
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+            else:
+                self._db.execute("COMMIT")
+
+    @contextmanager
+    def _snapshot(self) -> Iterator[sqlite3.Connection]:
+        """A read transaction: every query inside sees the same committed state."""
+        db = self._reader()
+        db.execute("BEGIN DEFERRED")
         try:
-            yield self._db
-        except BaseException:
-            self._db.execute("ROLLBACK")
-            raise
-        else:
-            self._db.execute("COMMIT")
+            yield db
+        finally:
+            db.execute("COMMIT")
 
     def close(self) -> None:
-        self._db.close()
+        with self._lock:
+            for db in self._readers:
+                db.close()
+            self._readers.clear()
+            self._db.close()
 
     # -- writes -----------------------------------------------------------------------
 
@@ -177,13 +215,13 @@ class DocStore:
     @property
     def seq(self) -> int:
         """The sequence number of the last committed operation (0 for an empty store)."""
-        return self._last_seq(self._db)
+        return self._last_seq(self._reader())
 
     def __len__(self) -> int:
-        return self._db.execute("SELECT COUNT(*) FROM docs").fetchone()[0]
+        return self._reader().execute("SELECT COUNT(*) FROM docs").fetchone()[0]
 
     def get_meta(self, key: str) -> str | None:
-        row = self._db.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
+        row = self._reader().execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
         return row[0] if row else None
 
     @staticmethod
@@ -198,7 +236,7 @@ class DocStore:
         for start in range(0, len(ids), 500):
             chunk = ids[start : start + 500]
             marks = ",".join("?" * len(chunk))
-            for row in self._db.execute(
+            for row in self._reader().execute(
                 f"SELECT doc_id, version, title, text, metadata FROM docs WHERE doc_id IN ({marks})",
                 chunk,
             ):
@@ -210,7 +248,7 @@ class DocStore:
         """All live documents in version order."""
         after = 0
         while True:
-            rows = self._db.execute(
+            rows = self._reader().execute(
                 "SELECT doc_id, version, title, text, metadata FROM docs"
                 " WHERE version > ? ORDER BY version LIMIT ?",
                 (after, batch_size),
@@ -228,7 +266,7 @@ class DocStore:
         once caught up, an index that applied every change set holds exactly the
         live documents.
         """
-        with self._tx("DEFERRED") as db:
+        with self._snapshot() as db:
             last = self._last_seq(db)
             upto = min(last, after_seq + max_ops)
             if upto <= after_seq:
