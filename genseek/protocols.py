@@ -46,6 +46,13 @@ class Index(Retriever, Protocol):
     def close(self) -> None: ...
 
 
+@runtime_checkable
+class Reranker(Protocol):
+    """Scores candidate texts for one query (higher is more relevant)."""
+
+    def score(self, query: str, texts: Sequence[str]) -> list[float]: ...
+
+
 class IndexType(Protocol):
     """What the registry holds: a class (or factory) with an ``open`` constructor."""
 

@@ -20,6 +20,28 @@ BUILTIN_TYPES: dict[str, str] = {
 }
 
 
+BUILTIN_RERANKERS: dict[str, str] = {
+    "biencoder": "genseek.rerankers.biencoder:BiEncoderReranker",
+}
+
+
+def _load(target: str):
+    module, _, attr = target.partition(":")
+    return getattr(importlib.import_module(module), attr)
+
+
+def load_reranker(spec: IndexSpec | str):
+    """A reranker from a spec such as ``biencoder`` or ``biencoder(model=/path)``."""
+    spec = spec if isinstance(spec, IndexSpec) else IndexSpec.parse(spec)
+    rerankers = dict(BUILTIN_RERANKERS)
+    for ep in entry_points(group="genseek.rerankers"):
+        rerankers.setdefault(ep.name, ep.value)
+    target = rerankers.get(spec.type)
+    if target is None:
+        raise GenseekError(f"unknown reranker {spec.type!r}; known: {', '.join(sorted(rerankers))}")
+    return _load(target).open(dict(spec.params))
+
+
 def available_types() -> dict[str, str]:
     """Every known index type name and its ``module:Class`` path."""
     types = dict(BUILTIN_TYPES)
@@ -36,5 +58,4 @@ def resolve(spec: IndexSpec) -> IndexType:
         raise GenseekError(
             f"unknown index type {spec.type!r}; known types: {', '.join(sorted(types))}"
         )
-    module, _, attr = target.partition(":")
-    return getattr(importlib.import_module(module), attr)
+    return _load(target)

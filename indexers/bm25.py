@@ -159,7 +159,10 @@ class BM25Index:
 
     # -- reads ------------------------------------------------------------------------
 
-    def search(self, queries: Sequence[str], k: int) -> list[list[Hit]]:
+    def search(self, queries: Sequence[str], k: int, **params: Any) -> list[list[Hit]]:
+        if params:
+            raise GenseekError(f"bm25: no per-request search parameters (got "
+                               f"{', '.join(sorted(params))}); k1 and b are set in the spec")
         if k <= 0 or not queries:
             return [[] for _ in queries]
         gen = self._acquire()

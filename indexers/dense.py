@@ -257,19 +257,40 @@ class DenseIndex:
         """Query vectors, shape ``[len(queries), dim]``."""
         return self.encoder.encode(list(queries), int(self.params["batch_size"]))
 
-    def search(self, queries: Sequence[str], k: int) -> list[list[Hit]]:
+    def search(self, queries: Sequence[str], k: int, **params: Any) -> list[list[Hit]]:
+        """Top-``k`` per query; ``nprobe`` / ``ef_search`` override the spec for this call."""
+        search_params = self._search_params(params)
         if k <= 0 or not queries:
             return [[] for _ in queries]
-        return self.search_vectors(self.encode_queries(queries), k)
+        return self.search_vectors(self.encode_queries(queries), k, search_params)
 
-    def search_vectors(self, vectors: np.ndarray, k: int) -> list[list[Hit]]:
+    def _search_params(self, params: dict[str, Any]) -> faiss.SearchParameters | None:
+        unknown = set(params) - {"nprobe", "ef_search"}
+        if unknown:
+            raise GenseekError(f"dense: unknown search parameter(s) {', '.join(sorted(unknown))};"
+                               " known: nprobe, ef_search")
+        for key, value in params.items():
+            if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= 65536:
+                raise GenseekError(f"dense: {key} must be an integer from 1 to 65536")
+        if not params or self._fallback:
+            return None
+        inner = faiss.downcast_index(self._index.index)
+        if "nprobe" in params and isinstance(inner, faiss.IndexIVF):
+            return faiss.SearchParametersIVF(nprobe=int(params["nprobe"]))
+        if "ef_search" in params and isinstance(inner, faiss.IndexHNSW):
+            return faiss.SearchParametersHNSW(efSearch=int(params["ef_search"]))
+        return None  # the parameter does not apply to this index (e.g. Flat): exact anyway
+
+    def search_vectors(self, vectors: np.ndarray, k: int,
+                       params: faiss.SearchParameters | None = None) -> list[list[Hit]]:
         """Search with query vectors of shape ``[n, dim]``."""
         with self._lock:
             index, labels, dead = self._index, self._labels, self._dead
             fetch = min(index.ntotal, k + dead)
             if fetch == 0:
                 return [[] for _ in range(len(vectors))]
-            scores, ids = index.search(np.ascontiguousarray(vectors, dtype=np.float32), fetch)
+            x = np.ascontiguousarray(vectors, dtype=np.float32)
+            scores, ids = index.search(x, fetch, params=params) if params else index.search(x, fetch)
             sign = -1.0 if self.params["metric"] == "l2" else 1.0
             out = []
             for row_s, row_i in zip(scores, ids, strict=True):

@@ -1,0 +1,193 @@
+"""Search pipelines as objects: retrieval stages, a fusion, an optional rerank, filters.
+
+One shape for everything: the Python API builds these objects, the HTTP API
+accepts their JSON form, and ``genseek.client`` sends them. A pipeline names
+indexes and rerankers by their names in the collection, so any index type or
+reranker added later is usable without changing this shape::
+
+    Pipeline(
+        retrieve=[Stage(index="bm25", k=100), Stage(index="dense", k=100)],
+        fusion=Fusion(method="rrf", k=60),
+        k=10,
+        fields=["title"],
+        filter={"year": [2020, 2021]},
+    )
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from genseek.errors import GenseekError
+from genseek.protocols import Reranker, Retriever
+from genseek.types import Document, Hit
+
+MAX_K = 1000
+"""Largest k a stage or a pipeline may ask for."""
+
+FilterValue = str | int | float | bool | list[str | int | float | bool]
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class Stage(_Model):
+    """Retrieve ``k`` candidates per query from one index."""
+
+    index: str = Field(min_length=1, max_length=64)
+    k: int = Field(100, ge=1, le=MAX_K)
+    params: dict[str, str | int | float | bool] = Field(default_factory=dict)
+
+
+class Fusion(_Model):
+    """How the stages' lists combine: ``rrf`` (with its ``k``) or ``linear``."""
+
+    method: Literal["rrf", "linear"] = "rrf"
+    k: float = Field(60.0, ge=0, le=1e6, description="the RRF constant")
+    weights: list[float] | None = Field(None, description="one weight per stage")
+    normalization: Literal["minmax", "zscore", "none"] = "minmax"
+
+
+class Rerank(_Model):
+    """Rerank the top ``depth`` fused candidates with a named reranker."""
+
+    reranker: str = Field(min_length=1, max_length=64)
+    depth: int = Field(100, ge=1, le=MAX_K)
+
+
+class Pipeline(_Model):
+    """A whole search request minus the queries."""
+
+    retrieve: list[Stage] = Field(min_length=1, max_length=16)
+    fusion: Fusion = Field(default_factory=Fusion)
+    rerank: Rerank | None = None
+    k: int = Field(10, ge=1, le=MAX_K)
+    fields: list[Literal["title", "text", "metadata"]] = Field(default_factory=list)
+    filter: dict[str, FilterValue] | None = Field(
+        None, description="metadata key -> value (equality) or list of values (any of)")
+
+    @model_validator(mode="after")
+    def _weights_match(self) -> Pipeline:
+        if self.fusion.weights is not None and len(self.fusion.weights) != len(self.retrieve):
+            raise ValueError(f"fusion.weights has {len(self.fusion.weights)} entries for "
+                             f"{len(self.retrieve)} retrieval stages")
+        return self
+
+    @classmethod
+    def default(cls, indexes: Sequence[str], k: int = 10) -> Pipeline:
+        """RRF over ``indexes``, each searched to depth 100."""
+        return cls(retrieve=[Stage(index=name) for name in indexes], k=k)
+
+
+def matches(metadata: dict[str, Any], where: dict[str, Any]) -> bool:
+    """Whether ``metadata`` satisfies every ``key: value`` (or ``key: [values]``) of ``where``."""
+    for key, wanted in where.items():
+        value = metadata.get(key)
+        options = wanted if isinstance(wanted, list) else [wanted]
+        if isinstance(value, list):
+            if not any(v in options for v in value):
+                return False
+        elif value not in options:
+            return False
+    return True
+
+
+def check_indexes(pipeline: Pipeline, available: Sequence[str]) -> None:
+    """Raise a GenseekError naming the first stage whose index does not exist."""
+    for stage in pipeline.retrieve:
+        if stage.index not in available:
+            raise GenseekError(f"no index named {stage.index!r} (indexes: "
+                               f"{', '.join(available) or 'none'})")
+
+
+@dataclass(frozen=True, slots=True)
+class Result:
+    """One pipeline result: a hit plus the stored fields the pipeline asked for."""
+
+    doc_id: str
+    score: float
+    title: str | None = None
+    text: str | None = None
+    metadata: dict[str, Any] | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"doc_id": self.doc_id, "score": self.score}
+        for name in ("title", "text", "metadata"):
+            value = getattr(self, name)
+            if value is not None:
+                out[name] = value
+        return out
+
+
+@dataclass(frozen=True)
+class _StageSearch:
+    """An index searched to a fixed depth with per-request parameters."""
+
+    index: Retriever
+    depth: int
+    params: dict[str, Any]
+
+    def search(self, queries: Sequence[str], k: int) -> list[list[Hit]]:
+        if self.params:
+            return self.index.search(queries, self.depth, **self.params)  # type: ignore[call-arg]
+        return self.index.search(queries, self.depth)
+
+
+def build_retriever(pipeline: Pipeline, indexes: Mapping[str, Retriever]) -> Retriever:
+    """The retrieval and fusion part of ``pipeline`` as one Retriever."""
+    from genseek.retrievers.fusion import LinearFusion, RRFusion
+
+    check_indexes(pipeline, list(indexes))
+    stages = [_StageSearch(indexes[s.index], s.k, dict(s.params)) for s in pipeline.retrieve]
+    if len(stages) == 1:
+        return stages[0]
+    f = pipeline.fusion
+    if f.method == "rrf":
+        return RRFusion(stages, rrf_k=f.k, depth=1, weights=f.weights)
+    return LinearFusion(stages, weights=f.weights, normalization=f.normalization, depth=1)
+
+
+def run_pipeline(pipeline: Pipeline, queries: Sequence[str], indexes: Mapping[str, Retriever],
+                 fetch: Callable[[Sequence[str]], Mapping[str, Document]],
+                 rerankers: Mapping[str, Reranker] | None = None) -> list[list[Result]]:
+    """Run ``pipeline`` for a batch of queries.
+
+    1. each stage searches its index to its own depth; 2. the lists are fused;
+    3. the metadata filter drops candidates (so a selective filter can leave fewer
+    than ``k``: raise the stages' ``k`` to search deeper); 4. the top ``depth``
+    candidates are reranked; 5. the top ``k`` get the requested stored fields.
+    ``fetch(ids)`` returns the live documents among ``ids`` (the collection's store).
+    """
+    if pipeline.rerank is not None and pipeline.rerank.reranker not in (rerankers or {}):
+        known = ", ".join(sorted(rerankers or {})) or "none"
+        raise GenseekError(f"no reranker named {pipeline.rerank.reranker!r} (rerankers: {known})")
+    fused = build_retriever(pipeline, indexes).search(queries, MAX_K)
+    need_docs = bool(pipeline.filter or pipeline.rerank or pipeline.fields)
+    out: list[list[Result]] = []
+    for query, hits in zip(queries, fused, strict=True):
+        docs = fetch([h.doc_id for h in hits]) if need_docs else {}
+        if pipeline.filter:
+            hits = [h for h in hits if h.doc_id in docs
+                    and matches(dict(docs[h.doc_id].metadata), pipeline.filter)]
+        if pipeline.rerank is not None:
+            head, tail = hits[:pipeline.rerank.depth], hits[pipeline.rerank.depth:]
+            scores = rerankers[pipeline.rerank.reranker].score(
+                query, [docs[h.doc_id].contents if h.doc_id in docs else "" for h in head])
+            order = sorted(range(len(head)), key=lambda i: (-scores[i], i))
+            hits = [Hit(head[i].doc_id, float(scores[i])) for i in order] + tail
+        results = []
+        for h in hits[:pipeline.k]:
+            doc = docs.get(h.doc_id)
+            want = set(pipeline.fields)
+            results.append(Result(
+                h.doc_id, h.score,
+                title=doc.title if doc and "title" in want else None,
+                text=doc.text if doc and "text" in want else None,
+                metadata=dict(doc.metadata) if doc and "metadata" in want else None))
+        out.append(results)
+    return out
