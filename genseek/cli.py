@@ -301,6 +301,75 @@ def cmd_stats(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_serve(args: argparse.Namespace) -> int:
+    import contextlib
+    import signal
+    import threading
+
+    import uvicorn
+
+    from genseek.api import logs
+    from genseek.api.app import create_app
+    from genseek.api.settings import Settings, is_loopback, load_api_keys_file
+
+    settings = Settings.from_env(root=Path(args.root), host=args.host, port=args.port,
+                                 cors_origins=tuple(args.cors_origin) if args.cors_origin else None)
+    if args.api_keys_file:
+        keys = {**settings.api_keys, **load_api_keys_file(args.api_keys_file)}
+        settings = settings.with_changes(api_keys=keys)
+    if not settings.api_keys:
+        if not is_loopback(settings.host):
+            raise GenseekError(f"refusing to listen on {settings.host}: no API key is configured "
+                               "(set GENSEEK_API_KEYS or --api-keys-file), so only a loopback "
+                               "address such as 127.0.0.1 is allowed")
+        print(f"genseek: no API key is configured: bound to loopback ({settings.host}) only, "
+              "and requests need no key", file=sys.stderr)
+    logs.configure()
+    # -Xrs: the JVM (started with the first bm25 index) leaves SIGTERM and SIGINT to us,
+    # so they shut the server down gracefully instead of exiting the process at once.
+    jvm_opts = os.environ.get("GENSEEK_JVM_OPTS", "-Xms256m -Xmx4g")
+    if "-Xrs" not in jvm_opts.split():
+        os.environ["GENSEEK_JVM_OPTS"] = f"{jvm_opts} -Xrs"
+
+    class Server(uvicorn.Server):
+        @contextlib.contextmanager
+        def capture_signals(self):  # graceful on SIGTERM/SIGINT, then a normal exit
+            if threading.current_thread() is not threading.main_thread():
+                yield
+                return
+
+            def handle(sig: int, frame: Any) -> None:
+                if self.should_exit and sig == signal.SIGINT:
+                    self.force_exit = True  # a second Ctrl-C
+                self.should_exit = True
+
+            previous = {sig: signal.signal(sig, handle) for sig in (signal.SIGINT, signal.SIGTERM)}
+            try:
+                yield
+            finally:
+                for sig, handler in previous.items():
+                    signal.signal(sig, handler)
+
+    server = Server(uvicorn.Config(
+        create_app(settings), host=settings.host, port=settings.port, log_config=None,
+        access_log=False, server_header=False, lifespan="on",
+        timeout_graceful_shutdown=int(settings.request_timeout_s) + 5))
+    print(f"genseek: serving {settings.root} on http://{settings.host}:{settings.port} "
+          "(docs at /docs; Ctrl-C or SIGTERM stops it gracefully)", file=sys.stderr)
+    try:
+        server.run()
+    except SystemExit:
+        if not server.started:
+            raise GenseekError(f"cannot serve on {settings.host}:{settings.port} "
+                               "(see the log line above)") from None
+        raise
+    if not server.started:
+        raise GenseekError(f"the server did not start on {settings.host}:{settings.port} "
+                           "(see the log lines above)")
+    print("genseek: shut down cleanly; every acknowledged write is applied", file=sys.stderr)
+    return 0
+
+
 # -- parser -----------------------------------------------------------------------------------
 
 
@@ -377,6 +446,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("collection")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_stats)
+
+    p = sub.add_parser("serve", help="serve a folder of collections over HTTP",
+                       description="Serve every collection under --root over HTTP (routes and "
+                       "docs at /docs). API keys come from GENSEEK_API_KEYS ('key1:read,"
+                       "key2:write') and/or --api-keys-file; without any, the server only "
+                       "binds to loopback. SIGTERM or Ctrl-C shuts it down gracefully.")
+    p.add_argument("--root", required=True, metavar="DIR",
+                   help="the folder holding the collections (created if missing)")
+    p.add_argument("--host", help="address to bind (default 127.0.0.1)")
+    p.add_argument("--port", type=int, help="port (default 8080)")
+    p.add_argument("--api-keys-file", metavar="F",
+                   help='JSON {"keys": [{"key": "...", "scopes": ["read"|"write"]}]}')
+    p.add_argument("--cors-origin", action="append", metavar="O",
+                   help="allow browser requests from this origin; repeatable (default: none)")
+    p.set_defaults(func=cmd_serve)
     return parser
 
 

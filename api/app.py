@@ -1,0 +1,449 @@
+"""The FastAPI app: :func:`create_app` builds one over a :class:`Settings`.
+
+Every route of the contract in :mod:`genseek.api` is here. Blocking work (the
+document store, Lucene, faiss, torch) runs in worker threads, so the event loop
+keeps accepting requests (and searches keep being served while a collection's
+background applier updates its indexes). Everything the app owns hangs off
+``app.state.genseek`` (:class:`ApiState`); nothing is global.
+"""
+
+import base64
+import logging
+import time
+from collections.abc import Callable
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from typing import Annotated, Any, TypeVar
+
+import anyio
+import anyio.to_thread
+import numpy as np
+from fastapi import FastAPI, Path, Request
+from fastapi.openapi.utils import get_openapi
+from starlette.middleware.cors import CORSMiddleware
+from starlette.responses import Response
+
+from genseek.api import errors, schemas
+from genseek.api.errors import JSON, ApiError, NotFound
+from genseek.api.manager import CollectionManager, ModelHub
+from genseek.api.metrics import CONTENT_TYPE, Metrics
+from genseek.api.middleware import (
+    PUBLIC_PATHS,
+    AuthMiddleware,
+    BodyLimitMiddleware,
+    ObserveMiddleware,
+    TimeoutMiddleware,
+)
+from genseek.api.schemas import NAME_PATTERN
+from genseek.api.settings import Settings
+from genseek.collection import Collection
+from genseek.errors import GenseekError
+from genseek.pipeline import Pipeline, Result, run_pipeline
+from genseek.types import Document
+
+log = logging.getLogger("genseek.api")
+
+T = TypeVar("T")
+
+CollectionName = Annotated[str, Path(pattern=NAME_PATTERN, min_length=1, max_length=64,
+                                     description="a collection name")]
+DocIdPath = Annotated[str, Path(min_length=1, max_length=schemas.MAX_ID_CHARS)]
+
+
+@dataclass
+class ApiState:
+    """What one app owns: ``app.state.genseek``."""
+
+    settings: Settings
+    manager: CollectionManager
+    models: ModelHub
+    metrics: Metrics
+    _wait_limiter: Any = field(default=None, repr=False)
+
+    @property
+    def wait_limiter(self) -> anyio.CapacityLimiter:
+        """Threads that only wait (``refresh``), apart from the search/write pool."""
+        if self._wait_limiter is None:
+            self._wait_limiter = anyio.CapacityLimiter(64)
+        return self._wait_limiter
+
+
+def _err(*codes: int) -> dict[int | str, dict[str, Any]]:
+    text = {400: "bad request", 401: "no or unknown API key", 403: "the key lacks the scope",
+            404: "not found", 409: "conflict", 413: "body too large",
+            422: "invalid request body or parameters", 503: "unavailable",
+            504: "over the request timeout"}
+    return {c: {"model": schemas.ErrorBody, "description": text[c]} for c in codes}
+
+
+_COMMON = (400, 401, 403, 413, 422, 504)
+
+
+def create_app(settings: Settings) -> FastAPI:
+    """The ASGI app serving the collections under ``settings.root``."""
+    manager = CollectionManager(settings.root, drain_timeout=settings.request_timeout_s)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI):
+        manager.reopen()
+        log.info("serving collections in %s", manager.root)
+        try:
+            yield
+        finally:
+            await anyio.to_thread.run_sync(manager.close)
+            log.info("closed every collection")
+
+    app = FastAPI(title="genseek", version=_version(),
+                  description="Search collections of bm25 and dense indexes: pipelines with "
+                  "fusion, filters and reranking; embeddings and reranking endpoints.",
+                  lifespan=lifespan, default_response_class=JSON)
+    st = ApiState(settings, manager, ModelHub(settings), Metrics(manager))
+    app.state.genseek = st
+    s = schemas.build(settings.max_batch_docs, settings.max_queries)
+    errors.install(app)
+
+    # Added innermost first: each add_middleware wraps what is already there.
+    app.add_middleware(BodyLimitMiddleware, limit=settings.max_body_bytes)
+    app.add_middleware(TimeoutMiddleware, timeout=settings.request_timeout_s)
+    app.add_middleware(AuthMiddleware, api_keys=settings.api_keys)
+    if settings.cors_origins:
+        app.add_middleware(CORSMiddleware, allow_origins=list(settings.cors_origins),
+                           allow_methods=["GET", "POST", "DELETE"],
+                           allow_headers=["Authorization", "X-API-Key", "Content-Type"],
+                           expose_headers=["X-Request-ID"], max_age=600)
+    app.add_middleware(ObserveMiddleware, routes=app.router.routes, metrics=st.metrics)
+
+    async def blocking(fn: Callable[[], T], limiter: anyio.CapacityLimiter | None = None) -> T:
+        # abandon_on_cancel: a request past its timeout answers 504 at once; the thread
+        # finishes on its own (holding its collection reference until then).
+        return await anyio.to_thread.run_sync(fn, abandon_on_cancel=True, limiter=limiter)
+
+    # -- service ------------------------------------------------------------------------
+
+    @app.get("/health", response_model=schemas.HealthOut, tags=["service"])
+    async def health() -> Response:
+        """The process is up."""
+        return JSON({"status": "ok"})
+
+    @app.get("/ready", response_model=schemas.ReadyOut, tags=["service"],
+             responses={503: {"model": schemas.ReadyOut, "description": "not caught up"}})
+    async def ready() -> Response:
+        """200 when every open collection's indexes have applied every write and no
+        background applier has failed; 503 otherwise."""
+        def work() -> dict[str, Any]:
+            out = {}
+            for name, coll in manager.open_collections():
+                out[name] = {"lag": _lag(coll), "sync_error": coll.sync_error}
+            return out
+
+        collections = await blocking(work)
+        ok = all(c["lag"] == 0 and not c["sync_error"] for c in collections.values())
+        return JSON({"status": "ready" if ok else "not_ready", "collections": collections},
+                    status_code=200 if ok else 503)
+
+    @app.get("/metrics", tags=["service"], response_class=Response,
+             responses={200: {"content": {"text/plain": {}}, "description": "Prometheus text"}})
+    async def metrics() -> Response:
+        """Prometheus metrics (text format)."""
+        body = await blocking(st.metrics.render)
+        return Response(body, media_type=CONTENT_TYPE)
+
+    # -- collections --------------------------------------------------------------------
+
+    @app.get("/collections", response_model=schemas.CollectionList, tags=["collections"],
+             responses=_err(401, 403, 504))
+    async def list_collections() -> Response:
+        """Every collection in the server's folder."""
+        return JSON({"collections": await blocking(manager.names)})
+
+    @app.post("/collections", status_code=201, response_model=schemas.CollectionStats,
+              tags=["collections"], responses=_err(*_COMMON, 409))
+    async def create_collection(body: schemas.CreateCollection) -> Response:
+        """Create a collection with the given indexes (default: bm25 and dense)."""
+        _check_specs(body.indexes, settings)
+
+        def work() -> dict[str, Any]:
+            manager.create(body.name, dict(body.indexes))
+            with manager.use(body.name) as coll:
+                return _stats(body.name, coll)
+
+        return JSON(await blocking(work), status_code=201)
+
+    @app.get("/collections/{name}", response_model=schemas.CollectionStats,
+             tags=["collections"], responses=_err(401, 403, 404, 422, 504))
+    async def collection_stats(name: CollectionName) -> Response:
+        """Documents, sequence numbers and per-index state (applied_seq, lag)."""
+        def work() -> dict[str, Any]:
+            with manager.use(name) as coll:
+                return _stats(name, coll)
+
+        return JSON(await blocking(work))
+
+    @app.delete("/collections/{name}", response_model=schemas.Dropped, tags=["collections"],
+                responses=_err(401, 403, 404, 409, 422, 504))
+    async def delete_collection(name: CollectionName) -> Response:
+        """Drop a collection and its folder (waits for the requests using it)."""
+        await blocking(lambda: manager.drop(name))
+        return JSON({"name": name, "dropped": True})
+
+    # -- documents ------------------------------------------------------------------------
+
+    async def _refresh(request: Request, name: str, seq: int, wait: bool) -> bool:
+        def check() -> bool:
+            with manager.use(name) as coll:
+                return coll.applied_seq >= seq
+
+        if not wait:
+            return await blocking(check)
+        deadline = request.scope.get("state", {}).get("deadline")
+        margin = min(1.0, settings.request_timeout_s * 0.1)
+        left = (deadline - anyio.current_time() - margin) if deadline is not None \
+            else settings.request_timeout_s - margin
+
+        def work() -> bool:
+            with manager.use(name) as coll:
+                return coll.wait_for(seq, timeout=max(0.0, left))
+
+        return await blocking(work, st.wait_limiter)
+
+    @app.post("/collections/{name}/documents", response_model=schemas.WriteOut,
+              tags=["documents"], responses=_err(*_COMMON, 404))
+    async def upsert_documents(name: CollectionName, body: s.UpsertRequest,  # type: ignore[name-defined]
+                               request: Request) -> Response:
+        """Add or replace documents. Acknowledged once the document store has committed
+        them; ``refresh: true`` also waits until every index has applied them."""
+        docs = [Document(d.id, d.title, d.text, d.metadata) for d in body.documents]
+
+        def work():
+            with manager.use(name) as coll:
+                return coll.write(docs, sync=False)
+
+        result = await blocking(work)
+        refreshed = await _refresh(request, name, result.seq, body.refresh)
+        return JSON({"seq": result.seq, "upserted": result.upserted,
+                     "unchanged": result.unchanged, "refreshed": refreshed})
+
+    @app.post("/collections/{name}/documents/delete", response_model=schemas.DeleteOut,
+              tags=["documents"], responses=_err(*_COMMON, 404))
+    async def delete_documents(name: CollectionName, body: s.DeleteRequest,  # type: ignore[name-defined]
+                               request: Request) -> Response:
+        """Delete documents by id (ids not in the collection count as ``missing``)."""
+        def work():
+            with manager.use(name) as coll:
+                return coll.write(deletes=list(body.ids), sync=False)
+
+        result = await blocking(work)
+        refreshed = await _refresh(request, name, result.seq, body.refresh)
+        return JSON({"seq": result.seq, "deleted": result.deleted, "missing": result.missing,
+                     "refreshed": refreshed})
+
+    @app.get("/collections/{name}/documents/{doc_id:path}", response_model=schemas.DocumentOut,
+             tags=["documents"], responses=_err(401, 403, 404, 422, 504))
+    async def get_document(name: CollectionName, doc_id: DocIdPath) -> Response:
+        """The stored document (404 if absent)."""
+        def work() -> Document | None:
+            with manager.use(name) as coll:
+                return coll.get([doc_id]).get(doc_id)
+
+        doc = await blocking(work)
+        if doc is None:
+            raise NotFound(f"no document {doc_id!r} in collection {name!r}")
+        return JSON({"id": doc.doc_id, "title": doc.title, "text": doc.text,
+                     "metadata": dict(doc.metadata), "version": doc.version})
+
+    # -- search ---------------------------------------------------------------------------
+
+    async def _search(name: str, queries: list[str],
+                      pipeline: Pipeline | None) -> tuple[list[list[Result]], float]:
+        def work() -> list[list[Result]]:
+            with manager.use(name) as coll:
+                p = pipeline if pipeline is not None else _default_pipeline(name, coll)
+                missing = [stage.index for stage in p.retrieve if stage.index not in coll.indexes]
+                if missing:
+                    raise NotFound(f"no index named {missing[0]!r} in collection {name!r} "
+                                   f"(indexes: {', '.join(coll.indexes) or 'none'})")
+                rerankers = None
+                if p.rerank is not None:
+                    rerankers = {p.rerank.reranker: st.models.reranker(p.rerank.reranker)}
+                used = {stage.index for stage in p.retrieve}
+                indexes = {n: st.metrics.timed(name, n, coll.indexes[n]) for n in used}
+                return run_pipeline(p, queries, indexes, coll.get, rerankers)
+
+        start = time.perf_counter()
+        results = await blocking(work)
+        return results, round((time.perf_counter() - start) * 1000, 3)
+
+    @app.post("/collections/{name}/search", response_model=schemas.SearchOut, tags=["search"],
+              responses=_err(*_COMMON, 404))
+    async def search(name: CollectionName, body: schemas.SearchRequest) -> Response:
+        """Search one query with a pipeline (default: RRF over every index, k = 10).
+        An empty or whitespace-only query is a 422."""
+        results, took = await _search(name, [body.query], body.pipeline)
+        return JSON({"results": [r.to_dict() for r in results[0]], "took_ms": took})
+
+    @app.post("/collections/{name}/search/batch", response_model=schemas.BatchSearchOut,
+              tags=["search"], responses=_err(*_COMMON, 404))
+    async def search_batch(name: CollectionName, body: s.BatchSearchRequest) -> Response:  # type: ignore[name-defined]
+        """Search a batch of queries with one pipeline; one result list per query."""
+        results, took = await _search(name, list(body.queries), body.pipeline)
+        return JSON({"results": [[r.to_dict() for r in rs] for rs in results], "took_ms": took})
+
+    # -- models ---------------------------------------------------------------------------
+
+    @app.post("/v1/embeddings", response_model=schemas.EmbeddingsOut, tags=["models"],
+              responses=_err(*_COMMON, 404))
+    async def embeddings(body: s.EmbeddingsRequest) -> Response:  # type: ignore[name-defined]
+        """Dense embeddings in OpenAI's shape (``encoding_format``: float or base64)."""
+        model = settings.embedding_model
+        if body.model not in (None, model):
+            raise NotFound(f"model {body.model!r} is not served here; use {model!r}")
+        texts = [body.input] if isinstance(body.input, str) else list(body.input)
+
+        def work() -> tuple[np.ndarray, int]:
+            encoder = st.models.encoder()
+            return encoder.encode(texts), _count_tokens(encoder, texts)
+
+        vectors, tokens = await blocking(work)
+        data = []
+        for i, vec in enumerate(vectors):
+            if body.encoding_format == "base64":
+                value: Any = base64.b64encode(np.asarray(vec, dtype="<f4").tobytes()).decode()
+            else:
+                value = [float(x) for x in vec]
+            data.append({"object": "embedding", "index": i, "embedding": value})
+        return JSON({"object": "list", "data": data, "model": model,
+                     "usage": {"prompt_tokens": tokens, "total_tokens": tokens}})
+
+    @app.post("/v1/sparse-embeddings", response_model=schemas.SparseEmbeddingsOut,
+              tags=["models"], responses=_err(*_COMMON, 404))
+    async def sparse_embeddings(body: s.SparseEmbeddingsRequest) -> Response:  # type: ignore[name-defined]
+        """SPLADE sparse embeddings: ``{token, weight}`` terms, heaviest first."""
+        model = settings.sparse_model
+        if body.model not in (None, model):
+            raise NotFound(f"model {body.model!r} is not served here; use {model!r}")
+        texts = [body.input] if isinstance(body.input, str) else list(body.input)
+        encoded = await blocking(lambda: st.models.sparse().encode(texts, top_k=body.top_k))
+        data = [{"object": "sparse_embedding", "index": i,
+                 "embedding": [{"token": t, "weight": w}
+                               for t, w in sorted(terms.items(), key=lambda kv: (-kv[1], kv[0]))]}
+                for i, terms in enumerate(encoded)]
+        return JSON({"object": "list", "data": data, "model": model})
+
+    @app.post("/v1/rerank", response_model=schemas.RerankOut, tags=["models"],
+              responses=_err(*_COMMON, 404))
+    async def rerank(body: s.RerankRequest) -> Response:  # type: ignore[name-defined]
+        """Rerank texts for a query (Cohere/Jina shape), best first, ``top_n`` of them."""
+        names = st.models.reranker_names()
+        name = body.model or (names[0] if names else None)
+        if name is None:
+            raise NotFound("no reranker is configured on this server")
+        docs = list(body.documents)
+        scores = await blocking(lambda: st.models.reranker(name).score(body.query, docs))
+        order = sorted(range(len(docs)), key=lambda i: (-scores[i], i))[:body.top_n]
+        results = []
+        for i in order:
+            item: dict[str, Any] = {"index": i, "relevance_score": float(scores[i])}
+            if body.return_documents:
+                item["document"] = {"text": docs[i]}
+            results.append(item)
+        return JSON({"results": results, "model": name})
+
+    _install_openapi(app)
+    return app
+
+
+# -- helpers ------------------------------------------------------------------------------
+
+
+def _version() -> str:
+    try:
+        from importlib.metadata import version
+
+        return version("genseek")
+    except Exception:  # noqa: BLE001 - not installed: a source checkout
+        return "0"
+
+
+def _lag(coll: Collection) -> int:
+    seq = coll.store.seq
+    return max((seq - index.applied_seq for index in coll.indexes.values()), default=0)
+
+
+def _stats(name: str, coll: Collection) -> dict[str, Any]:
+    raw = coll.stats()
+    seq = raw["seq"]
+    indexes = {}
+    for index_name, s in raw["indexes"].items():
+        indexes[index_name] = {**s, "lag": seq - int(s.get("applied_seq", 0))}
+    return {"name": name, "documents": raw["documents"], "seq": seq,
+            "applied_seq": min((i["applied_seq"] for i in indexes.values()), default=seq),
+            "lag": max((i["lag"] for i in indexes.values()), default=0),
+            "sync_error": coll.sync_error, "disk_bytes": raw.get("disk_bytes"),
+            "store_bytes": raw.get("store_bytes"), "indexes": indexes}
+
+
+def _default_pipeline(name: str, coll: Collection) -> Pipeline:
+    if not coll.indexes:
+        raise GenseekError(f"collection {name!r} has no indexes to search")
+    return Pipeline.default(list(coll.indexes))
+
+
+def _count_tokens(encoder: Any, texts: list[str]) -> int:
+    """Tokens the encoder reads (its tokenizer, truncated), else whitespace words."""
+    tokenizer = getattr(getattr(encoder, "_model", None), "tokenizer", None)
+    if tokenizer is not None:
+        try:
+            limit = int(getattr(encoder, "max_length", 512))
+            ids = tokenizer(texts, truncation=True, max_length=limit)["input_ids"]
+            return sum(len(x) for x in ids)
+        except Exception:  # noqa: BLE001 - usage is informational
+            pass
+    return sum(len(t.split()) for t in texts)
+
+
+_PATH_CHARS = ("/", "\\")
+
+
+def _check_specs(indexes: dict[str, str], settings: Settings) -> None:
+    """Index specs from clients may not name files, folders or unserved models."""
+    from genseek.spec import IndexSpec
+
+    allowed_models = {settings.embedding_model, "all-MiniLM-L6-v2"}
+    for name, text in indexes.items():
+        spec = IndexSpec.parse(text)
+        for key, value in spec.params.items():
+            if not isinstance(value, str):
+                continue
+            if key == "model" and value not in allowed_models:
+                raise GenseekError(f"index {name!r}: model {value!r} is not served here; "
+                                   f"use {' or '.join(sorted(allowed_models))}")
+            if any(c in value for c in _PATH_CHARS) or value.startswith(("~", ".")):
+                raise GenseekError(f"index {name!r}: parameter {key}={value!r} looks like a "
+                                   "path; the API accepts no paths")
+
+
+def _install_openapi(app: FastAPI) -> None:
+    """Declare the two API key schemes and which operations need them."""
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema:
+            return app.openapi_schema
+        schema = get_openapi(title=app.title, version=app.version,
+                             description=app.description, routes=app.routes)
+        schema.setdefault("components", {})["securitySchemes"] = {
+            "bearer": {"type": "http", "scheme": "bearer"},
+            "apiKey": {"type": "apiKey", "in": "header", "name": "X-API-Key"},
+        }
+        for path, ops in schema.get("paths", {}).items():
+            if path in PUBLIC_PATHS:
+                continue
+            for op in ops.values():
+                if isinstance(op, dict):
+                    op["security"] = [{"bearer": []}, {"apiKey": []}]
+        app.openapi_schema = schema
+        return schema
+
+    app.openapi = openapi  # type: ignore[method-assign]
+
+
+__all__ = ["ApiError", "ApiState", "create_app"]

@@ -1,0 +1,301 @@
+"""The collections an app serves, and the models it loads once.
+
+:class:`CollectionManager` opens collections lazily under one root folder. A
+collection's folder is always ``root/NAME`` with NAME checked by
+:func:`genseek.spec.validate_name`, so no request can name any other path. Open
+collections stay open with a background applier (``start_background_sync``);
+every use holds a reference, so dropping a collection or shutting down waits for
+the requests using it and never closes a collection under a running search.
+
+Everything here is blocking (file system, Lucene, faiss, torch): the app calls it
+from worker threads, never on the event loop.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import logging
+import os
+import shutil
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from genseek.api.errors import Conflict, NotFound, Unavailable
+from genseek.api.settings import Settings
+from genseek.collection import Collection
+from genseek.errors import GenseekError
+from genseek.spec import IndexSpec, validate_name
+
+log = logging.getLogger("genseek.api")
+
+_LOCKED = "open in another process"  # Collection._lock's message
+
+
+@dataclass(eq=False)
+class _Handle:
+    name: str
+    collection: Collection | None = None
+    users: int = 0
+    closing: bool = False
+    open_lock: threading.Lock = field(default_factory=threading.Lock)
+
+
+class CollectionManager:
+    """Open collections of one root folder, by name."""
+
+    def __init__(self, root: Path, drain_timeout: float = 30.0):
+        self.root = Path(root).resolve()
+        self.root.mkdir(parents=True, exist_ok=True)
+        self.drain_timeout = drain_timeout
+        self._cond = threading.Condition(threading.Lock())
+        self._handles: dict[str, _Handle] = {}
+        self._closed = False
+
+    # -- names and paths ---------------------------------------------------------------
+
+    def path(self, name: str) -> Path:
+        """``root/name``, after checking that ``name`` is a plain safe name."""
+        validate_name(name, "collection")
+        path = self.root / name
+        if path.parent != self.root:  # pragma: no cover - validate_name rules it out
+            raise GenseekError(f"bad collection name {name!r}")
+        return path
+
+    def names(self) -> list[str]:
+        """Every collection in the root folder (open or not), sorted."""
+        with self._cond:
+            dropping = {n for n, h in self._handles.items() if h.closing}
+        out = []
+        for child in self.root.iterdir():
+            try:
+                validate_name(child.name)
+            except GenseekError:
+                continue
+            if child.name not in dropping and not child.is_symlink() and Collection.exists(child):
+                out.append(child.name)
+        return sorted(out)
+
+    # -- using a collection -------------------------------------------------------------
+
+    def _reserve(self, name: str, busy: type[Exception] = NotFound) -> _Handle:
+        with self._cond:
+            if self._closed:
+                raise Unavailable("the server is shutting down")
+            handle = self._handles.get(name)
+            if handle is None:
+                handle = self._handles[name] = _Handle(name)
+            if handle.closing:
+                raise busy(f"collection {name!r} is being dropped")
+            handle.users += 1
+            return handle
+
+    def _release(self, handle: _Handle) -> None:
+        with self._cond:
+            handle.users -= 1
+            if handle.users == 0:
+                if handle.collection is None and not handle.closing \
+                        and self._handles.get(handle.name) is handle:
+                    del self._handles[handle.name]  # never opened (e.g. not found)
+                self._cond.notify_all()
+
+    def _open(self, handle: _Handle, path: Path) -> None:
+        with handle.open_lock:
+            if handle.collection is not None:
+                return
+            if not Collection.exists(path) or path.is_symlink():
+                raise NotFound(f"no collection named {handle.name!r}")
+            try:
+                collection = Collection.open(path)
+            except GenseekError as exc:
+                if _LOCKED in str(exc):
+                    raise Conflict(f"collection {handle.name!r} is open in another process "
+                                   "(e.g. the genseek CLI); try again when it has finished") \
+                        from None
+                raise Unavailable(f"collection {handle.name!r} cannot be opened: "
+                                  f"{str(exc).replace(str(self.root), '<root>')}") from None
+            collection.start_background_sync()
+            handle.collection = collection
+            log.info("opened collection %s", handle.name)
+
+    @contextmanager
+    def use(self, name: str) -> Iterator[Collection]:
+        """The open collection ``name`` (opened now if needed); 404 if there is none."""
+        path = self.path(name)
+        handle = self._reserve(name)
+        try:
+            self._open(handle, path)
+            assert handle.collection is not None
+            yield handle.collection
+        finally:
+            self._release(handle)
+
+    def open_collections(self) -> Iterator[tuple[str, Collection]]:
+        """Each collection open now, held for the duration of its step (never opens one)."""
+        with self._cond:
+            handles = [h for h in self._handles.values()
+                       if h.collection is not None and not h.closing]
+            for h in handles:
+                h.users += 1
+        try:
+            for h in handles:
+                if h.collection is not None:
+                    yield h.name, h.collection
+        finally:
+            for h in handles:
+                self._release(h)
+
+    # -- creating and dropping ------------------------------------------------------------
+
+    def create(self, name: str, indexes: dict[str, str]) -> None:
+        path = self.path(name)
+        specs = {validate_name(n): IndexSpec.parse(s) for n, s in indexes.items()}
+        handle = self._reserve(name, busy=Conflict)
+        try:
+            with handle.open_lock:
+                if handle.collection is not None or Collection.exists(path):
+                    raise Conflict(f"collection {name!r} already exists")
+                if path.is_symlink() or path.exists() and (
+                        not path.is_dir() or any(p.name != "collection.lock"
+                                                 for p in path.iterdir())):
+                    raise Conflict(f"{name!r} exists in the collections folder and is not a "
+                                   "collection; choose another name")
+                collection = Collection.create(path, specs)
+                collection.start_background_sync()
+                handle.collection = collection
+                log.info("created collection %s with indexes %s", name,
+                         {n: str(s) for n, s in specs.items()})
+        finally:
+            self._release(handle)
+
+    def drop(self, name: str) -> None:
+        """Close ``name`` once its current requests finish, and delete its folder."""
+        path = self.path(name)
+        with self._cond:
+            if self._closed:
+                raise Unavailable("the server is shutting down")
+            handle = self._handles.get(name)
+            if handle is None:
+                handle = self._handles[name] = _Handle(name)
+            if handle.closing:
+                raise NotFound(f"collection {name!r} is being dropped")
+            handle.closing = True
+            deadline = time.monotonic() + self.drain_timeout
+            while handle.users > 0:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    handle.closing = False
+                    raise Conflict(f"collection {name!r} is busy; try dropping it again")
+                self._cond.wait(left)
+        try:
+            if handle.collection is not None:
+                collection, handle.collection = handle.collection, None
+                try:
+                    collection.close()
+                except Exception:  # noqa: BLE001 - it is being deleted anyway
+                    log.exception("closing collection %s before dropping it", name)
+                shutil.rmtree(path)
+            else:
+                if not Collection.exists(path) or path.is_symlink():
+                    raise NotFound(f"no collection named {name!r}")
+                fd = os.open(path / "collection.lock", os.O_RDWR | os.O_CREAT, 0o644)
+                try:
+                    try:
+                        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    except BlockingIOError:
+                        raise Conflict(f"collection {name!r} is open in another process") \
+                            from None
+                    shutil.rmtree(path)
+                finally:
+                    os.close(fd)
+            log.info("dropped collection %s", name)
+        finally:
+            with self._cond:
+                handle.closing = False
+                if self._handles.get(name) is handle and handle.collection is None:
+                    del self._handles[name]
+                self._cond.notify_all()
+
+    # -- starting and shutting down -----------------------------------------------------
+
+    def reopen(self) -> None:
+        """Serve again after :meth:`close` (an app started a second time, as in tests)."""
+        with self._cond:
+            self._closed = False
+
+    def close(self) -> None:
+        """Wait (bounded) for running requests, then close every collection.
+
+        Closing stops each background applier after it has applied every
+        acknowledged write, so a restart finds the indexes current.
+        """
+        with self._cond:
+            self._closed = True
+            deadline = time.monotonic() + self.drain_timeout
+            while any(h.users for h in self._handles.values()):
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    log.warning("closing collections while requests still use them")
+                    break
+                self._cond.wait(left)
+            handles = list(self._handles.values())
+            self._handles.clear()
+        for handle in handles:
+            if handle.collection is None:
+                continue
+            try:
+                handle.collection.close()
+                log.info("closed collection %s", handle.name)
+            except Exception:  # noqa: BLE001 - close the others
+                log.exception("closing collection %s", handle.name)
+            handle.collection = None
+
+
+class ModelHub:
+    """The encoders and rerankers of one app, each loaded on first use, once."""
+
+    def __init__(self, settings: Settings):
+        self.settings = settings
+        self._lock = threading.Lock()
+        self._loaded: dict[str, Any] = {}
+        self._loading: dict[str, threading.Lock] = {}
+
+    def _get(self, key: str, load) -> Any:
+        with self._lock:
+            if key in self._loaded:
+                return self._loaded[key]
+            lock = self._loading.setdefault(key, threading.Lock())
+        with lock:
+            with self._lock:
+                if key in self._loaded:
+                    return self._loaded[key]
+            value = load()
+            with self._lock:
+                self._loaded[key] = value
+            return value
+
+    def encoder(self):
+        from genseek.encoders import shared_encoder
+
+        return self._get("encoder", lambda: shared_encoder(self.settings.embedding_model, None))
+
+    def sparse(self):
+        from genseek.encoders import SparseEncoder
+
+        return self._get("sparse", lambda: SparseEncoder(self.settings.sparse_model))
+
+    def reranker_names(self) -> list[str]:
+        return list(self.settings.rerankers)
+
+    def reranker(self, name: str):
+        from genseek.registry import load_reranker
+
+        spec = self.settings.rerankers.get(name)
+        if spec is None:
+            known = ", ".join(self.settings.rerankers) or "none"
+            raise NotFound(f"no reranker named {name!r} (rerankers: {known})")
+        return self._get(f"reranker:{name}", lambda: load_reranker(spec))
