@@ -1,0 +1,199 @@
+"""Helpers shared by the benchmark scripts: dataset location, machine facts, tables.
+
+The scripts are run as ``python benchmarks/NAME.py`` from the repository root, so
+this module is imported as ``_common`` (the script's folder is on ``sys.path``).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import sys
+import time
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def quiet_libraries() -> None:
+    """What the CLI does before loading models: no tokenizer fork warnings, no bars."""
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    import warnings
+
+    warnings.filterwarnings("ignore", category=FutureWarning)
+
+
+def datasets_root() -> Path:
+    """``$GENSEEK_DATASETS``, else ``../shared/datasets`` relative to the repository root."""
+    raw = os.environ.get("GENSEEK_DATASETS")
+    root = Path(raw) if raw else REPO.parent / "shared" / "datasets"
+    return root.resolve()
+
+
+def dataset_dir(name: str) -> Path:
+    folder = datasets_root() / name
+    if not (folder / "corpus.jsonl").is_file():
+        sys.exit(f"error: no BEIR dataset at {folder} (set GENSEEK_DATASETS to the folder "
+                 "holding scifact/, cranfield/, ...)")
+    return folder
+
+
+def judged_queries(folder: Path, split: str = "test") -> tuple[list[str], list[str], dict]:
+    """``(query ids, query texts, qrels)`` for the judged queries of ``split``, in file order."""
+    from genseek.data.readers import read_qrels, read_queries
+
+    qrels = read_qrels(folder, split)
+    queries = read_queries(folder)
+    qids = [q for q in queries if q in qrels]
+    return qids, [queries[q] for q in qids], qrels
+
+
+def _cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
+
+
+def _version(module: str) -> str | None:
+    try:
+        mod = __import__(module)
+    except Exception:  # noqa: BLE001 - a missing optional library is reported as None
+        return None
+    return str(getattr(mod, "__version__", "?"))
+
+
+def machine() -> dict[str, Any]:
+    """CPU, memory, GPU presence and library versions of this run."""
+    info: dict[str, Any] = {
+        "date": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
+        "hostname": platform.node(),
+        "cpu_count": os.cpu_count(),
+        "cpu_model": _cpu_model(),
+        "platform": platform.platform(),
+        "python": platform.python_version(),
+    }
+    try:
+        import psutil
+
+        info["memory_gib"] = round(psutil.virtual_memory().total / 2**30, 1)
+    except ImportError:  # pragma: no cover
+        pass
+    for name in ("numpy", "torch", "faiss", "sentence_transformers", "transformers"):
+        info[name] = _version(name)
+    try:
+        import torch
+
+        info["torch_threads"] = torch.get_num_threads()
+        info["gpu"] = torch.cuda.get_device_name(0) if torch.cuda.is_available() else None
+    except Exception:  # noqa: BLE001
+        info["gpu"] = None
+    info["loadavg_start"] = [round(x, 2) for x in os.getloadavg()]
+    return info
+
+
+def print_machine(info: dict[str, Any], file=sys.stdout) -> None:
+    print(f"machine: {info['cpu_count']} CPUs ({info['cpu_model']}), "
+          f"{info.get('memory_gib', '?')} GiB RAM, GPU: {info.get('gpu') or 'none'}; "
+          f"load average at start {info['loadavg_start']}", file=file)
+    print(f"software: python {info['python']}, torch {info['torch']} "
+          f"({info.get('torch_threads')} threads), faiss {info['faiss']}, "
+          f"sentence-transformers {info['sentence_transformers']}, "
+          f"transformers {info['transformers']}, numpy {info['numpy']}", file=file)
+    print(f"date: {info['date']}", file=file)
+
+
+def busy_cpu_seconds() -> float | None:
+    """CPU seconds all processes of the machine have used since boot (/proc/stat)."""
+    try:
+        with open("/proc/stat") as fh:
+            fields = [int(x) for x in fh.readline().split()[1:]]
+    except (OSError, ValueError):
+        return None
+    # user nice system idle iowait irq softirq steal ...: busy = all but idle and iowait
+    busy = sum(fields[:8]) - fields[3] - fields[4]
+    return busy / os.sysconf("SC_CLK_TCK")
+
+
+class Phase:
+    """Wall time, process CPU time and load average of a block (``with Phase() as p``).
+
+    ``cpu_ratio`` (process CPU seconds / wall seconds) shows whether the run got the
+    cores it asked for: about 2.0 for a two-thread encoder on an idle two-core machine.
+    ``other_cpu_share`` is the CPU time other processes used during the block, as a
+    fraction of all the machine's cores over the block: near 0 on a quiet machine.
+    """
+
+    def __enter__(self) -> Phase:
+        self._busy = busy_cpu_seconds()
+        self._wall = time.perf_counter()
+        self._cpu = time.process_time()
+        self.load_before = os.getloadavg()[0]
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.seconds = time.perf_counter() - self._wall
+        self.cpu_seconds = time.process_time() - self._cpu
+        self.load_after = os.getloadavg()[0]
+        busy = busy_cpu_seconds()
+        self.other_cpu_share = None
+        if busy is not None and self._busy is not None and self.seconds > 0:
+            other = max(0.0, busy - self._busy - self.cpu_seconds)
+            self.other_cpu_share = other / (self.seconds * (os.cpu_count() or 1))
+
+    @property
+    def cpu_ratio(self) -> float:
+        return self.cpu_seconds / self.seconds if self.seconds > 0 else 0.0
+
+    def as_dict(self) -> dict[str, float | None]:
+        return {"seconds": round(self.seconds, 3), "cpu_seconds": round(self.cpu_seconds, 3),
+                "cpu_ratio": round(self.cpu_ratio, 2), "load1_before": round(self.load_before, 2),
+                "load1_after": round(self.load_after, 2),
+                "other_cpu_share": None if self.other_cpu_share is None
+                else round(self.other_cpu_share, 3)}
+
+
+def percentile(values: Sequence[float], q: float) -> float:
+    """The ``q``-th percentile (0-100) with linear interpolation (numpy's default)."""
+    import numpy as np
+
+    return float(np.percentile(np.asarray(values, dtype=np.float64), q)) if values else 0.0
+
+
+def table(headers: Sequence[str], rows: Iterable[Sequence[Any]], file=sys.stdout) -> None:
+    """A plain text table; floats are printed with 4 significant decimals."""
+
+    def fmt(v: Any) -> str:
+        if isinstance(v, float):
+            return f"{v:,.4f}" if abs(v) < 10 else f"{v:,.1f}"
+        if isinstance(v, int) and not isinstance(v, bool):
+            return f"{v:,}"
+        return "-" if v is None else str(v)
+
+    cells = [[fmt(v) for v in row] for row in rows]
+    widths = [max([len(h)] + [len(r[i]) for r in cells]) for i, h in enumerate(headers)]
+    print("  ".join(h.ljust(w) if i == 0 else h.rjust(w)
+                    for i, (h, w) in enumerate(zip(headers, widths, strict=True))), file=file)
+    print("  ".join("-" * w for w in widths), file=file)
+    for r in cells:
+        print("  ".join(c.ljust(w) if i == 0 else c.rjust(w)
+                        for i, (c, w) in enumerate(zip(r, widths, strict=True))), file=file)
+
+
+def dump_json(obj: Any) -> None:
+    print(json.dumps(obj, indent=None, sort_keys=False))
+
+
+def load_json(path: str) -> Any:
+    """A result saved with ``--json`` (the last line that is a JSON object)."""
+    lines = [ln for ln in Path(path).read_text().splitlines() if ln.startswith("{")]
+    if not lines:
+        sys.exit(f"error: {path} holds no JSON result")
+    return json.loads(lines[-1])
