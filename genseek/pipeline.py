@@ -33,7 +33,7 @@ FilterValue = str | int | float | bool | list[str | int | float | bool]
 
 
 class _Model(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
 
 
 class Stage(_Model):
