@@ -22,7 +22,7 @@ before the server starts and once more at concurrency 1 after it stops (the
 collection is locked by one process at a time); the ratio uses their mean.
 
     python benchmarks/api_load.py --quick      # first 600 docs, 100 queries (< 5 min)
-    python benchmarks/api_load.py              # all of SciFact, 300 queries (~15 min)
+    python benchmarks/api_load.py              # all of SciFact, 300 queries (~6 min + first build)
     python benchmarks/api_load.py --json       # one JSON object on stdout
     python benchmarks/api_load.py --report FILE
 
