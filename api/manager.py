@@ -82,15 +82,20 @@ class CollectionManager:
 
     # -- using a collection -------------------------------------------------------------
 
+    def _handle_locked(self, name: str, busy: type[Exception]) -> _Handle:
+        """The live handle for ``name`` (made if absent); the caller holds ``_cond``."""
+        if self._closed:
+            raise Unavailable("the server is shutting down")
+        handle = self._handles.get(name)
+        if handle is None:
+            handle = self._handles[name] = _Handle(name)
+        if handle.closing:
+            raise busy(f"collection {name!r} is being dropped")
+        return handle
+
     def _reserve(self, name: str, busy: type[Exception] = NotFound) -> _Handle:
         with self._cond:
-            if self._closed:
-                raise Unavailable("the server is shutting down")
-            handle = self._handles.get(name)
-            if handle is None:
-                handle = self._handles[name] = _Handle(name)
-            if handle.closing:
-                raise busy(f"collection {name!r} is being dropped")
+            handle = self._handle_locked(name, busy)
             handle.users += 1
             return handle
 
@@ -176,13 +181,7 @@ class CollectionManager:
         """Close ``name`` once its current requests finish, and delete its folder."""
         path = self.path(name)
         with self._cond:
-            if self._closed:
-                raise Unavailable("the server is shutting down")
-            handle = self._handles.get(name)
-            if handle is None:
-                handle = self._handles[name] = _Handle(name)
-            if handle.closing:
-                raise NotFound(f"collection {name!r} is being dropped")
+            handle = self._handle_locked(name, NotFound)
             handle.closing = True
             deadline = time.monotonic() + self.drain_timeout
             while handle.users > 0:

@@ -197,3 +197,19 @@ def load_json(path: str) -> Any:
     if not lines:
         sys.exit(f"error: {path} holds no JSON result")
     return json.loads(lines[-1])
+
+
+def add_output_options(parser) -> None:
+    """``--json`` and ``--report FILE``, shared by every benchmark script."""
+    parser.add_argument("--json", action="store_true", help="print one JSON object")
+    parser.add_argument("--report", metavar="FILE",
+                        help="measure nothing: print the tables of a result saved with --json")
+
+
+def emit(result: Any, as_json: bool, report) -> int:
+    """Print ``result`` as JSON or through ``report``; the scripts' exit status."""
+    if as_json:
+        dump_json(result)
+    else:
+        report(result)
+    return 0

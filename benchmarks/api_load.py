@@ -605,9 +605,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--wait-quiet", type=float, default=0.0, metavar="S",
                    help="before each measurement, wait up to S seconds until other "
                    "processes use less than 15%% of the machine (default: don't wait)")
-    p.add_argument("--json", action="store_true", help="print one JSON object")
-    p.add_argument("--report", metavar="FILE",
-                   help="measure nothing: print the tables of a result saved with --json")
+    C.add_output_options(p)
     args = p.parse_args(argv)
     if args.report:
         report(C.load_json(args.report))
@@ -622,11 +620,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         p.error(f"unknown system(s) {', '.join(sorted(unknown))}; use {', '.join(SYSTEMS)}")
     QUIET["wait_s"] = args.wait_quiet
     result = run(args)
-    if args.json:
-        C.dump_json(result)
-    else:
-        report(result)
-    return 0
+    return C.emit(result, args.json, report)
 
 
 if __name__ == "__main__":

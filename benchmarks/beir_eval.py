@@ -223,20 +223,14 @@ def main(argv: Sequence[str] | None = None) -> int:
                    "(default: %(default)s)")
     p.add_argument("--check-cli", action=argparse.BooleanOptionalAction, default=True,
                    help="also run genseek eval --json and compare (default: on)")
-    p.add_argument("--json", action="store_true", help="print one JSON object")
-    p.add_argument("--report", metavar="FILE",
-                   help="measure nothing: print the tables of a result saved with --json")
+    C.add_output_options(p)
     args = p.parse_args(argv)
     if args.report:
         report(C.load_json(args.report))
         return 0
     args.datasets = [d.strip() for d in args.datasets.split(",") if d.strip()]
     result = run(args)
-    if args.json:
-        C.dump_json(result)
-    else:
-        report(result)
-    return 0
+    return C.emit(result, args.json, report)
 
 
 if __name__ == "__main__":

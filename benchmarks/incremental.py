@@ -283,9 +283,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--ingest-batch", type=int, default=1000)
     p.add_argument("--work", help="folder for collections A and B (default: temporary)")
     p.add_argument("--keep", action="store_true", help="keep the temporary collections")
-    p.add_argument("--json", action="store_true", help="print one JSON object")
-    p.add_argument("--report", metavar="FILE",
-                   help="measure nothing: print the tables of a result saved with --json")
+    C.add_output_options(p)
     args = p.parse_args(argv)
     if args.report:
         report(C.load_json(args.report))
@@ -293,11 +291,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.quick:
         args.docs = args.docs or 1000
     result = run(args)
-    if args.json:
-        C.dump_json(result)
-    else:
-        report(result)
-    return 0
+    return C.emit(result, args.json, report)
 
 
 if __name__ == "__main__":

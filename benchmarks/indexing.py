@@ -492,9 +492,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                    help="also build one bm25+dense collection (what genseek index makes)")
     p.add_argument("--work", help="folder for the collections (default: a temporary folder)")
     p.add_argument("--keep", action="store_true", help="keep the temporary collections")
-    p.add_argument("--json", action="store_true", help="print one JSON object")
-    p.add_argument("--report", metavar="FILE",
-                   help="measure nothing: print the tables of a result saved with --json")
+    C.add_output_options(p)
     args = p.parse_args(argv)
     if args.report:
         report(C.load_json(args.report))
@@ -503,11 +501,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         args.docs = args.docs or 500
         args.queries = args.queries or 64
     result = run_latency_only(args) if args.latency_only else run(args)
-    if args.json:
-        C.dump_json(result)
-    else:
-        report(result)
-    return 0
+    return C.emit(result, args.json, report)
 
 
 if __name__ == "__main__":

@@ -8,82 +8,25 @@ is there after a restart).
 
 from __future__ import annotations
 
-import os
 import signal
-import socket
 import sqlite3
-import subprocess
-import sys
 import threading
-import time
 from contextlib import closing
-from pathlib import Path
 
 import httpx
 import pytest
+from _apiserver import ServerProcess, free_port
 from _synth import make_docs, unique_token
 
 from genseek.client import GenseekClient, GenseekClientError
 from genseek.pipeline import Fusion, Pipeline, Rerank, Stage
 
-START_TIMEOUT = 90
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-class ServerProcess:
-    """``python -m genseek.cli serve`` on a free loopback port."""
-
-    def __init__(self, root: Path, log: Path, keys: str | None):
-        self.root, self.log, self.keys = root, log, keys
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        env = {k: v for k, v in os.environ.items() if not k.startswith("GENSEEK_API_KEYS")}
-        if keys:
-            env["GENSEEK_API_KEYS"] = keys
-        env["TOKENIZERS_PARALLELISM"] = "false"
-        self._err = open(log, "ab")  # noqa: SIM115 - closed in stop()
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "genseek.cli", "serve", "--root", str(root),
-             "--port", str(self.port)], stdout=self._err, stderr=self._err, env=env)
-        deadline = time.monotonic() + START_TIMEOUT
-        while True:
-            if self.proc.poll() is not None:
-                raise AssertionError(f"the server exited with {self.proc.returncode}:\n"
-                                     f"{self.output()}")
-            try:
-                if httpx.get(f"{self.url}/health", timeout=2).status_code == 200:
-                    return
-            except httpx.TransportError:
-                pass
-            if time.monotonic() > deadline:
-                self.stop(signal.SIGKILL)
-                raise AssertionError(f"the server did not start:\n{self.output()}")
-            time.sleep(0.2)
-
-    def output(self) -> str:
-        return self.log.read_text(errors="replace")
-
-    def stop(self, sig: int = signal.SIGTERM, timeout: float = 120) -> int:
-        if self.proc.poll() is None:
-            self.proc.send_signal(sig)
-            try:
-                self.proc.wait(timeout)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        self._err.close()
-        return self.proc.returncode
-
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
     base = tmp_path_factory.mktemp("server")
-    proc = ServerProcess(base / "root", base / "server.log", keys="rk:read,wk:write")
+    proc = ServerProcess(base / "root", base / "server.log",
+                         env={"GENSEEK_API_KEYS": "rk:read,wk:write"})
     yield proc
     assert proc.stop() == 0, proc.output()
 
@@ -281,7 +224,7 @@ def test_graceful_shutdown_keeps_acknowledged_writes(tmp_path):
     before it exits (its indexes are current on disk), and after a restart every
     document is there and searchable. This server has no API keys: loopback only."""
     root, log = tmp_path / "root", tmp_path / "server.log"
-    server = ServerProcess(root, log, keys=None)
+    server = ServerProcess(root, log)
     try:
         assert "bound to loopback" in server.output()
         docs = make_docs(240, seed=4)
@@ -301,7 +244,7 @@ def test_graceful_shutdown_keeps_acknowledged_writes(tmp_path):
         assert db.execute("SELECT value FROM meta WHERE key = 'seq'").fetchone()[0] == "240"
         assert db.execute("SELECT COUNT(*) FROM vectors").fetchone()[0] == 240
 
-    again = ServerProcess(root, log, keys=None)
+    again = ServerProcess(root, log)
     try:
         with GenseekClient(again.url) as c:
             stats = c.collection_stats("g")
