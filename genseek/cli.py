@@ -373,6 +373,46 @@ def cmd_serve(args: argparse.Namespace) -> int:
 # -- parser -----------------------------------------------------------------------------------
 
 
+# Sub-programs with their own argument parsers: module path and one line about each. Each
+# module has ``main(argv: list[str]) -> int``; imported only when run.
+TRAIN_RECIPES: dict[str, tuple[str, str]] = {
+    "sparse": ("genseek.indexers.sparse_train",
+               "inference-free sparse document encoder (IDF-aware FLOPS, ensemble distillation)"),
+    "first": ("genseek.rerankers.first_train",
+              "FIRST listwise reranker (LM loss + RankNet on first-token label logits)"),
+    "repconc": ("genseek.indexers.repconc_train",
+                "RepCONC: PQ codebooks + query projection under a uniform-clustering constraint"),
+    "genre": ("genseek.retrievers.generative_train", "GENRE: query -> title"),
+    "seal": ("genseek.retrievers.generative_train", "SEAL: query -> span of a relevant document"),
+    "dsi": ("genseek.retrievers.generative_train", "DSI / DSI++: document or query -> docid"),
+}
+ES_PROGRAM = "genseek.api.elastic"
+
+
+def _run_program(module: str, argv: list[str]) -> int:
+    import importlib
+
+    try:
+        mod = importlib.import_module(module)
+    except ModuleNotFoundError as exc:
+        if exc.name and module.startswith(exc.name):
+            raise GenseekError(f"{module} is not available in this installation") from exc
+        raise
+    return int(mod.main(argv) or 0)
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    module, _ = TRAIN_RECIPES[args.recipe]
+    argv = list(args.args)
+    if module.endswith("generative_train"):
+        argv = [args.recipe, *argv]
+    return _run_program(module, argv)
+
+
+def cmd_es(args: argparse.Namespace) -> int:
+    return _run_program(ES_PROGRAM, list(args.args))
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="genseek", description="Index corpora into Lucene BM25 and faiss dense indexes, "
@@ -461,6 +501,24 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--cors-origin", action="append", metavar="O",
                    help="allow browser requests from this origin; repeatable (default: none)")
     p.set_defaults(func=cmd_serve)
+
+    p = sub.add_parser("train", help="train a model with one of the recipes",
+                       description="Run a training recipe; each writes a model folder that an "
+                       "index or reranker spec can name. Recipes: " + "; ".join(
+                           f"{name}: {about}" for name, (_, about) in TRAIN_RECIPES.items())
+                       + ". 'genseek train RECIPE --help' lists a recipe's options.")
+    p.add_argument("recipe", choices=sorted(TRAIN_RECIPES), metavar="RECIPE",
+                   help="one of: " + ", ".join(sorted(TRAIN_RECIPES)))
+    p.add_argument("args", nargs=argparse.REMAINDER, help="the recipe's own options")
+    p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("es", help="Elasticsearch: register inference endpoints, sync an index",
+                       description="'genseek es register ...' creates Elasticsearch inference "
+                       "endpoints backed by a genseek server; 'genseek es sync ...' mirrors an "
+                       "Elasticsearch index into a collection. 'genseek es ACTION --help' for "
+                       "options.")
+    p.add_argument("args", nargs=argparse.REMAINDER, metavar="ACTION ...")
+    p.set_defaults(func=cmd_es)
     return parser
 
 

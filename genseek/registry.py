@@ -17,11 +17,21 @@ from genseek.spec import IndexSpec
 BUILTIN_TYPES: dict[str, str] = {
     "bm25": "genseek.indexers.bm25:BM25Index",
     "dense": "genseek.indexers.dense:DenseIndex",
+    "impact": "genseek.indexers.impact:ImpactIndex",
+    "spann": "genseek.indexers.spann:SpannIndex",
+    "repconc": "genseek.indexers.repconc:RepconcIndex",
+    "muvera": "genseek.indexers.muvera:MuveraIndex",
+    "genre": "genseek.retrievers.genre:GenreIndex",
+    "seal": "genseek.retrievers.seal:SealIndex",
+    "dsi": "genseek.retrievers.dsi:DsiIndex",
 }
 
 
 BUILTIN_RERANKERS: dict[str, str] = {
     "biencoder": "genseek.rerankers.biencoder:BiEncoderReranker",
+    "first": "genseek.rerankers.first:FirstReranker",
+    "listwise-gen": "genseek.rerankers.first:GenerationReranker",
+    "pointwise": "genseek.rerankers.pointwise:PointwiseReranker",
 }
 
 
