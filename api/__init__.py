@@ -40,8 +40,9 @@ POST /v1/rerank                            read    Cohere/Jina shape: ``{"query"
 =========================================  ======  ================================================
 
 Writes are acknowledged once the document store has committed them; indexes are
-updated by each collection's background applier, so searches keep being served
-while updates are applied. ``"refresh": true`` makes the request wait (bounded by
+updated in the background by one applier thread per index, so searches keep being
+served while updates are applied and a cheap index (bm25) never waits behind an
+expensive one (dense encoding). ``"refresh": true`` makes the request wait (bounded by
 the request timeout) until every index has applied the write, so the client reads
 its own writes. The pipeline is :class:`genseek.pipeline.Pipeline` in JSON form;
 when omitted, the default is RRF over all indexes of the collection, k = 10.

@@ -217,9 +217,12 @@ def stats(latencies: Sequence[float], wall: float, errors: int = 0) -> dict[str,
             "p99_ms": round(C.percentile(ms, 99), 3) if n else None}
 
 
-def closed_loop_threads(call: Callable[[str], Any], queries: Sequence[str], concurrency: int,
-                        seconds: float) -> dict[str, Any]:
-    """``concurrency`` threads calling ``call(query)`` back to back for ``seconds``."""
+def closed_loop_threads(call: Callable[[str], Any] | None, queries: Sequence[str],
+                        concurrency: int, seconds: float,
+                        call_factory: Callable[[], Callable[[str], Any]] | None = None
+                        ) -> dict[str, Any]:
+    """``concurrency`` threads calling ``call(query)`` back to back for ``seconds``
+    (``call_factory()`` gives each thread its own ``call``, e.g. its own connection)."""
     counter = itertools.count()
     lock = threading.Lock()
     latencies: list[float] = []
@@ -229,11 +232,12 @@ def closed_loop_threads(call: Callable[[str], Any], queries: Sequence[str], conc
 
     def worker() -> None:
         mine = []
+        fn = call_factory() if call_factory is not None else call
         while time.perf_counter() < stop_at:
             q = queries[next(counter) % len(queries)]
             t = time.perf_counter()
             try:
-                call(q)
+                fn(q)
             except Exception:  # noqa: BLE001 - counted
                 with lock:
                     errors[0] += 1
@@ -360,6 +364,35 @@ async def _http_loop(url: str, name: str, body_of: Callable[[str], dict], querie
         return stats(latencies, time.perf_counter() - start, errors)
 
 
+def _raw_loop(url: str, name: str, body_of: Callable[[str], dict], queries: Sequence[str],
+              concurrency: int, seconds: float) -> dict[str, Any]:
+    """The same closed loop with a lean client: one keep-alive ``http.client`` connection
+    per thread, JSON encoded and decoded with the standard library. It measures what
+    the server and loopback cost, without httpx's own per-request work."""
+    import http.client
+    import json
+    from urllib.parse import urlsplit
+
+    host, port = urlsplit(url).hostname, urlsplit(url).port
+    path = f"/collections/{name}/search"
+    headers = {"Content-Type": "application/json"}
+
+    def call_factory() -> Callable[[str], Any]:
+        conn = http.client.HTTPConnection(host, port, timeout=120)
+
+        def call(q: str) -> Any:
+            conn.request("POST", path, json.dumps(body_of(q)).encode(), headers)
+            r = conn.getresponse()
+            data = r.read()
+            if r.status != 200:
+                raise RuntimeError(f"HTTP {r.status}")
+            return json.loads(data)
+
+        return call
+
+    return closed_loop_threads(None, queries, concurrency, seconds, call_factory=call_factory)
+
+
 def over_http(server: Server, name: str, queries: Sequence[str], concurrencies: Sequence[int],
               seconds: float, systems: Sequence[str]) -> tuple[dict, dict]:
     import httpx
@@ -387,6 +420,12 @@ def over_http(server: Server, name: str, queries: Sequence[str], concurrencies: 
                 out[system][str(c)] = r
                 _log(f"http {system} c={c}: {r['qps']} q/s, p50 {r['p50_ms']} ms, "
                      f"p99 {r['p99_ms']} ms, errors {r['errors']}")
+            with Cell(server.proc.pid) as cell:  # concurrency 1 again, lean client
+                r = _raw_loop(server.url, name, body, queries, 1, seconds)
+            r["phase"] = cell.as_dict()
+            out[system]["1-raw"] = r
+            _log(f"http {system} c=1 (http.client): {r['qps']} q/s, p50 {r['p50_ms']} ms, "
+                 f"p99 {r['p99_ms']} ms, errors {r['errors']}")
     return out, results
 
 
@@ -499,6 +538,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     overhead = {}
     for system in systems:
         one = http[system]["1"]
+        raw = http[system]["1-raw"]
         before, after = inproc[system]["1"], again[system]["1"]
         base_mean = (before["mean_ms"] + after["mean_ms"]) / 2
         base_p50 = (before["p50_ms"] + after["p50_ms"]) / 2
@@ -508,7 +548,11 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             "inprocess_mean_ms_before_after": [before["mean_ms"], after["mean_ms"]],
             "ratio_mean": round(ratio, 3), "ratio_p50": round(one["p50_ms"] / base_p50, 3),
             "extra_ms": round(one["mean_ms"] - base_mean, 3),
+            "raw_http_mean_ms": raw["mean_ms"],
+            "raw_ratio_mean": round(raw["mean_ms"] / base_mean, 3),
+            "raw_ratio_p50": round(raw["p50_ms"] / base_p50, 3),
             "goal": OVERHEAD_GOAL, "ok": ratio <= OVERHEAD_GOAL,
+            "raw_ok": raw["mean_ms"] / base_mean <= OVERHEAD_GOAL,
             "same_results": in_results[system] == http_results[system]}
     return {"benchmark": "api_load", "machine": info,
             "config": {"dataset": args.dataset, "limit": limit, "queries": len(queries),
@@ -563,11 +607,18 @@ def report(r: dict[str, Any]) -> None:
           f"in-process measured before and after the server; goal <= {OVERHEAD_GOAL})")
     rows = []
     for system, o in r["overhead"].items():
-        rows.append((system, o["inprocess_mean_ms"], o["http_mean_ms"], o["extra_ms"],
-                     _x(o["ratio_mean"]), _x(o["ratio_p50"]), "ok" if o["ok"] else "MISSED",
-                     "yes" if o["same_results"] else "NO"))
-    C.table(["system", "in-process ms", "http ms", "extra ms", "ratio (mean)", "ratio (p50)",
-             "goal", "same results"], rows)
+        rows.append((system, "httpx (async)", o["inprocess_mean_ms"], o["http_mean_ms"],
+                     o["extra_ms"], _x(o["ratio_mean"]), _x(o["ratio_p50"]),
+                     "ok" if o["ok"] else "MISSED", "yes" if o["same_results"] else "NO"))
+        if "raw_http_mean_ms" in o:
+            rows.append((system, "http.client", o["inprocess_mean_ms"], o["raw_http_mean_ms"],
+                         round(o["raw_http_mean_ms"] - o["inprocess_mean_ms"], 3),
+                         _x(o["raw_ratio_mean"]), _x(o["raw_ratio_p50"]),
+                         "ok" if o["raw_ok"] else "MISSED", ""))
+    C.table(["system", "client", "in-process ms", "http ms", "extra ms", "ratio (mean)",
+             "ratio (p50)", "goal", "same results"], rows)
+    print("httpx: the async httpx client of the load cells; http.client: one keep-alive "
+          "standard-library connection, which adds less client-side time per request")
     print()
     w = r["behind_writes"]
     print(f"search latency (concurrency 1, HTTP) idle vs while a writer upserts batches of "

@@ -65,12 +65,15 @@ class Collection:
         self._lock_fd: int | None = lock_fd
         self.indexes: dict[str, Index] = {}
         self.store: DocStore | None = None
-        self._sync_lock = threading.RLock()  # one catch-up at a time
+        # Each index catches up on its own (one lock and, in the background, one applier
+        # thread per index), so a cheap index never waits behind an expensive one.
+        self._index_locks: dict[str, threading.RLock] = {}
         self._synced = threading.Condition()  # notified after every catch-up
-        self._wake = threading.Event()
-        self._worker: threading.Thread | None = None
+        self._wakes: dict[str, threading.Event] = {}
+        self._workers: dict[str, threading.Thread] = {}
+        self._background: float | None = None  # the interval while background sync runs
         self._stopping = False
-        self.sync_error: str | None = None  # the background applier's last failure
+        self.sync_errors: dict[str, str] = {}  # index name -> its applier's last failure
         try:
             self.store = DocStore(path / "docs.sqlite")
             for name, spec in manifest["indexes"].items():
@@ -173,7 +176,9 @@ class Collection:
                 child.unlink(missing_ok=True)
 
     def _open_index(self, name: str, spec: IndexSpec) -> Index:
-        return resolve(spec).open(self.path / "indexes" / name, dict(spec.params))
+        index = resolve(spec).open(self.path / "indexes" / name, dict(spec.params))
+        self._index_locks.setdefault(name, threading.RLock())
+        return index
 
     def add_index(self, name: str, spec: str | IndexSpec, progress: Progress | None = None) -> Index:
         """Add an index and build it from the stored documents."""
@@ -185,10 +190,12 @@ class Collection:
                                    f"{self.manifest['indexes'][name]!r}, not {str(spec)!r}")
             return self.indexes[name]
         index = self._open_index(name, spec)
-        self.indexes[name] = index
         self.manifest = {**self.manifest, "indexes": {**self.manifest["indexes"], name: str(spec)}}
         atomic_write_json(self.path / MANIFEST, self.manifest)
-        self.sync(progress)
+        self._sync_index(name, index, progress)  # built before searches can see it
+        self.indexes = {**self.indexes, name: index}
+        if self._background is not None:
+            self._start_worker(name)
         return index
 
     def drop_index(self, name: str) -> None:
@@ -196,8 +203,11 @@ class Collection:
         import shutil
 
         index = self.index(name)
-        index.close()
-        del self.indexes[name]
+        self._stop_worker(name)
+        with self._index_locks[name]:
+            self.indexes = {n: i for n, i in self.indexes.items() if n != name}
+            index.close()
+        self.sync_errors.pop(name, None)
         self.manifest = {**self.manifest, "indexes": {
             n: s for n, s in self.manifest["indexes"].items() if n != name}}
         atomic_write_json(self.path / MANIFEST, self.manifest)
@@ -207,22 +217,42 @@ class Collection:
 
     def sync(self, progress: Progress | None = None, batch_ops: int = 1000) -> None:
         """Apply every store operation each index has not applied yet."""
-        with self._sync_lock:
+        for name, index in list(self.indexes.items()):
+            self._sync_index(name, index, progress, batch_ops)
+
+    def _sync_index(self, name: str, index: Index, progress: Progress | None = None,
+                    batch_ops: int = 1000) -> None:
+        """Bring one index up to the store's current sequence number."""
+        with self._index_locks[name]:
             target = self.store.seq
-            for name, index in self.indexes.items():
-                seq = index.applied_seq
-                if seq > target:
-                    raise GenseekError(f"index {name!r} is ahead of the document store "
-                                       f"({seq} > {target}): the collection folder was mixed up")
-                while seq < target:
-                    changes = self.store.changes(seq, batch_ops)
-                    index.apply(changes)
-                    index.commit(changes.upto_seq)
-                    seq = changes.upto_seq
-                    if progress:
-                        progress(name, seq, target)
+            seq = index.applied_seq
+            if seq > target:
+                raise GenseekError(f"index {name!r} is ahead of the document store "
+                                   f"({seq} > {target}): the collection folder was mixed up")
+            while seq < target:
+                changes = self.store.changes(seq, batch_ops)
+                index.apply(changes)
+                index.commit(changes.upto_seq)
+                seq = changes.upto_seq
+                if progress:
+                    progress(name, seq, target)
         with self._synced:
             self._synced.notify_all()
+
+    @property
+    def sync_error(self) -> str | None:
+        """The background appliers' last failures (``index: error; ...``), or None."""
+        if not self.sync_errors:
+            return None
+        return "; ".join(f"{name}: {error}" for name, error in sorted(self.sync_errors.items()))
+
+    @sync_error.setter
+    def sync_error(self, value: str | None) -> None:  # for operators and tests
+        self.sync_errors = {} if value is None else {"collection": value}
+
+    def index_applied_seq(self, name: str) -> int:
+        """The sequence number one index has reached."""
+        return self.index(name).applied_seq
 
     @property
     def applied_seq(self) -> int:
@@ -243,46 +273,81 @@ class Collection:
         if sync:
             self.sync()
         else:
-            self._wake.set()
+            for wake in list(self._wakes.values()):
+                wake.set()
         return result
 
-    def wait_for(self, seq: int, timeout: float | None = None) -> bool:
-        """Block until every index has applied ``seq``; False on timeout."""
-        if self._worker is None and self.applied_seq < seq:
-            self.sync()
+    def wait_for(self, seq: int, timeout: float | None = None,
+                 indexes: Sequence[str] | None = None) -> bool:
+        """Block until every index (or each of ``indexes``) has applied ``seq``; False on
+        timeout."""
+        names = list(self.indexes) if indexes is None else list(indexes)
+        for name in names:
+            self.index(name)  # a clear error for an unknown name
+
+        def reached() -> bool:
+            current = self.indexes
+            return all(n not in current or current[n].applied_seq >= seq for n in names)
+
+        if not self._workers and not reached():
+            for name in names:
+                self._sync_index(name, self.indexes[name])
         with self._synced:
-            return self._synced.wait_for(lambda: self.applied_seq >= seq, timeout)
+            return self._synced.wait_for(reached, timeout)
 
     def start_background_sync(self, interval: float = 1.0) -> None:
-        """Apply store writes to the indexes in a background thread (``write(sync=False)``)."""
-        if self._worker is not None:
+        """Apply store writes to the indexes in the background (``write(sync=False)``):
+        one applier thread per index, so each index catches up at its own pace."""
+        if self._background is not None:
             return
         self._stopping = False
-        self._worker = threading.Thread(target=self._apply_loop, args=(interval,),
-                                        name=f"genseek-sync-{self.path.name}", daemon=True)
-        self._worker.start()
+        self._background = interval
+        for name in self.indexes:
+            self._start_worker(name)
 
-    def _apply_loop(self, interval: float) -> None:
+    def _start_worker(self, name: str) -> None:
+        wake = self._wakes[name] = threading.Event()
+        worker = threading.Thread(target=self._apply_loop, args=(name, wake),
+                                  name=f"genseek-sync-{self.path.name}-{name}", daemon=True)
+        self._workers[name] = worker
+        worker.start()
+
+    def _stop_worker(self, name: str) -> None:
+        worker = self._workers.pop(name, None)
+        wake = self._wakes.pop(name, None)
+        if worker is not None and wake is not None:
+            wake.set()
+            worker.join()
+
+    def _apply_loop(self, name: str, wake: threading.Event) -> None:
+        interval = self._background or 1.0
         backoff = interval
-        while not self._stopping:
-            self._wake.wait(backoff)
-            self._wake.clear()
+        while not self._stopping and self._wakes.get(name) is wake:
+            wake.wait(backoff)
+            wake.clear()
+            if self._stopping or self._wakes.get(name) is not wake:
+                return
+            index = self.indexes.get(name)
+            if index is None:
+                return
             try:
-                self.sync()
-                self.sync_error, backoff = None, interval
+                self._sync_index(name, index)
+                self.sync_errors.pop(name, None)
+                backoff = interval
             except Exception as exc:  # noqa: BLE001 - keep serving; report through stats
-                self.sync_error = f"{type(exc).__name__}: {exc}"
-                log.error("collection %s: applying writes failed: %s", self.path, self.sync_error)
+                self.sync_errors[name] = f"{type(exc).__name__}: {exc}"
+                log.error("collection %s, index %s: applying writes failed: %s", self.path,
+                          name, self.sync_errors[name])
                 backoff = min(backoff * 2, 30.0)
 
     def stop_background_sync(self) -> None:
-        """Stop the applier after it has applied every acknowledged write."""
-        worker, self._worker = self._worker, None
-        if worker is None:
+        """Stop the appliers after every acknowledged write has been applied."""
+        if self._background is None:
             return
         self._stopping = True
-        self._wake.set()
-        worker.join()
+        for name in list(self._workers):
+            self._stop_worker(name)
+        self._background = None
         self.sync()
 
     def upsert(self, docs: Sequence[Document]) -> WriteResult:

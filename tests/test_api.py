@@ -784,14 +784,14 @@ def test_refresh_is_bounded_by_the_request_timeout(tmp_path):
     with TestClient(app) as c:
         with app.state.genseek.manager.use("s") as coll:
             coll.stop_background_sync()
-            coll.sync = lambda *a, **k: None  # the applier is stuck
+            coll._sync_index = lambda *a, **k: None  # the applier is stuck
         start = time.monotonic()
         r = c.post("/collections/s/documents",
                    json={"documents": [{"id": "a", "text": "x"}], "refresh": True})
         assert r.status_code == 200 and r.json()["refreshed"] is False
         assert time.monotonic() - start < 2.0
         with app.state.genseek.manager.use("s") as coll:
-            del coll.sync
+            del coll._sync_index
             coll.start_background_sync()
             assert coll.wait_for(r.json()["seq"], timeout=20)
 

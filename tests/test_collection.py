@@ -454,3 +454,73 @@ def test_dense_l2_metric(tmp_path):
             scores = [h.score for h in hits]
             assert scores == sorted(scores, reverse=True)
             assert all(s <= 1e-4 for s in scores)
+
+
+class _GatedIndex:
+    """An in-memory index whose ``apply`` blocks until the test opens its gate."""
+
+    gate = None  # set per test
+
+    def __init__(self):
+        self.seq = 0
+        self.docs: dict[str, str] = {}
+
+    @classmethod
+    def open(cls, path, params):
+        return cls()
+
+    @property
+    def applied_seq(self):
+        return self.seq
+
+    def apply(self, changes):
+        assert type(self).gate.wait(30), "the gate never opened"
+        for d in changes.upserts:
+            self.docs[d.doc_id] = d.text
+        for doc_id in changes.deleted_ids:
+            self.docs.pop(doc_id, None)
+
+    def commit(self, seq):
+        self.seq = seq
+
+    def search(self, queries, k, **params):
+        return [[] for _ in queries]
+
+    def stats(self):
+        return {"documents": len(self.docs)}
+
+    def close(self):
+        pass
+
+
+def test_background_appliers_are_independent_per_index(tmp_path, monkeypatch):
+    """A stuck index does not hold back another: bm25 applies and serves a new
+    document while the gated index still waits; both catch up once it opens."""
+    import threading
+
+    import genseek.collection as collection_module
+
+    gate = threading.Event()
+    monkeypatch.setattr(_GatedIndex, "gate", gate)
+    real = collection_module.resolve
+    monkeypatch.setattr(collection_module, "resolve",
+                        lambda spec: _GatedIndex if spec.type == "slow" else real(spec))
+    gate.set()
+    c = Collection.create(tmp_path / "c", {"bm25": "bm25", "slow": "slow"})
+    try:
+        gate.clear()
+        c.start_background_sync(interval=0.05)
+        new = Document("fresh", "", f"{unique_token(999)} fresh document")
+        seq = c.write([new], sync=False).seq
+        assert c.wait_for(seq, timeout=30, indexes=["bm25"])
+        assert ids(c.search(unique_token(999), 5, index="bm25")) == ["fresh"]
+        assert c.index("slow").applied_seq < seq and c.applied_seq < seq
+        assert not c.wait_for(seq, timeout=0.2)  # the whole collection is not there yet
+        gate.set()
+        assert c.wait_for(seq, timeout=30)
+        assert c.index("slow").docs["fresh"] == new.text
+        with pytest.raises(GenseekError, match="nope"):
+            c.wait_for(seq, timeout=1, indexes=["nope"])
+    finally:
+        gate.set()
+        c.close()
