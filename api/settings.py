@@ -12,6 +12,9 @@ Environment (:meth:`Settings.from_env`):
   (comma-separated), ``GENSEEK_MAX_BODY_BYTES``, ``GENSEEK_MAX_BATCH_DOCS``,
   ``GENSEEK_MAX_QUERIES``, ``GENSEEK_REQUEST_TIMEOUT_S``, ``GENSEEK_EMBEDDING_MODEL``,
   ``GENSEEK_SPARSE_MODEL``
+- ``GENSEEK_RERANKERS``: ``name=spec;name=spec`` (default ``biencoder=biencoder;
+  first=first;pointwise=pointwise``; the first one named answers ``/v1/rerank``
+  requests without a ``model``), e.g. ``first=first(model=/models/first-ft)``
 
 Every bad value raises a :class:`~genseek.errors.GenseekError` with one line that
 names the variable (or file) and what is wrong with it.
@@ -48,6 +51,20 @@ def is_loopback(host: str) -> bool:
         return ipaddress.ip_address(host.strip("[]")).is_loopback
     except ValueError:
         return False
+
+
+def parse_rerankers(text: str) -> dict[str, str]:
+    """``name=spec;name=spec`` (specs may hold commas, so ``;`` separates entries)."""
+    out: dict[str, str] = {}
+    for part in text.split(";"):
+        if not part.strip():
+            continue
+        name, sep, spec = part.partition("=")
+        if not sep or not name.strip() or not spec.strip():
+            raise GenseekError(f"GENSEEK_RERANKERS: expected 'name=spec' entries separated by "
+                               f"';', got {part.strip()!r}")
+        out[name.strip()] = spec.strip()
+    return out
 
 
 def _check_key(key: Any, where: str) -> str:
@@ -146,7 +163,8 @@ class Settings:
     cors_origins: tuple[str, ...] = ()
     embedding_model: str = "all-MiniLM-L6-v2"
     sparse_model: str = "splade-tiny"
-    rerankers: Mapping[str, str] = field(default_factory=lambda: {"biencoder": "biencoder"})
+    rerankers: Mapping[str, str] = field(default_factory=lambda: {
+        "biencoder": "biencoder", "first": "first", "pointwise": "pointwise"})
 
     def __post_init__(self) -> None:
         set_ = object.__setattr__  # frozen: normalise once, here
@@ -224,6 +242,8 @@ class Settings:
                            ("GENSEEK_SPARSE_MODEL", "sparse_model")):
             if env.get(name):
                 values[attr] = env[name]
+        if env.get("GENSEEK_RERANKERS", "").strip():
+            values["rerankers"] = parse_rerankers(env["GENSEEK_RERANKERS"])
         values.update({k: v for k, v in overrides.items() if v is not None})
         if "root" not in values:
             raise GenseekError("no collections folder: give --root DIR or set GENSEEK_ROOT")

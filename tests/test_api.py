@@ -836,3 +836,13 @@ def test_drop_waits_for_running_searches(client, app):
     assert [x["doc_id"] for x in out["search"].json()["results"]] == ["a"]
     assert out["drop"].status_code == 200
     error_of(client.get(f"/collections/{name}", headers=R), 404)
+
+
+def test_rerankers_from_the_environment(tmp_path):
+    s = Settings.from_env({"GENSEEK_ROOT": str(tmp_path),
+                           "GENSEEK_RERANKERS": "ft=first(model=/m,window=10);bi=biencoder"})
+    assert dict(s.rerankers) == {"ft": "first(model=/m,window=10)", "bi": "biencoder"}
+    assert list(Settings(root=tmp_path).rerankers)[0] == "biencoder"
+    for bad in ("first", "=first", "x=", "../x=first", "x=first(("):
+        with pytest.raises(GenseekError):
+            Settings.from_env({"GENSEEK_ROOT": str(tmp_path), "GENSEEK_RERANKERS": bad})
