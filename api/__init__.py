@@ -31,7 +31,8 @@ POST /v1/embeddings                        read    OpenAI shape: ``{"input": str
                                                    "model"?}`` -> ``{"object": "list", "data":
                                                    [{"object": "embedding", "index", "embedding"}],
                                                    "model", "usage"}``
-POST /v1/sparse-embeddings                 read    ``{"input": str|[str]}`` -> ``{"data":
+POST /v1/sparse-embeddings                 read    ``{"input": str|[str], "top_k"?,
+                                                   "token_format"?: "raw"|"elasticsearch"}`` -> ``{"data":
                                                    [{"index", "embedding": [{"token",
                                                    "weight"}]}], "model"}``
 POST /v1/rerank                            read    Cohere/Jina shape: ``{"query", "documents":

@@ -323,6 +323,10 @@ def create_app(settings: Settings) -> FastAPI:
             raise NotFound(f"model {body.model!r} is not served here; use {model!r}")
         texts = [body.input] if isinstance(body.input, str) else list(body.input)
         encoded = await blocking(lambda: st.models.sparse().encode(texts, top_k=body.top_k))
+        if body.token_format == "elasticsearch":
+            from genseek.api.elastic import es_feature_name
+
+            encoded = [{es_feature_name(t): w for t, w in terms.items()} for terms in encoded]
         data = [{"object": "sparse_embedding", "index": i,
                  "embedding": [{"token": t, "weight": w}
                                for t, w in sorted(terms.items(), key=lambda kv: (-kv[1], kv[0]))]}

@@ -290,6 +290,9 @@ def build(max_batch_docs: int, max_queries: int) -> Schemas:
         model: str | None = Field(None, max_length=200)
         top_k: int | None = Field(None, ge=1, le=100_000,
                                   description="keep only the heaviest terms")
+        token_format: Literal["raw", "elasticsearch"] = Field(
+            "raw", description="elasticsearch: tokens as valid Elasticsearch feature names "
+            "('%' -> '%25', '.' -> '%2E'; see genseek.api.elastic.es_feature_name)")
 
     class RerankRequest(_In):
         query: Query
