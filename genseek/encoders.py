@@ -98,54 +98,237 @@ def resolve_sparse_model(name: str) -> str:
     return name
 
 
+IDF_FILE = "idf.json"
+_UNSAFE = frozenset(" \t\n\r\x0b\x0c\x1c\x1d\x1e\x1f\x01\x85\xa0\u2028\u2029")
+
+
+def term_name(token: str, token_id: int) -> str:
+    """A token as an index term: itself, or ``#<id>`` if it is empty or holds a character
+    that would split or end a pre-tokenised term (whitespace, U+0001)."""
+    if not token or any(ch in _UNSAFE or ch.isspace() for ch in token):
+        return f"#{token_id}"
+    return token
+
+
+def load_idf(path: str | Path, vocab: Sequence[str]) -> np.ndarray:
+    """An IDF table (JSON ``{token: weight}``) as a dense array, shape ``[len(vocab)]``.
+
+    Tokens missing from the file get weight 0 (they never match); tokens not in ``vocab``
+    are an error, so a table built for another tokenizer is caught.
+    """
+    import json
+
+    file = Path(path)
+    try:
+        raw = json.loads(file.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise GenseekError(f"cannot read the IDF table {file}: {exc}") from None
+    if not isinstance(raw, dict):
+        raise GenseekError(f"IDF table {file}: expected a JSON object {{token: weight}}")
+    index = {tok: i for i, tok in enumerate(vocab)}
+    table = np.zeros(len(vocab), dtype=np.float32)
+    for tok, weight in raw.items():
+        i = index.get(tok)
+        if i is None:
+            raise GenseekError(f"IDF table {file}: token {tok!r} is not in the model's vocabulary")
+        if isinstance(weight, bool) or not isinstance(weight, (int, float)) or weight < 0:
+            raise GenseekError(f"IDF table {file}: weight of {tok!r} must be a number >= 0")
+        table[i] = float(weight)
+    return table
+
+
+def save_idf(path: str | Path, vocab: Sequence[str], idf: np.ndarray) -> None:
+    """Write ``idf`` (shape ``[len(vocab)]``) as JSON ``{token: weight}`` (non-zero only)."""
+    import json
+
+    from genseek.atomic import atomic_write_text
+
+    body = {vocab[i]: round(float(idf[i]), 6) for i in np.flatnonzero(idf > 0) if vocab[i]}
+    atomic_write_text(Path(path), json.dumps(body, ensure_ascii=False, sort_keys=True))
+
+
+def corpus_idf(tokenizer, texts: Sequence[str], max_length: int = 512) -> np.ndarray:
+    """BM25-style IDF of every token id over ``texts``: ``log(1 + (N - df + .5) / (df + .5))``.
+
+    Returns float32, shape ``[len(tokenizer)]``; special tokens get 0.
+    """
+    df = np.zeros(len(tokenizer), dtype=np.int64)
+    for start in range(0, len(texts), 256):
+        enc = tokenizer(list(texts[start:start + 256]), truncation=True, max_length=max_length,
+                        add_special_tokens=False)["input_ids"]
+        for ids in enc:
+            df[np.unique(np.asarray(ids, dtype=np.int64))] += 1
+    n = float(len(texts))
+    idf = np.log1p((n - df + 0.5) / (df + 0.5)).astype(np.float32)
+    idf[list(tokenizer.all_special_ids)] = 0.0
+    return idf
+
+
+def splade_pool(model, input_ids, attention_mask):
+    """SPLADE max pooling, ``max_i log(1 + relu(logit_{i,t}))``: shape ``[batch, vocab]``.
+
+    ``input_ids``/``attention_mask``: ``[batch, seq]``. Only real (unpadded) positions go
+    through the vocabulary head, and because ``log1p(relu(.))`` is monotone the max is taken
+    over raw logits first: equal to the textbook order, a fraction of the memory traffic.
+    Differentiable (the gradient reaches each term's arg-max position), so training uses it.
+    """
+    import torch
+
+    mask = attention_mask.bool()
+    cls = getattr(model, "cls", None)
+    base = getattr(model, "bert", None)
+    if base is not None and cls is not None:  # BERT masked LMs (SPLADE-tiny): pack first
+        hidden = base(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+        logits = cls(hidden[mask])  # [tokens, vocab]
+    else:  # any other masked LM: full logits, padded positions dropped
+        logits = model(input_ids=input_ids, attention_mask=attention_mask).logits[mask]
+    rows, start = [], 0
+    for n in attention_mask.sum(dim=1).tolist():
+        rows.append(logits[start:start + n].max(dim=0).values)
+        start += n
+    return torch.log1p(torch.relu(torch.stack(rows)))
+
+
 class SparseEncoder:
     """SPLADE: ``w_t = max_i log(1 + relu(logit_{i,t}))`` over a masked LM's token logits.
 
     ``encode(texts)`` returns one ``{token: weight}`` dict per text, weights > 0,
-    with special tokens dropped; ``top_k`` keeps the heaviest terms only.
+    with special tokens dropped; ``top_k`` keeps the heaviest terms only and
+    ``threshold`` drops weights at or below it. ``encode_ids`` returns the same as
+    ``(ids int64 [n], weights float32 [n])`` pairs, heaviest first.
+
+    Inference-free queries (``query_ids_idf``) need only the tokenizer and the IDF
+    table (``idf.json`` in the model folder, or ``idf=PATH``): the masked LM is loaded
+    lazily, on the first document encoding, and never for such queries.
     """
 
     def __init__(self, model: str = SPLADE_DEFAULT, max_length: int = 256,
-                 device: str | None = None):
-        import torch
-        from transformers import AutoModelForMaskedLM, AutoTokenizer
+                 device: str | None = None, idf: str | Path | None = None):
+        from transformers import AutoTokenizer
         from transformers.utils import logging as hf_logging
 
         hf_logging.disable_progress_bar()
         source = resolve_sparse_model(model)
+        self._source = source
         try:
             self._tokenizer = AutoTokenizer.from_pretrained(source)
-            self._model = AutoModelForMaskedLM.from_pretrained(source, use_safetensors=True)
         except Exception as exc:  # noqa: BLE001 - any loader failure is a user error here
             raise GenseekError(f"cannot load sparse encoder {model!r} ({source}): "
                                f"{type(exc).__name__}: {str(exc).splitlines()[0][:200]}") from None
-        self._model.eval()
+        self._model = None
         self._device = device or "cpu"
-        self._model.to(self._device)
-        self._torch = torch
         self.name = model
         self.max_length = max_length
         vocab = self._tokenizer.convert_ids_to_tokens(list(range(len(self._tokenizer))))
+        vocab = [tok if tok is not None else "" for tok in vocab]  # ids with no token: ""
         self._vocab = vocab
+        self._names = [term_name(tok, i) for i, tok in enumerate(vocab)]
         self._special = set(self._tokenizer.all_special_ids)
+        self._idf_path = Path(idf) if idf is not None else Path(source) / IDF_FILE
+        self._idf: np.ndarray | None = None
 
-    def encode(self, texts: Sequence[str], batch_size: int = 32,
-               top_k: int | None = None) -> list[dict[str, float]]:
-        torch = self._torch
-        out: list[dict[str, float]] = []
+    @property
+    def tokenizer(self):
+        return self._tokenizer
+
+    @property
+    def vocab(self) -> list[str]:
+        """Token strings by id."""
+        return self._vocab
+
+    @property
+    def term_names(self) -> list[str]:
+        """Index term by token id (see :func:`term_name`)."""
+        return self._names
+
+    @property
+    def model_loaded(self) -> bool:
+        return self._model is not None
+
+    def _load_model(self):
+        if self._model is None:
+            from transformers import AutoModelForMaskedLM
+
+            try:
+                model = AutoModelForMaskedLM.from_pretrained(self._source, use_safetensors=True)
+            except Exception as exc:  # noqa: BLE001 - any loader failure is a user error here
+                raise GenseekError(
+                    f"cannot load sparse encoder {self.name!r} ({self._source}): "
+                    f"{type(exc).__name__}: {str(exc).splitlines()[0][:200]}") from None
+            model.eval()
+            model.to(self._device)
+            self._model = model
+        return self._model
+
+    @property
+    def idf(self) -> np.ndarray:
+        """The IDF table, float32 shape ``[vocab]`` (loaded on first use)."""
+        if self._idf is None:
+            if not self._idf_path.is_file():
+                raise GenseekError(f"sparse encoder {self.name!r}: no IDF table at "
+                                   f"{self._idf_path} (inference-free queries need one; "
+                                   "train one with `genseek train sparse` or give idf=PATH)")
+            self._idf = load_idf(self._idf_path, self._vocab)
+        return self._idf
+
+    def encode_ids(self, texts: Sequence[str], batch_size: int = 32, top_k: int | None = None,
+                   threshold: float = 0.0) -> list[tuple[np.ndarray, np.ndarray]]:
+        """Per text ``(ids int64 [n], weights float32 [n])``, heaviest first, weights > 0."""
+        import torch
+
+        model = self._load_model()
+        out: list[tuple[np.ndarray, np.ndarray]] = [(np.zeros(0, np.int64),
+                                                     np.zeros(0, np.float32))] * len(texts)
+        special = torch.tensor(sorted(self._special), dtype=torch.long)
+        # Length-sorted batches pad little; results go back to input order.
+        by_length = sorted(range(len(texts)), key=lambda i: len(texts[i]))
         for start in range(0, len(texts), batch_size):
-            batch = list(texts[start:start + batch_size])
-            enc = self._tokenizer(batch, padding=True, truncation=True,
+            chunk = by_length[start:start + batch_size]
+            enc = self._tokenizer([texts[i] for i in chunk], padding=True, truncation=True,
                                   max_length=self.max_length, return_tensors="pt").to(self._device)
             with torch.inference_mode():
-                logits = self._model(**enc).logits  # [batch, seq, vocab]
-                weights = torch.log1p(torch.relu(logits))
-                weights = weights * enc["attention_mask"].unsqueeze(-1)
-                pooled = weights.max(dim=1).values  # [batch, vocab]
-            for row in pooled:
-                nz = torch.nonzero(row > 0).flatten().tolist()
-                terms = {self._vocab[i]: float(row[i]) for i in nz if i not in self._special}
-                if top_k is not None and len(terms) > top_k:
-                    terms = dict(sorted(terms.items(), key=lambda kv: -kv[1])[:top_k])
-                out.append(terms)
+                pooled = splade_pool(model, enc["input_ids"], enc["attention_mask"]).cpu()
+                pooled = pooled[:, :len(self._vocab)]  # a padded output layer has extra rows
+                pooled[:, special] = 0.0  # [batch, vocab]
+            for slot, row in zip(chunk, pooled, strict=True):
+                ids = torch.nonzero(row > max(threshold, 0.0)).flatten()
+                vals = row[ids]
+                order = torch.argsort(vals, descending=True, stable=True)
+                if top_k is not None and top_k > 0:
+                    order = order[:top_k]
+                out[slot] = (ids[order].numpy().astype(np.int64),
+                             vals[order].numpy().astype(np.float32))
         return out
+
+    def encode(self, texts: Sequence[str], batch_size: int = 32,
+               top_k: int | None = None, threshold: float = 0.0) -> list[dict[str, float]]:
+        """One ``{token: weight}`` dict per text (raw vocabulary tokens), heaviest first."""
+        return [{self._vocab[i]: float(w) for i, w in zip(ids.tolist(), ws.tolist(), strict=True)}
+                for ids, ws in self.encode_ids(texts, batch_size, top_k, threshold)]
+
+    def query_ids_idf(self, texts: Sequence[str]) -> list[tuple[np.ndarray, np.ndarray]]:
+        """Inference-free query vectors: each distinct non-special token id of a text,
+        weighted by its IDF, as ``(ids int64 [n], weights float32 [n])``. No model runs."""
+        idf = self.idf
+        out = []
+        enc = self._tokenizer(list(texts), truncation=True, max_length=self.max_length,
+                              add_special_tokens=False)["input_ids"]
+        for ids in enc:
+            uniq = np.unique(np.asarray([i for i in ids if i not in self._special],
+                                        dtype=np.int64))
+            w = idf[uniq]
+            keep = w > 0
+            out.append((uniq[keep], w[keep].astype(np.float32)))
+        return out
+
+    def encode_queries_idf(self, texts: Sequence[str]) -> list[dict[str, float]]:
+        """:meth:`query_ids_idf` as ``{token: weight}`` dicts."""
+        return [{self._vocab[i]: float(w) for i, w in zip(ids.tolist(), ws.tolist(), strict=True)}
+                for ids, ws in self.query_ids_idf(texts)]
+
+
+@functools.lru_cache(maxsize=4)
+def shared_sparse_encoder(model: str = SPLADE_DEFAULT, max_length: int = 256,
+                          idf: str | None = None) -> SparseEncoder:
+    """One :class:`SparseEncoder` per (model, max_length, idf) per process, shared by indexes."""
+    return SparseEncoder(model, max_length, idf=idf)

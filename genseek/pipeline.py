@@ -168,18 +168,17 @@ def run_pipeline(pipeline: Pipeline, queries: Sequence[str], indexes: Mapping[st
         raise GenseekError(f"no reranker named {pipeline.rerank.reranker!r} (rerankers: {known})")
     fused = build_retriever(pipeline, indexes).search(queries, MAX_K)
     need_docs = bool(pipeline.filter or pipeline.rerank or pipeline.fields)
-    out: list[list[Result]] = []
-    for query, hits in zip(queries, fused, strict=True):
+    kept: list[tuple[list[Hit], Mapping[str, Document]]] = []
+    for hits in fused:
         docs = fetch([h.doc_id for h in hits]) if need_docs else {}
         if pipeline.filter:
             hits = [h for h in hits if h.doc_id in docs
                     and matches(dict(docs[h.doc_id].metadata), pipeline.filter)]
-        if pipeline.rerank is not None:
-            head, tail = hits[:pipeline.rerank.depth], hits[pipeline.rerank.depth:]
-            scores = rerankers[pipeline.rerank.reranker].score(
-                query, [docs[h.doc_id].contents if h.doc_id in docs else "" for h in head])
-            order = sorted(range(len(head)), key=lambda i: (-scores[i], i))
-            hits = [Hit(head[i].doc_id, float(scores[i])) for i in order] + tail
+        kept.append((hits, docs))
+    if pipeline.rerank is not None:
+        kept = _rerank(rerankers[pipeline.rerank.reranker], pipeline.rerank.depth, queries, kept)
+    out: list[list[Result]] = []
+    for hits, docs in kept:
         results = []
         for h in hits[:pipeline.k]:
             doc = docs.get(h.doc_id)
@@ -190,4 +189,28 @@ def run_pipeline(pipeline: Pipeline, queries: Sequence[str], indexes: Mapping[st
                 text=doc.text if doc and "text" in want else None,
                 metadata=dict(doc.metadata) if doc and "metadata" in want else None))
         out.append(results)
+    return out
+
+
+def _rerank(reranker: Reranker, depth: int, queries: Sequence[str],
+            kept: list[tuple[list[Hit], Mapping[str, Document]]],
+            ) -> list[tuple[list[Hit], Mapping[str, Document]]]:
+    """Reorder each query's top ``depth`` hits by the reranker's scores (ties: input order).
+
+    A reranker with ``rank_batch(queries, texts_lists)`` (the listwise LLM rerankers)
+    gets every query at once, so its windows are batched across queries; otherwise
+    ``score(query, texts)`` is called per query.
+    """
+    heads = [hits[:depth] for hits, _ in kept]
+    texts = [[docs[h.doc_id].contents if h.doc_id in docs else "" for h in head]
+             for head, (_, docs) in zip(heads, kept, strict=True)]
+    batch = getattr(reranker, "rank_batch", None)
+    if callable(batch):
+        all_scores = batch(list(queries), texts)
+    else:
+        all_scores = [reranker.score(q, t) for q, t in zip(queries, texts, strict=True)]
+    out = []
+    for head, scores, (hits, docs) in zip(heads, all_scores, kept, strict=True):
+        order = sorted(range(len(head)), key=lambda i: (-scores[i], i))
+        out.append(([Hit(head[i].doc_id, float(scores[i])) for i in order] + hits[depth:], docs))
     return out
