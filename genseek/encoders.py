@@ -271,6 +271,13 @@ class SparseEncoder:
             self._idf = load_idf(self._idf_path, self._vocab)
         return self._idf
 
+    def set_idf(self, table: np.ndarray) -> None:
+        """Use ``table`` (float32, shape ``[vocab]``) as the IDF table instead of a file."""
+        if table.shape != (len(self._vocab),):
+            raise GenseekError(f"IDF table has shape {table.shape}, expected "
+                               f"({len(self._vocab)},)")
+        self._idf = np.asarray(table, dtype=np.float32)
+
     def encode_ids(self, texts: Sequence[str], batch_size: int = 32, top_k: int | None = None,
                    threshold: float = 0.0) -> list[tuple[np.ndarray, np.ndarray]]:
         """Per text ``(ids int64 [n], weights float32 [n])``, heaviest first, weights > 0."""

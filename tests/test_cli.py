@@ -19,7 +19,7 @@ from genseek.data.readers import read_qrels
 from genseek.data.trec import read_run
 from genseek.evaluation import evaluate
 
-COMMANDS = ["index", "add", "delete", "search", "eval", "stats", "serve"]
+COMMANDS = ["index", "add", "delete", "search", "eval", "stats", "serve", "train", "es"]
 
 
 def run(*args: str) -> tuple[int, str, str]:

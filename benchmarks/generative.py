@@ -1,0 +1,307 @@
+"""Generative retrievers on SciFact: GENRE and SEAL (zero-shot, optionally fine-tuned), alone
+and RRF-fused with bm25 and dense, plus query latency.
+
+Side by side in one process, on the same queries: bm25 and dense (from a copy of the cached
+collection /work/cache/collections/scifact), GENRE and SEAL over the *whole* SciFact corpus
+(5,183 documents; title trie / FM-index of ~1.7 M SmolLM2 tokens), each alone and in RRF
+fusions. Because SmolLM2-135M decodes slowly on a shared 2-core CPU, only the first
+``--queries`` judged test queries are evaluated (every figure, baselines included, is on
+that subset; the subset size is printed and stored). ``--train-steps N`` also fine-tunes SEAL
+(LoRA, SciFact train qrels, query -> overlapping span) in-process and evaluates it.
+
+    python benchmarks/generative.py --quick --json      # 16 queries, beams 5
+    python benchmarks/generative.py --queries 100        # the documented larger run
+
+``--dsi-docs N`` runs the DSI++ experiment instead (``--skip-ir`` skips the part above): the
+documents relevant to the first judged test queries, up to ``N``, with D0 = the first 80% and
+four increments of 5%; DSI is trained (LoRA) on indexing + pseudo-query examples only (the
+test queries are never trained on). After each increment, Hits@10 of the test queries whose
+relevant document is in D0 and of those whose relevant document is new, for naive continual
+fine-tuning, DSI++ (replay of D0 pseudo-queries) with and without SAM, and full retraining
+(measured at the last increment; its steps counted for every increment).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import _common as C
+
+CACHED = Path("/work/cache/collections/scifact")
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--quick", action="store_true", help="16 queries")
+    ap.add_argument("--json", action="store_true", help="print the JSON result last")
+    ap.add_argument("--queries", type=int, default=None, help="judged test queries evaluated")
+    ap.add_argument("--beams", type=int, default=5)
+    ap.add_argument("--model", default="smollm2")
+    ap.add_argument("--retrievers", default="genre,seal")
+    ap.add_argument("--train-steps", type=int, default=0, help="SEAL fine-tuning steps (0: no)")
+    ap.add_argument("--latency-batch", type=int, default=32)
+    ap.add_argument("--dsi-docs", type=int, default=0, help="DSI++ experiment size (0: no)")
+    ap.add_argument("--dsi-steps", type=int, default=150, help="DSI steps on D0")
+    ap.add_argument("--dsi-inc-steps", type=int, default=20, help="steps per increment")
+    ap.add_argument("--dsi-scheme", default="atomic")
+    ap.add_argument("--skip-ir", action="store_true", help="only the DSI++ experiment")
+    args = ap.parse_args(argv)
+    C.quiet_libraries()
+    import torch
+
+    torch.set_num_threads(2)
+    n_q = args.queries or (16 if args.quick else 100)
+    info = C.machine()
+    C.print_machine(info)
+    folder = C.dataset_dir("scifact")
+    qids, qtexts, qrels = C.judged_queries(folder, "test")
+    qids, qtexts = qids[:n_q], qtexts[:n_q]
+    sub_qrels = {q: qrels[q] for q in qids}
+    from genseek.collection import Collection
+    from genseek.data.readers import read_corpus
+    from genseek.evaluation import evaluate
+    from genseek.kernels.fusion import rrf
+    from genseek.retrievers._lm import load_lm
+    from genseek.types import ChangeSet, Document, Hit
+
+    if args.skip_ir:
+        result = {"benchmark": "generative-dsi", "machine": info,
+                  "dsi": dsi_experiment(args, folder, qids, qtexts, qrels)}
+        out = C.REPO / "benchmarks" / "results" / "generative_dsi.json"
+        out.write_text(json.dumps(result, indent=1) + "\n")
+        if args.json:
+            C.dump_json(result)
+        return 0
+    runs: dict[str, dict[str, list[Hit]]] = {}
+    timings: dict[str, Any] = {}
+    tmp = Path(tempfile.mkdtemp(prefix="genseek-generative-"))
+    try:
+        # 1. baselines from a copy of the cached collection
+        shutil.copytree(CACHED, tmp / "scifact", ignore=shutil.ignore_patterns("collection.lock"))
+        with Collection.open(tmp / "scifact") as coll:
+            for name in ("bm25", "dense"):
+                with C.Phase() as ph:
+                    hits = coll.index(name).search(qtexts, 100)
+                runs[name] = dict(zip(qids, hits, strict=True))
+                timings[name] = ph.as_dict()
+        # 2. generative indexes over the whole corpus
+        docs = tuple(Document(d.doc_id, d.title, d.text, version=i + 1)
+                     for i, (_, d) in enumerate(read_corpus(folder / "corpus.jsonl")))
+        with C.Phase() as ph:
+            lm = load_lm(args.model)
+        timings["load_model"] = ph.as_dict()
+        built: dict[str, Any] = {}
+        for name in args.retrievers.split(","):
+            with C.Phase() as ph:
+                if name == "seal":
+                    from genseek.retrievers.seal import SealIndex
+
+                    ix = SealIndex(tmp / name, {"model": args.model, "num_beams": args.beams},
+                                   lm=lm)
+                else:
+                    from genseek.retrievers.genre import GenreIndex
+
+                    ix = GenreIndex(tmp / name, {"model": args.model, "num_beams": args.beams,
+                                                 "missing_title": "skip"}, lm=lm)
+                ix.apply(ChangeSet(0, len(docs), docs))
+                ix.commit(len(docs))
+            timings[f"build_{name}"] = ph.as_dict()
+            built[name] = ix
+            with C.Phase() as ph:
+                hits = ix.search(qtexts, 100)
+            runs[f"{name}-zs"] = dict(zip(qids, hits, strict=True))
+            timings[f"search_{name}-zs"] = {**ph.as_dict(), "per_query_s": ph.seconds / n_q}
+            print(f"{name}: {n_q} queries in {ph.seconds:.1f} s", file=sys.stderr)
+            partial = {n: evaluate(r, sub_qrels) for n, r in runs.items()}
+            (tmp.parent / "genseek-generative-partial.json").write_text(json.dumps(
+                {"queries": n_q, "metrics": partial, "timings": timings}, indent=1))
+        # 3. optional SEAL fine-tuning (in-process, LoRA)
+        if args.train_steps and "seal" in built:
+            import random
+
+            from genseek.retrievers._lm import LM, lora_wrap
+            from genseek.retrievers._lm import load_lm as _load
+            from genseek.retrievers.generative_train import (
+                read_dataset,
+                seal_examples,
+                train_examples,
+            )
+            from genseek.retrievers.seal import SEAL_INSTRUCTION, SealIndex
+
+            corpus, queries, train_qrels = read_dataset(folder, "train")
+            fresh = _load.__wrapped__(args.model, "cpu")
+            ex = seal_examples(fresh, corpus, queries, train_qrels, random.Random(0), 10, 2,
+                               SEAL_INSTRUCTION)
+            model = lora_wrap(fresh)
+            with C.Phase() as ph:
+                summary = train_examples(model, ex, pad_id=fresh.pad_id,
+                                         steps=args.train_steps, batch=8, max_len=96)
+            timings["train_seal"] = {**ph.as_dict(), **summary, "examples": len(ex)}
+            tuned = LM(f"{args.model}+seal-lora", model.merge_and_unload(), fresh.tokenizer,
+                       fresh.is_encoder_decoder, fresh.context, fresh.eos_id, fresh.pad_id,
+                       fresh.meta)
+            ix = SealIndex(tmp / "seal-ft", {"model": args.model, "num_beams": args.beams},
+                           lm=tuned)
+            ix.apply(ChangeSet(0, len(docs), docs))
+            ix.commit(len(docs))
+            with C.Phase() as ph:
+                hits = ix.search(qtexts, 100)
+            runs["seal-ft"] = dict(zip(qids, hits, strict=True))
+            timings["search_seal-ft"] = {**ph.as_dict(), "per_query_s": ph.seconds / n_q}
+            built["seal-ft"] = ix
+        # 4. fusions
+        gen = [r for r in runs if r not in ("bm25", "dense")]
+        combos = [("bm25", "dense")] + [(g,) + b for g in gen for b in
+                                        (("bm25",), ("bm25", "dense"))]
+        for combo in combos:
+            name = "+".join(combo)
+            runs[name] = {q: [Hit(d, s) for d, s in rrf(
+                [[(h.doc_id, h.score) for h in runs[c][q]] for c in combo], 100)]
+                for q in qids}
+        metrics = {name: evaluate(run, sub_qrels) for name, run in runs.items()}
+        # 5. latency at batch 1 and batch B
+        latency: dict[str, Any] = {}
+        for name, ix in built.items():
+            with C.Phase() as p1:
+                ix.search(qtexts[:1], 10)
+            bq = (qtexts * ((args.latency_batch // max(len(qtexts), 1)) + 1))[:args.latency_batch]
+            with C.Phase() as pb:
+                ix.search(bq, 10)
+            latency[name] = {"beams": args.beams, "batch1_ms": 1000 * p1.seconds,
+                             f"batch{args.latency_batch}_ms_per_query":
+                                 1000 * pb.seconds / len(bq)}
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    rows = [(n, m["nDCG@10"], m["R@100"],
+             m["nDCG@10"] / max(metrics["bm25"]["nDCG@10"], 1e-9)) for n, m in metrics.items()]
+    print(f"\nSciFact test, first {n_q} judged queries (beams {args.beams}, model {args.model})")
+    C.table(["run", "nDCG@10", "R@100", "vs bm25"], rows)
+    print()
+    C.table(["retriever", "beams", "batch 1 ms/query", f"batch {args.latency_batch} ms/query"],
+            [(n, v["beams"], v["batch1_ms"], v[f"batch{args.latency_batch}_ms_per_query"])
+             for n, v in latency.items()])
+    result = {"benchmark": "generative", "quick": args.quick, "queries": n_q,
+              "beams": args.beams, "model": args.model, "machine": info, "metrics": metrics,
+              "latency": latency, "timings": timings,
+              "loadavg_end": [round(x, 2) for x in __import__("os").getloadavg()]}
+    out = C.REPO / "benchmarks" / "results" / f"generative{'_quick' if args.quick else ''}.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=1) + "\n")
+    if args.json:
+        C.dump_json(result)
+    return 0
+
+
+def dsi_experiment(args: argparse.Namespace, folder: Path, qids: list[str], qtexts: list[str],
+                   qrels: dict[str, dict[str, int]]) -> dict[str, Any]:
+    """DSI++ continual indexing: see the module docstring."""
+    import copy
+    import random
+
+    from genseek.data.readers import read_corpus
+    from genseek.retrievers._lm import LM, build_prompt, load_lm, lora_wrap
+    from genseek.retrievers.dsi import DSI_INSTRUCTION, DsiIndex
+    from genseek.retrievers.generative_train import (
+        assign_docids,
+        dsi_examples,
+        pseudo_query,
+        train_examples,
+    )
+    from genseek.types import ChangeSet, Document
+
+    _, all_q, _ = C.judged_queries(folder, "test")
+    corpus = {d.doc_id: d for _, d in read_corpus(folder / "corpus.jsonl")}
+    order: list[str] = []
+    for q in qids:
+        for d, g in qrels[q].items():
+            if g > 0 and d not in order and d in corpus:
+                order.append(d)
+    order = order[:args.dsi_docs]
+    n0 = int(round(0.8 * len(order)))
+    inc = max(1, int(round(0.05 * len(order))))
+    batches = [order[:n0]] + [order[n0 + i * inc:n0 + (i + 1) * inc] for i in range(4)]
+    qtext = dict(zip(qids, qtexts, strict=True))
+    rel = {q: {d for d, g in qrels[q].items() if g > 0} for q in qids}
+    rng = random.Random(0)
+    base = load_lm.__wrapped__(args.model, "cpu")
+    docs = [corpus[d] for d in order]
+    docids = assign_docids(base, docs, args.dsi_scheme)
+    keys = docids["ids"]
+
+    def examples(batch: list[str], replay_from: list[str], ratio: float) -> list:
+        ex = dsi_examples(base, [corpus[d] for d in batch], keys, {}, {}, rng, doc_len=48,
+                          pseudo=2, instruction=DSI_INSTRUCTION)
+        for d in rng.choices(replay_from, k=int(ratio * len(ex))) if replay_from else []:
+            ex.append((build_prompt(base, DSI_INSTRUCTION, pseudo_query(
+                base.tokenizer, corpus[d].text, rng), "Docid:"), keys[d] + [base.eos_id]))
+        return ex
+
+    def hits10(model: Any, live: list[str]) -> dict[str, float]:
+        lm = LM("dsi", model, base.tokenizer, False, base.context, base.eos_id, base.pad_id,
+                {"base": args.model})
+        ix = DsiIndex(Path(tempfile.mkdtemp(prefix="dsi-")), {"model": args.model,
+                      "scheme": args.dsi_scheme, "num_beams": 10}, lm=lm)
+        ix.docids.ids.update(keys)
+        ix.apply(ChangeSet(0, len(live), tuple(
+            Document(d, corpus[d].title, corpus[d].text, version=i + 1)
+            for i, d in enumerate(live))))
+        ix.commit(len(live))
+        d0 = set(batches[0])
+        groups = {"D0": [q for q in qids if rel[q] & d0],
+                  "new": [q for q in qids if rel[q] & (set(live) - d0)]}
+        out: dict[str, float] = {}
+        for g, qs in groups.items():
+            if not qs:
+                continue
+            res = ix.search([qtext[q] for q in qs], 10)
+            out[g] = sum(bool(rel[q] & {h.doc_id for h in r}) for q, r in
+                         zip(qs, res, strict=True)) / len(qs)
+            out[f"{g}_queries"] = len(qs)
+        ix.close()
+        shutil.rmtree(ix.path, ignore_errors=True)
+        return out
+
+    log: dict[str, Any] = {"docs": len(order), "d0": n0, "increment": inc,
+                           "scheme": args.dsi_scheme, "steps_d0": args.dsi_steps,
+                           "steps_increment": args.dsi_inc_steps, "variants": {}}
+    model0 = lora_wrap(base)
+    t0 = train_examples(model0, examples(batches[0], [], 0), pad_id=base.pad_id,
+                        steps=args.dsi_steps, batch=8, max_len=80)
+    log["train_d0"] = t0
+    log["d0_hits"] = hits10(model0, batches[0])
+    print(f"DSI D0: {log['d0_hits']}", file=sys.stderr)
+    variants = {"naive": (0.0, 0.0), "dsi++": (1.0, 0.0), "dsi++sam": (1.0, 0.05)}
+    for name, (ratio, sam) in variants.items():
+        model = copy.deepcopy(model0)
+        steps_used = t0["steps"]
+        rows = []
+        for i in range(1, 5):
+            seen = [d for b in batches[:i] for d in b]
+            s = train_examples(model, examples(batches[i], seen, ratio), pad_id=base.pad_id,
+                               steps=args.dsi_inc_steps, batch=8, max_len=80, sam=sam,
+                               seed=i)
+            steps_used += s["steps"]
+            live = seen + batches[i]
+            rows.append({"step": i, "steps_used": steps_used, **hits10(model, live)})
+            print(f"DSI {name} step {i}: {rows[-1]}", file=sys.stderr)
+        log["variants"][name] = rows
+        del model
+    # full retraining on all documents (from the base model), measured after the last step
+    model = lora_wrap(load_lm.__wrapped__(args.model, "cpu"))
+    s = train_examples(model, examples(order, [], 0), pad_id=base.pad_id,
+                       steps=int(args.dsi_steps * len(order) / max(n0, 1)), batch=8, max_len=80)
+    retrain_steps = [int(args.dsi_steps * (n0 + i * inc) / max(n0, 1)) for i in range(1, 5)]
+    log["variants"]["retrain"] = [{"step": 4, "steps_used": t0["steps"] + sum(retrain_steps),
+                                   **hits10(model, order)}]
+    print(f"DSI retrain: {log['variants']['retrain']}", file=sys.stderr)
+    return log
+
+
+if __name__ == "__main__":
+    sys.exit(main())

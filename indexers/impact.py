@@ -1,0 +1,397 @@
+"""``impact``: learned sparse retrieval (SPLADE, inference-free) on a Lucene impact index.
+
+Documents go through a SPLADE masked LM (:class:`genseek.encoders.SparseEncoder`), each
+term weight ``w`` is quantised to the integer ``round(w * quant)`` (terms that round to 0
+are dropped) and the document is indexed *pre-tokenised*: field ``contents`` holds
+``term\\x01tf`` tokens split on whitespace, and Lucene's ``DelimitedTermFrequencyTokenFilter``
+stores ``tf`` as the term's frequency (``DOCS_AND_FREQS``, no norms, no positions). Anserini's
+``SimpleImpactSearcher`` scores a weighted bag of terms with ``ImpactSimilarity``
+(``boost * tf``), so a query whose weights are quantised the same way gets the exact integer
+dot product ``sum_t q_t * d_t`` (exact in float32 below 2**24); hits report it divided by
+``quant**2``, ties broken by id as in ``bm25``.
+
+Two query modes:
+
+- ``splade``: the query goes through the same model (a siamese SPLADE encoder).
+- ``inference-free``: the query is its distinct tokenizer ids weighted by the IDF table
+  stored with the model (``<model>/idf.json``, or ``idf=PATH``); no model runs at query
+  time (Geng et al. 2024). ``genseek train sparse`` writes such a model folder.
+
+Writes follow ``bm25``: ``updateDocument``/``deleteDocuments`` by the ``id`` term, the
+sequence number in the Lucene commit's user data, a new searcher generation per commit.
+Scores depend on no collection statistics, so deleted documents never change other scores.
+The document-side settings (model, max_length, top_k, threshold, quant) are recorded in
+``impact.json`` at creation; reopening with different ones is an error (rebuild instead).
+
+Spec parameters: ``model`` (splade-tiny), ``mode`` (splade | inference-free), ``idf``
+(path of the IDF table; default ``<model>/idf.json``), ``top_k`` (keep a document's k
+heaviest terms, 0 = all), ``threshold`` (drop weights <= it, 0.0), ``quant`` (100),
+``max_length`` (256 tokens), ``batch_size`` (16), ``ram_buffer_mb`` (256), ``threads`` (2).
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from genseek.atomic import atomic_write_json
+from genseek.errors import GenseekError
+from genseek.indexers.jvm import autoclass, java_exception
+from genseek.protocols import dir_bytes
+from genseek.types import ChangeSet, Document, Hit
+
+_SEQ_KEY = "genseek.seq"
+_MAX_CLAUSES = 65536
+_DELIM = "\x01"  # not whitespace for Lucene's WhitespaceTokenizer (U+001C..U+001F are)
+_META = "impact.json"
+MODES = ("splade", "inference-free")
+_PARAMS: dict[str, Any] = {
+    "model": "splade-tiny", "mode": "splade", "idf": None, "top_k": 0, "threshold": 0.0,
+    "quant": 100, "max_length": 256, "batch_size": 16, "ram_buffer_mb": 256, "threads": 2,
+}
+_DOC_SIDE = ("model", "max_length", "top_k", "threshold", "quant")
+
+Vector = tuple[np.ndarray, np.ndarray]  # (token ids int64 [n], weights float32 [n])
+
+
+def quantise(weights: np.ndarray, quant: float) -> np.ndarray:
+    """Integer impacts ``round(w * quant)`` (int64, same shape as ``weights``)."""
+    return np.rint(np.asarray(weights, dtype=np.float64) * quant).astype(np.int64)
+
+
+def prune(vec: Vector, top_k: int, threshold: float) -> Vector:
+    """Keep weights ``> threshold`` and then the ``top_k`` heaviest (0 = all), heaviest first."""
+    ids, ws = vec
+    keep = ws > threshold
+    ids, ws = ids[keep], ws[keep]
+    order = np.argsort(-ws, kind="stable")
+    if top_k > 0:
+        order = order[:top_k]
+    return ids[order], ws[order]
+
+
+def _check_params(params: dict[str, Any]) -> dict[str, Any]:
+    unknown = set(params) - set(_PARAMS)
+    if unknown:
+        raise GenseekError(f"impact: unknown parameter(s) {', '.join(sorted(unknown))}; "
+                           f"known: {', '.join(_PARAMS)}")
+    p = {**_PARAMS, **params}
+    if p["mode"] not in MODES:
+        raise GenseekError(f"impact: parameter mode must be one of {', '.join(MODES)}, "
+                           f"not {p['mode']!r}")
+    for key in ("top_k", "max_length", "batch_size", "threads", "ram_buffer_mb"):
+        v = p[key]
+        if isinstance(v, bool) or not isinstance(v, int) or v < (0 if key == "top_k" else 1):
+            floor = "an integer >= 0" if key == "top_k" else "a positive integer"
+            raise GenseekError(f"impact: parameter {key} must be {floor}, not {v!r}")
+    for key in ("threshold", "quant"):
+        v = p[key]
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or v < 0 or (
+                key == "quant" and v <= 0):
+            raise GenseekError(f"impact: parameter {key} must be a number "
+                               f"{'> 0' if key == 'quant' else '>= 0'}, not {v!r}")
+    if not isinstance(p["model"], str) or not p["model"]:
+        raise GenseekError(f"impact: parameter model must be a model name or folder, "
+                           f"not {p['model']!r}")
+    if p["idf"] is not None and not isinstance(p["idf"], str):
+        raise GenseekError(f"impact: parameter idf must be a file path, not {p['idf']!r}")
+    return p
+
+
+class _Searcher:
+    """A reference-counted ``SimpleImpactSearcher`` generation, closed once retired and idle."""
+
+    def __init__(self, searcher: Any):
+        self.searcher = searcher
+        self.users = 0
+        self.retired = False
+
+
+class ImpactIndex:
+    """Lucene impact index of quantised SPLADE vectors. See the module docstring."""
+
+    def __init__(self, path: Path, params: dict[str, Any], encoder: Any = None):
+        self.params = _check_params(params)
+        self.path = Path(path)
+        self._check_meta(create=False)
+        self.path.mkdir(parents=True, exist_ok=True)
+        self._encoder = encoder
+        self._enc_lock = threading.Lock()
+        if self.params["mode"] == "inference-free":
+            self.encoder.idf  # noqa: B018 - fail at open, not at the first query
+        j = _Java()
+        self._j = j
+        j.IndexSearcher.setMaxClauseCount(_MAX_CLAUSES)
+        conf = j.HashMap()
+        conf.put("delimiter", _DELIM)
+        builder = j.CustomAnalyzer.builder().withTokenizer("whitespace")
+        self._analyzer = builder.addTokenFilter("delimitedTermFrequency", conf).build()
+        ftype = j.FieldType()
+        ftype.setTokenized(True)
+        ftype.setOmitNorms(True)
+        ftype.setIndexOptions(j.IndexOptions.DOCS_AND_FREQS)
+        ftype.freeze()
+        self._ftype = ftype
+        config = j.IndexWriterConfig(self._analyzer)
+        config.setOpenMode(j.OpenMode.CREATE_OR_APPEND)
+        config.setSimilarity(j.ImpactSimilarity())
+        config.setRAMBufferSizeMB(float(self.params["ram_buffer_mb"]))
+        self._dir = j.FSDirectory.open(j.Paths.get(str(self.path.resolve())))
+        try:
+            self._writer = j.IndexWriter(self._dir, config)
+        except j.JavaException as exc:
+            raise GenseekError(f"impact: cannot open the Lucene index at {self.path}: "
+                               f"{exc}") from exc
+        self._applied = self._read_seq()
+        self._lock = threading.Lock()
+        self._current: _Searcher | None = None
+        if self._applied == 0 and self._writer.getDocStats().numDocs == 0:
+            self._commit_data(0)
+        self._check_meta(create=True)
+        self._reopen()
+
+    @classmethod
+    def open(cls, path: Path, params: dict[str, Any]) -> ImpactIndex:
+        return cls(path, params)
+
+    # -- configuration ---------------------------------------------------------------
+
+    def _check_meta(self, create: bool) -> None:
+        """Refuse to reopen an index whose documents were encoded differently."""
+        file = self.path / _META
+        want = {k: self.params[k] for k in _DOC_SIDE}
+        if file.is_file():
+            try:
+                have = json.loads(file.read_text(encoding="utf-8"))
+            except (OSError, ValueError) as exc:
+                raise GenseekError(f"impact: cannot read {file}: {exc}") from None
+            diff = [k for k in _DOC_SIDE if have.get(k) != want[k]]
+            if diff:
+                raise GenseekError(
+                    f"impact: {self.path} was built with "
+                    + ", ".join(f"{k}={have.get(k)!r}" for k in diff)
+                    + "; the spec asks for " + ", ".join(f"{k}={want[k]!r}" for k in diff)
+                    + " (rebuild the index to change document-side settings)")
+        elif create:
+            atomic_write_json(file, want)
+
+    @property
+    def encoder(self):
+        """The shared :class:`SparseEncoder` (created on first use)."""
+        if self._encoder is None:
+            from genseek.encoders import shared_sparse_encoder
+
+            self._encoder = shared_sparse_encoder(self.params["model"], self.params["max_length"],
+                                                  self.params["idf"])
+        return self._encoder
+
+    # -- state ------------------------------------------------------------------------
+
+    def _read_seq(self) -> int:
+        j = self._j
+        if not j.DirectoryReader.indexExists(self._dir):
+            return 0
+        value = j.SegmentInfos.readLatestCommit(self._dir).getUserData().get(_SEQ_KEY)
+        return int(value) if value is not None else 0
+
+    @property
+    def applied_seq(self) -> int:
+        return self._applied
+
+    # -- writes -----------------------------------------------------------------------
+
+    def doc_vectors(self, docs: Sequence[Document]) -> list[Vector]:
+        """Pruned float vectors of ``docs`` through the encoder (``[(ids, weights)]``)."""
+        if not docs:
+            return []
+        with self._enc_lock:
+            raw = self.encoder.encode_ids([d.contents for d in docs],
+                                          batch_size=int(self.params["batch_size"]))
+        return [prune(v, int(self.params["top_k"]), float(self.params["threshold"]))
+                for v in raw]
+
+    def apply(self, changes: ChangeSet) -> None:
+        self.apply_encoded(changes, {})
+
+    def apply_encoded(self, changes: ChangeSet, vectors: Mapping[str, Vector]) -> None:
+        """:meth:`apply`, taking the unpruned vectors of some upserts from ``vectors``
+        (``doc_id -> (ids, weights)``, e.g. a cache of the same model's encodings of the
+        same contents); the others are encoded."""
+        todo = [d for d in changes.upserts if d.doc_id not in vectors]
+        encoded = dict(zip([d.doc_id for d in todo], self.doc_vectors(todo), strict=True))
+        top_k, threshold = int(self.params["top_k"]), float(self.params["threshold"])
+        j = self._j
+        for doc in changes.upserts:
+            vec = encoded.get(doc.doc_id)
+            if vec is None:
+                vec = prune(vectors[doc.doc_id], top_k, threshold)
+            ldoc = j.Document()
+            ldoc.add(j.StringField("id", doc.doc_id, j.Store.YES))
+            ldoc.add(j.BinaryDocValuesField("id", j.BytesRef(doc.doc_id.encode("utf-8"))))
+            ldoc.add(j.Field("contents", self._pretokenised(vec), self._ftype,
+                             signature=_FIELD_SIG))
+            self._writer.updateDocument(j.Term("id", doc.doc_id), ldoc)
+        for doc_id in changes.deleted_ids:
+            self._writer.deleteDocuments(j.TermQuery(j.Term("id", doc_id)))
+
+    def _pretokenised(self, vec: Vector) -> str:
+        """``term\\x01tf`` tokens of the quantised vector (zero impacts dropped)."""
+        names = self.encoder.term_names
+        ids, ws = vec
+        tfs = quantise(ws, float(self.params["quant"]))
+        return " ".join(f"{names[i]}{_DELIM}{tf}"
+                        for i, tf in zip(ids.tolist(), tfs.tolist(), strict=True) if tf > 0)
+
+    def _commit_data(self, seq: int) -> None:
+        data = self._j.HashMap()
+        data.put(_SEQ_KEY, str(seq))
+        self._writer.setLiveCommitData(data.entrySet())
+        self._writer.commit()
+
+    def commit(self, seq: int) -> None:
+        self._commit_data(seq)
+        self._applied = seq
+        self._reopen()
+
+    def _reopen(self) -> None:
+        searcher = self._j.SimpleImpactSearcher(str(self.path.resolve()))
+        with self._lock:
+            old, self._current = self._current, _Searcher(searcher)
+        if old is not None:
+            self._release(old, retire=True)
+
+    def _acquire(self) -> _Searcher:
+        with self._lock:
+            if self._current is None:
+                raise GenseekError("impact: the index is closed")
+            self._current.users += 1
+            return self._current
+
+    def _release(self, gen: _Searcher, retire: bool = False) -> None:
+        with self._lock:
+            if retire:
+                gen.retired = True
+            else:
+                gen.users -= 1
+            close = gen.retired and gen.users == 0
+        if close:
+            gen.searcher.close()
+
+    # -- reads ------------------------------------------------------------------------
+
+    def query_vectors(self, queries: Sequence[str]) -> list[Vector]:
+        """Float query vectors: the model's (``splade``) or IDF-weighted tokens
+        (``inference-free``, no model)."""
+        if self.params["mode"] == "inference-free":
+            return self.encoder.query_ids_idf(queries)
+        with self._enc_lock:
+            return self.encoder.encode_ids(list(queries), batch_size=32)
+
+    def quantised_query(self, vec: Vector) -> dict[str, int]:
+        """``{term: integer weight}`` as searched (zero weights dropped)."""
+        names = self.encoder.term_names
+        ids, ws = vec
+        tfs = quantise(ws, float(self.params["quant"]))
+        return {names[i]: tf for i, tf in zip(ids.tolist(), tfs.tolist(), strict=True) if tf > 0}
+
+    def search(self, queries: Sequence[str], k: int, **params: Any) -> list[list[Hit]]:
+        if params:
+            raise GenseekError(f"impact: no per-request search parameters (got "
+                               f"{', '.join(sorted(params))}); set them in the spec")
+        if k <= 0 or not queries:
+            return [[] for _ in queries]
+        return self.search_vectors(self.query_vectors(queries), k)
+
+    def search_vectors(self, vectors: Sequence[Vector], k: int) -> list[list[Hit]]:
+        """Search float query vectors (quantised here); one ranked list per vector."""
+        j = self._j
+        scale = float(self.params["quant"]) ** 2
+        bags = [self.quantised_query(v) for v in vectors]
+        maps = []
+        for bag in bags:
+            m = j.HashMap()
+            for term, w in bag.items():
+                m.put(term, j.Integer(w))
+            maps.append(m)
+        gen = self._acquire()
+        try:
+            s = gen.searcher
+            live = [i for i, bag in enumerate(bags) if bag]
+            out: list[list[Hit]] = [[] for _ in bags]
+            if len(live) == 1:
+                i = live[0]
+                out[i] = [Hit(d.docid, float(d.score) / scale) for d in s.search(maps[i], k)]
+            elif live:
+                qs, ids = j.ArrayList(), j.ArrayList()
+                for i in live:
+                    qs.add(maps[i])
+                    ids.add(str(i))
+                found = s.batch_search(qs, ids, k, int(self.params["threads"]))
+                for i in live:
+                    out[i] = [Hit(d.docid, float(d.score) / scale) for d in found.get(str(i))]
+            return out
+        finally:
+            self._release(gen)
+
+    def stats(self) -> dict[str, Any]:
+        docs = int(self._writer.getDocStats().numDocs)  # live documents (maxDoc counts deleted)
+        runtime = self._j.Runtime.getRuntime()
+        return {
+            "type": "impact",
+            "documents": docs,
+            "applied_seq": self._applied,
+            "disk_bytes": dir_bytes(self.path),
+            "memory_bytes": int(self._writer.ramBytesUsed())
+            + int(runtime.totalMemory() - runtime.freeMemory()),
+            "params": dict(self.params),
+        }
+
+    def close(self) -> None:
+        with self._lock:
+            gen, self._current = self._current, None
+        if gen is not None:
+            self._release(gen, retire=True)
+        if self._writer.isOpen():
+            self._writer.rollback()  # closes; drops anything applied but not committed
+
+
+_FIELD_SIG = ("(Ljava/lang/String;Ljava/lang/CharSequence;"
+              "Lorg/apache/lucene/index/IndexableFieldType;)V")
+
+
+class _Java:
+    """The Java classes this module uses, resolved once per index."""
+
+    def __init__(self) -> None:
+        c = autoclass
+        self.CustomAnalyzer = c("org.apache.lucene.analysis.custom.CustomAnalyzer")
+        self.SimpleImpactSearcher = c("io.anserini.search.SimpleImpactSearcher")
+        self.ImpactSimilarity = c("io.anserini.search.similarity.ImpactSimilarity")
+        self.IndexWriter = c("org.apache.lucene.index.IndexWriter")
+        self.IndexWriterConfig = c("org.apache.lucene.index.IndexWriterConfig")
+        self.OpenMode = c("org.apache.lucene.index.IndexWriterConfig$OpenMode")
+        self.IndexOptions = c("org.apache.lucene.index.IndexOptions")
+        self.DirectoryReader = c("org.apache.lucene.index.DirectoryReader")
+        self.SegmentInfos = c("org.apache.lucene.index.SegmentInfos")
+        self.Term = c("org.apache.lucene.index.Term")
+        self.TermQuery = c("org.apache.lucene.search.TermQuery")
+        self.IndexSearcher = c("org.apache.lucene.search.IndexSearcher")
+        self.Runtime = c("java.lang.Runtime")
+        self.FSDirectory = c("org.apache.lucene.store.FSDirectory")
+        self.Paths = c("java.nio.file.Paths")
+        self.Document = c("org.apache.lucene.document.Document")
+        self.Field = c("org.apache.lucene.document.Field")
+        self.FieldType = c("org.apache.lucene.document.FieldType")
+        self.StringField = c("org.apache.lucene.document.StringField")
+        self.BinaryDocValuesField = c("org.apache.lucene.document.BinaryDocValuesField")
+        self.Store = c("org.apache.lucene.document.Field$Store")
+        self.BytesRef = c("org.apache.lucene.util.BytesRef")
+        self.HashMap = c("java.util.HashMap")
+        self.ArrayList = c("java.util.ArrayList")
+        self.Integer = c("java.lang.Integer")
+        self.JavaException = java_exception()

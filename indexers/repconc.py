@@ -1,0 +1,396 @@
+"""``repconc``: RepCONC product-quantised dense retrieval in a faiss IVF-PQ index.
+
+Documents are the dense encoder's (MiniLM) vectors ``x [d]``, rotated ``y = R x`` and stored
+as ``bytes`` one-byte PQ codes whose codebooks were trained for retrieval by
+``genseek train repconc`` (indexers/repconc_train.py: joint training with a query-side
+projection under Sinkhorn's uniform-clustering constraint, warm-started from OPQ). Queries
+are projected ``q' = W q`` and scored by inner product with the reconstructed documents.
+
+Layout of the index folder::
+
+    vectors.sqlite   label INTEGER PRIMARY KEY, doc_id, vec BLOB (float32) + meta(seq, dim)
+    ann.faiss        IVF-PQ (inner product, codes of y itself, not of residuals)
+    ann.json         {"seq", "ntotal", "model", ...}: the cache's validity
+
+As in ``dense``, the label is the document version, ``vectors.sqlite`` is the source of truth
+(committed atomically with the sequence number) and the faiss file a cache rebuilt from it.
+Vectors of documents are not encoded twice: a sibling ``dense`` index's ``vectors.sqlite``
+(``../dense`` by default, parameter ``reuse``) is read first, by label.
+
+Spec parameters: ``model`` (a folder written by ``genseek train repconc``; without one the
+index trains faiss OPQ + PQ on its own vectors once it holds ``train_min`` of them, and uses
+the rotation as query projection), ``encoder`` (all-MiniLM-L6-v2, must be the model's),
+``bytes`` (48; the model's when one is given), ``nlist`` (16 inverted lists), ``nprobe``
+(all lists), ``train_min`` (1000: exact search on the rotated vectors until then),
+``batch_size`` (32), ``max_length``, ``reuse`` ("../dense"; "" for none), ``save_every`` (300),
+``opq_iters`` (25: OPQ rounds when the index trains its own quantiser).
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import threading
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import faiss
+import numpy as np
+
+from genseek.atomic import atomic_write, atomic_write_json
+from genseek.encoders import DEFAULT_MODEL, TextEncoder, shared_encoder
+from genseek.errors import GenseekError
+from genseek.indexers.repconc_train import load_model, opq_warm_start
+from genseek.protocols import dir_bytes
+from genseek.types import ChangeSet, Hit
+
+_PARAMS: dict[str, Any] = {
+    "model": None, "encoder": DEFAULT_MODEL, "bytes": 48, "nlist": 16, "nprobe": None,
+    "train_min": 1000, "batch_size": 32, "max_length": None, "reuse": "../dense",
+    "save_every": 300, "opq_iters": 25,
+}
+
+
+def _write_npy(path: Path, array: np.ndarray) -> None:
+    def write(tmp: str) -> None:
+        with open(tmp, "wb") as fh:
+            np.save(fh, np.ascontiguousarray(array, np.float32), allow_pickle=False)
+
+    atomic_write(path, write)
+
+
+class RepconcIndex:
+    """IVF-PQ over RepCONC codebooks with a query projection. See the module docstring."""
+
+    def __init__(self, path: Path, params: dict[str, Any], encoder: TextEncoder | None = None):
+        unknown = set(params) - set(_PARAMS)
+        if unknown:
+            raise GenseekError(f"repconc: unknown parameter(s) {', '.join(sorted(unknown))}; "
+                               f"known: {', '.join(_PARAMS)}")
+        self.params = {**_PARAMS, **params}
+        for key in ("bytes", "nlist", "nprobe", "train_min", "batch_size", "max_length",
+                    "opq_iters"):
+            value = self.params[key]
+            if value is not None and (isinstance(value, bool) or not isinstance(value, int)
+                                      or value < 1):
+                raise GenseekError(f"repconc: parameter {key} must be a positive integer, "
+                                   f"not {value!r}")
+        self.path = Path(path)
+        self.path.mkdir(parents=True, exist_ok=True)
+        self.model = None
+        if self.params["model"]:
+            model_dir = Path(str(self.params["model"])).expanduser()
+            self.model = load_model(model_dir)
+            self.params["bytes"] = int(self.model["config"]["bytes"])
+            self.params["encoder"] = str(self.model["config"].get("encoder",
+                                                                 self.params["encoder"]))
+        self._encoder = encoder
+        self.dim = int(self.model["config"]["dim"]) if self.model else (
+            encoder.dim if encoder is not None else self._load_encoder().dim)
+        if self.dim % int(self.params["bytes"]):
+            raise GenseekError(f"repconc: bytes ({self.params['bytes']}) must divide the vector "
+                               f"dimension ({self.dim})")
+        self._db = sqlite3.connect(self.path / "vectors.sqlite", isolation_level=None,
+                                   check_same_thread=False)
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute("PRAGMA synchronous=FULL")
+        self._db.execute("CREATE TABLE IF NOT EXISTS vectors (label INTEGER PRIMARY KEY,"
+                         " doc_id TEXT NOT NULL, vec BLOB NOT NULL)")
+        self._db.execute("CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT)")
+        stored = self._meta("dim")
+        if stored is None:
+            self._db.execute("INSERT OR REPLACE INTO meta VALUES ('dim', ?)", (str(self.dim),))
+        elif int(stored) != self.dim:
+            raise GenseekError(f"repconc index at {self.path} holds {stored}-d vectors; the "
+                               f"spec's model makes {self.dim}-d ones")
+        self._lock = threading.RLock()
+        self._in_tx = False
+        self._labels: dict[int, str] = dict(self._db.execute("SELECT label, doc_id FROM vectors"))
+        self._applied = int(self._meta("seq") or 0)
+        self._saved_seq = -1
+        self._last_save = time.monotonic()
+        self._quant: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None  # R, C, W
+        self._fallback = True
+        self._index = self._load_or_rebuild()
+
+    @classmethod
+    def open(cls, path: Path, params: dict[str, Any]) -> RepconcIndex:
+        return cls(path, params)
+
+    def _load_encoder(self) -> TextEncoder:
+        if self._encoder is None:
+            self._encoder = shared_encoder(str(self.params["encoder"]), self.params["max_length"])
+        return self._encoder
+
+    def _meta(self, key: str) -> str | None:
+        row = self._db.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
+        return row[0] if row else None
+
+    @property
+    def applied_seq(self) -> int:
+        return self._applied
+
+    # -- quantiser and faiss structure -----------------------------------------------------------
+
+    def _all_vectors(self) -> tuple[np.ndarray, np.ndarray]:
+        rows = self._db.execute("SELECT label, vec FROM vectors ORDER BY label").fetchall()
+        labels = np.fromiter((r[0] for r in rows), dtype=np.int64, count=len(rows))
+        vecs = np.frombuffer(b"".join(r[1] for r in rows), dtype=np.float32).reshape(-1, self.dim)
+        return labels, vecs
+
+    def _quantiser(self, vecs: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
+        """``(R [d, d], codebooks [M, 256, d/M], W [d, d])``, or None while untrainable."""
+        if self.model is not None:
+            return self.model["rotation"], self.model["codebooks"], self.model["query_proj"]
+        if self._quant is not None:
+            return self._quant
+        if len(vecs) < max(int(self.params["train_min"]), 256):
+            return None
+        rotation, codebooks = opq_warm_start(vecs, int(self.params["bytes"]),
+                                             iters=int(self.params["opq_iters"]))
+        self._quant = (rotation, codebooks, rotation)
+        return self._quant
+
+    def _build(self, labels: np.ndarray, vecs: np.ndarray) -> faiss.Index:
+        quant = self._quantiser(vecs)
+        nlist = int(self.params["nlist"])
+        if quant is None or len(vecs) < max(int(self.params["train_min"]), nlist):
+            self._fallback = True
+            rotation = quant[0] if quant else np.eye(self.dim, dtype=np.float32)
+            index = faiss.IndexIDMap2(faiss.IndexFlatIP(self.dim))
+            if len(labels):
+                index.add_with_ids(np.ascontiguousarray(vecs @ rotation.T, np.float32), labels)
+            return index
+        rotation, codebooks, _ = quant
+        m = int(codebooks.shape[0])
+        y = np.ascontiguousarray(vecs @ rotation.T, dtype=np.float32)
+        coarse = faiss.IndexFlatIP(self.dim)
+        index = faiss.IndexIVFPQ(coarse, self.dim, nlist, m, 8, faiss.METRIC_INNER_PRODUCT)
+        index.by_residual = False  # the codebooks quantise y itself
+        index.cp.seed = 0
+        # 1. coarse lists by k-means on the rotated vectors; 2. the trained PQ codebooks
+        clus = faiss.Clustering(self.dim, nlist)
+        clus.seed = 0
+        clus.min_points_per_centroid = 1
+        clus.train(y, coarse)
+        faiss.copy_array_to_vector(np.ascontiguousarray(codebooks, np.float32).ravel(),
+                                   index.pq.centroids)
+        index.is_trained = True
+        index.nprobe = int(self.params["nprobe"] or nlist)
+        index.add_with_ids(y, labels)
+        self._fallback = False
+        return index
+
+    def _rebuild(self) -> faiss.Index:
+        labels, vecs = self._all_vectors()
+        return self._build(labels, vecs)
+
+    def _info(self) -> dict[str, Any]:
+        return {"seq": self._applied, "ntotal": len(self._labels),
+                "model": str(self.params["model"]), "bytes": int(self.params["bytes"]),
+                "nlist": int(self.params["nlist"])}
+
+    def _load_or_rebuild(self) -> faiss.Index:
+        try:
+            info = json.loads((self.path / "ann.json").read_text())
+            if {k: info.get(k) for k in self._info()} == self._info():
+                index = faiss.read_index(str(self.path / "ann.faiss"))
+                if index.d == self.dim and index.ntotal == len(self._labels):
+                    self._fallback = bool(info.get("fallback"))
+                    if self.model is None and not self._fallback:
+                        rotation = np.load(self.path / "own_rotation.npy", allow_pickle=False)
+                        codebooks = np.load(self.path / "own_codebooks.npy", allow_pickle=False)
+                        self._quant = (rotation, codebooks, rotation)
+                    ivf = faiss.try_extract_index_ivf(index) if not self._fallback else None
+                    if ivf is not None:
+                        ivf.nprobe = int(self.params["nprobe"] or ivf.nlist)
+                    self._saved_seq = self._applied
+                    return index
+        except (OSError, ValueError, RuntimeError):
+            pass  # missing, stale or unreadable cache: rebuild from the stored vectors
+        return self._rebuild()
+
+    def _save(self) -> None:
+        with self._lock:
+            if self._applied == self._saved_seq:
+                return
+            index = self._index
+            atomic_write(self.path / "ann.faiss", lambda tmp: faiss.write_index(index, tmp))
+            if self.model is None and self._quant is not None:
+                for name, array in (("own_rotation", self._quant[0]),
+                                    ("own_codebooks", self._quant[1])):
+                    _write_npy(self.path / f"{name}.npy", array)
+            atomic_write_json(self.path / "ann.json", {**self._info(),
+                                                       "fallback": self._fallback})
+            self._saved_seq = self._applied
+            self._last_save = time.monotonic()
+
+    def _rotation_and_proj(self) -> tuple[np.ndarray, np.ndarray]:
+        if self.model is not None:
+            return self.model["rotation"], self.model["query_proj"]
+        if self._quant is not None:
+            return self._quant[0], self._quant[2]
+        eye = np.eye(self.dim, dtype=np.float32)
+        return eye, eye
+
+    # -- writes -------------------------------------------------------------------------------
+
+    def _reused_vectors(self, labels: list[int]) -> dict[int, np.ndarray]:
+        """Vectors of ``labels`` that the sibling dense index already holds."""
+        if not self.params["reuse"] or not labels:
+            return {}
+        source = (self.path / str(self.params["reuse"]) / "vectors.sqlite").resolve()
+        if not source.is_file():
+            return {}
+        try:
+            db = sqlite3.connect(f"file:{source}?mode=ro", uri=True)
+            try:
+                dim = db.execute("SELECT value FROM meta WHERE key = 'dim'").fetchone()
+                model = db.execute("SELECT value FROM meta WHERE key = 'model'").fetchone()
+                if (dim is None or int(dim[0]) != self.dim or model is None
+                        or model[0] != str(self.params["encoder"])):
+                    return {}
+                found: dict[int, np.ndarray] = {}
+                for lo in range(0, len(labels), 500):
+                    part = labels[lo:lo + 500]
+                    marks = ",".join("?" * len(part))
+                    for label, blob in db.execute(
+                            f"SELECT label, vec FROM vectors WHERE label IN ({marks})", part):
+                        found[int(label)] = np.frombuffer(blob, dtype=np.float32)
+                return found
+            finally:
+                db.close()
+        except sqlite3.Error:
+            return {}  # unreadable sibling: encode instead
+
+    def add_vectors(self, docs: Sequence[tuple[int, str]], vecs: np.ndarray) -> None:
+        """Add documents ``(label, doc_id)`` with their encoder vectors ``[n, dim]`` (uncommitted)."""
+        vecs = np.asarray(vecs)
+        if vecs.ndim != 2 or vecs.shape[1] != self.dim or len(vecs) != len(docs):
+            raise GenseekError(f"repconc: expected {len(docs)} vectors of shape [n, {self.dim}],"
+                               f" got {list(vecs.shape)}")
+        if not np.all(np.isfinite(vecs)):
+            raise GenseekError("repconc: document vectors hold NaN or infinite values")
+        keep = [i for i, (label, _) in enumerate(docs) if int(label) not in self._labels]
+        if not keep:
+            return
+        vecs = np.ascontiguousarray(vecs[keep], dtype=np.float32)
+        rows = [(int(docs[i][0]), str(docs[i][1])) for i in keep]
+        self._begin()
+        self._db.executemany("INSERT OR REPLACE INTO vectors(label, doc_id, vec) VALUES (?, ?, ?)",
+                             [(lab, did, vecs[j].tobytes()) for j, (lab, did) in enumerate(rows)])
+        with self._lock:
+            rotation, _ = self._rotation_and_proj()
+            self._index.add_with_ids(np.ascontiguousarray(vecs @ rotation.T, np.float32),
+                                     np.asarray([r[0] for r in rows], dtype=np.int64))
+            for lab, did in rows:
+                self._labels[lab] = did
+
+    def _begin(self) -> None:
+        if not self._in_tx:
+            self._db.execute("BEGIN IMMEDIATE")
+            self._in_tx = True
+
+    def apply(self, changes: ChangeSet) -> None:
+        gone = [v for _, v in changes.removed if v in self._labels]
+        if gone:
+            self._begin()
+            self._db.executemany("DELETE FROM vectors WHERE label = ?", [(v,) for v in gone])
+            with self._lock:
+                self._index.remove_ids(np.asarray(gone, dtype=np.int64))
+                for v in gone:
+                    del self._labels[v]
+        new_docs = [d for d in changes.upserts if d.version not in self._labels]
+        if not new_docs:
+            return
+        reused = self._reused_vectors([d.version for d in new_docs])
+        todo = [d for d in new_docs if d.version not in reused]
+        if todo:
+            encoded = self._load_encoder().encode([d.contents for d in todo],
+                                                  int(self.params["batch_size"]))
+            reused.update({d.version: encoded[i] for i, d in enumerate(todo)})
+        self.add_vectors([(d.version, d.doc_id) for d in new_docs],
+                         np.stack([reused[d.version] for d in new_docs]))
+
+    def commit(self, seq: int) -> None:
+        self._begin()
+        self._db.execute("INSERT OR REPLACE INTO meta VALUES ('seq', ?)", (str(seq),))
+        self._db.execute("COMMIT")
+        self._in_tx = False
+        self._applied = seq
+        with self._lock:
+            if self._fallback and len(self._labels) >= max(int(self.params["train_min"]),
+                                                           int(self.params["nlist"])):
+                self._index = self._rebuild()
+        if time.monotonic() - self._last_save > float(self.params["save_every"]):
+            self._save()
+
+    # -- reads --------------------------------------------------------------------------------
+
+    def search(self, queries: Sequence[str], k: int, **params: Any) -> list[list[Hit]]:
+        """Top-``k`` per query; ``nprobe`` overrides the spec for this call."""
+        nprobe = self._nprobe(params)
+        if k <= 0 or not queries:
+            return [[] for _ in queries]
+        vecs = self._load_encoder().encode(list(queries), int(self.params["batch_size"]))
+        return self.search_vectors(vecs, k, nprobe)
+
+    def _nprobe(self, params: dict[str, Any]) -> int | None:
+        unknown = set(params) - {"nprobe"}
+        if unknown:
+            raise GenseekError(f"repconc: unknown search parameter(s) "
+                               f"{', '.join(sorted(unknown))}; known: nprobe")
+        value = params.get("nprobe")
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int)
+                                  or not 1 <= value <= 65536):
+            raise GenseekError("repconc: nprobe must be an integer from 1 to 65536")
+        return value
+
+    def search_vectors(self, vectors: np.ndarray, k: int,
+                       nprobe: int | None = None) -> list[list[Hit]]:
+        """Search with encoder query vectors ``[n, dim]`` (projected here by ``W``)."""
+        vectors = np.asarray(vectors)
+        if vectors.ndim != 2 or vectors.shape[1] != self.dim:
+            raise GenseekError(f"repconc: query vectors must have shape [n, {self.dim}], "
+                               f"not {list(vectors.shape)}")
+        if not np.all(np.isfinite(vectors)):
+            raise GenseekError("repconc: query vectors hold NaN or infinite values")
+        with self._lock:
+            fetch = min(len(self._labels), k)
+            if fetch <= 0:
+                return [[] for _ in range(len(vectors))]
+            _, proj = self._rotation_and_proj()
+            x = np.ascontiguousarray(vectors @ proj.T, dtype=np.float32)
+            params = None
+            if nprobe is not None and not self._fallback:
+                params = faiss.SearchParametersIVF(nprobe=int(nprobe))
+            scores, ids = (self._index.search(x, fetch, params=params) if params
+                           else self._index.search(x, fetch))
+            return [[Hit(self._labels[int(i)], float(s))
+                     for s, i in zip(rs, ri, strict=True) if int(i) in self._labels]
+                    for rs, ri in zip(scores, ids, strict=True)]
+
+    def stats(self) -> dict[str, Any]:
+        with self._lock:
+            return {
+                "type": "repconc",
+                "documents": len(self._labels),
+                "applied_seq": self._applied,
+                "disk_bytes": dir_bytes(self.path),
+                "memory_bytes": int(faiss.serialize_index(self._index).nbytes),
+                "bytes_per_doc": int(self.params["bytes"]),
+                "dim": self.dim,
+                "exact_fallback": self._fallback,
+                "trained_model": bool(self.model),
+                "params": {k: v for k, v in self.params.items() if v is not None},
+            }
+
+    def close(self) -> None:
+        if self._in_tx:
+            self._db.execute("ROLLBACK")
+            self._in_tx = False
+        else:
+            self._save()
+        self._db.close()

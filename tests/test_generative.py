@@ -1,0 +1,256 @@
+"""Generative retrievers (GENRE, SEAL, DSI) with tiny random models built here.
+
+The models are 2-layer Llama models with random weights and a word-level tokenizer made in a
+temporary folder, so nothing is downloaded; the tests check constraints, incremental
+behaviour through the Collection API, training plumbing and bad input, not quality.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+from pathlib import Path
+
+import pytest
+
+from genseek.errors import GenseekError
+from genseek.types import ChangeSet, Document
+
+WORDS = [f"w{i}" for i in range(60)] + ["zebra", "quokka", "title", "@@", "Title:", "Docid:"]
+
+
+def make_tiny(folder: Path, words: list[str], context: int = 256) -> Path:
+    """A 2-layer LlamaForCausalLM + word-level tokenizer (digits split) saved in ``folder``."""
+    import torch
+    from tokenizers import Tokenizer, models, normalizers, pre_tokenizers
+    from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+
+    vocab = {w: i for i, w in enumerate(["[PAD]", "[UNK]", "</s>"] + [str(d) for d in range(10)]
+                                        + sorted(set(words)))}
+    tk = Tokenizer(models.WordLevel(vocab, unk_token="[UNK]"))
+    tk.normalizer = normalizers.Replace("~", "")  # "~" vanishes: a title of "~" has no token
+    tk.pre_tokenizer = pre_tokenizers.Sequence([pre_tokenizers.WhitespaceSplit(),
+                                                pre_tokenizers.Digits(individual_digits=True)])
+    tok = PreTrainedTokenizerFast(tokenizer_object=tk, eos_token="</s>", pad_token="[PAD]",
+                                  unk_token="[UNK]")
+    torch.manual_seed(0)
+    cfg = LlamaConfig(vocab_size=len(vocab), hidden_size=32, intermediate_size=64,
+                      num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+                      max_position_embeddings=context, eos_token_id=2, pad_token_id=0,
+                      bos_token_id=2, tie_word_embeddings=True)
+    LlamaForCausalLM(cfg).save_pretrained(folder)
+    tok.save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory) -> str:
+    return str(make_tiny(tmp_path_factory.mktemp("tiny"), WORDS))
+
+
+def corpus(n: int = 40, seed: int = 0) -> list[Document]:
+    rng = random.Random(seed)
+    base = [f"w{i}" for i in range(60)]
+    return [Document(f"d{i}", " ".join(rng.choices(base, k=3)), " ".join(rng.choices(base, k=30)))
+            for i in range(n)]
+
+
+def ids(hits) -> list[str]:
+    return [h.doc_id for h in hits]
+
+
+# -- GENRE ---------------------------------------------------------------------------------------
+
+
+def test_genre_decodes_only_live_titles_and_duplicates(tiny, tmp_path):
+    from genseek.retrievers.genre import GenreIndex
+
+    ix = GenreIndex.open(tmp_path / "g", {"model": tiny, "num_beams": 6, "max_new_tokens": 8})
+    docs = (Document("a", "w1 w2", "x", version=1), Document("b", "w1 w3", "y", version=2),
+            Document("c", "w1 w2", "z", version=3))
+    ix.apply(ChangeSet(0, 3, docs))
+    ix.commit(3)
+    got = ix.search(["w5 w6"], 10)[0]
+    assert sorted(ids(got)) == ["a", "b", "c"]  # every title decoded; duplicates -> both docs
+    by = {h.doc_id: h.score for h in got}
+    assert by["a"] == by["c"]  # one title, one score
+    ix.apply(ChangeSet(3, 5, (Document("n", "zebra quokka", "t", version=5),),
+                       removed=(("a", 1),), deleted_ids=frozenset({"a"})))
+    ix.commit(5)
+    got = ids(ix.search(["w5 w6"], 10)[0])
+    assert "a" not in got and "n" in got and "c" in got
+    ix.close()
+    ix = GenreIndex.open(tmp_path / "g", {"model": tiny, "num_beams": 6, "max_new_tokens": 8})
+    assert ix.applied_seq == 5 and sorted(ids(ix.search(["w5"], 10)[0])) == ["b", "c", "n"]
+    ix.close()
+
+
+def test_genre_missing_and_empty_titles(tiny, tmp_path):
+    from genseek.retrievers.genre import GenreIndex
+
+    ix = GenreIndex.open(tmp_path / "g", {"model": tiny})
+    with pytest.raises(GenseekError, match="has no title"):
+        ix.apply(ChangeSet(0, 2, (Document("a", "w1", "x", version=1),
+                                  Document("b", "", "y", version=2))))
+    assert ix.table.rows == {}  # nothing half-written
+    with pytest.raises(GenseekError, match="tokenises to no token"):
+        ix.apply(ChangeSet(0, 1, (Document("a", "~ ~~", "x", version=1),)))
+    ix.close()
+    ix = GenreIndex.open(tmp_path / "s", {"model": tiny, "missing_title": "skip"})
+    ix.apply(ChangeSet(0, 2, (Document("a", "w1", "x", version=1),
+                              Document("b", "", "y", version=2))))
+    ix.commit(2)
+    assert ix.stats()["skipped"] == 1 and ix.stats()["documents"] == 1
+    assert ix.search([], 5) == [] and ix.search(["w1"], 0) == [[]]
+    ix.close()
+
+
+def test_bad_params_and_model_paths(tiny, tmp_path):
+    from genseek.retrievers.dsi import DsiIndex
+    from genseek.retrievers.genre import GenreIndex
+
+    with pytest.raises(GenseekError, match="does not exist"):
+        GenreIndex.open(tmp_path / "g", {"model": str(tmp_path / "nope")})
+    with pytest.raises(GenseekError, match="no config.json"):
+        GenreIndex.open(tmp_path / "g2", {"model": str(tmp_path)})
+    with pytest.raises(GenseekError, match="unknown parameter"):
+        GenreIndex.open(tmp_path / "g3", {"model": tiny, "beams": 3})
+    with pytest.raises(GenseekError, match="unknown docid scheme 'fancy'"):
+        DsiIndex.open(tmp_path / "d", {"model": tiny, "scheme": "fancy"})
+
+
+def test_query_longer_than_context_is_truncated(tmp_path):
+    from genseek.retrievers._lm import build_prompt, load_lm
+    from genseek.retrievers.genre import GenreIndex
+
+    small = str(make_tiny(tmp_path / "m", WORDS, context=48))
+    lm = load_lm(small)
+    long_query = " ".join(f"w{i % 60}" for i in range(500))
+    ids_ = build_prompt(lm, "find", long_query, "Title:", reserve=9)
+    assert len(ids_) <= 48 - 9
+    ix = GenreIndex.open(tmp_path / "g", {"model": small, "max_new_tokens": 8})
+    ix.apply(ChangeSet(0, 1, (Document("a", "w1 w2", "x", version=1),)))
+    ix.commit(1)
+    assert ids(ix.search([long_query], 3)[0]) == ["a"]
+    with pytest.raises(GenseekError, match="prompt template alone"):
+        build_prompt(lm, " ".join(["w1"] * 60), "q", reserve=9)
+    ix.close()
+
+
+# -- SEAL ----------------------------------------------------------------------------------------
+
+
+def test_seal_scoring_functions():
+    from genseek.retrievers.seal import aggregate, key_weight
+
+    assert key_weight(-20.0, 10, 1000) == 0.0  # unlikely under the LM, frequent in the corpus
+    w_rare, w_common = key_weight(-2.0, 1, 10_000), key_weight(-2.0, 100, 10_000)
+    assert w_rare > w_common > 0
+    s = aggregate({1: [(2.0, (5, 6)), (1.0, (6,))], 2: [(2.0, (5, 6)), (1.0, (7,))]}, alpha=2.0)
+    assert s[1] == pytest.approx(4.0)  # (6,) is fully covered by (5, 6): no credit
+    assert s[2] == pytest.approx(5.0)
+
+
+def test_seal_collection_upserts_and_deletes(tiny, tmp_path):
+    from genseek.collection import Collection
+
+    spec = f"seal(model={tiny},num_beams=4,max_new_tokens=4)"
+    with Collection.create(tmp_path / "c", {"seal": spec, "genre": f"genre(model={tiny},"
+                                                                     "num_beams=48)"}) as c:
+        docs = corpus()
+        c.upsert(docs)
+        c.upsert([Document("new", "zebra w1", "quokka w2 w3")])
+        for name in ("seal", "genre"):
+            got = ids(c.search("quokka zebra", 50, index=name))
+            assert "new" in got, name
+        assert ids(c.search("quokka", 5, index="seal"))[0] == "new"
+        c.delete(["new", "d0", "d1"])
+        c.upsert([Document("d2", "zebra", "fresh quokka text w9")])  # replaces d2
+        for name in ("seal", "genre"):
+            got = ids(c.search(["quokka", docs[0].text, docs[2].text], 50, index=name)[0])
+            assert not {"new", "d0", "d1"} & set(got), name
+        assert ids(c.search("quokka", 5, index="seal"))[0] == "d2"
+    with Collection.open(tmp_path / "c") as c:  # reopen: same answers from the stored keys
+        got = ids(c.search("quokka", 50, index="seal"))
+        assert got[0] == "d2" and "new" not in got
+
+
+def test_seal_empty_corpus(tiny, tmp_path):
+    from genseek.retrievers.seal import SealIndex
+
+    ix = SealIndex.open(tmp_path / "s", {"model": tiny})
+    assert ix.search(["anything"], 10) == [[]]
+    ix.apply(ChangeSet(0, 1, (Document("e", "", ""),)))  # no text: nothing to index
+    assert ix.search(["anything"], 10) == [[]]
+    ix.close()
+
+
+# -- DSI -----------------------------------------------------------------------------------------
+
+
+def test_dsi_schemes_and_trie(tiny, tmp_path):
+    import numpy as np
+
+    from genseek.retrievers.dsi import DsiIndex, hierarchical_kmeans
+
+    rng = np.random.default_rng(0)
+    vecs = rng.normal(size=(450, 8)).astype("float32")
+    paths, cents = hierarchical_kmeans(vecs, k=10, leaf_size=100)
+    assert len({tuple(p) for p in paths}) == 450  # unique ids
+    assert all(len(p) >= 3 for p in paths) and "" in cents
+    leaves: dict[tuple, int] = {}
+    for p in paths:
+        leaves[tuple(p[:-2])] = leaves.get(tuple(p[:-2]), 0) + 1
+    assert max(leaves.values()) <= 100
+    for scheme in ("naive", "atomic"):
+        ix = DsiIndex.open(tmp_path / scheme, {"model": tiny, "scheme": scheme, "num_beams": 5})
+        docs = tuple(Document(f"{100 + i}", "t", "w1", version=i + 1) for i in range(4))
+        ix.apply(ChangeSet(0, 4, docs))
+        ix.commit(4)
+        keys = [tuple(k.tolist()) for _, k in ix.table.rows.values()]
+        assert len(set(keys)) == 4
+        got = ids(ix.search(["w1 w2"], 10)[0])
+        assert sorted(got) == ["100", "101", "102", "103"]  # only valid docids decode
+        ix.close()
+
+
+def test_train_dsi_then_index(tiny, tmp_path):
+    from genseek.retrievers.dsi import DsiIndex
+    from genseek.retrievers.generative_train import main
+
+    data = tmp_path / "ds"
+    (data / "qrels").mkdir(parents=True)
+    docs = corpus(12)
+    (data / "corpus.jsonl").write_text("".join(json.dumps(
+        {"_id": d.doc_id, "title": d.title, "text": d.text}) + "\n" for d in docs))
+    (data / "queries.jsonl").write_text(json.dumps({"_id": "q1", "text": "w1 w2"}) + "\n")
+    (data / "qrels" / "train.tsv").write_text("query-id\tcorpus-id\tscore\nq1\td3\t1\n")
+    out = tmp_path / "model"
+    rc = main(["dsi", "--dataset", str(data), "--out", str(out), "--model", tiny,
+               "--scheme", "atomic", "--steps", "3", "--batch", "4", "--max-len", "48"])
+    assert rc == 0 and (out / "docids.json").is_file() and (out / "genseek_model.json").is_file()
+    (tmp_path / "new.txt").write_text("d11\n")
+    rc = main(["dsi", "--dataset", str(data), "--out", str(tmp_path / "m2"), "--continue-from",
+               str(out), "--new-docs", str(tmp_path / "new.txt"), "--steps", "2", "--sam",
+               "0.05", "--max-len", "48"])
+    assert rc == 0
+    ix = DsiIndex.open(tmp_path / "ix", {"model": str(tmp_path / "m2"), "num_beams": 4})
+    assert ix.params["scheme"] == "atomic"
+    ix.apply(ChangeSet(0, 12, tuple(Document(d.doc_id, d.title, d.text, version=i + 1)
+                                    for i, d in enumerate(docs))))
+    ix.commit(12)
+    mapping = json.loads((out / "docids.json").read_text())["ids"]
+    assert [int(t) for t in ix.table.rows[4][1]] == mapping["d3"]  # the model's own ids
+    assert len(ix.search(["w1 w2"], 4)[0]) == 4
+    ix.close()
+    assert main(["dsi", "--dataset", str(tmp_path / "none"), "--out", str(tmp_path / "x")]) == 2
+    with pytest.raises(GenseekError, match="semantic scheme"):
+        from genseek.retrievers._lm import load_lm
+        from genseek.retrievers.dsi import digit_ids
+
+        class Bad:
+            def encode(self, s, add_special_tokens=False):
+                return [1, 2]
+
+        digit_ids(Bad())
+    assert load_lm(tiny).eos_id == 2

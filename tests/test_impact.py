@@ -1,0 +1,277 @@
+"""``impact``: quantised Lucene impact scoring equals the exact dot product; writes like bm25.
+
+A tiny random BERT masked LM and a word-level WordPiece vocabulary are built here (no
+downloads), with an IDF table over the synthetic corpus for inference-free queries.
+"""
+
+from __future__ import annotations
+
+import random
+import shutil
+
+import numpy as np
+import pytest
+from _synth import COMMON, TOPICS, make_docs, make_queries
+
+from genseek import Collection, Document
+from genseek.encoders import (
+    IDF_FILE,
+    SparseEncoder,
+    corpus_idf,
+    load_idf,
+    save_idf,
+    term_name,
+)
+from genseek.errors import GenseekError
+from genseek.types import ChangeSet
+
+QUANT = 100
+
+
+@pytest.fixture(scope="module")
+def tiny_model(tmp_path_factory):
+    """A folder with a 1-layer BERT MLM (hidden 32), its tokenizer and an idf.json."""
+    import torch
+    from transformers import BertConfig, BertForMaskedLM, BertTokenizerFast
+
+    folder = tmp_path_factory.mktemp("tiny-splade")
+    words = sorted({w for t in TOPICS.values() for w in t.split()} | set(COMMON.split()))
+    pieces = ["tok"] + [f"##{c}" for c in "0123456789v"] + list("abcdefghijklmnopqrstuvwxyz")
+    vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "|"] + words + pieces
+    tok = BertTokenizerFast(vocab={w: i for i, w in enumerate(vocab)}, do_lower_case=True)
+    torch.manual_seed(0)
+    config = BertConfig(vocab_size=len(vocab), hidden_size=32, num_hidden_layers=1,
+                        num_attention_heads=2, intermediate_size=64, max_position_embeddings=128,
+                        initializer_range=0.5)
+    model = BertForMaskedLM(config)
+    with torch.no_grad():  # sparser outputs: most logits negative
+        model.cls.predictions.bias.fill_(-1.0)
+    model.eval()
+    model.save_pretrained(folder, safe_serialization=True)
+    tok.save_pretrained(folder)
+    enc = SparseEncoder(str(folder), max_length=64)
+    texts = [d.contents for d in make_docs(200, seed=3)]
+    save_idf(folder / IDF_FILE, enc.vocab, corpus_idf(enc.tokenizer, texts))
+    return folder
+
+
+def _index(tmp_path, model, **params):
+    from genseek.indexers.impact import ImpactIndex
+
+    return ImpactIndex.open(tmp_path, {"model": str(model), "max_length": 64, **params})
+
+
+def _dot(q, d) -> float:
+    qd = dict(zip(q[0].tolist(), q[1].tolist(), strict=True))
+    return float(sum(qd.get(i, 0.0) * w for i, w in zip(d[0].tolist(), d[1].tolist(),
+                                                          strict=True)))
+
+
+def _bound(q, d) -> float:
+    """Largest |float dot - quantised dot / quant^2| over the shared terms of q and d."""
+    qd = dict(zip(q[0].tolist(), q[1].tolist(), strict=True))
+    e = 0.5 / QUANT
+    return sum(abs(qd[i]) * e + abs(w) * e + e * e
+               for i, w in zip(d[0].tolist(), d[1].tolist(), strict=True) if i in qd)
+
+
+@pytest.mark.parametrize("mode", ["splade", "inference-free"])
+def test_quantised_scores_exact_and_top10_matches_float(tmp_path, tiny_model, mode):
+    docs = make_docs(150, seed=11)
+    index = _index(tmp_path, tiny_model, mode=mode)
+    try:
+        index.apply(ChangeSet(0, 150, upserts=tuple(docs)))
+        index.commit(150)
+        dvecs = dict(zip([d.doc_id for d in docs], index.doc_vectors(docs), strict=True))
+        queries = make_queries(12, seed=4)
+        qvecs = index.query_vectors(queries)
+        hits = index.search(queries, 10)
+        checked = 0
+        for q, qv, got in zip(queries, qvecs, hits, strict=True):
+            bag = index.quantised_query(qv)
+            exact = {i: _dot(qv, v) for i, v in dvecs.items()}
+            ranked = sorted(exact, key=lambda i: (-exact[i], i))
+            assert len(got) == 10, q
+            for h in got:  # Lucene's score is the integer dot product of the quantised vectors
+                dq = index.quantised_query(dvecs[h.doc_id])
+                want = sum(w * dq.get(t, 0) for t, w in bag.items())
+                assert h.score * QUANT * QUANT == pytest.approx(want, abs=1e-6), (q, h)
+            for a, b in zip([h.doc_id for h in got], ranked[:10], strict=True):
+                if a != b:  # only a near-tie within the quantisation error may swap
+                    tol = _bound(qv, dvecs[a]) + _bound(qv, dvecs[b]) + 1e-9
+                    assert abs(exact[a] - exact[b]) <= tol, (q, a, b)
+                else:
+                    checked += 1
+        assert checked >= 100  # nearly all positions agree outright
+    finally:
+        index.close()
+
+
+def test_inference_free_queries_need_no_model(tmp_path, tiny_model):
+    no_weights = tmp_path / "tokenizer-only"
+    shutil.copytree(tiny_model, no_weights, ignore=shutil.ignore_patterns("*.safetensors"))
+    enc = SparseEncoder(str(no_weights), max_length=64)
+    vecs = enc.query_ids_idf(["lift drag wing", "the of"])
+    assert not enc.model_loaded
+    idf = load_idf(no_weights / IDF_FILE, enc.vocab)
+    ids, ws = vecs[0]
+    assert len(ids) == 3 and np.allclose(ws, idf[ids])
+    with pytest.raises(GenseekError, match="cannot load sparse encoder"):
+        enc.encode_ids(["wing"])
+    # An index built with the full model is searched with the tokenizer-only encoder.
+    docs = make_docs(40, seed=2)
+    built = _index(tmp_path / "ix", tiny_model, mode="inference-free")
+    built.apply(ChangeSet(0, 40, upserts=tuple(docs)))
+    built.commit(40)
+    want = built.search(["lift drag wing"], 5)
+    built.close()
+    from genseek.indexers.impact import ImpactIndex
+
+    reader = ImpactIndex(tmp_path / "ix", {"model": str(tiny_model), "max_length": 64,
+                                          "mode": "inference-free"}, encoder=enc)
+    try:
+        assert reader.search(["lift drag wing"], 5) == want and len(want[0]) == 5
+        assert not enc.model_loaded
+    finally:
+        reader.close()
+
+
+def test_pruning_and_term_names(tmp_path, tiny_model):
+    docs = make_docs(20, seed=5)
+    full = _index(tmp_path / "full", tiny_model)
+    pruned = _index(tmp_path / "pruned", tiny_model, top_k=4, threshold=0.05)
+    try:
+        for a, b in zip(full.doc_vectors(docs), pruned.doc_vectors(docs), strict=True):
+            assert len(b[0]) <= 4 and (b[1] > 0.05).all()
+            keep = a[1] > 0.05
+            assert b[0].tolist() == a[0][keep][:4].tolist()  # the heaviest survive
+    finally:
+        full.close()
+        pruned.close()
+    assert term_name("|", 7) == "|" and term_name("a b", 5) == "#5" and term_name("", 3) == "#3"
+    assert term_name("x\x01y", 9) == "#9"
+
+
+def test_reopen_persists_and_rejects_other_doc_settings(tmp_path, tiny_model):
+    docs = make_docs(30, seed=8)
+    index = _index(tmp_path, tiny_model)
+    index.apply(ChangeSet(0, 7, upserts=tuple(docs)))
+    index.commit(7)
+    queries = make_queries(5, seed=2)
+    before = index.search(queries, 10)
+    index.apply(ChangeSet(7, 8, deleted_ids=frozenset({docs[0].doc_id})))  # not committed
+    index.close()
+    again = _index(tmp_path, tiny_model)
+    try:
+        assert again.applied_seq == 7
+        assert again.stats()["documents"] == 30
+        assert again.search(queries, 10) == before
+    finally:
+        again.close()
+    with pytest.raises(GenseekError, match="top_k"):
+        _index(tmp_path, tiny_model, top_k=3)
+
+
+@pytest.mark.parametrize("params, match", [
+    ({"nope": 1}, "unknown parameter"),
+    ({"mode": "dense"}, "mode must be one of"),
+    ({"top_k": -1}, "top_k must be"),
+    ({"quant": 0}, "quant must be"),
+    ({"threshold": "x"}, "threshold must be"),
+    ({"mode": "inference-free", "idf": "/nonexistent/idf.json"}, "no IDF table"),
+])
+def test_bad_params(tmp_path, tiny_model, params, match):
+    with pytest.raises(GenseekError, match=match):
+        _index(tmp_path, tiny_model, **params)
+    assert not (tmp_path / "impact.json").exists()
+
+
+def test_bad_idf_table(tmp_path, tiny_model):
+    bad = tmp_path / "idf.json"
+    bad.write_text('{"notatoken_xyz": 1.0}')
+    with pytest.raises(GenseekError, match="not in the model's vocabulary"):
+        _index(tmp_path / "ix", tiny_model, mode="inference-free", idf=str(bad))
+
+
+def test_incremental_equals_rebuilt_like_bm25(tmp_path, tiny_model):
+    """Adds, updates and deletes through a Collection give bm25's guarantees."""
+    rng = random.Random(42)
+    docs = make_docs(120, seed=7)
+    rng.shuffle(docs)
+    initial, added = docs[:100], docs[100:]
+    ids = [d.doc_id for d in docs]
+    rng.shuffle(ids)
+    deleted, updated = ids[:9], ids[9:18]
+    fresh = {d.doc_id: d for d in make_docs(120, seed=99, version=1)}
+    updates = [Document(i, fresh[i].title, fresh[i].text) for i in updated]
+    final = {d.doc_id: d for d in docs}
+    for d in updates:
+        final[d.doc_id] = d
+    for i in deleted:
+        del final[i]
+    spec = {"impact": f"impact(model={tiny_model},max_length=64,mode=inference-free)",
+            "bm25": "bm25"}
+    a = Collection.create(tmp_path / "a", spec)
+    b = Collection.create(tmp_path / "b", spec)
+    try:
+        for start in range(0, len(initial), 40):
+            a.write(initial[start:start + 40])
+        a.write(added)
+        a.write(updates[:4], deletes=deleted[:5])
+        a.delete(deleted[5:])
+        a.upsert(updates[4:])
+        b.write(list(final.values()))
+        queries = make_queries(15, seed=5)
+        n = len(final)
+        for name in ("impact", "bm25"):
+            assert a.stats()["indexes"][name]["documents"] == n
+        hits_a = a.search(queries, n, index="impact")
+        hits_b = b.search(queries, n, index="impact")
+        assert any(len(h) >= 10 for h in hits_a)
+        for q, ha, hb in zip(queries, hits_a, hits_b, strict=True):
+            assert [(h.doc_id, h.score) for h in ha] == [(h.doc_id, h.score) for h in hb], q
+            assert not {h.doc_id for h in ha} & set(deleted), q
+    finally:
+        a.close()
+        b.close()
+    reopened = Collection.open(tmp_path / "a")  # catches up and keeps the same state
+    try:
+        assert reopened.stats()["indexes"]["impact"]["documents"] == len(final)
+    finally:
+        reopened.close()
+
+
+def test_training_pool_matches_splade_pool_values_and_gradients(tiny_model):
+    import torch
+    from transformers import AutoModelForMaskedLM, AutoTokenizer
+
+    from genseek.encoders import splade_pool
+    from genseek.indexers.sparse_train import pool_for_training
+
+    tok = AutoTokenizer.from_pretrained(tiny_model)
+    model = AutoModelForMaskedLM.from_pretrained(tiny_model)
+    enc = tok(["wing lift drag", "cell protein gene expression in tissue"], padding=True,
+              return_tensors="pt")
+    mix = torch.randn(len(tok), generator=torch.Generator().manual_seed(1))
+    grads = []
+    for pool in (splade_pool, pool_for_training):
+        model.zero_grad()
+        reps = pool(model, enc["input_ids"], enc["attention_mask"])[:, :len(tok)]
+        (reps * mix).sum().backward()
+        grads.append((reps.detach(), model.bert.embeddings.word_embeddings.weight.grad.clone(),
+                      model.bert.encoder.layer[0].attention.self.query.weight.grad.clone()))
+    for a, b in zip(*grads, strict=True):
+        assert torch.allclose(a, b, atol=1e-5), (a - b).abs().max()
+
+
+def test_teacher_ensemble_and_examples():
+    from genseek.indexers.sparse_train import build_examples, ensemble, minmax
+
+    assert minmax({"a": 2.0, "b": 4.0, "c": 3.0}) == {"a": 0.0, "b": 1.0, "c": 0.5}
+    t = ensemble({"a": 10.0, "b": 5.0}, {"b": 0.9, "c": 0.1})
+    assert t == pytest.approx({"a": 1.0, "b": 1.0, "c": 0.0})
+    ex = build_examples(["q"], {"q": {"b": 1, "z": 1}}, {"q": t}, negatives=1, pool=5,
+                        rng=random.Random(0))
+    assert [e[1][0] for e in ex] == ["b", "z"]  # one example per judged positive
+    assert all(e[1][1] in {"a", "c"} for e in ex)  # negatives are never judged documents
+    assert ex[1][2][0] == pytest.approx(1.0)  # an unretrieved positive gets the top score
