@@ -78,7 +78,6 @@ class ObserveMiddleware:
             await self.app(scope, receive, send)
             return
         start = time.perf_counter()
-        route, params = self._route(scope)
         request_id = uuid.uuid4().hex[:16]
         status = 500
 
@@ -95,6 +94,11 @@ class ObserveMiddleware:
         finally:
             seconds = time.perf_counter() - start
             method = scope["method"]
+            matched = scope.get("route")  # set by the router in this same scope dict
+            if matched is not None and hasattr(matched, "path"):
+                route, params = matched.path, scope.get("path_params", {})
+            else:  # answered before routing (401, 403, 413, 504): match it ourselves
+                route, params = self._route(scope)
             self.metrics.observe_request(route, method, status, seconds)
             entry: dict[str, Any] = {"event": "request", "method": method, "route": route,
                                      "path": scope["path"], "status": status,

@@ -393,6 +393,56 @@ def _raw_loop(url: str, name: str, body_of: Callable[[str], dict], queries: Sequ
     return closed_loop_threads(None, queries, concurrency, seconds, call_factory=call_factory)
 
 
+# A FastAPI + uvicorn (httptools, uvloop) app with the search route's shape that does no
+# work: the least any FastAPI server can cost per request on this machine.
+FLOOR_APP = """
+import sys, uvicorn
+from typing import Any
+from fastapi import FastAPI
+from fastapi.responses import Response
+from pydantic import BaseModel
+app = FastAPI()
+class Body(BaseModel):
+    query: str
+    pipeline: dict[str, Any] | None = None
+@app.post("/collections/{name}/search")
+async def search(name: str, body: Body) -> Response:
+    return Response(b'{"results": [], "took_ms": 0.0}', media_type="application/json")
+uvicorn.run(app, host="127.0.0.1", port=int(sys.argv[1]), log_level="warning",
+            loop="uvloop", http="httptools")
+"""
+
+
+def http_floor(queries: Sequence[str], seconds: float) -> dict[str, Any]:
+    """The closed ``http.client`` loop at concurrency 1 against FLOOR_APP."""
+    import httpx
+
+    port = free_port()
+    proc = subprocess.Popen([sys.executable, "-c", FLOOR_APP, str(port)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                httpx.post(f"http://127.0.0.1:{port}/collections/x/search",
+                           json={"query": "q"}, timeout=2).raise_for_status()
+                break
+            except httpx.TransportError:
+                if time.monotonic() > deadline or proc.poll() is not None:
+                    raise RuntimeError("the floor app did not start") from None
+                time.sleep(0.2)
+        with Cell(proc.pid) as cell:
+            r = _raw_loop(f"http://127.0.0.1:{port}", "x", lambda q: {"query": q}, queries, 1,
+                          seconds)
+        r["phase"] = cell.as_dict()
+    finally:
+        proc.terminate()
+        proc.wait(30)
+    _log(f"http floor (no-op FastAPI route, http.client) c=1: p50 {r['p50_ms']} ms, "
+         f"mean {r['mean_ms']} ms")
+    return r
+
+
 def over_http(server: Server, name: str, queries: Sequence[str], concurrencies: Sequence[int],
               seconds: float, systems: Sequence[str]) -> tuple[dict, dict]:
     import httpx
@@ -534,6 +584,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     if rc != 0:
         _log(f"warning: the server exited with {rc}; see {work / 'server.log'}")
     again, _ = in_process(path, queries, [1], args.seconds, systems)
+    floor = http_floor(queries, args.seconds)
 
     overhead = {}
     for system in systems:
@@ -553,6 +604,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             "raw_ratio_p50": round(raw["p50_ms"] / base_p50, 3),
             "goal": OVERHEAD_GOAL, "ok": ratio <= OVERHEAD_GOAL,
             "raw_ok": raw["mean_ms"] / base_mean <= OVERHEAD_GOAL,
+            "floor_ms": floor["mean_ms"],
+            "best_possible_ratio": round((base_mean + floor["mean_ms"]) / base_mean, 3),
             "same_results": in_results[system] == http_results[system]}
     return {"benchmark": "api_load", "machine": info,
             "config": {"dataset": args.dataset, "limit": limit, "queries": len(queries),
@@ -561,7 +614,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                        "wait_quiet_s": QUIET["wait_s"],
                        "quick": args.quick, "work": str(work)},
             "build": build, "inprocess": inproc, "inprocess_after": again, "http": http,
-            "overhead": overhead, "behind_writes": writes}
+            "overhead": overhead, "http_floor": floor, "behind_writes": writes}
 
 
 def _x(value: float) -> str:
@@ -619,6 +672,17 @@ def report(r: dict[str, Any]) -> None:
              "ratio (p50)", "goal", "same results"], rows)
     print("httpx: the async httpx client of the load cells; http.client: one keep-alive "
           "standard-library connection, which adds less client-side time per request")
+    if "http_floor" in r:
+        f = r["http_floor"]
+        print(f"floor: a no-op FastAPI route of the same shape costs {f['mean_ms']} ms per "
+              f"request (mean; p50 {f['p50_ms']} ms) with http.client on this machine, so the "
+              "best ratio any FastAPI server could reach is (in-process + floor) / in-process:")
+        C.table(["system", "in-process ms", "floor ms", "best possible ratio",
+                 "genseek http.client ms", "genseek above floor ms"],
+                [(system, o["inprocess_mean_ms"], o["floor_ms"], _x(o["best_possible_ratio"]),
+                  o["raw_http_mean_ms"],
+                  round(o["raw_http_mean_ms"] - o["inprocess_mean_ms"] - o["floor_ms"], 3))
+                 for system, o in r["overhead"].items() if "floor_ms" in o])
     print()
     w = r["behind_writes"]
     print(f"search latency (concurrency 1, HTTP) idle vs while a writer upserts batches of "

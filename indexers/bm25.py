@@ -18,28 +18,17 @@ Spec parameters: ``k1`` (0.9), ``b`` (0.4), ``expunge_deletes`` (true),
 
 from __future__ import annotations
 
-import threading
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 from genseek.errors import GenseekError
-from genseek.indexers.jvm import autoclass, java_exception
+from genseek.indexers._lucene import LuceneClasses, LuceneFolder, batch_search, writer_config
+from genseek.indexers.jvm import autoclass
 from genseek.protocols import dir_bytes
 from genseek.types import ChangeSet, Hit
 
-_SEQ_KEY = "genseek.seq"
-_MAX_CLAUSES = 65536
 _PARAMS = {"k1": 0.9, "b": 0.4, "expunge_deletes": True, "ram_buffer_mb": 256, "threads": 2}
-
-
-class _Searcher:
-    """A reference-counted ``SimpleSearcher`` generation, closed once retired and idle."""
-
-    def __init__(self, searcher: Any):
-        self.searcher = searcher
-        self.users = 0
-        self.retired = False
 
 
 class BM25Index:
@@ -60,102 +49,41 @@ class BM25Index:
         self.path.mkdir(parents=True, exist_ok=True)
         j = _Java()
         self._j = j
-        j.IndexSearcher.setMaxClauseCount(_MAX_CLAUSES)  # long queries (e.g. a whole passage)
         self._analyzer = j.DefaultEnglishAnalyzer.newDefaultInstance()
         policy = j.TieredMergePolicy()
         policy.setForceMergeDeletesPctAllowed(0.0)
-        config = j.IndexWriterConfig(self._analyzer)
-        config.setOpenMode(j.OpenMode.CREATE_OR_APPEND)
-        config.setSimilarity(j.BM25Similarity(float(self.params["k1"]), float(self.params["b"])))
-        config.setRAMBufferSizeMB(float(self.params["ram_buffer_mb"]))
-        config.setMergePolicy(policy)
-        self._dir = j.FSDirectory.open(j.Paths.get(str(self.path.resolve())))
-        try:
-            self._writer = j.IndexWriter(self._dir, config)
-        except j.JavaException as exc:
-            raise GenseekError(f"bm25: cannot open the Lucene index at {self.path}: {exc}") from exc
-        self._applied = self._read_seq()
-        self._pending_deletes = False
-        self._lock = threading.Lock()
-        self._current: _Searcher | None = None
-        if self._applied == 0 and self._writer.getDocStats().numDocs == 0:
-            self._commit_data(0)  # an empty commit, so a reader can open the folder
-        self._reopen()
+        similarity = j.BM25Similarity(float(self.params["k1"]), float(self.params["b"]))
+        config = writer_config(j, self._analyzer, similarity, self.params["ram_buffer_mb"],
+                               policy)
+        self._lucene = LuceneFolder("bm25", self.path, j, config, self._open_searcher)
+        self._lucene.reopen()
 
     @classmethod
     def open(cls, path: Path, params: dict[str, Any]) -> BM25Index:
         return cls(path, params)
 
-    # -- state ------------------------------------------------------------------------
-
-    def _read_seq(self) -> int:
-        j = self._j
-        if not j.DirectoryReader.indexExists(self._dir):
-            return 0
-        data = j.SegmentInfos.readLatestCommit(self._dir).getUserData()
-        value = data.get(_SEQ_KEY)
-        return int(value) if value is not None else 0
-
     @property
     def applied_seq(self) -> int:
-        return self._applied
+        return self._lucene.applied_seq
 
     # -- writes -----------------------------------------------------------------------
 
     def apply(self, changes: ChangeSet) -> None:
         j = self._j
         for doc in changes.upserts:
-            ldoc = j.Document()
-            ldoc.add(j.StringField("id", doc.doc_id, j.Store.YES))
-            ldoc.add(j.BinaryDocValuesField("id", j.BytesRef(doc.doc_id.encode("utf-8"))))
-            ldoc.add(j.TextField("contents", doc.contents, j.Store.NO))
-            self._writer.updateDocument(j.Term("id", doc.doc_id), ldoc)
+            self._lucene.upsert(doc.doc_id, j.TextField("contents", doc.contents, j.Store.NO))
         for doc_id in changes.deleted_ids:
-            # deleteDocuments(Term...) and (Query...) are ambiguous to pyjnius: use the latter.
-            self._writer.deleteDocuments(j.TermQuery(j.Term("id", doc_id)))
+            self._lucene.delete(doc_id)
         if changes.removed or changes.deleted_ids:
-            self._pending_deletes = True
-
-    def _commit_data(self, seq: int) -> None:
-        j = self._j
-        data = j.HashMap()
-        data.put(_SEQ_KEY, str(seq))
-        self._writer.setLiveCommitData(data.entrySet())
-        self._writer.commit()
+            self._lucene.pending_deletes = True
 
     def commit(self, seq: int) -> None:
-        if self._pending_deletes and self.params["expunge_deletes"]:
-            self._writer.forceMergeDeletes(True)
-        self._commit_data(seq)
-        self._pending_deletes = False
-        self._applied = seq
-        self._reopen()
+        self._lucene.commit(seq, expunge_deletes=bool(self.params["expunge_deletes"]))
 
-    def _reopen(self) -> None:
-        j = self._j
-        searcher = j.SimpleSearcher(str(self.path.resolve()), self._analyzer)
+    def _open_searcher(self) -> Any:
+        searcher = self._j.SimpleSearcher(str(self.path.resolve()), self._analyzer)
         searcher.set_bm25(float(self.params["k1"]), float(self.params["b"]))
-        with self._lock:
-            old, self._current = self._current, _Searcher(searcher)
-        if old is not None:
-            self._release(old, retire=True)
-
-    def _acquire(self) -> _Searcher:
-        with self._lock:
-            if self._current is None:
-                raise GenseekError("bm25: the index is closed")
-            self._current.users += 1
-            return self._current
-
-    def _release(self, gen: _Searcher, retire: bool = False) -> None:
-        with self._lock:
-            if retire:
-                gen.retired = True
-            else:
-                gen.users -= 1
-            close = gen.retired and gen.users == 0
-        if close:
-            gen.searcher.close()
+        return searcher
 
     # -- reads ------------------------------------------------------------------------
 
@@ -165,84 +93,42 @@ class BM25Index:
                                f"{', '.join(sorted(params))}); k1 and b are set in the spec")
         if k <= 0 or not queries:
             return [[] for _ in queries]
-        gen = self._acquire()
-        try:
-            s = gen.searcher
+        with self._lucene.searcher() as s:
             if len(queries) == 1:
                 return [[Hit(d.docid, float(d.score)) for d in s.search(queries[0], k)]]
-            j = self._j
             qids = [str(i) for i in range(len(queries))]
-            qs, ids = j.ArrayList(), j.ArrayList()
-            for q, qid in zip(queries, qids, strict=True):
-                qs.add(q)
-                ids.add(qid)
-            found = s.batch_search(qs, ids, k, int(self.params["threads"]))
-            return [[Hit(d.docid, float(d.score)) for d in found.get(qid)] for qid in qids]
-        finally:
-            self._release(gen)
+            found = batch_search(self._j, s, queries, qids, k, int(self.params["threads"]))
+            return [[Hit(d.docid, float(d.score)) for d in hits] for hits in found]
 
     def analyze(self, text: str) -> list[str]:
         """The terms Lucene indexes for ``text`` (empty for stop-word-only text)."""
         return list(self._j.AnalyzerUtils.analyze(self._analyzer, text).toArray())
 
     def stats(self) -> dict[str, Any]:
-        gen = self._acquire()
-        try:
-            docs = int(gen.searcher.get_total_num_docs())
-        finally:
-            self._release(gen)
+        with self._lucene.searcher() as s:
+            docs = int(s.get_total_num_docs())
         return {
             "type": "bm25",
             "documents": docs,
-            "applied_seq": self._applied,
+            "applied_seq": self.applied_seq,
             "disk_bytes": dir_bytes(self.path),
-            # Lucene reads its files through mmap (the page cache); what it holds on the
-            # heap is the writer's buffer plus the JVM heap shared by all Lucene indexes.
-            "memory_bytes": int(self._writer.ramBytesUsed()) + _jvm_heap_used(self._j),
+            "memory_bytes": self._lucene.memory_bytes(),
             "params": dict(self.params),
         }
 
     def close(self) -> None:
-        with self._lock:
-            gen, self._current = self._current, None
-        if gen is not None:
-            self._release(gen, retire=True)
-        if self._writer.isOpen():
-            self._writer.rollback()  # closes; drops anything applied but not committed
+        self._lucene.close()
 
 
-def _jvm_heap_used(j: _Java) -> int:
-    runtime = j.Runtime.getRuntime()
-    return int(runtime.totalMemory() - runtime.freeMemory())
-
-
-class _Java:
+class _Java(LuceneClasses):
     """The Java classes this module uses, resolved once per index."""
 
     def __init__(self) -> None:
+        super().__init__()
         c = autoclass
         self.DefaultEnglishAnalyzer = c("io.anserini.analysis.DefaultEnglishAnalyzer")
         self.AnalyzerUtils = c("io.anserini.analysis.AnalyzerUtils")
         self.SimpleSearcher = c("io.anserini.search.SimpleSearcher")
-        self.IndexWriter = c("org.apache.lucene.index.IndexWriter")
-        self.IndexWriterConfig = c("org.apache.lucene.index.IndexWriterConfig")
-        self.OpenMode = c("org.apache.lucene.index.IndexWriterConfig$OpenMode")
         self.TieredMergePolicy = c("org.apache.lucene.index.TieredMergePolicy")
-        self.DirectoryReader = c("org.apache.lucene.index.DirectoryReader")
-        self.SegmentInfos = c("org.apache.lucene.index.SegmentInfos")
-        self.Term = c("org.apache.lucene.index.Term")
-        self.TermQuery = c("org.apache.lucene.search.TermQuery")
-        self.IndexSearcher = c("org.apache.lucene.search.IndexSearcher")
-        self.Runtime = c("java.lang.Runtime")
         self.BM25Similarity = c("org.apache.lucene.search.similarities.BM25Similarity")
-        self.FSDirectory = c("org.apache.lucene.store.FSDirectory")
-        self.Paths = c("java.nio.file.Paths")
-        self.Document = c("org.apache.lucene.document.Document")
-        self.StringField = c("org.apache.lucene.document.StringField")
         self.TextField = c("org.apache.lucene.document.TextField")
-        self.BinaryDocValuesField = c("org.apache.lucene.document.BinaryDocValuesField")
-        self.Store = c("org.apache.lucene.document.Field$Store")
-        self.BytesRef = c("org.apache.lucene.util.BytesRef")
-        self.HashMap = c("java.util.HashMap")
-        self.ArrayList = c("java.util.ArrayList")
-        self.JavaException = java_exception()

@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import sqlite3
 import threading
 import time
 from collections.abc import Sequence
@@ -39,6 +38,7 @@ import numpy as np
 from genseek.atomic import atomic_write, atomic_write_json
 from genseek.encoders import DEFAULT_MODEL, TextEncoder, shared_encoder
 from genseek.errors import GenseekError
+from genseek.indexers._labelstore import VectorStore
 from genseek.protocols import dir_bytes
 from genseek.types import ChangeSet, Hit
 
@@ -70,18 +70,10 @@ class DenseIndex:
         self.path.mkdir(parents=True, exist_ok=True)
         self.encoder = encoder or shared_encoder(str(self.params["model"]), self.params["max_length"])
         self.dim = self.encoder.dim
-        self._db = sqlite3.connect(self.path / "vectors.sqlite", isolation_level=None,
-                                   check_same_thread=False)
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute("PRAGMA synchronous=FULL")
-        self._db.execute("CREATE TABLE IF NOT EXISTS vectors (label INTEGER PRIMARY KEY,"
-                         " doc_id TEXT NOT NULL, vec BLOB NOT NULL)")
-        self._db.execute("CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT)")
+        self._store = VectorStore(self.path / "vectors.sqlite", self.dim)
         self._check_meta()
         self._lock = threading.RLock()
-        self._in_tx = False
-        self._labels: dict[int, str] = dict(self._db.execute("SELECT label, doc_id FROM vectors"))
-        self._applied = int(self._meta("seq") or 0)
+        self._labels: dict[int, str] = self._store.labels()
         self._dead = 0
         self._fallback = False
         self._train_failed_at = 0  # vectors at the last failed training attempt
@@ -95,15 +87,10 @@ class DenseIndex:
 
     # -- metadata -----------------------------------------------------------------------
 
-    def _meta(self, key: str) -> str | None:
-        row = self._db.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
-        return row[0] if row else None
-
     def _check_meta(self) -> None:
-        stored_dim, stored_model = self._meta("dim"), self._meta("model")
+        stored_dim, stored_model = self._store.meta("dim"), self._store.meta("model")
         if stored_dim is None:
-            self._db.execute("INSERT OR REPLACE INTO meta VALUES ('dim', ?), ('model', ?)",
-                             (str(self.dim), str(self.params["model"])))
+            self._store.write_meta({"dim": str(self.dim), "model": str(self.params["model"])})
         elif int(stored_dim) != self.dim:
             raise GenseekError(
                 f"dense index at {self.path} holds {stored_dim}-d vectors from model "
@@ -112,7 +99,7 @@ class DenseIndex:
 
     @property
     def applied_seq(self) -> int:
-        return self._applied
+        return self._store.applied_seq
 
     # -- the faiss structure --------------------------------------------------------------
 
@@ -145,14 +132,8 @@ class DenseIndex:
         self._apply_search_params(index)
         return index
 
-    def _all_vectors(self) -> tuple[np.ndarray, np.ndarray]:
-        rows = self._db.execute("SELECT label, vec FROM vectors ORDER BY label").fetchall()
-        labels = np.fromiter((r[0] for r in rows), dtype=np.int64, count=len(rows))
-        vecs = np.frombuffer(b"".join(r[1] for r in rows), dtype=np.float32).reshape(-1, self.dim)
-        return labels, vecs
-
     def _rebuild(self) -> faiss.Index:
-        labels, vecs = self._all_vectors()
+        labels, vecs = self._store.vectors()
         index = self._new_index(vecs)
         if len(labels):
             index.add_with_ids(vecs, labels)
@@ -164,13 +145,14 @@ class DenseIndex:
         try:
             info = json.loads(info_path.read_text())
             dead = int(info.get("dead", 0))
-            if (info.get("seq") == self._applied and info.get("factory") == self.params["factory"]
+            if (info.get("seq") == self.applied_seq
+                    and info.get("factory") == self.params["factory"]
                     and info.get("ntotal") == len(self._labels) + dead):
                 index = faiss.read_index(str(ann_path))
                 if index.d == self.dim and index.ntotal == len(self._labels) + dead:
                     self._dead = dead  # removed labels still in the structure, filtered at search
                     self._fallback = bool(info.get("fallback"))
-                    self._saved_seq = self._applied
+                    self._saved_seq = self.applied_seq
                     self._apply_search_params(index)
                     return index
         except (OSError, ValueError, RuntimeError):
@@ -187,7 +169,7 @@ class DenseIndex:
 
     def _save(self) -> None:
         with self._lock:
-            index, seq, ntotal = self._index, self._applied, self._index.ntotal
+            index, seq, ntotal = self._index, self.applied_seq, self._index.ntotal
             if seq == self._saved_seq:
                 return
             atomic_write(self.path / "ann.faiss", lambda tmp: faiss.write_index(index, tmp))
@@ -199,25 +181,16 @@ class DenseIndex:
 
     # -- writes ---------------------------------------------------------------------------
 
-    def _begin(self) -> None:
-        if not self._in_tx:
-            self._db.execute("BEGIN IMMEDIATE")
-            self._in_tx = True
-
     def apply(self, changes: ChangeSet) -> None:
         gone = [v for _, v in changes.removed if v in self._labels]
         new_docs = [d for d in changes.upserts if d.version not in self._labels]
         if not gone and not new_docs:
             return
         vecs = self.encoder.encode([d.contents for d in new_docs], int(self.params["batch_size"]))
-        self._begin()
         if gone:
-            self._db.executemany("DELETE FROM vectors WHERE label = ?", [(v,) for v in gone])
+            self._store.delete(gone)
         if new_docs:
-            self._db.executemany(
-                "INSERT OR REPLACE INTO vectors(label, doc_id, vec) VALUES (?, ?, ?)",
-                [(d.version, d.doc_id, vecs[i].tobytes()) for i, d in enumerate(new_docs)],
-            )
+            self._store.add([(d.version, d.doc_id) for d in new_docs], vecs)
         with self._lock:
             if gone:
                 ids = np.asarray(gone, dtype=np.int64)
@@ -237,11 +210,7 @@ class DenseIndex:
                     self._labels[d.version] = d.doc_id
 
     def commit(self, seq: int) -> None:
-        self._begin()
-        self._db.execute("INSERT OR REPLACE INTO meta VALUES ('seq', ?)", (str(seq),))
-        self._db.execute("COMMIT")
-        self._in_tx = False
-        self._applied = seq
+        self._store.commit(seq)
         with self._lock:
             n = len(self._labels)
             if (self._dead > float(self.params["rebuild_dead"]) * max(n, 1)
@@ -305,7 +274,7 @@ class DenseIndex:
             return {
                 "type": "dense",
                 "documents": len(self._labels),
-                "applied_seq": self._applied,
+                "applied_seq": self.applied_seq,
                 "disk_bytes": dir_bytes(self.path),
                 "memory_bytes": memory,
                 "vectors": int(self._index.ntotal),
@@ -315,11 +284,8 @@ class DenseIndex:
             }
 
     def close(self) -> None:
-        if self._in_tx:
-            # Applied but not committed (an error interrupted a sync): drop it, and do not
-            # save the in-memory faiss index, which may hold the uncommitted changes.
-            self._db.execute("ROLLBACK")
-            self._in_tx = False
-        else:
+        # Applied but not committed (an error interrupted a sync): drop it, and do not
+        # save the in-memory faiss index, which may hold the uncommitted changes.
+        if not self._store.rollback():
             self._save()
-        self._db.close()
+        self._store.close()

@@ -41,12 +41,11 @@ import numpy as np
 
 from genseek.atomic import atomic_write_json
 from genseek.errors import GenseekError
-from genseek.indexers.jvm import autoclass, java_exception
+from genseek.indexers._lucene import LuceneClasses, LuceneFolder, batch_search, writer_config
+from genseek.indexers.jvm import autoclass
 from genseek.protocols import dir_bytes
 from genseek.types import ChangeSet, Document, Hit
 
-_SEQ_KEY = "genseek.seq"
-_MAX_CLAUSES = 65536
 _DELIM = "\x01"  # not whitespace for Lucene's WhitespaceTokenizer (U+001C..U+001F are)
 _META = "impact.json"
 MODES = ("splade", "inference-free")
@@ -103,15 +102,6 @@ def _check_params(params: dict[str, Any]) -> dict[str, Any]:
     return p
 
 
-class _Searcher:
-    """A reference-counted ``SimpleImpactSearcher`` generation, closed once retired and idle."""
-
-    def __init__(self, searcher: Any):
-        self.searcher = searcher
-        self.users = 0
-        self.retired = False
-
-
 class ImpactIndex:
     """Lucene impact index of quantised SPLADE vectors. See the module docstring."""
 
@@ -126,7 +116,6 @@ class ImpactIndex:
             self.encoder.idf  # noqa: B018 - fail at open, not at the first query
         j = _Java()
         self._j = j
-        j.IndexSearcher.setMaxClauseCount(_MAX_CLAUSES)
         conf = j.HashMap()
         conf.put("delimiter", _DELIM)
         builder = j.CustomAnalyzer.builder().withTokenizer("whitespace")
@@ -137,23 +126,11 @@ class ImpactIndex:
         ftype.setIndexOptions(j.IndexOptions.DOCS_AND_FREQS)
         ftype.freeze()
         self._ftype = ftype
-        config = j.IndexWriterConfig(self._analyzer)
-        config.setOpenMode(j.OpenMode.CREATE_OR_APPEND)
-        config.setSimilarity(j.ImpactSimilarity())
-        config.setRAMBufferSizeMB(float(self.params["ram_buffer_mb"]))
-        self._dir = j.FSDirectory.open(j.Paths.get(str(self.path.resolve())))
-        try:
-            self._writer = j.IndexWriter(self._dir, config)
-        except j.JavaException as exc:
-            raise GenseekError(f"impact: cannot open the Lucene index at {self.path}: "
-                               f"{exc}") from exc
-        self._applied = self._read_seq()
-        self._lock = threading.Lock()
-        self._current: _Searcher | None = None
-        if self._applied == 0 and self._writer.getDocStats().numDocs == 0:
-            self._commit_data(0)
+        config = writer_config(j, self._analyzer, j.ImpactSimilarity(),
+                               self.params["ram_buffer_mb"])
+        self._lucene = LuceneFolder("impact", self.path, j, config, self._open_searcher)
         self._check_meta(create=True)
-        self._reopen()
+        self._lucene.reopen()
 
     @classmethod
     def open(cls, path: Path, params: dict[str, Any]) -> ImpactIndex:
@@ -192,16 +169,9 @@ class ImpactIndex:
 
     # -- state ------------------------------------------------------------------------
 
-    def _read_seq(self) -> int:
-        j = self._j
-        if not j.DirectoryReader.indexExists(self._dir):
-            return 0
-        value = j.SegmentInfos.readLatestCommit(self._dir).getUserData().get(_SEQ_KEY)
-        return int(value) if value is not None else 0
-
     @property
     def applied_seq(self) -> int:
-        return self._applied
+        return self._lucene.applied_seq
 
     # -- writes -----------------------------------------------------------------------
 
@@ -230,14 +200,10 @@ class ImpactIndex:
             vec = encoded.get(doc.doc_id)
             if vec is None:
                 vec = prune(vectors[doc.doc_id], top_k, threshold)
-            ldoc = j.Document()
-            ldoc.add(j.StringField("id", doc.doc_id, j.Store.YES))
-            ldoc.add(j.BinaryDocValuesField("id", j.BytesRef(doc.doc_id.encode("utf-8"))))
-            ldoc.add(j.Field("contents", self._pretokenised(vec), self._ftype,
-                             signature=_FIELD_SIG))
-            self._writer.updateDocument(j.Term("id", doc.doc_id), ldoc)
+            self._lucene.upsert(doc.doc_id, j.Field("contents", self._pretokenised(vec),
+                                                    self._ftype, signature=_FIELD_SIG))
         for doc_id in changes.deleted_ids:
-            self._writer.deleteDocuments(j.TermQuery(j.Term("id", doc_id)))
+            self._lucene.delete(doc_id)
 
     def _pretokenised(self, vec: Vector) -> str:
         """``term\\x01tf`` tokens of the quantised vector (zero impacts dropped)."""
@@ -247,40 +213,11 @@ class ImpactIndex:
         return " ".join(f"{names[i]}{_DELIM}{tf}"
                         for i, tf in zip(ids.tolist(), tfs.tolist(), strict=True) if tf > 0)
 
-    def _commit_data(self, seq: int) -> None:
-        data = self._j.HashMap()
-        data.put(_SEQ_KEY, str(seq))
-        self._writer.setLiveCommitData(data.entrySet())
-        self._writer.commit()
-
     def commit(self, seq: int) -> None:
-        self._commit_data(seq)
-        self._applied = seq
-        self._reopen()
+        self._lucene.commit(seq)
 
-    def _reopen(self) -> None:
-        searcher = self._j.SimpleImpactSearcher(str(self.path.resolve()))
-        with self._lock:
-            old, self._current = self._current, _Searcher(searcher)
-        if old is not None:
-            self._release(old, retire=True)
-
-    def _acquire(self) -> _Searcher:
-        with self._lock:
-            if self._current is None:
-                raise GenseekError("impact: the index is closed")
-            self._current.users += 1
-            return self._current
-
-    def _release(self, gen: _Searcher, retire: bool = False) -> None:
-        with self._lock:
-            if retire:
-                gen.retired = True
-            else:
-                gen.users -= 1
-            close = gen.retired and gen.users == 0
-        if close:
-            gen.searcher.close()
+    def _open_searcher(self) -> Any:
+        return self._j.SimpleImpactSearcher(str(self.path.resolve()))
 
     # -- reads ------------------------------------------------------------------------
 
@@ -318,80 +255,49 @@ class ImpactIndex:
             for term, w in bag.items():
                 m.put(term, j.Integer(w))
             maps.append(m)
-        gen = self._acquire()
-        try:
-            s = gen.searcher
+        with self._lucene.searcher() as s:
             live = [i for i, bag in enumerate(bags) if bag]
             out: list[list[Hit]] = [[] for _ in bags]
             if len(live) == 1:
                 i = live[0]
                 out[i] = [Hit(d.docid, float(d.score) / scale) for d in s.search(maps[i], k)]
             elif live:
-                qs, ids = j.ArrayList(), j.ArrayList()
-                for i in live:
-                    qs.add(maps[i])
-                    ids.add(str(i))
-                found = s.batch_search(qs, ids, k, int(self.params["threads"]))
-                for i in live:
-                    out[i] = [Hit(d.docid, float(d.score) / scale) for d in found.get(str(i))]
+                found = batch_search(j, s, [maps[i] for i in live], [str(i) for i in live], k,
+                                     int(self.params["threads"]))
+                for i, hits in zip(live, found, strict=True):
+                    out[i] = [Hit(d.docid, float(d.score) / scale) for d in hits]
             return out
-        finally:
-            self._release(gen)
 
     def stats(self) -> dict[str, Any]:
-        docs = int(self._writer.getDocStats().numDocs)  # live documents (maxDoc counts deleted)
-        runtime = self._j.Runtime.getRuntime()
+        # live documents (maxDoc counts deleted)
+        docs = int(self._lucene.writer.getDocStats().numDocs)
         return {
             "type": "impact",
             "documents": docs,
-            "applied_seq": self._applied,
+            "applied_seq": self.applied_seq,
             "disk_bytes": dir_bytes(self.path),
-            "memory_bytes": int(self._writer.ramBytesUsed())
-            + int(runtime.totalMemory() - runtime.freeMemory()),
+            "memory_bytes": self._lucene.memory_bytes(),
             "params": dict(self.params),
         }
 
     def close(self) -> None:
-        with self._lock:
-            gen, self._current = self._current, None
-        if gen is not None:
-            self._release(gen, retire=True)
-        if self._writer.isOpen():
-            self._writer.rollback()  # closes; drops anything applied but not committed
+        self._lucene.close()
 
 
 _FIELD_SIG = ("(Ljava/lang/String;Ljava/lang/CharSequence;"
               "Lorg/apache/lucene/index/IndexableFieldType;)V")
 
 
-class _Java:
+class _Java(LuceneClasses):
     """The Java classes this module uses, resolved once per index."""
 
     def __init__(self) -> None:
+        super().__init__()
         c = autoclass
         self.CustomAnalyzer = c("org.apache.lucene.analysis.custom.CustomAnalyzer")
         self.SimpleImpactSearcher = c("io.anserini.search.SimpleImpactSearcher")
         self.ImpactSimilarity = c("io.anserini.search.similarity.ImpactSimilarity")
-        self.IndexWriter = c("org.apache.lucene.index.IndexWriter")
-        self.IndexWriterConfig = c("org.apache.lucene.index.IndexWriterConfig")
-        self.OpenMode = c("org.apache.lucene.index.IndexWriterConfig$OpenMode")
         self.IndexOptions = c("org.apache.lucene.index.IndexOptions")
-        self.DirectoryReader = c("org.apache.lucene.index.DirectoryReader")
-        self.SegmentInfos = c("org.apache.lucene.index.SegmentInfos")
-        self.Term = c("org.apache.lucene.index.Term")
-        self.TermQuery = c("org.apache.lucene.search.TermQuery")
-        self.IndexSearcher = c("org.apache.lucene.search.IndexSearcher")
-        self.Runtime = c("java.lang.Runtime")
-        self.FSDirectory = c("org.apache.lucene.store.FSDirectory")
-        self.Paths = c("java.nio.file.Paths")
-        self.Document = c("org.apache.lucene.document.Document")
         self.Field = c("org.apache.lucene.document.Field")
         self.FieldType = c("org.apache.lucene.document.FieldType")
-        self.StringField = c("org.apache.lucene.document.StringField")
-        self.BinaryDocValuesField = c("org.apache.lucene.document.BinaryDocValuesField")
-        self.Store = c("org.apache.lucene.document.Field$Store")
-        self.BytesRef = c("org.apache.lucene.util.BytesRef")
-        self.HashMap = c("java.util.HashMap")
-        self.ArrayList = c("java.util.ArrayList")
         self.Integer = c("java.lang.Integer")
-        self.JavaException = java_exception()

@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import json
 import re
-import sqlite3
 import threading
 import time
 from collections.abc import Sequence
@@ -43,6 +42,7 @@ import numpy as np
 from genseek.atomic import atomic_write, atomic_write_json
 from genseek.encoders import DEFAULT_MODEL, resolve_model
 from genseek.errors import GenseekError
+from genseek.indexers._labelstore import LabelStore
 from genseek.kernels import chamfer as ch
 from genseek.kernels import muvera as fde
 from genseek.protocols import dir_bytes
@@ -57,6 +57,8 @@ _INT_PARAMS = ("max_length", "proj_dim", "k_sim", "d_proj", "r_reps", "d_final",
                "candidates", "batch_size")
 _FDE_KEYS = ("k_sim", "d_proj", "r_reps", "d_final", "seed", "proj_dim", "model")
 _SEGMENT = re.compile(r"^(\d{6})\.npy$")
+_DOC_COLUMNS = ("label INTEGER PRIMARY KEY", "doc_id TEXT NOT NULL", "segment INTEGER NOT NULL",
+                "start INTEGER NOT NULL", "length INTEGER NOT NULL")
 
 
 class TokenEncoder:
@@ -163,22 +165,13 @@ class MuveraIndex:
         self.fde_params = fde.make_params(self.dim, int(self.params["k_sim"]),
                                           self.params["d_proj"], int(self.params["r_reps"]),
                                           self.params["d_final"], int(self.params["seed"]))
-        self._db = sqlite3.connect(self.path / "docs.sqlite", isolation_level=None,
-                                   check_same_thread=False)
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute("PRAGMA synchronous=FULL")
-        self._db.execute("CREATE TABLE IF NOT EXISTS docs (label INTEGER PRIMARY KEY, doc_id TEXT"
-                         " NOT NULL, segment INTEGER NOT NULL, start INTEGER NOT NULL,"
-                         " length INTEGER NOT NULL)")
-        self._db.execute("CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT)")
+        self._store = LabelStore(self.path / "docs.sqlite", "docs", _DOC_COLUMNS)
         self._check_meta()
         self._lock = threading.RLock()
-        self._in_tx = False
         self._pending_segments: list[int] = []
         self._rows: dict[int, tuple[str, int, int, int]] = {
             int(r[0]): (r[1], int(r[2]), int(r[3]), int(r[4]))
-            for r in self._db.execute("SELECT label, doc_id, segment, start, length FROM docs")}
-        self._applied = int(self._meta("seq") or 0)
+            for r in self._store.select("label, doc_id, segment, start, length")}
         self._segments: dict[int, np.ndarray] = {}
         self._clean_and_check_segments()
         self._dead = 0
@@ -212,16 +205,12 @@ class MuveraIndex:
                                    f" the index holds {self.dim}-d ones")
         return self._encoder
 
-    def _meta(self, key: str) -> str | None:
-        row = self._db.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
-        return row[0] if row else None
-
     def _check_meta(self) -> None:
         config = json.dumps({"dim": self.dim, **{k: self.params[k] for k in _FDE_KEYS}},
                             sort_keys=True)
-        stored = self._meta("config")
+        stored = self._store.meta("config")
         if stored is None:
-            self._db.execute("INSERT OR REPLACE INTO meta VALUES ('config', ?)", (config,))
+            self._store.write_meta({"config": config})
             return
         old, new = json.loads(stored), json.loads(config)
         if old["dim"] != new["dim"] or old.get("proj_dim") != new.get("proj_dim") \
@@ -230,7 +219,7 @@ class MuveraIndex:
                                f"of model {old.get('model')!r} (proj_dim {old.get('proj_dim')});"
                                f" the spec asks for {new['dim']}-d ones of {new.get('model')!r}")
         if old != new:  # FDE settings changed: the FDE cache is rebuilt from the segments
-            self._db.execute("INSERT OR REPLACE INTO meta VALUES ('config', ?)", (config,))
+            self._store.write_meta({"config": config})
 
     def _segment_path(self, number: int) -> Path:
         return self.path / "segments" / f"{number:06d}.npy"
@@ -275,7 +264,7 @@ class MuveraIndex:
 
     @property
     def applied_seq(self) -> int:
-        return self._applied
+        return self._store.applied_seq
 
     # -- token vectors and FDEs ---------------------------------------------------------------
 
@@ -310,8 +299,8 @@ class MuveraIndex:
         return index
 
     def _info(self) -> dict[str, Any]:
-        return {"seq": self._applied, "ntotal": len(self._rows),
-                "config": json.loads(self._meta("config") or "{}")}
+        return {"seq": self.applied_seq, "ntotal": len(self._rows),
+                "config": json.loads(self._store.meta("config") or "{}")}
 
     def _load_or_rebuild(self) -> faiss.Index:
         try:
@@ -319,7 +308,7 @@ class MuveraIndex:
             if info == self._info():
                 index = faiss.read_index(str(self.path / "fde.faiss"))
                 if index.d == self.fde_params.out_dim and index.ntotal == len(self._rows):
-                    self._saved_seq = self._applied
+                    self._saved_seq = self.applied_seq
                     return index
         except (OSError, ValueError, RuntimeError):
             pass  # missing, stale or unreadable cache: rebuild from the segments
@@ -327,20 +316,15 @@ class MuveraIndex:
 
     def _save(self) -> None:
         with self._lock:
-            if self._applied == self._saved_seq:
+            if self.applied_seq == self._saved_seq:
                 return
             index, info = self._index, self._info()
             atomic_write(self.path / "fde.faiss", lambda tmp: faiss.write_index(index, tmp))
             atomic_write_json(self.path / "fde.json", info)
-            self._saved_seq = self._applied
+            self._saved_seq = self.applied_seq
             self._last_save = time.monotonic()
 
     # -- writes -------------------------------------------------------------------------------
-
-    def _begin(self) -> None:
-        if not self._in_tx:
-            self._db.execute("BEGIN IMMEDIATE")
-            self._in_tx = True
 
     def _check_tokens(self, tokens: np.ndarray, what: str) -> np.ndarray:
         arr = np.asarray(tokens)
@@ -373,10 +357,9 @@ class MuveraIndex:
         seg = self._next_segment()
         self._pending_segments.append(seg)
         _write_npy(self._segment_path(seg), flat.astype(np.float16))
-        self._begin()
         rows = [(int(docs[i][0]), str(docs[i][1]), seg, int(offsets[j]), int(lengths[j]))
                 for j, i in enumerate(keep)]
-        self._db.executemany("INSERT OR REPLACE INTO docs VALUES (?, ?, ?, ?, ?)", rows)
+        self._store.insert(rows)
         with self._lock:
             self._index.add_with_ids(fdes, np.asarray([r[0] for r in rows], dtype=np.int64))
             for label, doc_id, s, start, length in rows:
@@ -387,8 +370,7 @@ class MuveraIndex:
         gone = [int(v) for v in labels if int(v) in self._rows]
         if not gone:
             return
-        self._begin()
-        self._db.executemany("DELETE FROM docs WHERE label = ?", [(v,) for v in gone])
+        self._store.delete(gone)
         with self._lock:
             self._index.remove_ids(np.asarray(gone, dtype=np.int64))
             for v in gone:
@@ -403,12 +385,8 @@ class MuveraIndex:
             self.add_token_vectors([(d.version, d.doc_id) for d in new_docs], tokens)
 
     def commit(self, seq: int) -> None:
-        self._begin()
-        self._db.execute("INSERT OR REPLACE INTO meta VALUES ('seq', ?)", (str(seq),))
-        self._db.execute("COMMIT")
-        self._in_tx = False
+        self._store.commit(seq)
         self._pending_segments = []
-        self._applied = seq
         self._maybe_compact()
         if time.monotonic() - self._last_save > float(self.params["save_every"]):
             self._save()
@@ -426,10 +404,11 @@ class MuveraIndex:
         tokens, offsets = self.doc_tokens(labels)
         seg = self._next_segment()
         _write_npy(self._segment_path(seg), tokens.astype(np.float16))
-        self._db.execute("BEGIN IMMEDIATE")
-        self._db.executemany("UPDATE docs SET segment = ?, start = ? WHERE label = ?",
-                             [(seg, int(offsets[i]), v) for i, v in enumerate(labels)])
-        self._db.execute("COMMIT")
+        db = self._store.db  # its own transaction: no change set is open after a commit
+        db.execute("BEGIN IMMEDIATE")
+        db.executemany("UPDATE docs SET segment = ?, start = ? WHERE label = ?",
+                       [(seg, int(offsets[i]), v) for i, v in enumerate(labels)])
+        db.execute("COMMIT")
         with self._lock:
             for i, v in enumerate(labels):
                 doc_id, _, _, length = self._rows[v]
@@ -518,7 +497,7 @@ class MuveraIndex:
             return {
                 "type": "muvera",
                 "documents": len(self._rows),
-                "applied_seq": self._applied,
+                "applied_seq": self.applied_seq,
                 "token_vectors": int(tokens),
                 "dim": self.dim,
                 "fde_dim": self.fde_params.out_dim,
@@ -529,15 +508,13 @@ class MuveraIndex:
             }
 
     def close(self) -> None:
-        if self._in_tx:
-            self._db.execute("ROLLBACK")  # applied but not committed: drop it
-            self._in_tx = False
+        if self._store.rollback():  # applied but not committed: drop it
             for seg in self._pending_segments:
                 self._segment_path(seg).unlink(missing_ok=True)
         else:
             self._save()
         self._segments.clear()
-        self._db.close()
+        self._store.close()
 
 
 __all__ = ["MuveraIndex", "TokenEncoder"]

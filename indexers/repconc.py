@@ -42,6 +42,7 @@ import numpy as np
 from genseek.atomic import atomic_write, atomic_write_json
 from genseek.encoders import DEFAULT_MODEL, TextEncoder, shared_encoder
 from genseek.errors import GenseekError
+from genseek.indexers._labelstore import VectorStore, select_vectors
 from genseek.indexers.repconc_train import load_model, opq_warm_start
 from genseek.protocols import dir_bytes
 from genseek.types import ChangeSet, Hit
@@ -92,23 +93,15 @@ class RepconcIndex:
         if self.dim % int(self.params["bytes"]):
             raise GenseekError(f"repconc: bytes ({self.params['bytes']}) must divide the vector "
                                f"dimension ({self.dim})")
-        self._db = sqlite3.connect(self.path / "vectors.sqlite", isolation_level=None,
-                                   check_same_thread=False)
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute("PRAGMA synchronous=FULL")
-        self._db.execute("CREATE TABLE IF NOT EXISTS vectors (label INTEGER PRIMARY KEY,"
-                         " doc_id TEXT NOT NULL, vec BLOB NOT NULL)")
-        self._db.execute("CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT)")
-        stored = self._meta("dim")
+        self._store = VectorStore(self.path / "vectors.sqlite", self.dim)
+        stored = self._store.meta("dim")
         if stored is None:
-            self._db.execute("INSERT OR REPLACE INTO meta VALUES ('dim', ?)", (str(self.dim),))
+            self._store.write_meta({"dim": str(self.dim)})
         elif int(stored) != self.dim:
             raise GenseekError(f"repconc index at {self.path} holds {stored}-d vectors; the "
                                f"spec's model makes {self.dim}-d ones")
         self._lock = threading.RLock()
-        self._in_tx = False
-        self._labels: dict[int, str] = dict(self._db.execute("SELECT label, doc_id FROM vectors"))
-        self._applied = int(self._meta("seq") or 0)
+        self._labels: dict[int, str] = self._store.labels()
         self._saved_seq = -1
         self._last_save = time.monotonic()
         self._quant: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None  # R, C, W
@@ -124,21 +117,11 @@ class RepconcIndex:
             self._encoder = shared_encoder(str(self.params["encoder"]), self.params["max_length"])
         return self._encoder
 
-    def _meta(self, key: str) -> str | None:
-        row = self._db.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
-        return row[0] if row else None
-
     @property
     def applied_seq(self) -> int:
-        return self._applied
+        return self._store.applied_seq
 
     # -- quantiser and faiss structure -----------------------------------------------------------
-
-    def _all_vectors(self) -> tuple[np.ndarray, np.ndarray]:
-        rows = self._db.execute("SELECT label, vec FROM vectors ORDER BY label").fetchall()
-        labels = np.fromiter((r[0] for r in rows), dtype=np.int64, count=len(rows))
-        vecs = np.frombuffer(b"".join(r[1] for r in rows), dtype=np.float32).reshape(-1, self.dim)
-        return labels, vecs
 
     def _quantiser(self, vecs: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
         """``(R [d, d], codebooks [M, 256, d/M], W [d, d])``, or None while untrainable."""
@@ -184,11 +167,11 @@ class RepconcIndex:
         return index
 
     def _rebuild(self) -> faiss.Index:
-        labels, vecs = self._all_vectors()
+        labels, vecs = self._store.vectors()
         return self._build(labels, vecs)
 
     def _info(self) -> dict[str, Any]:
-        return {"seq": self._applied, "ntotal": len(self._labels),
+        return {"seq": self.applied_seq, "ntotal": len(self._labels),
                 "model": str(self.params["model"]), "bytes": int(self.params["bytes"]),
                 "nlist": int(self.params["nlist"])}
 
@@ -206,7 +189,7 @@ class RepconcIndex:
                     ivf = faiss.try_extract_index_ivf(index) if not self._fallback else None
                     if ivf is not None:
                         ivf.nprobe = int(self.params["nprobe"] or ivf.nlist)
-                    self._saved_seq = self._applied
+                    self._saved_seq = self.applied_seq
                     return index
         except (OSError, ValueError, RuntimeError):
             pass  # missing, stale or unreadable cache: rebuild from the stored vectors
@@ -214,7 +197,7 @@ class RepconcIndex:
 
     def _save(self) -> None:
         with self._lock:
-            if self._applied == self._saved_seq:
+            if self.applied_seq == self._saved_seq:
                 return
             index = self._index
             atomic_write(self.path / "ann.faiss", lambda tmp: faiss.write_index(index, tmp))
@@ -224,7 +207,7 @@ class RepconcIndex:
                     _write_npy(self.path / f"{name}.npy", array)
             atomic_write_json(self.path / "ann.json", {**self._info(),
                                                        "fallback": self._fallback})
-            self._saved_seq = self._applied
+            self._saved_seq = self.applied_seq
             self._last_save = time.monotonic()
 
     def _rotation_and_proj(self) -> tuple[np.ndarray, np.ndarray]:
@@ -252,14 +235,8 @@ class RepconcIndex:
                 if (dim is None or int(dim[0]) != self.dim or model is None
                         or model[0] != str(self.params["encoder"])):
                     return {}
-                found: dict[int, np.ndarray] = {}
-                for lo in range(0, len(labels), 500):
-                    part = labels[lo:lo + 500]
-                    marks = ",".join("?" * len(part))
-                    for label, blob in db.execute(
-                            f"SELECT label, vec FROM vectors WHERE label IN ({marks})", part):
-                        found[int(label)] = np.frombuffer(blob, dtype=np.float32)
-                return found
+                return {int(label): np.frombuffer(blob, dtype=np.float32)
+                        for label, blob in select_vectors(db, labels)}
             finally:
                 db.close()
         except sqlite3.Error:
@@ -278,9 +255,7 @@ class RepconcIndex:
             return
         vecs = np.ascontiguousarray(vecs[keep], dtype=np.float32)
         rows = [(int(docs[i][0]), str(docs[i][1])) for i in keep]
-        self._begin()
-        self._db.executemany("INSERT OR REPLACE INTO vectors(label, doc_id, vec) VALUES (?, ?, ?)",
-                             [(lab, did, vecs[j].tobytes()) for j, (lab, did) in enumerate(rows)])
+        self._store.add(rows, vecs)
         with self._lock:
             rotation, _ = self._rotation_and_proj()
             self._index.add_with_ids(np.ascontiguousarray(vecs @ rotation.T, np.float32),
@@ -288,16 +263,10 @@ class RepconcIndex:
             for lab, did in rows:
                 self._labels[lab] = did
 
-    def _begin(self) -> None:
-        if not self._in_tx:
-            self._db.execute("BEGIN IMMEDIATE")
-            self._in_tx = True
-
     def apply(self, changes: ChangeSet) -> None:
         gone = [v for _, v in changes.removed if v in self._labels]
         if gone:
-            self._begin()
-            self._db.executemany("DELETE FROM vectors WHERE label = ?", [(v,) for v in gone])
+            self._store.delete(gone)
             with self._lock:
                 self._index.remove_ids(np.asarray(gone, dtype=np.int64))
                 for v in gone:
@@ -315,11 +284,7 @@ class RepconcIndex:
                          np.stack([reused[d.version] for d in new_docs]))
 
     def commit(self, seq: int) -> None:
-        self._begin()
-        self._db.execute("INSERT OR REPLACE INTO meta VALUES ('seq', ?)", (str(seq),))
-        self._db.execute("COMMIT")
-        self._in_tx = False
-        self._applied = seq
+        self._store.commit(seq)
         with self._lock:
             if self._fallback and len(self._labels) >= max(int(self.params["train_min"]),
                                                            int(self.params["nlist"])):
@@ -377,7 +342,7 @@ class RepconcIndex:
             return {
                 "type": "repconc",
                 "documents": len(self._labels),
-                "applied_seq": self._applied,
+                "applied_seq": self.applied_seq,
                 "disk_bytes": dir_bytes(self.path),
                 "memory_bytes": int(faiss.serialize_index(self._index).nbytes),
                 "bytes_per_doc": int(self.params["bytes"]),
@@ -388,9 +353,6 @@ class RepconcIndex:
             }
 
     def close(self) -> None:
-        if self._in_tx:
-            self._db.execute("ROLLBACK")
-            self._in_tx = False
-        else:
+        if not self._store.rollback():  # applied but not committed: dropped, nothing saved
             self._save()
-        self._db.close()
+        self._store.close()

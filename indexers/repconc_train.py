@@ -20,7 +20,7 @@ stored MiniLM document vectors are reused, never re-encoded):
 
 Time is bounded by ``--max-minutes`` (default 10): training stops after the epoch that
 passes it. Typical SciFact run (809 train queries, 5,183 documents, 48 bytes): see
-benchmarks/results/vector_quality.md.
+benchmarks/RESULTS.md section 11.
 """
 
 from __future__ import annotations

@@ -31,19 +31,57 @@ consistent with the files it names. On load every posting's header and CRC32 and
 the vector file's CRC32 are checked: a corrupted or truncated file is a clear error.
 
 Updates (SPFresh): an insert is appended to the postings of its RNG-selected heads;
-a posting longer than twice ``posting_cap`` (the build-time cap) is split by 2-means into two new heads, and
-only vectors near the boundary (the split posting's vectors whose old head was
-closer than both new ones, and vectors of neighbouring postings now closer to a new
-head than to their own) are reassigned, by bumping their version and appending them
-anew. A delete clears the slot in the version map. :meth:`SpannEngine.rebalance`
-(explicit, or after every update batch with ``auto_split``) splits oversized postings
-and garbage-collects stale entries.
+a posting longer than twice ``posting_cap`` (the build-time cap) is split by 2-means
+into two new heads, and only vectors near the boundary (the split posting's vectors
+whose old head was closer than both new ones, and vectors of neighbouring postings now
+closer to a new head than to their own) are reassigned, by bumping their version and
+appending them anew. A delete clears the slot in the version map. Oversized postings
+are queued as appends make them so; :meth:`SpannEngine.rebalance_step` does one split
+or one slice of a garbage-collection sweep (rewriting postings that are mostly stale),
+and :meth:`SpannEngine.rebalance` does everything at once.
+
+Background rebalancing (SPFresh's local rebuilder): with ``rebalance="background"``
+an update batch only appends and queues; a daemon thread owned by the
+:class:`SpannIndex` takes the index lock for one step at a time, so searches are
+served between steps and always see a consistent engine (the version map hides
+deleted and moved entries, replicas are deduplicated). Saves happen under the same
+lock, so ``state.npz`` never describes half a split; a process killed in the middle of
+one reloads the last saved state, whose regions were never overwritten, and catches
+up from ``vectors.sqlite``; the queue itself is not saved but rebuilt on load from the
+posting lengths. :meth:`SpannIndex.close` lets the current step finish, joins the
+thread and leaves queued work for the next open. A failure inside the thread stops it;
+it is logged, reported by ``stats()["rebalance"]`` (``errors``, ``last_error``) and
+makes every later :meth:`SpannIndex.commit` raise without committing (the engine is
+never saved again) until the index is reopened, which recovers it.
+
+Parameters (spec ``spann(key=value, ...)``; engine parameters apply to
+:class:`SpannEngine` too):
+
+- ``rebalance`` (``background``): ``background`` — a per-index thread splits and
+  garbage-collects while updates only append (a writer still splits at once a posting
+  grown past ``BACKPRESSURE`` = 4 times the split threshold); ``sync`` — every update
+  batch splits oversized postings before returning (the behaviour of ``auto_split``);
+  ``off`` — only an explicit :meth:`SpannIndex.rebalance` does.
+- ``auto_split`` (true, engine): the older spelling — in a spec without ``rebalance``,
+  true means ``sync`` and false ``off``; a spec without either gets ``background``.
+- ``rebalance_pause`` (0.001 s): the rebalancer's sleep between two steps.
+- ``posting_cap`` (64): build-time posting length; postings over twice it are split.
+- ``head_ratio`` (0.1), ``max_replicas`` (8), ``candidates`` (16), ``rng_factor`` (1.0),
+  ``closure`` (10.0), ``branch`` (16), ``seed`` (0): building and assignment.
+- ``codec`` (``fp16`` | ``int8`` | ``pq`` with ``pq_m`` 48), ``head_index`` (``auto`` |
+  ``flat`` | ``hnsw``, ``hnsw_ef`` 128): storage.
+- ``nprobe`` (32), ``eps`` (1.0), ``rerank`` (64): search; ``reassign_neighbors`` (8):
+  neighbouring postings checked after a split.
+- ``model``, ``batch_size``, ``max_length``: the encoder; ``save_every`` (300 s): the
+  engine is saved at a commit at most this often (and on close); ``verify`` (true):
+  check every checksum on open.
 """
 
 from __future__ import annotations
 
 import io
 import json
+import logging
 import os
 import sqlite3
 import threading
@@ -202,7 +240,12 @@ class SpannEngine:
         self._file_end = BLOCK
         self._mm: np.memmap | None = None
         self._dead_heads = 0
-        self.counters = {"splits": 0, "reassigned": 0, "relocations": 0}
+        self.counters = {"splits": 0, "reassigned": 0, "relocations": 0, "gc_rewrites": 0}
+        # rebalancing work (derived state: rebuilt from the directory on load)
+        self._queue: dict[int, None] = {}  # oversized live heads, oldest first
+        self._stale = 0        # slots invalidated (deleted, replaced, reassigned) since a sweep
+        self._sweep = -1       # next head of the running garbage-collection sweep, -1: none
+        self._sweep_stale = 0  # the stale estimate the running sweep started from
 
     # -- parameters ---------------------------------------------------------------------
 
@@ -329,6 +372,18 @@ class SpannEngine:
         self._file_end = off + size
         self.post_off[head], self.post_cap[head] = off, cap
         self.post_cnt[head], self.post_crc[head] = len(records), zlib.crc32(payload)
+        self._note_length(head)
+
+    def _split_cap(self) -> int:
+        """Entries (stale ones included) beyond which a posting is split: build cap x 2."""
+        return 2 * int(self.params["posting_cap"])
+
+    def _note_length(self, head: int) -> None:
+        """Queue ``head`` for a split when its posting is oversized, unqueue it otherwise."""
+        if self.head_alive[head] and self.post_cnt[head] > self._split_cap():
+            self._queue[head] = None
+        else:
+            self._queue.pop(head, None)
 
     def _read_posting(self, head: int) -> np.ndarray:
         """All records of a posting (stale ones included), checked against its header."""
@@ -351,6 +406,7 @@ class SpannEngine:
                       int(self.post_off[head]) + REGION_HEADER + cnt * self.rec.itemsize)
             self.post_cnt[head] = cnt + len(records)
             self.post_crc[head] = zlib.crc32(payload, int(self.post_crc[head]))
+            self._note_length(head)
             return
         old = self._read_posting(head)
         merged = np.concatenate([old[self._valid(old)], records])
@@ -511,32 +567,92 @@ class SpannEngine:
             raise _err(f"label {int(labels[slots < 0][0])} is not in the index")
         slots = slots[slots >= 0]
         self.alive[slots] = False
+        self._stale += len(slots)
         self._sorted = None
         return len(slots)
 
-    def rebalance(self, only_oversized: bool = False, max_rounds: int = 64) -> int:
-        """Split every posting holding more than ``2 * posting_cap`` valid entries (SPFresh).
+    def rebalance(self, only_oversized: bool = False, max_rounds: int = 64,
+                  limit: int | None = None) -> int:
+        """Split every posting holding more than ``limit`` entries (SPFresh), synchronously.
 
-        With ``only_oversized`` false it also rewrites postings whose stale entries
-        exceed half of their length (garbage collection). Returns the splits made.
+        ``limit`` defaults to ``2 * posting_cap``. With ``only_oversized`` false it also
+        rewrites postings whose stale entries exceed half of their length (garbage
+        collection of the whole index). Returns the splits made.
         """
-        cap = 2 * int(self.params["posting_cap"])  # build cap x 2: room to append first
+        cap = self._split_cap() if limit is None else max(int(limit), self._split_cap())
         splits = 0
         for _ in range(max_rounds):
             live = np.nonzero(self.head_alive[:self.nheads])[0]
             over = live[self.post_cnt[live] > cap]
             if not only_oversized:
                 for h in live[self.post_cnt[live] > 0]:
-                    recs = self._read_posting(int(h))
-                    ok = self._valid(recs)
-                    if ok.sum() * 2 < len(recs) and ok.sum() <= cap:
-                        self._write_region(int(h), recs[ok].copy())
+                    self._gc_posting(int(h))
             if len(over) == 0:
                 break
             for h in over:
                 if self.head_alive[h] and self.post_cnt[h] > cap:
                     splits += self._split(int(h))
+        if not only_oversized:  # every posting was just swept
+            self._sweep, self._sweep_stale, self._stale = -1, 0, 0
         return splits
+
+    def _gc_posting(self, head: int) -> bool:
+        """Rewrite one posting without its stale entries when they are more than half of it
+        and the rest fits under the split threshold (copy on write); True if rewritten."""
+        recs = self._read_posting(head)
+        ok = self._valid(recs)
+        valid = int(ok.sum())
+        if valid * 2 < len(recs) and valid <= self._split_cap():
+            self._write_region(head, recs[ok].copy())
+            self.counters["gc_rewrites"] += 1
+            return True
+        return False
+
+    def _gc_due(self) -> bool:
+        """A garbage-collection sweep is due: stale slots reach a quarter of the live ones."""
+        return self._stale > 0 and 4 * self._stale >= max(self.count, 1)
+
+    def has_pending_work(self) -> bool:
+        """Whether :meth:`rebalance_step` has anything to do."""
+        return bool(self._queue) or self._sweep >= 0 or self._gc_due()
+
+    def pending(self) -> dict[str, Any]:
+        """Rebalancing work waiting: ``queued`` oversized postings, whether a garbage
+        collection sweep is running or due (``gc_pending``), ``stale_estimate`` slots."""
+        return {"queued": len(self._queue), "gc_pending": self._sweep >= 0 or self._gc_due(),
+                "stale_estimate": self._stale + (self._sweep_stale if self._sweep >= 0 else 0)}
+
+    def rebalance_step(self, gc_batch: int = 32) -> bool:
+        """Do one small, bounded unit of rebalancing; False when there was nothing to do.
+
+        In order of priority: split the oldest queued oversized posting (2-means, then
+        LIRE reassignment near the boundary, which may queue more postings), or advance
+        a garbage-collection sweep by up to ``gc_batch`` postings (a sweep starts once the
+        stale estimate reaches a quarter of the live vectors). Each step leaves the
+        engine consistent, so searches and :meth:`save` may run between any two steps.
+        """
+        if self.heads is None:
+            return False
+        cap = self._split_cap()
+        while self._queue:
+            head = next(iter(self._queue))
+            del self._queue[head]
+            if self.head_alive[head] and self.post_cnt[head] > cap:
+                self._split(head)
+                return True
+        if self._sweep < 0 and self._gc_due():
+            self._sweep, self._sweep_stale, self._stale = 0, self._stale, 0
+        if self._sweep < 0:
+            return False
+        end = min(self._sweep + max(int(gc_batch), 1), self.nheads)
+        for h in range(self._sweep, end):
+            if self.head_alive[h] and self.post_cnt[h] > 0:
+                self._gc_posting(h)
+        if end < self.nheads:
+            self._sweep = end
+        else:
+            self._sweep, self._sweep_stale = -1, 0
+        return True
 
     def _split(self, head: int) -> int:
         """2-means split of one posting, then LIRE reassignment near the boundary."""
@@ -544,7 +660,7 @@ class SpannEngine:
         recs = recs[self._valid(recs)]
         _, first = np.unique(recs["slot"], return_index=True)
         recs = recs[np.sort(first)].copy()
-        cap = 2 * int(self.params["posting_cap"])
+        cap = self._split_cap()
         if len(recs) <= cap:  # only stale entries made it long: garbage-collect
             self._write_region(head, recs)
             return 0
@@ -560,6 +676,7 @@ class SpannEngine:
             self._write_region(int(new[j]), recs[lab == j])
         self.head_alive[head] = False
         self.post_cnt[head] = 0
+        self._queue.pop(head, None)
         self._dead_heads += 1
         self.counters["splits"] += 1
         # 2. LIRE: the split posting's vectors for which the old head was closer
@@ -583,6 +700,7 @@ class SpannEngine:
         if len(redo):
             # a new version invalidates every old replica; then place the vector anew
             self.versions[redo] = (self.versions[redo].astype(np.int64) + 1) % 256
+            self._stale += len(redo)
             self._place(redo, self._vectors(redo))
             self.counters["reassigned"] += len(redo)
         return 1
@@ -663,7 +781,8 @@ class SpannEngine:
         meta = {"format": FORMAT_VERSION, "dim": self.dim, "params": self.params,
                 "nslots": n, "nheads": h, "gen": self._gen, "file_end": self._file_end,
                 "f32_crc": self._f32_crc, "dead_heads": self._dead_heads,
-                "counters": self.counters, "extra": extra or {}}
+                "counters": self.counters, "stale": self.pending()["stale_estimate"],
+                "extra": extra or {}}
         arrays = {"labels": self.labels[:n], "alive": self.alive[:n],
                   "versions": self.versions[:n], "head_alive": self.head_alive[:h],
                   "post_off": self.post_off[:h], "post_cap": self.post_cap[:h],
@@ -721,7 +840,8 @@ class SpannEngine:
         eng.nslots, eng.nheads = n, h
         eng._gen, eng._file_end = int(meta["gen"]), int(meta["file_end"])
         eng._f32_crc, eng._dead_heads = int(meta["f32_crc"]), int(meta["dead_heads"])
-        eng.counters = dict(meta["counters"])
+        eng.counters = {**eng.counters, **meta["counters"]}
+        eng._stale = int(meta.get("stale", 0))
         eng.extra = dict(meta.get("extra", {}))
         head_file = path / f"heads-{eng._gen}.faiss"
         try:
@@ -732,6 +852,8 @@ class SpannEngine:
             raise _err(f"{head_file} holds {eng.heads.ntotal} heads, expected {h}")
         eng._open_files(create=False)
         eng._check_files(verify)
+        live = np.nonzero(eng.head_alive[:h])[0]
+        eng._queue = dict.fromkeys(int(v) for v in live[eng.post_cnt[live] > eng._split_cap()])
         return eng
 
     def _check_files(self, verify: bool) -> None:
@@ -787,16 +909,40 @@ class SpannEngine:
                 "max_posting": int(cnt.max()) if len(cnt) else 0,
                 "replicas_per_vector": float(cnt.sum() / max(self.count, 1)),
                 "memory_bytes": self.memory_bytes(), "disk_bytes": self.disk_bytes(),
-                **self.counters}
+                **self.counters, **self.pending()}
 
 
 # -- the collection index type -------------------------------------------------------------
 
+REBALANCE_MODES = ("background", "sync", "off")
+BACKPRESSURE = 4  # a posting this many times the split threshold is split by the writer
+_IDLE_WAIT_S = 1.0  # an idle rebalancer re-checks for work at least this often
+
 _PARAMS: dict[str, Any] = {
     "model": DEFAULT_MODEL, "batch_size": 32, "max_length": None, "save_every": 300,
-    "verify": True, **ENGINE_PARAMS,
+    "verify": True, "rebalance": None, "rebalance_pause": 0.001, **ENGINE_PARAMS,
 }
 _SEARCH = ("nprobe", "eps", "rerank")
+
+log = logging.getLogger("genseek.indexers.spann")
+
+
+def _rebalance_mode(params: dict[str, Any]) -> str:
+    """The rebalancing mode a spec asks for; ``auto_split`` is its older spelling.
+
+    ``rebalance`` unset: ``auto_split=true`` means ``sync``, ``auto_split=false`` means
+    ``off``, neither means ``background``. Both set must agree (``auto_split=true`` goes
+    only with ``sync``).
+    """
+    mode, auto = params.get("rebalance"), params.get("auto_split")
+    if mode is None:
+        return "background" if auto is None else ("sync" if auto else "off")
+    if mode not in REBALANCE_MODES:
+        raise _err(f"rebalance must be one of {', '.join(REBALANCE_MODES)}, not {mode!r}")
+    if auto is not None and bool(auto) != (mode == "sync"):
+        raise _err(f"auto_split={auto!r} contradicts rebalance={mode!r} (auto_split is the "
+                   "older spelling: true = sync, false = off or background); drop auto_split")
+    return str(mode)
 
 
 class SpannIndex:
@@ -804,6 +950,13 @@ class SpannIndex:
 
     Scores are inner products (cosine, as vectors are L2-normalised): ``1 - d2 / 2``.
     An empty collection returns no hits, and ``k`` beyond the collection returns all.
+
+    With ``rebalance="background"`` the index owns one daemon thread (started on open,
+    stopped and joined by :meth:`close`) that runs :meth:`SpannEngine.rebalance_step`
+    under the index lock, one small step at a time, sleeping ``rebalance_pause``
+    seconds between steps so searches and writes get the lock in between. Every access
+    to the engine holds that lock, so a search or a save sees the engine between two
+    steps, never inside one.
     """
 
     def __init__(self, path: Path, params: dict[str, Any], encoder: TextEncoder | None = None):
@@ -811,7 +964,11 @@ class SpannIndex:
         if unknown:
             raise GenseekError(f"spann: unknown parameter(s) {', '.join(sorted(unknown))}; "
                                f"known: {', '.join(_PARAMS)}")
-        self.params = {**_PARAMS, **params}
+        mode = _rebalance_mode(params)
+        pause = params.get("rebalance_pause", _PARAMS["rebalance_pause"])
+        if isinstance(pause, bool) or not isinstance(pause, (int, float)) or not pause >= 0:
+            raise _err(f"rebalance_pause must be a non-negative number of seconds, not {pause!r}")
+        self.params = {**_PARAMS, **params, "rebalance": mode, "auto_split": mode == "sync"}
         self.path = Path(path)
         self.path.mkdir(parents=True, exist_ok=True)
         engine_params = {k: self.params[k] for k in ENGINE_PARAMS}
@@ -838,7 +995,19 @@ class SpannIndex:
         self._lock = threading.RLock()
         self._in_tx = False
         self._last_save = time.monotonic()
+        # the background rebalancer (per index: no state shared between indexes)
+        self._mode = mode
+        self._stop = threading.Event()
+        self._wake = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._rb = {"steps": 0, "background_splits": 0, "inline_splits": 0, "errors": 0}
+        self._rb_error: str | None = None
+        self._failed = False
         self._engine = self._open_engine(engine_params)
+        if mode == "background":
+            self._thread = threading.Thread(target=self._rebalance_loop, daemon=True,
+                                            name=f"spann-rebalance:{self.path}")
+            self._thread.start()
 
     @classmethod
     def open(cls, path: Path, params: dict[str, Any]) -> SpannIndex:
@@ -863,6 +1032,13 @@ class SpannIndex:
         return ids, vecs
 
     def _open_engine(self, engine_params: dict[str, Any]) -> SpannEngine:
+        """Load the saved engine and catch it up with ``vectors.sqlite`` (or build one).
+
+        Whatever a crash interrupted (a background split included) is lost with the
+        process: the saved state only names regions and slots written before it, so it
+        loads as saved, and the catch-up adds and drops what the source of truth gained
+        and lost since. Oversized postings are queued again by :meth:`SpannEngine.load`.
+        """
         folder = self.path / "engine"
         if (folder / "state.npz").exists():
             eng = SpannEngine.load(folder, bool(self.params["verify"]), engine_params)
@@ -874,12 +1050,89 @@ class SpannIndex:
             if len(missing):
                 ids, vecs = self._vectors(missing.tolist())
                 eng.insert(vecs, ids)
+                self._backpressure(eng)
             return eng
         eng = SpannEngine(folder, self.dim, engine_params)
         if self._labels:
             ids, vecs = self._vectors()
             eng.build(vecs, ids)
         return eng
+
+    # -- background rebalancing ----------------------------------------------------------
+
+    def _backpressure(self, eng: SpannEngine) -> None:
+        """In background mode, split at once any posting grown past ``BACKPRESSURE`` times
+        the split threshold, so postings stay bounded when the rebalancer falls behind."""
+        if self._mode == "background" and eng.heads is not None:
+            before = eng.counters["splits"]
+            eng.rebalance(only_oversized=True, limit=BACKPRESSURE * eng._split_cap())
+            self._rb["inline_splits"] += eng.counters["splits"] - before
+
+    def _rebalance_loop(self) -> None:
+        """The rebalancer thread: one :meth:`SpannEngine.rebalance_step` per lock hold.
+
+        An exception stops the thread after recording it (``stats()["rebalance"]``),
+        logging it with its traceback and marking the index failed (see :meth:`commit`);
+        this happens under the lock, so no save can see the interrupted step.
+        """
+        pause = float(self.params["rebalance_pause"])
+        while not self._stop.is_set():
+            self._wake.clear()  # before looking, so a later wake-up is never lost
+            with self._lock:
+                if self._stop.is_set():
+                    return
+                before = self._engine.counters["splits"]
+                try:
+                    worked = self._engine.rebalance_step()
+                except Exception as exc:  # noqa: BLE001 - recorded, logged and surfaced
+                    self._failed = True
+                    self._rb["errors"] += 1
+                    self._rb_error = f"{type(exc).__name__}: {exc}"
+                    log.error("spann index at %s: the background rebalancer failed and "
+                              "stopped: %s", self.path, self._rb_error, exc_info=True)
+                    return
+                if worked:
+                    self._rb["steps"] += 1
+                    self._rb["background_splits"] += self._engine.counters["splits"] - before
+            if not worked:
+                self._wake.wait(_IDLE_WAIT_S)
+            elif pause > 0:
+                self._stop.wait(pause)
+            else:
+                time.sleep(0)  # let a waiting search or write take the lock
+
+    def _stop_rebalancer(self) -> None:
+        """Stop the rebalancer after its current step and join it (pending work stays
+        queued in memory; it is found again from the saved state on the next open)."""
+        self._stop.set()
+        self._wake.set()
+        thread, self._thread = self._thread, None
+        if thread is not None and thread is not threading.current_thread():
+            thread.join()
+
+    def wait_rebalanced(self, timeout: float | None = None) -> bool:
+        """Block until no rebalancing work is pending; False on timeout, or at once when
+        work is pending but no rebalancer runs (``sync``/``off``: call :meth:`rebalance`).
+
+        Raises :class:`GenseekError` if the background rebalancer has failed.
+        """
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            with self._lock:
+                if self._failed:
+                    raise self._failure()
+                if not self._engine.has_pending_work():
+                    return True
+            running = self._thread is not None and self._thread.is_alive()
+            if not running or (deadline is not None and time.monotonic() >= deadline):
+                return False
+            self._wake.set()
+            time.sleep(0.005)
+
+    def _failure(self) -> GenseekError:
+        return GenseekError(f"spann index at {self.path}: the background rebalancer failed "
+                            f"({self._rb_error}); close and reopen the index, which recovers "
+                            "from its last saved state and vectors.sqlite")
 
     # -- writes ---------------------------------------------------------------------------
 
@@ -912,8 +1165,18 @@ class SpannIndex:
                 self._engine.insert(vecs, labels)
                 for d in new_docs:
                     self._labels[d.version] = d.doc_id
+                self._backpressure(self._engine)
+        self._wake.set()
 
     def commit(self, seq: int) -> None:
+        """Commit ``seq`` with the applied changes; saves the engine every ``save_every`` s.
+
+        Raises :class:`GenseekError`, committing nothing, once the background rebalancer
+        has failed: the engine in memory may be inconsistent, so it is never saved again;
+        closing and reopening the index recovers it (saved state + ``vectors.sqlite``).
+        """
+        if self._failed:
+            raise self._failure()
         self._begin()
         self._db.execute("INSERT OR REPLACE INTO meta VALUES ('seq', ?)", (str(seq),))
         self._db.execute("COMMIT")
@@ -923,7 +1186,12 @@ class SpannIndex:
             self._save()
 
     def _save(self) -> None:
+        """Save the engine under the lock, so between two rebalancing steps."""
         with self._lock:
+            if self._failed:
+                log.warning("spann index at %s: not saving the engine after a rebalancer "
+                            "failure; the next open recovers it", self.path)
+                return
             self._engine.save({"seq": self._applied})
             self._last_save = time.monotonic()
 
@@ -961,14 +1229,27 @@ class SpannIndex:
                     for rd, rl in zip(d2, labels, strict=True)]
 
     def stats(self) -> dict[str, Any]:
+        """Sizes, the engine's statistics and ``rebalance``: the mode, whether the thread
+        runs, pending work (``queued`` oversized postings, ``gc_pending``,
+        ``stale_estimate``), ``steps`` and ``background_splits`` done by the thread,
+        ``inline_splits`` forced by back-pressure, ``errors`` and ``last_error``."""
         with self._lock:
             eng = self._engine.stats() if self._engine.heads is not None else {}
+            rebalance = {"mode": self._mode,
+                         "running": self._thread is not None and self._thread.is_alive(),
+                         **self._engine.pending(), "splits": self._engine.counters["splits"],
+                         **self._rb, "last_error": self._rb_error}
             return {"type": "spann", "documents": len(self._labels), "applied_seq": self._applied,
                     "disk_bytes": dir_bytes(self.path),
                     "memory_bytes": eng.get("memory_bytes", 0), "dim": self.dim, "engine": eng,
+                    "rebalance": rebalance,
                     "params": {k: v for k, v in self.params.items() if v is not None}}
 
     def close(self) -> None:
+        """Stop and join the rebalancer (its current step completes; queued work is left
+        for the next open), then save the engine unless a transaction is open or the
+        rebalancer failed, and close the files."""
+        self._stop_rebalancer()
         if self._in_tx:
             self._db.execute("ROLLBACK")
             self._in_tx = False

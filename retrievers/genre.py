@@ -39,15 +39,15 @@ Spec parameters: ``model`` (smollm2), ``num_beams`` (10), ``max_new_tokens`` (32
 
 from __future__ import annotations
 
-import sqlite3
 import threading
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from genseek.errors import GenseekError
+from genseek.indexers._labelstore import LabelStore
 from genseek.protocols import dir_bytes
 from genseek.types import ChangeSet, Document, Hit
 
@@ -56,6 +56,9 @@ GENRE_INSTRUCTION = "Give the title of the scientific article that best answers 
 
 # ---------------------------------------------------------------------------------------------
 # the persisted key table (shared by genre, seal and dsi)
+
+
+_KEY_COLUMNS = ("label INTEGER PRIMARY KEY", "doc_id TEXT NOT NULL", "key BLOB NOT NULL")
 
 
 class KeyTable:
@@ -69,31 +72,22 @@ class KeyTable:
     def __init__(self, path: Path):
         self.path = Path(path)
         self.path.mkdir(parents=True, exist_ok=True)
-        self._db = sqlite3.connect(self.path / "keys.sqlite", isolation_level=None,
-                                   check_same_thread=False)
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute("PRAGMA synchronous=FULL")
-        self._db.execute("CREATE TABLE IF NOT EXISTS keys (label INTEGER PRIMARY KEY,"
-                         " doc_id TEXT NOT NULL, key BLOB NOT NULL)")
-        self._db.execute("CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT)")
-        self._in_tx = False
+        self._store = LabelStore(self.path / "keys.sqlite", "keys", _KEY_COLUMNS)
         self.rows: dict[int, tuple[str, np.ndarray]] = {
             int(label): (doc_id, np.frombuffer(blob, dtype="<i4").astype(np.int64))
-            for label, doc_id, blob in self._db.execute("SELECT label, doc_id, key FROM keys")}
-        self.applied_seq = int(self.meta("seq") or 0)
+            for label, doc_id, blob in self._store.select("label, doc_id, key")}
+
+    @property
+    def applied_seq(self) -> int:
+        return self._store.applied_seq
 
     def meta(self, key: str) -> str | None:
-        row = self._db.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
-        return row[0] if row else None
+        return self._store.meta(key)
 
     def set_meta(self, key: str, value: str) -> None:
-        self._begin()
-        self._db.execute("INSERT OR REPLACE INTO meta VALUES (?, ?)", (key, value))
-
-    def _begin(self) -> None:
-        if not self._in_tx:
-            self._db.execute("BEGIN IMMEDIATE")
-            self._in_tx = True
+        """Set ``key`` in the change set's transaction (committed with the next seq)."""
+        self._store.begin()
+        self._store.write_meta({key: value})
 
     def write(self, removed: Iterable[int], added: Sequence[tuple[int, str, np.ndarray]]
               ) -> tuple[list[int], list[int]]:
@@ -102,13 +96,10 @@ class KeyTable:
         new = [(v, d, k) for v, d, k in added if v not in self.rows]
         if not gone and not new:
             return [], []
-        self._begin()
         if gone:
-            self._db.executemany("DELETE FROM keys WHERE label = ?", [(v,) for v in gone])
+            self._store.delete(gone)
         if new:
-            self._db.executemany(
-                "INSERT OR REPLACE INTO keys(label, doc_id, key) VALUES (?, ?, ?)",
-                [(v, d, np.asarray(k, dtype="<i4").tobytes()) for v, d, k in new])
+            self._store.insert([(v, d, np.asarray(k, dtype="<i4").tobytes()) for v, d, k in new])
         for v in gone:
             del self.rows[v]
         for v, d, k in new:
@@ -116,17 +107,11 @@ class KeyTable:
         return gone, [v for v, _, _ in new]
 
     def commit(self, seq: int) -> None:
-        self._begin()
-        self._db.execute("INSERT OR REPLACE INTO meta VALUES ('seq', ?)", (str(seq),))
-        self._db.execute("COMMIT")
-        self._in_tx = False
-        self.applied_seq = seq
+        self._store.commit(seq)
 
     def close(self) -> None:
-        if self._in_tx:
-            self._db.execute("ROLLBACK")
-            self._in_tx = False
-        self._db.close()
+        self._store.rollback()
+        self._store.close()
 
 
 def check_params(kind: str, params: dict[str, Any], defaults: dict[str, Any]) -> dict[str, Any]:
@@ -147,7 +132,32 @@ def check_params(kind: str, params: dict[str, Any], defaults: dict[str, Any]) ->
 
 
 # ---------------------------------------------------------------------------------------------
-# tries over token keys: main + delta segments with tombstones
+# main + delta segments with tombstones (tries here, FM-indexes in seal)
+
+
+def build_segment(rows: dict[int, tuple[str, np.ndarray]], labels: Iterable[int],
+                  build: Callable[[list[np.ndarray]], Any]) -> tuple[Any, np.ndarray] | None:
+    """``(build(keys of labels), labels)`` with labels sorted (int64), or None for no label.
+
+    A segment's doc numbers index its labels array: doc ``i`` is the document version
+    ``labels[i]``, whose key is ``rows[labels[i]][1]``.
+    """
+    arr = np.asarray(sorted(labels), dtype=np.int64)
+    if arr.size == 0:
+        return None
+    return build([rows[int(v)][1] for v in arr]), arr
+
+
+def delta_or_merge(main_labels: set[int], live: Iterable[int], merge_docs: int) -> set[int] | None:
+    """The live labels outside the main segment, which go to the delta segment; None when the
+    main segment is to be rebuilt instead: more than ``merge_docs`` of them, or tombstones
+    (main labels no longer live) over 20% of the main segment."""
+    live = set(live)
+    new = live - main_labels
+    dead = len(main_labels - live)
+    if len(new) > merge_docs or dead > 0.2 * max(len(main_labels), 1):
+        return None
+    return new
 
 
 class TrieSegments:
@@ -172,10 +182,7 @@ class TrieSegments:
                ) -> tuple[Any, np.ndarray] | None:
         from genseek.kernels.trie import build_trie
 
-        arr = np.asarray(sorted(labels), dtype=np.int64)
-        if arr.size == 0:
-            return None
-        return build_trie([rows[int(v)][1] for v in arr], self.vocab_size), arr
+        return build_segment(rows, labels, lambda keys: build_trie(keys, self.vocab_size))
 
     def rebuild(self, rows: dict[int, tuple[str, np.ndarray]]) -> None:
         self.main, self.delta = self._build(rows, rows), None
@@ -183,10 +190,8 @@ class TrieSegments:
 
     def update(self, rows: dict[int, tuple[str, np.ndarray]]) -> None:
         """After a change: new labels go to the delta (rebuilt, small); merge when large."""
-        live = set(rows)
-        dead_main = len(self.main_labels - live)
-        new = live - self.main_labels
-        if len(new) > self.merge_docs or dead_main > 0.2 * max(len(self.main_labels), 1):
+        new = delta_or_merge(self.main_labels, rows, self.merge_docs)
+        if new is None:
             self.rebuild(rows)
             return
         self.delta, self.delta_labels = self._build(rows, new), new
@@ -263,6 +268,60 @@ def hits_from_hypotheses(hyps: list[Any], segments: TrieSegments,
 
 
 # ---------------------------------------------------------------------------------------------
+# what the generative index types share
+
+
+class KeyTableIndex:
+    """An LM and a :class:`KeyTable` under one lock: the part genre, dsi and seal share.
+
+    Subclasses set ``kind`` (the index type), ``cue`` (the prompt text decoding continues
+    from) and ``search_params`` (the spec parameters a request may override), check their
+    parameters into ``params`` and call ``__init__``.
+    """
+
+    kind = ""
+    cue = ""
+    search_params: frozenset[str] = frozenset()
+
+    def __init__(self, path: Path, params: dict[str, Any], lm: Any = None):
+        from genseek.retrievers._lm import load_lm
+
+        self.params = params
+        self.path = Path(path)
+        self.lm = lm or load_lm(str(self.params["model"]))
+        self._lock = threading.RLock()
+        self.table = KeyTable(self.path)
+
+    @property
+    def applied_seq(self) -> int:
+        return self.table.applied_seq
+
+    def commit(self, seq: int) -> None:
+        with self._lock:
+            self.table.commit(seq)
+
+    def prompts(self, queries: Sequence[str]) -> list[list[int]]:
+        """Token ids of each query's decoder input (instruction, query, then ``cue``)."""
+        from genseek.retrievers._lm import build_prompt
+
+        return [build_prompt(self.lm, str(self.params["instruction"]), q, self.cue,
+                             reserve=int(self.params["max_new_tokens"]) + 1) for q in queries]
+
+    def _search_params(self, params: dict[str, Any]) -> dict[str, Any]:
+        """The spec's ``search_params`` with this request's overrides (checked)."""
+        allowed = self.search_params
+        unknown = set(params) - allowed
+        if unknown:
+            raise GenseekError(f"{self.kind}: unknown search parameter(s) "
+                               f"{', '.join(sorted(unknown))}; known: {', '.join(sorted(allowed))}")
+        return check_params(self.kind, params, {a: self.params[a] for a in allowed})
+
+    def close(self) -> None:
+        with self._lock:
+            self.table.close()
+
+
+# ---------------------------------------------------------------------------------------------
 # the index type
 
 
@@ -283,23 +342,20 @@ def title_key(tokenizer: Any, doc: Document) -> list[int]:
     return list(tokenizer.encode(" " + doc.title.strip(), add_special_tokens=False))
 
 
-class GenreIndex:
+class GenreIndex(KeyTableIndex):
     """A title trie + an LM; see the module docstring for the spec and the behaviour."""
 
     kind = "genre"
+    cue = "Title:"
+    search_params = frozenset({"num_beams", "length_penalty", "max_new_tokens", "batch_size"})
     defaults = _PARAMS
 
     def __init__(self, path: Path, params: dict[str, Any], lm: Any = None):
-        self.params = check_params(self.kind, params, self.defaults)
-        if self.params["missing_title"] not in ("error", "skip"):
+        checked = check_params(self.kind, params, self.defaults)
+        if checked["missing_title"] not in ("error", "skip"):
             raise GenseekError(f"{self.kind}: missing_title must be error or skip, "
-                               f"not {self.params['missing_title']!r}")
-        from genseek.retrievers._lm import load_lm
-
-        self.path = Path(path)
-        self.lm = lm or load_lm(str(self.params["model"]))
-        self._lock = threading.RLock()
-        self.table = KeyTable(self.path)
+                               f"not {checked['missing_title']!r}")
+        super().__init__(path, checked, lm)
         self.skipped = int(self.table.meta("skipped") or 0)
         self.segments = TrieSegments(vocab_size(self.lm), int(self.params["merge_docs"]))
         self.segments.rebuild(self.table.rows)
@@ -307,10 +363,6 @@ class GenreIndex:
     @classmethod
     def open(cls, path: Path, params: dict[str, Any]) -> GenreIndex:
         return cls(path, params)
-
-    @property
-    def applied_seq(self) -> int:
-        return self.table.applied_seq
 
     # -- writes -------------------------------------------------------------------------------
 
@@ -341,17 +393,7 @@ class GenreIndex:
             if gone or new:
                 self.segments.update(self.table.rows)
 
-    def commit(self, seq: int) -> None:
-        with self._lock:
-            self.table.commit(seq)
-
     # -- reads --------------------------------------------------------------------------------
-
-    def prompts(self, queries: Sequence[str]) -> list[list[int]]:
-        from genseek.retrievers._lm import build_prompt
-
-        return [build_prompt(self.lm, str(self.params["instruction"]), q, "Title:",
-                             reserve=int(self.params["max_new_tokens"]) + 1) for q in queries]
 
     def search(self, queries: Sequence[str], k: int, **params: Any) -> list[list[Hit]]:
         """Top-``k`` documents per query; ``num_beams`` / ``length_penalty`` per call."""
@@ -370,14 +412,6 @@ class GenreIndex:
                                batch_size=int(p["batch_size"]))
             return [hits_from_hypotheses(h, self.segments, rows, k) for h in hyps]
 
-    def _search_params(self, params: dict[str, Any]) -> dict[str, Any]:
-        allowed = {"num_beams", "length_penalty", "max_new_tokens", "batch_size"}
-        unknown = set(params) - allowed
-        if unknown:
-            raise GenseekError(f"{self.kind}: unknown search parameter(s) "
-                               f"{', '.join(sorted(unknown))}; known: {', '.join(sorted(allowed))}")
-        return check_params(self.kind, params, {a: self.params[a] for a in allowed})
-
     def stats(self) -> dict[str, Any]:
         with self._lock:
             return {
@@ -392,8 +426,3 @@ class GenreIndex:
                 "skipped": self.skipped,
                 "params": dict(self.params),
             }
-
-    def close(self) -> None:
-        with self._lock:
-            self.table.close()
-

@@ -40,7 +40,6 @@ Spec parameters: ``model`` (smollm2), ``num_beams`` (10), ``max_new_tokens`` (10
 from __future__ import annotations
 
 import math
-import threading
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -48,9 +47,14 @@ from typing import Any
 import numpy as np
 import torch
 
-from genseek.errors import GenseekError
 from genseek.protocols import dir_bytes
-from genseek.retrievers.genre import KeyTable, check_params, vocab_size
+from genseek.retrievers.genre import (
+    KeyTableIndex,
+    build_segment,
+    check_params,
+    delta_or_merge,
+    vocab_size,
+)
 from genseek.types import ChangeSet, Document, Hit
 
 SEAL_INSTRUCTION = ("Copy a short span of text from a scientific article that answers the "
@@ -120,10 +124,7 @@ class FMSegments:
                ) -> tuple[Any, np.ndarray] | None:
         from genseek.kernels.fmindex import FMIndex
 
-        arr = np.asarray(sorted(labels), dtype=np.int64)
-        if arr.size == 0:
-            return None
-        return FMIndex.build([rows[int(v)][1] for v in arr], self.vocab), arr
+        return build_segment(rows, labels, lambda keys: FMIndex.build(keys, self.vocab))
 
     def rebuild(self, rows: dict[int, tuple[str, np.ndarray]]) -> None:
         main = self._build(rows, rows)
@@ -131,11 +132,8 @@ class FMSegments:
         self.main_labels, self.delta_labels = set(rows), set()
 
     def update(self, rows: dict[int, tuple[str, np.ndarray]]) -> None:
-        live = set(rows)
-        new = live - self.main_labels
-        dead = len(self.main_labels - live)
-        if len(new) > self.merge_docs or dead > 0.2 * max(len(self.main_labels), 1) \
-                or not self.main_labels:
+        new = delta_or_merge(self.main_labels, rows, self.merge_docs)
+        if new is None or not self.main_labels:  # no main segment yet: the first one is main
             self.rebuild(rows)
             return
         main = self.segs[:1]
@@ -229,19 +227,15 @@ def first_step_and_rescore(model: Any, prompts: list[list[int]], conts: list[lis
     return first, scores
 
 
-class SealIndex:
+class SealIndex(KeyTableIndex):
     """An FM-index over the corpus tokens + an LM; see the module docstring."""
 
     kind = "seal"
+    search_params = frozenset({"num_beams", "max_new_tokens", "unigrams", "alpha",
+                               "rare_threshold"})
 
     def __init__(self, path: Path, params: dict[str, Any], lm: Any = None):
-        self.params = check_params(self.kind, params, _PARAMS)
-        from genseek.retrievers._lm import load_lm
-
-        self.path = Path(path)
-        self.lm = lm or load_lm(str(self.params["model"]))
-        self._lock = threading.RLock()
-        self.table = KeyTable(self.path)
+        super().__init__(path, check_params(self.kind, params, _PARAMS), lm)
         self.segments = FMSegments(vocab_size(self.lm), int(self.params["merge_docs"]))
         self.segments.rebuild(self.table.rows)
         self._bytes: dict[int, bytes] = {}
@@ -249,10 +243,6 @@ class SealIndex:
     @classmethod
     def open(cls, path: Path, params: dict[str, Any]) -> SealIndex:
         return cls(path, params)
-
-    @property
-    def applied_seq(self) -> int:
-        return self.table.applied_seq
 
     def apply(self, changes: ChangeSet) -> None:
         with self._lock:
@@ -270,17 +260,7 @@ class SealIndex:
             if gone or new:
                 self.segments.update(self.table.rows)
 
-    def commit(self, seq: int) -> None:
-        with self._lock:
-            self.table.commit(seq)
-
     # -- reads --------------------------------------------------------------------------------
-
-    def prompts(self, queries: Sequence[str]) -> list[list[int]]:
-        from genseek.retrievers._lm import build_prompt
-
-        return [build_prompt(self.lm, str(self.params["instruction"]), q, "",
-                             reserve=int(self.params["max_new_tokens"]) + 1) for q in queries]
 
     def _doc_bytes(self, label: int) -> bytes:
         b = self._bytes.get(label)
@@ -305,12 +285,7 @@ class SealIndex:
 
     def search(self, queries: Sequence[str], k: int, **params: Any) -> list[list[Hit]]:
         """Top-``k`` documents per query (see the module docstring for the scoring)."""
-        allowed = {"num_beams", "max_new_tokens", "unigrams", "alpha", "rare_threshold"}
-        unknown = set(params) - allowed
-        if unknown:
-            raise GenseekError(f"seal: unknown search parameter(s) {', '.join(sorted(unknown))};"
-                               f" known: {', '.join(sorted(allowed))}")
-        p = check_params("seal", params, {a: self.params[a] for a in allowed})
+        p = self._search_params(params)
         if k <= 0 or not queries:
             return [[] for _ in queries]
         with self._lock:
@@ -411,7 +386,3 @@ class SealIndex:
                 "delta_docs": len(self.segments.delta_labels),
                 "params": dict(self.params),
             }
-
-    def close(self) -> None:
-        with self._lock:
-            self.table.close()

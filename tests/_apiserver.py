@@ -1,8 +1,7 @@
-"""``genseek serve`` in a subprocess on a free loopback port, for the fault and load tests.
+"""``genseek serve`` in a subprocess on a free loopback port, for the server, fault and load tests.
 
-The same approach as ``test_api_server.py`` (``python -m genseek.cli serve`` polled on
-``/health``), plus a fixed port so a killed server can be restarted where it was, and
-``kill()`` for SIGKILL (no graceful shutdown: nothing is flushed).
+``python -m genseek.cli serve`` polled on ``/health``; a fixed port so a killed server can be
+restarted where it was, and ``kill()`` for SIGKILL (no graceful shutdown: nothing is flushed).
 """
 
 from __future__ import annotations

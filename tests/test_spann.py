@@ -1,8 +1,16 @@
-"""SPANN: kernels, the engine (recall, updates, deletes, persistence, bad input), the index type."""
+"""SPANN: kernels, the engine (recall, updates, deletes, persistence, bad input), the index type,
+background rebalancing (splits without being asked, concurrent searches, close/crash/failure)."""
 
 from __future__ import annotations
 
+import logging
 import os
+import sqlite3
+import subprocess
+import sys
+import textwrap
+import threading
+import time
 import zlib
 from pathlib import Path
 
@@ -265,3 +273,337 @@ def test_index_type_apply_commit_reopen(tmp_path):
     with pytest.raises(GenseekError, match="unknown parameter"):
         SpannIndex(tmp_path, {"nprob": 3}, encoder=FakeEncoder())
     assert os.path.exists(tmp_path / "engine" / "state.npz")
+
+
+# -- rebalancing: steps, the background thread, close, crash and failure --------------------
+
+
+def test_rebalance_steps_and_pending_stats(tmp_path, data):
+    x, q = data
+    labels = np.arange(len(x), dtype=np.int64) * 7 + 3
+    eng = build(tmp_path, x[:600], posting_cap=16, auto_split=False)
+    assert eng.pending() == {"queued": 0, "gc_pending": False, "stale_estimate": 0}
+    eng.insert(x[600:1800], labels[600:1800])  # no split: appends queue oversized postings
+    queued = eng.pending()["queued"]
+    assert queued > 0 and eng.has_pending_work() and eng.stats()["queued"] == queued
+    assert eng.stats()["max_posting"] > 32 and eng.counters["splits"] == 0
+    eng.delete(labels[:500])
+    assert eng.pending() == {"queued": queued, "gc_pending": True, "stale_estimate": 500}
+    eng.save()  # the queue is rebuilt on load, the stale estimate is saved
+    loaded = SpannEngine.load(tmp_path)
+    assert loaded.pending() == eng.pending()
+    loaded.close()
+    steps = 0
+    while eng.rebalance_step():
+        steps += 1
+        assert steps < 5000
+    assert eng.pending() == {"queued": 0, "gc_pending": False, "stale_estimate": 0}
+    assert eng.counters["splits"] > 0 and eng.stats()["max_posting"] <= 32
+    # a garbage-collection sweep after mass deletes rewrites mostly-stale postings
+    dead = labels[500:1800][np.random.default_rng(0).random(1300) < 0.7]
+    eng.delete(dead)
+    entries = eng.post_cnt[:eng.nheads][eng.head_alive[:eng.nheads]].sum()
+    while eng.rebalance_step():
+        pass
+    assert eng.counters["gc_rewrites"] > 0
+    assert eng.post_cnt[:eng.nheads][eng.head_alive[:eng.nheads]].sum() < entries
+    keep = np.zeros(len(x), bool)
+    keep[500:1800] = True
+    keep[(dead - 3) // 7] = False
+    _, found = eng.search(q, 10, nprobe=10_000, eps=1e9, rerank=10_000)  # exhaustive
+    truth = exact_topk(x[keep], labels[keep], q, 10)
+    assert [set(row) for row in found] == [set(row) for row in truth]  # nothing live was lost
+    eng.close()
+
+
+class TableEncoder:
+    """Text ``v<i>`` -> row ``i`` of a fixed table of unit vectors: ``encode -> [n, DIM]``."""
+
+    dim = DIM
+
+    def __init__(self, table: np.ndarray):
+        self.table = table
+
+    def encode(self, texts, batch_size: int = 32) -> np.ndarray:
+        return self.table[[int(t[1:]) for t in texts]]
+
+
+def unit(x: np.ndarray) -> np.ndarray:
+    return (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32)
+
+
+def add(idx: SpannIndex, ids, seq: int, commit: bool = True) -> int:
+    """Upsert documents ``d<i>`` (text ``v<i>``, version ``i + 1``) as change ``seq + 1``."""
+    docs = tuple(Document(f"d{i}", text=f"v{i}", version=int(i) + 1) for i in ids)
+    idx.apply(ChangeSet(seq, seq + 1, upserts=docs))
+    if commit:
+        idx.commit(seq + 1)
+    return seq + 1
+
+
+def remove(idx: SpannIndex, ids, seq: int) -> int:
+    ids = [int(i) for i in ids]
+    idx.apply(ChangeSet(seq, seq + 1, removed=tuple((f"d{i}", i + 1) for i in ids),
+                        deleted_ids=frozenset(f"d{i}" for i in ids)))
+    idx.commit(seq + 1)
+    return seq + 1
+
+
+def doc_ids(hits) -> np.ndarray:
+    """Document numbers ``[n, k]`` of ``search_vectors`` results, -1 padded (pruning may
+    leave fewer than ``k`` candidates)."""
+    k = max((len(row) for row in hits), default=0)
+    return np.array([[int(h.doc_id[1:]) for h in row] + [-1] * (k - len(row)) for row in hits])
+
+
+def self_found(idx: SpannIndex, x: np.ndarray, ids, **params) -> float:
+    """Fraction of documents ``ids`` whose own vector finds them first."""
+    ids = np.asarray(ids)
+    hits = idx.search_vectors(x[ids], 1, **params)
+    return float(np.mean([bool(row) and row[0].doc_id == f"d{i}"
+                          for row, i in zip(hits, ids, strict=True)]))
+
+
+SMALL = {"posting_cap": 16, "rebalance_pause": 0.0}
+
+
+def test_rebalance_mode_parameters(tmp_path):
+    enc = FakeEncoder()
+    cases = (({}, "background"), ({"auto_split": True}, "sync"), ({"auto_split": False}, "off"),
+             ({"rebalance": "sync"}, "sync"),
+             ({"rebalance": "background", "auto_split": False}, "background"))
+    for i, (params, mode) in enumerate(cases):
+        idx = SpannIndex(tmp_path / str(i), params, encoder=enc)
+        st = idx.stats()
+        assert st["rebalance"]["mode"] == mode and st["params"]["rebalance"] == mode
+        assert st["rebalance"]["running"] == (mode == "background")
+        assert st["params"]["auto_split"] == (mode == "sync")
+        idx.close()
+        assert not any(t.name.startswith("spann-rebalance") and str(tmp_path) in t.name
+                       for t in threading.enumerate())
+    with pytest.raises(GenseekError, match="contradicts"):
+        SpannIndex(tmp_path / "x", {"rebalance": "background", "auto_split": True}, encoder=enc)
+    with pytest.raises(GenseekError, match="rebalance must be one of"):
+        SpannIndex(tmp_path / "x", {"rebalance": "lazy"}, encoder=enc)
+    with pytest.raises(GenseekError, match="rebalance_pause"):
+        SpannIndex(tmp_path / "x", {"rebalance_pause": -1}, encoder=enc)
+
+
+def test_background_rebalancer_splits_without_being_asked(tmp_path):
+    x, q = unit(clustered(3000, 5)), unit(clustered(100, 6))
+    idx = SpannIndex(tmp_path / "bg", {**SMALL, "save_every": 1e9}, encoder=TableEncoder(x))
+    seq = add(idx, range(500), 0)  # the first batch builds the engine
+    for start in range(500, 3000, 500):
+        seq = add(idx, range(start, start + 500), seq)  # only appends (and queues)
+    assert idx.wait_rebalanced(timeout=60)
+    st = idx.stats()
+    rb = st["rebalance"]
+    assert rb["background_splits"] > 0 and rb["steps"] >= rb["background_splits"]
+    assert rb["queued"] == 0 and rb["errors"] == 0 and rb["last_error"] is None
+    assert st["engine"]["max_posting"] <= 2 * 16 and st["documents"] == 3000
+    rebuilt = SpannIndex(tmp_path / "rebuilt", {**SMALL, "rebalance": "off"},
+                         encoder=TableEncoder(x))
+    add(rebuilt, range(3000), 0)
+    truth = exact_topk(x, np.arange(3000), q, 10)
+    r_bg = recall(doc_ids(idx.search_vectors(q, 10)), truth)
+    r_rebuilt = recall(doc_ids(rebuilt.search_vectors(q, 10)), truth)
+    assert r_bg >= r_rebuilt - 0.05 and r_bg >= 0.85
+    idx.close()
+    rebuilt.close()
+
+
+def test_searches_during_background_rebalancing_stay_correct(tmp_path):
+    x = unit(clustered(2500, 7))
+    idx = SpannIndex(tmp_path, {**SMALL, "save_every": 0}, encoder=TableEncoder(x))
+    seq = add(idx, range(500), 0)
+    shared = {"deleted": frozenset()}
+    errors: list[BaseException] = []
+    rounds = [0]
+    stop = threading.Event()
+
+    def searcher() -> None:
+        rng = np.random.default_rng(0)
+        while not stop.is_set():
+            try:
+                gone = shared["deleted"]  # deleted before this search started
+                qs = x[rng.integers(0, len(x), size=8)]  # deleted and unseen vectors too
+                for k in (5, 60):
+                    for row in idx.search_vectors(qs, k):
+                        ids = [h.doc_id for h in row]
+                        assert len(ids) == len(set(ids)), f"duplicates in {ids}"
+                        assert not gone.intersection(ids), f"deleted {gone.intersection(ids)}"
+                rounds[0] += 1
+            except BaseException as exc:  # noqa: BLE001 - reported by the test thread
+                errors.append(exc)
+                return
+            time.sleep(0.001)
+
+    thread = threading.Thread(target=searcher)
+    thread.start()
+    try:
+        for start in range(500, 2500, 250):
+            seq = add(idx, range(start, start + 250), seq)
+            dead = range(start - 250, start - 150)
+            seq = remove(idx, dead, seq)
+            shared["deleted"] = shared["deleted"] | {f"d{i}" for i in dead}
+        assert idx.wait_rebalanced(timeout=60)
+    finally:
+        stop.set()
+        thread.join()
+    if errors:
+        raise errors[0]
+    rb = idx.stats()["rebalance"]
+    assert rounds[0] > 5 and rb["background_splits"] > 0 and rb["errors"] == 0
+    live = sorted(set(range(2500)) - {int(d[1:]) for d in shared["deleted"]})
+    assert self_found(idx, x, live) >= 0.99
+    idx.close()
+
+
+def test_close_with_pending_work_then_reopen(tmp_path):
+    x, q = unit(clustered(1200, 9)), unit(clustered(50, 10))
+    params = {"posting_cap": 16, "save_every": 1e9, "rebalance_pause": 0.5}  # a slow rebalancer
+    dead = np.arange(0, 1200, 5)
+    live = np.setdiff1d(np.arange(1200), dead)
+    idx = SpannIndex(tmp_path / "bg", params, encoder=TableEncoder(x))
+    seq = add(idx, range(300), 0)
+    seq = add(idx, range(300, 1200), seq)
+    remove(idx, dead, seq)
+    rb = idx.stats()["rebalance"]
+    assert rb["running"] and rb["queued"] > 0  # pending work is reported
+    started = time.monotonic()
+    idx.close()  # finishes the current step, leaves the queue
+    assert time.monotonic() - started < 5
+    # the saved state as closed (no rebalancer): work still pending, answers correct
+    again = SpannIndex(tmp_path / "bg", {**params, "rebalance": "off"}, encoder=TableEncoder(x))
+    assert again.stats()["rebalance"]["queued"] > 0
+    sync = SpannIndex(tmp_path / "sync", {**params, "rebalance": "sync"}, encoder=TableEncoder(x))
+    s = add(sync, range(300), 0)
+    remove(sync, dead, add(sync, range(300, 1200), s))
+    assert sync.stats()["rebalance"]["queued"] == 0
+    wide = {"nprobe": 10_000, "eps": 1e9, "rerank": 10_000}
+    for index in (again, sync):
+        everything = [int(h.doc_id[1:]) for h in index.search_vectors(q[:1], 10**6)[0]]
+        assert sorted(everything) == live.tolist()
+        assert self_found(index, x, live) >= 0.99
+        assert self_found(index, x, live[::8], **wide) == 1.0
+        assert not np.isin(doc_ids(index.search_vectors(x[dead], 5)), dead).any()
+    np.testing.assert_array_equal(doc_ids(again.search_vectors(q, 10, **wide)),
+                                  doc_ids(sync.search_vectors(q, 10, **wide)))
+    again.close()
+    sync.close()
+    # reopened with the rebalancer: it picks the queued work up
+    third = SpannIndex(tmp_path / "bg", {**params, "rebalance_pause": 0.0},
+                       encoder=TableEncoder(x))
+    assert third.wait_rebalanced(timeout=60)
+    assert third.stats()["rebalance"]["background_splits"] > 0
+    assert self_found(third, x, live) >= 0.99
+    assert not np.isin(doc_ids(third.search_vectors(x[dead], 5)), dead).any()
+    third.close()
+
+
+CRASH_CHILD = textwrap.dedent("""
+    import os, sys, threading, time
+    import numpy as np
+    from genseek.indexers import spann as S
+    from genseek.types import ChangeSet, Document
+
+    path, table = sys.argv[1], np.load(sys.argv[2])
+
+    class Enc:
+        dim = table.shape[1]
+
+        def encode(self, texts, batch_size=32):
+            return table[[int(t[1:]) for t in texts]]
+
+    write_region, split = S.SpannEngine._write_region, S.SpannEngine._split
+    inside, background_splits = threading.local(), [0]
+
+    def tracked_split(self, head):
+        inside.split = threading.current_thread().name.startswith("spann-rebalance")
+        background_splits[0] += inside.split
+        try:
+            return split(self, head)
+        finally:
+            inside.split = False
+
+    def crashing_write(self, head, records):
+        write_region(self, head, records)
+        if getattr(inside, "split", False) and background_splits[0] >= 25:
+            os._exit(17)  # killed between the two new postings of a background split
+
+    S.SpannEngine._split, S.SpannEngine._write_region = tracked_split, crashing_write
+    idx = S.SpannIndex(path, {"posting_cap": 16, "save_every": 0, "rebalance_pause": 0.0},
+                       encoder=Enc())
+    seq = 0
+    for start in range(0, len(table), 200):
+        ups = tuple(Document(f"d{i}", text=f"v{i}", version=i + 1)
+                    for i in range(start, start + 200))
+        gone = range(max(start - 200, 0), max(start - 160, 0))
+        idx.apply(ChangeSet(seq, seq + 1, upserts=ups,
+                            removed=tuple((f"d{i}", i + 1) for i in gone)))
+        seq += 1
+        idx.commit(seq)  # saves the engine (save_every=0)
+        time.sleep(0.02)
+    time.sleep(30)
+    sys.exit(3)  # the rebalancer should have crashed the process by now
+""")
+
+
+def test_crash_during_background_split_reopens_correctly(tmp_path):
+    x = unit(clustered(3000, 11))
+    np.save(tmp_path / "table.npy", x)
+    proc = subprocess.run([sys.executable, "-c", CRASH_CHILD, str(tmp_path / "idx"),
+                           str(tmp_path / "table.npy")], capture_output=True, text=True,
+                          timeout=120, cwd=tmp_path)
+    assert proc.returncode == 17, proc.stderr[-3000:]
+    con = sqlite3.connect(tmp_path / "idx" / "vectors.sqlite")
+    live = np.array(sorted(int(d[1:]) for (d,) in con.execute("SELECT doc_id FROM vectors")))
+    con.close()
+    assert len(live) > 200
+    for mode in ("off", "background"):
+        idx = SpannIndex(tmp_path / "idx", {"posting_cap": 16, "rebalance": mode,
+                                            "rebalance_pause": 0.0}, encoder=TableEncoder(x))
+        if mode == "background":
+            assert idx.wait_rebalanced(timeout=60)
+        st = idx.stats()
+        assert st["documents"] == len(live) and st["engine"]["vectors"] == len(live)
+        everything = [int(h.doc_id[1:]) for h in idx.search_vectors(x[:1], 10**6)[0]]
+        assert sorted(everything) == live.tolist()  # no deleted, lost or duplicated vector
+        assert self_found(idx, x, live[::8], nprobe=10_000, eps=1e9, rerank=10_000) == 1.0
+        assert self_found(idx, x, live) >= 0.99
+        idx.close()
+
+
+def test_rebalancer_failure_is_recorded_logged_and_surfaced(tmp_path, monkeypatch, caplog):
+    x = unit(clustered(1000, 13))
+    idx = SpannIndex(tmp_path, {**SMALL, "save_every": 0}, encoder=TableEncoder(x))
+    seq = add(idx, range(500), 0)
+    split = idx._engine._split
+
+    def failing_split(head: int) -> int:
+        if threading.current_thread().name.startswith("spann-rebalance"):
+            raise RuntimeError("injected split failure")
+        return split(head)
+
+    monkeypatch.setattr(idx._engine, "_split", failing_split)
+    with caplog.at_level(logging.ERROR, logger="genseek.indexers.spann"):
+        add(idx, range(500, 1000), seq, commit=False)
+        deadline = time.monotonic() + 30
+        while idx.stats()["rebalance"]["errors"] == 0 and time.monotonic() < deadline:
+            time.sleep(0.01)
+    rb = idx.stats()["rebalance"]
+    assert rb["errors"] == 1 and "injected split failure" in rb["last_error"]
+    assert not rb["running"]
+    assert any("rebalancer failed" in r.getMessage() for r in caplog.records)
+    with pytest.raises(GenseekError, match="rebalancer failed.*injected"):
+        idx.commit(seq + 1)  # nothing is committed
+    with pytest.raises(GenseekError, match="rebalancer failed"):
+        idx.wait_rebalanced(timeout=1)
+    assert len(idx.search_vectors(x[:3], 5)[0]) == 5  # searches are still served
+    idx.close()  # rolls back, does not save the engine
+    again = SpannIndex(tmp_path, {**SMALL, "save_every": 0}, encoder=TableEncoder(x))
+    assert again.applied_seq == seq and again.stats()["documents"] == 500
+    seq = add(again, range(500, 1000), seq)  # the collection replays the batch
+    assert again.wait_rebalanced(timeout=60) and again.stats()["rebalance"]["errors"] == 0
+    assert self_found(again, x, range(1000)) >= 0.99
+    again.close()

@@ -1,0 +1,223 @@
+"""What the Lucene indexes (``bm25``, ``impact``) share: one index folder written in-process.
+
+:class:`LuceneFolder` holds a folder's ``IndexWriter`` and its searchers:
+
+- documents are keyed by the ``id`` term (a stored ``StringField`` plus binary doc values,
+  which Anserini sorts ties by): ``upsert`` is ``updateDocument``, ``delete`` is
+  ``deleteDocuments``;
+- each commit stores the applied sequence number in the commit's user data
+  (``genseek.seq``), read back at open; a new folder gets an empty commit at once, so a
+  reader can open it;
+- every commit opens a new searcher generation (made by the index's own factory); readers
+  hold a reference, and a retired generation is closed once its last reader is done;
+- ``close`` rolls the writer back, dropping anything applied but not committed.
+
+What differs per index stays in it: the analyzer, similarity and merge policy (given to
+:func:`writer_config`), the contents field, the searcher class and the query construction.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from genseek.errors import GenseekError
+from genseek.indexers.jvm import autoclass, java_exception
+
+SEQ_KEY = "genseek.seq"
+"""The commit user-data key of the applied sequence number."""
+
+MAX_CLAUSES = 65536
+"""Lucene's boolean-clause limit while a Lucene index is open (long queries, e.g. passages)."""
+
+
+class LuceneClasses:
+    """The Java classes every Lucene index uses, resolved once per index.
+
+    An index subclasses it to add the classes only it needs.
+    """
+
+    def __init__(self) -> None:
+        c = autoclass
+        self.IndexWriter = c("org.apache.lucene.index.IndexWriter")
+        self.IndexWriterConfig = c("org.apache.lucene.index.IndexWriterConfig")
+        self.OpenMode = c("org.apache.lucene.index.IndexWriterConfig$OpenMode")
+        self.DirectoryReader = c("org.apache.lucene.index.DirectoryReader")
+        self.SegmentInfos = c("org.apache.lucene.index.SegmentInfos")
+        self.Term = c("org.apache.lucene.index.Term")
+        self.TermQuery = c("org.apache.lucene.search.TermQuery")
+        self.IndexSearcher = c("org.apache.lucene.search.IndexSearcher")
+        self.Runtime = c("java.lang.Runtime")
+        self.FSDirectory = c("org.apache.lucene.store.FSDirectory")
+        self.Paths = c("java.nio.file.Paths")
+        self.Document = c("org.apache.lucene.document.Document")
+        self.StringField = c("org.apache.lucene.document.StringField")
+        self.BinaryDocValuesField = c("org.apache.lucene.document.BinaryDocValuesField")
+        self.Store = c("org.apache.lucene.document.Field$Store")
+        self.BytesRef = c("org.apache.lucene.util.BytesRef")
+        self.HashMap = c("java.util.HashMap")
+        self.ArrayList = c("java.util.ArrayList")
+        self.JavaException = java_exception()
+
+
+def writer_config(j: LuceneClasses, analyzer: Any, similarity: Any, ram_buffer_mb: float,
+                  merge_policy: Any = None) -> Any:
+    """An ``IndexWriterConfig`` that creates the folder's index or appends to it."""
+    config = j.IndexWriterConfig(analyzer)
+    config.setOpenMode(j.OpenMode.CREATE_OR_APPEND)
+    config.setSimilarity(similarity)
+    config.setRAMBufferSizeMB(float(ram_buffer_mb))
+    if merge_policy is not None:
+        config.setMergePolicy(merge_policy)
+    return config
+
+
+def batch_search(j: LuceneClasses, searcher: Any, queries: Sequence[Any], qids: Sequence[str],
+                 k: int, threads: int) -> list[Any]:
+    """``searcher.batch_search`` over ``queries`` (ids ``qids``): each query's results, in order."""
+    qs, ids = j.ArrayList(), j.ArrayList()
+    for q, qid in zip(queries, qids, strict=True):
+        qs.add(q)
+        ids.add(qid)
+    found = searcher.batch_search(qs, ids, k, threads)
+    return [found.get(qid) for qid in qids]
+
+
+class _Generation:
+    """A reference-counted searcher, closed once retired and idle."""
+
+    def __init__(self, searcher: Any):
+        self.searcher = searcher
+        self.users = 0
+        self.retired = False
+
+
+class LuceneFolder:
+    """A Lucene index folder: its writer, its applied sequence number and its searchers.
+
+    ``kind`` names the index in error messages; ``open_searcher`` makes a searcher over the
+    folder's latest commit (called at :meth:`reopen` and after every commit). The caller
+    calls :meth:`reopen` once it is ready to serve reads.
+    """
+
+    def __init__(self, kind: str, path: Path, j: LuceneClasses, config: Any,
+                 open_searcher: Callable[[], Any]):
+        self.kind = kind
+        self.path = path
+        self._j = j
+        self._open_searcher = open_searcher
+        j.IndexSearcher.setMaxClauseCount(MAX_CLAUSES)
+        self._dir = j.FSDirectory.open(j.Paths.get(str(path.resolve())))
+        try:
+            self.writer = j.IndexWriter(self._dir, config)
+        except j.JavaException as exc:
+            raise GenseekError(f"{kind}: cannot open the Lucene index at {path}: "
+                               f"{exc}") from exc
+        self.applied_seq = self._read_seq()
+        self.pending_deletes = False  # set by the index: a commit may expunge them
+        self._lock = threading.Lock()
+        self._current: _Generation | None = None
+        if self.applied_seq == 0 and self.writer.getDocStats().numDocs == 0:
+            self._commit_data(0)  # an empty commit, so a reader can open the folder
+
+    # -- state ------------------------------------------------------------------------
+
+    def _read_seq(self) -> int:
+        j = self._j
+        if not j.DirectoryReader.indexExists(self._dir):
+            return 0
+        value = j.SegmentInfos.readLatestCommit(self._dir).getUserData().get(SEQ_KEY)
+        return int(value) if value is not None else 0
+
+    def memory_bytes(self) -> int:
+        """The writer's buffer plus the JVM heap in use (shared by all Lucene indexes).
+
+        Lucene reads its files through mmap (the page cache), which is not counted.
+        """
+        runtime = self._j.Runtime.getRuntime()
+        return int(self.writer.ramBytesUsed()) + int(runtime.totalMemory()
+                                                     - runtime.freeMemory())
+
+    # -- writes -----------------------------------------------------------------------
+
+    def upsert(self, doc_id: str, contents: Any) -> None:
+        """Add or replace the document ``doc_id`` whose indexed field is ``contents``."""
+        j = self._j
+        ldoc = j.Document()
+        ldoc.add(j.StringField("id", doc_id, j.Store.YES))
+        ldoc.add(j.BinaryDocValuesField("id", j.BytesRef(doc_id.encode("utf-8"))))
+        ldoc.add(contents)
+        self.writer.updateDocument(j.Term("id", doc_id), ldoc)
+
+    def delete(self, doc_id: str) -> None:
+        """Delete the document ``doc_id`` (if present)."""
+        j = self._j
+        # deleteDocuments(Term...) and (Query...) are ambiguous to pyjnius: use the latter.
+        self.writer.deleteDocuments(j.TermQuery(j.Term("id", doc_id)))
+
+    def _commit_data(self, seq: int) -> None:
+        data = self._j.HashMap()
+        data.put(SEQ_KEY, str(seq))
+        self.writer.setLiveCommitData(data.entrySet())
+        self.writer.commit()
+
+    def commit(self, seq: int, expunge_deletes: bool = False) -> None:
+        """Commit with ``seq`` in the user data, then serve reads from a new searcher.
+
+        With ``expunge_deletes`` and :attr:`pending_deletes` set, segments holding deleted
+        documents are merged first (their terms stop counting in collection statistics).
+        """
+        if self.pending_deletes and expunge_deletes:
+            self.writer.forceMergeDeletes(True)
+        self._commit_data(seq)
+        self.pending_deletes = False
+        self.applied_seq = seq
+        self.reopen()
+
+    # -- searchers --------------------------------------------------------------------
+
+    def reopen(self) -> None:
+        """Serve reads from a new searcher; the previous one closes when its readers are done."""
+        searcher = self._open_searcher()
+        with self._lock:
+            old, self._current = self._current, _Generation(searcher)
+        if old is not None:
+            self._release(old, retire=True)
+
+    def _acquire(self) -> _Generation:
+        with self._lock:
+            if self._current is None:
+                raise GenseekError(f"{self.kind}: the index is closed")
+            self._current.users += 1
+            return self._current
+
+    def _release(self, gen: _Generation, retire: bool = False) -> None:
+        with self._lock:
+            if retire:
+                gen.retired = True
+            else:
+                gen.users -= 1
+            close = gen.retired and gen.users == 0
+        if close:
+            gen.searcher.close()
+
+    @contextmanager
+    def searcher(self) -> Iterator[Any]:
+        """The current searcher, held open for the ``with`` block."""
+        gen = self._acquire()
+        try:
+            yield gen.searcher
+        finally:
+            self._release(gen)
+
+    def close(self) -> None:
+        """Retire the searcher and roll the writer back (uncommitted changes are dropped)."""
+        with self._lock:
+            gen, self._current = self._current, None
+        if gen is not None:
+            self._release(gen, retire=True)
+        if self.writer.isOpen():
+            self.writer.rollback()  # closes; drops anything applied but not committed
