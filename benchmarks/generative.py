@@ -51,6 +51,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--dsi-inc-steps", type=int, default=20, help="steps per increment")
     ap.add_argument("--dsi-scheme", default="atomic")
     ap.add_argument("--skip-ir", action="store_true", help="only the DSI++ experiment")
+    ap.add_argument("--collection", type=Path, default=CACHED,
+                    help=f"SciFact collection with bm25 + dense, copied, never modified "
+                    f"(default {CACHED})")
     args = ap.parse_args(argv)
     C.quiet_libraries()
     import torch
@@ -83,7 +86,7 @@ def main(argv: list[str] | None = None) -> int:
     tmp = Path(tempfile.mkdtemp(prefix="genseek-generative-"))
     try:
         # 1. baselines from a copy of the cached collection
-        shutil.copytree(CACHED, tmp / "scifact", ignore=shutil.ignore_patterns("collection.lock"))
+        shutil.copytree(args.collection, tmp / "scifact", ignore=shutil.ignore_patterns("collection.lock"))
         with Collection.open(tmp / "scifact") as coll:
             for name in ("bm25", "dense"):
                 with C.Phase() as ph:
