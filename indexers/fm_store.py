@@ -37,7 +37,7 @@ from typing import Any
 
 import numpy as np
 
-from genseek.atomic import atomic_write_json
+from genseek.atomic import atomic_write_json, read_json_header
 from genseek.errors import GenseekError
 from genseek.kernels.fmindex import FMIndex, FMIndexProvider, fm_state_counts
 
@@ -201,16 +201,8 @@ class FMStore:
         """
         path = Path(path)
         head = path / "store.json"
+        header = read_json_header(head, "FM store", FORMAT, VERSION)
         try:
-            header = json.loads(head.read_text(encoding="utf-8"))
-        except FileNotFoundError:
-            raise GenseekError(f"{head}: missing (not an FM store)") from None
-        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-            raise GenseekError(f"{head}: unreadable FM store header ({exc})") from None
-        try:
-            if header["format"] != FORMAT or header["version"] != VERSION:
-                raise GenseekError(f"{head}: format {header['format']!r} version "
-                                   f"{header['version']!r}, expected {FORMAT!r} {VERSION}")
             segments = []
             for entry in header["segments"]:
                 folder = path / entry["name"]

@@ -33,7 +33,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from genseek.atomic import atomic_write_json
+from genseek.atomic import atomic_write_json, fsync_dir, read_json_header
 from genseek.errors import GenseekError
 from genseek.kernels.constraints import ConstraintProvider, UnionProvider
 from genseek.kernels.trie import Trie, TrieConstraint, build_trie_flat, trie_from_arrays
@@ -78,14 +78,6 @@ def _decode_ids(blob: np.ndarray, off: np.ndarray) -> list[str]:
                                                         strict=True)]
 
 
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def _save_npy(path: Path, arr: np.ndarray) -> None:
     with open(path, "wb") as fh:
         np.save(fh, np.ascontiguousarray(arr), allow_pickle=False)
@@ -125,9 +117,9 @@ def write_segment(folder: Path, name: str, trie: Trie, doc_ids: Sequence[str]) -
             json.dump(header, fh, indent=2, sort_keys=True)
             fh.flush()
             os.fsync(fh.fileno())
-        _fsync_dir(tmp)
+        fsync_dir(tmp)
         os.rename(tmp, folder / name)
-        _fsync_dir(folder)
+        fsync_dir(folder)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
@@ -136,15 +128,8 @@ def write_segment(folder: Path, name: str, trie: Trie, doc_ids: Sequence[str]) -
 
 def read_segment(folder: Path, mmap: bool = False) -> tuple[Trie, list[str]]:
     """Load a segment folder written by ``write_segment``; bad files raise GenseekError."""
-    header_path = folder / "header.json"
-    try:
-        header = json.loads(header_path.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as exc:
-        raise GenseekError(f"{header_path}: unreadable trie segment header ({exc})") from exc
-    if header.get("format") != SEGMENT_FORMAT or header.get("version") != FORMAT_VERSION:
-        raise GenseekError(f"{header_path}: expected format {SEGMENT_FORMAT!r} version "
-                           f"{FORMAT_VERSION}, found {header.get('format')!r} "
-                           f"version {header.get('version')!r}")
+    header = read_json_header(folder / "header.json", "trie segment", SEGMENT_FORMAT,
+                              FORMAT_VERSION)
     arr = {key: _load_npy(folder / f"{key}.npy", mmap) for key in _ARRAYS}
     n = int(header["num_docs"])
     if arr["docid_off"].shape != (n + 1,) or arr["term_docs"].shape != (n,) \
@@ -189,13 +174,7 @@ class TrieStore:
             manifest = {"format": STORE_FORMAT, "version": FORMAT_VERSION,
                         "vocab_size": int(vocab_size), "generation": 0, "segments": []}
             atomic_write_json(manifest_path, manifest)
-        try:
-            manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
-        except (OSError, ValueError) as exc:
-            raise GenseekError(f"{manifest_path}: unreadable manifest ({exc})") from exc
-        if manifest.get("format") != STORE_FORMAT or manifest.get("version") != FORMAT_VERSION:
-            raise GenseekError(f"{manifest_path}: expected format {STORE_FORMAT!r} version "
-                               f"{FORMAT_VERSION}")
+        manifest = read_json_header(manifest_path, "trie store", STORE_FORMAT, FORMAT_VERSION)
         if vocab_size is not None and int(manifest["vocab_size"]) != int(vocab_size):
             raise GenseekError(f"{manifest_path}: vocab_size is {manifest['vocab_size']}, "
                                f"not {vocab_size}")

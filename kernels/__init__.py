@@ -1,4 +1,7 @@
-"""Pure numeric functions: no I/O, no state (fusion, constrained decoding, MUVERA, SPANN...).
+"""Numeric kernels: fusion, constrained decoding, MUVERA, Chamfer, Sinkhorn, SPANN clustering.
+
+Pure functions over arrays and tensors, except ``fmindex.FMIndex``, which also saves and
+loads its own arrays (memory-mapped ``.npy`` + a JSON header).
 
 This folder is the package ``genseek.kernels``. When the repository root is on ``sys.path``
 (``python -m pytest`` or a REPL started there), ``import kernels`` would find this folder

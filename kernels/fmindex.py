@@ -46,6 +46,7 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
+from genseek.atomic import read_json_header
 from genseek.errors import GenseekError
 
 FORMAT = "genseek-fmindex"
@@ -529,16 +530,8 @@ class FMIndex:
         """
         folder = Path(folder)
         head_path = folder / "header.json"
+        header = read_json_header(head_path, "FM-index", FORMAT, VERSION)
         try:
-            header = json.loads(head_path.read_text(encoding="utf-8"))
-        except FileNotFoundError:
-            raise GenseekError(f"{head_path}: missing (not an FM-index folder)") from None
-        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-            raise GenseekError(f"{head_path}: unreadable FM-index header ({exc})") from None
-        try:
-            if header["format"] != FORMAT or header["version"] != VERSION:
-                raise GenseekError(f"{head_path}: format {header['format']!r} version "
-                                   f"{header['version']!r}, expected {FORMAT!r} {VERSION}")
             n, n_docs = int(header["n"]), int(header["n_docs"])
             vocab_size, levels = int(header["vocab_size"]), int(header["levels"])
             sample_rate = int(header["sample_rate"])
