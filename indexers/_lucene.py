@@ -110,9 +110,9 @@ class LuceneFolder:
         self._j = j
         self._open_searcher = open_searcher
         j.IndexSearcher.setMaxClauseCount(MAX_CLAUSES)
-        self._dir = j.FSDirectory.open(j.Paths.get(str(path.resolve())))
+        self.directory = j.FSDirectory.open(j.Paths.get(str(path.resolve())))
         try:
-            self.writer = j.IndexWriter(self._dir, config)
+            self.writer = j.IndexWriter(self.directory, config)
         except j.JavaException as exc:
             raise GenseekError(f"{kind}: cannot open the Lucene index at {path}: "
                                f"{exc}") from exc
@@ -127,9 +127,9 @@ class LuceneFolder:
 
     def _read_seq(self) -> int:
         j = self._j
-        if not j.DirectoryReader.indexExists(self._dir):
+        if not j.DirectoryReader.indexExists(self.directory):
             return 0
-        value = j.SegmentInfos.readLatestCommit(self._dir).getUserData().get(SEQ_KEY)
+        value = j.SegmentInfos.readLatestCommit(self.directory).getUserData().get(SEQ_KEY)
         return int(value) if value is not None else 0
 
     def memory_bytes(self) -> int:

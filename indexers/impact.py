@@ -4,11 +4,16 @@ Documents go through a SPLADE masked LM (:class:`genseek.encoders.SparseEncoder`
 term weight ``w`` is quantised to the integer ``round(w * quant)`` (terms that round to 0
 are dropped) and the document is indexed *pre-tokenised*: field ``contents`` holds
 ``term\\x01tf`` tokens split on whitespace, and Lucene's ``DelimitedTermFrequencyTokenFilter``
-stores ``tf`` as the term's frequency (``DOCS_AND_FREQS``, no norms, no positions). Anserini's
-``SimpleImpactSearcher`` scores a weighted bag of terms with ``ImpactSimilarity``
-(``boost * tf``), so a query whose weights are quantised the same way gets the exact integer
-dot product ``sum_t q_t * d_t`` (exact in float32 below 2**24); hits report it divided by
-``quant**2``, ties broken by id as in ``bm25``.
+stores ``tf`` as the term's frequency (``DOCS_AND_FREQS``, no norms, no positions). A query is a boolean OR of term queries, each
+boosted by the term's quantised weight, scored with Anserini's ``ImpactSimilarity``
+(``boost * tf``): the exact integer dot product ``sum_t q_t * d_t`` (exact in float32 below
+2**24); hits report it divided by ``quant**2``, ties broken by id as in ``bm25``.
+
+The query is handed to Java as one string, ``"term"^w "term"^w ...``, parsed by Lucene's
+classic ``QueryParser`` (quoted, so no token is read as an operator) and searched on a plain
+``IndexSearcher``: a handful of JNI calls per query. (Anserini's ``SimpleImpactSearcher``
+takes a ``Map`` — one JNI call per term — and then expands it into a string that repeats
+each term ``w`` times and analyses it again, which cost more than the search itself.)
 
 Two query modes:
 
@@ -26,7 +31,9 @@ The document-side settings (model, max_length, top_k, threshold, quant) are reco
 Spec parameters: ``model`` (splade-tiny), ``mode`` (splade | inference-free), ``idf``
 (path of the IDF table; default ``<model>/idf.json``), ``top_k`` (keep a document's k
 heaviest terms, 0 = all), ``threshold`` (drop weights <= it, 0.0), ``quant`` (100),
-``max_length`` (256 tokens), ``batch_size`` (16), ``ram_buffer_mb`` (256), ``threads`` (2).
+``max_length`` (256 tokens), ``batch_size`` (16), ``ram_buffer_mb`` (256). ``threads`` is
+accepted and ignored (older specs name it): the queries of a batch are searched one after
+another, as Python threads gained nothing over that (the JNI calls hold the GIL).
 """
 
 from __future__ import annotations
@@ -41,7 +48,7 @@ import numpy as np
 
 from genseek.atomic import atomic_write_json
 from genseek.errors import GenseekError
-from genseek.indexers._lucene import LuceneClasses, LuceneFolder, batch_search, writer_config
+from genseek.indexers._lucene import LuceneClasses, LuceneFolder, writer_config
 from genseek.indexers.jvm import autoclass
 from genseek.protocols import dir_bytes
 from genseek.types import ChangeSet, Document, Hit
@@ -112,6 +119,7 @@ class ImpactIndex:
         self.path.mkdir(parents=True, exist_ok=True)
         self._encoder = encoder
         self._enc_lock = threading.Lock()
+        self._parsers = threading.local()
         if self.params["mode"] == "inference-free":
             self.encoder.idf  # noqa: B018 - fail at open, not at the first query
         j = _Java()
@@ -216,8 +224,8 @@ class ImpactIndex:
     def commit(self, seq: int) -> None:
         self._lucene.commit(seq)
 
-    def _open_searcher(self) -> Any:
-        return self._j.SimpleImpactSearcher(str(self.path.resolve()))
+    def _open_searcher(self) -> _Searcher:
+        return _Searcher(self._j, self._lucene.directory)
 
     # -- reads ------------------------------------------------------------------------
 
@@ -244,29 +252,27 @@ class ImpactIndex:
             return [[] for _ in queries]
         return self.search_vectors(self.query_vectors(queries), k)
 
+    def _parser(self) -> Any:
+        """This thread's ``QueryParser`` (they are not thread-safe; building one costs more
+        than parsing a query)."""
+        parser = getattr(self._parsers, "parser", None)
+        if parser is None:
+            parser = self._parsers.parser = self._j.QueryParser("contents", self._j.Whitespace())
+        return parser
+
     def search_vectors(self, vectors: Sequence[Vector], k: int) -> list[list[Hit]]:
         """Search float query vectors (quantised here); one ranked list per vector."""
-        j = self._j
         scale = float(self.params["quant"]) ** 2
-        bags = [self.quantised_query(v) for v in vectors]
-        maps = []
-        for bag in bags:
-            m = j.HashMap()
-            for term, w in bag.items():
-                m.put(term, j.Integer(w))
-            maps.append(m)
-        with self._lucene.searcher() as s:
-            live = [i for i, bag in enumerate(bags) if bag]
-            out: list[list[Hit]] = [[] for _ in bags]
-            if len(live) == 1:
-                i = live[0]
-                out[i] = [Hit(d.docid, float(d.score) / scale) for d in s.search(maps[i], k)]
-            elif live:
-                found = batch_search(j, s, [maps[i] for i in live], [str(i) for i in live], k,
-                                     int(self.params["threads"]))
-                for i, hits in zip(live, found, strict=True):
-                    out[i] = [Hit(d.docid, float(d.score) / scale) for d in hits]
+        texts = [query_string(self.quantised_query(v)) for v in vectors]
+        live = [i for i, text in enumerate(texts) if text]
+        out: list[list[Hit]] = [[] for _ in texts]
+        if not live:
             return out
+        with self._lucene.searcher() as s:
+            parser = self._parser()
+            for i in live:
+                out[i] = [Hit(d, float(x) / scale) for d, x in s.search(parser.parse(texts[i]), k)]
+        return out
 
     def stats(self) -> dict[str, Any]:
         # live documents (maxDoc counts deleted)
@@ -295,9 +301,57 @@ class _Java(LuceneClasses):
         super().__init__()
         c = autoclass
         self.CustomAnalyzer = c("org.apache.lucene.analysis.custom.CustomAnalyzer")
-        self.SimpleImpactSearcher = c("io.anserini.search.SimpleImpactSearcher")
+        self.QueryParser = c("org.apache.lucene.queryparser.classic.QueryParser")
+        self.Whitespace = c("org.apache.lucene.analysis.core.WhitespaceAnalyzer")
+        self.ScoredDocs = c("io.anserini.search.ScoredDocs")
+        self.Sort = c("org.apache.lucene.search.Sort")
+        self.SortField = c("org.apache.lucene.search.SortField")
+        self.SortType = c("org.apache.lucene.search.SortField$Type")
         self.ImpactSimilarity = c("io.anserini.search.similarity.ImpactSimilarity")
         self.IndexOptions = c("org.apache.lucene.index.IndexOptions")
         self.Field = c("org.apache.lucene.document.Field")
         self.FieldType = c("org.apache.lucene.document.FieldType")
         self.Integer = c("java.lang.Integer")
+
+
+def query_string(bag: Mapping[str, int]) -> str:
+    """``"term"^w ...`` for Lucene's classic ``QueryParser``: every term quoted (so ``AND``,
+    ``-`` or ``*`` stay terms), ``\\`` and ``"`` escaped; an empty bag gives ``""``."""
+    return " ".join('"' + t.replace("\\", "\\\\").replace('"', '\\"') + f'"^{w}'
+                    for t, w in bag.items())
+
+
+class _Searcher:
+    """One searcher generation: a reader of the latest commit and an ``IndexSearcher`` with
+    ``ImpactSimilarity``; hits come sorted by score, then id (Anserini's tie-break)."""
+
+    def __init__(self, j: _Java, directory: Any):
+        self._j = j
+        self.reader = j.DirectoryReader.open(directory)
+        self.searcher = j.IndexSearcher(self.reader,
+                                        signature="(Lorg/apache/lucene/index/IndexReader;)V")
+        self.searcher.setSimilarity(j.ImpactSimilarity())
+        self.sort = j.Sort(j.SortField.FIELD_SCORE, j.SortField("id", j.SortType.STRING_VAL),
+                           signature="([Lorg/apache/lucene/search/SortField;)V")
+
+    def search(self, query: Any, k: int) -> list[tuple[str, float]]:
+        """The top ``k`` ``(doc_id, score)``, by score then id.
+
+        A sort on (score, id) turns off Lucene's block-max pruning and doubles the search
+        time, so the top ``k + 1`` are fetched by score alone and ordered here; only when the
+        ``k``-th and ``k + 1``-th scores tie (the id then decides which document is in the
+        top ``k``) is the query searched again with the sort.
+        """
+        j = self._j
+        docs = j.ScoredDocs.fromTopDocs(self.searcher.search(query, k + 1), self.searcher)
+        hits = list(zip(docs.docids, docs.scores, strict=True))
+        if len(hits) > k and hits[k][1] == hits[k - 1][1]:
+            top = self.searcher.search(query, k, self.sort, True)
+            docs = j.ScoredDocs.fromTopDocs(top, self.searcher)
+            return list(zip(docs.docids, docs.scores, strict=True))
+        hits = hits[:k]
+        hits.sort(key=lambda h: (-h[1], h[0]))
+        return hits
+
+    def close(self) -> None:
+        self.reader.close()

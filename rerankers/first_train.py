@@ -9,8 +9,11 @@ FIRST (Reddy et al., 2024) trains a listwise reranker so that the logits of the
    (RRF of bm25 + dense from a genseek collection, cached as JSON) is cut into
    windows of ``window`` candidates. A window's target order puts the judged-relevant
    passages first (by grade, then first-stage rank) and the rest in first-stage
-   order. Windows without a relevant passage are skipped (nothing to learn), and
-   the passages are shuffled inside the prompt so the label letter carries no prior.
+   order. Windows without a relevant passage are skipped (nothing to learn). The
+   passages stay in first-stage order, as the reranker sees them at inference (a small
+   model leans on that order: it only has to learn when to move a passage); with
+   ``--shuffle P`` a window is shuffled with probability P, so the label letter
+   carries less of a prior (RankZephyr-style augmentation).
 2. **LM loss**: cross-entropy on the target text ``A] > [C] > ... [Z]<|im_end|>``
    after the seeded ``[`` (the prompt is masked out).
 3. **RankNet loss** on the logits ``s`` of the label tokens at the seeded ``[``:
@@ -119,12 +122,14 @@ def target_order(candidates: Sequence[str], relevant: dict[str, int]) -> list[in
 
 
 def build_examples(run: dict[str, list[tuple[str, float]]], qrels: dict[str, dict[str, int]],
-                   window: int, seed: int) -> list[tuple[str, list[str], list[int]]]:
+                   window: int, seed: int, shuffle: float = 0.0
+                   ) -> list[tuple[str, list[str], list[int]]]:
     """``(query_id, window doc ids in prompt order, target order)`` per judged train query.
 
     The window is the first stage's top ``window``; a relevant passage the first stage
     missed replaces the lowest candidates (so every window has something to learn);
-    the window is shuffled, and the target lists prompt positions best first.
+    with probability ``shuffle`` the window is shuffled; the target lists prompt positions
+    best first.
     """
     rng = random.Random(seed)
     out = []
@@ -138,7 +143,8 @@ def build_examples(run: dict[str, list[tuple[str, float]]], qrels: dict[str, dic
             docs = docs[:window - len(missing)] + missing
         first_stage_rank = {d: i for i, d in enumerate(docs)}
         shuffled = docs[:]
-        rng.shuffle(shuffled)
+        if rng.random() < shuffle:
+            rng.shuffle(shuffled)
         best = target_order(docs, rel)  # indices into docs, in first-stage numbering
         position = {d: i for i, d in enumerate(shuffled)}
         target = [position[docs[i]] for i in best]
@@ -202,6 +208,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--split", default="train")
     p.add_argument("--window", type=int, default=10, help="passages per training window")
     p.add_argument("--max-passage-tokens", type=int, default=48)
+    p.add_argument("--shuffle", type=float, default=0.0,
+                   help="probability of shuffling a training window (0: first-stage order)")
     p.add_argument("--steps", type=int, default=60, help="optimiser steps (one window each)")
     p.add_argument("--max-minutes", type=float, default=20.0, help="wall-time bound")
     p.add_argument("--lr", type=float, default=3e-4)
@@ -268,7 +276,9 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
     run = first_stage_run(args.collection, dataset, args.split, 100, args.cache)
     qrels = read_qrels(dataset, args.split)
     queries = read_queries(dataset)
-    examples = build_examples(run, qrels, args.window, args.seed)
+    if not 0.0 <= args.shuffle <= 1.0:
+        raise GenseekError("--shuffle must be a probability in [0, 1]")
+    examples = build_examples(run, qrels, args.window, args.seed, args.shuffle)
     texts = load_texts(args.collection, [d for _, docs, _ in examples for d in docs])
     # 2. model + LoRA (fresh copy: not the process-wide cached one)
     lm = load_lm.__wrapped__(args.model, "cpu", "float32")
@@ -327,6 +337,7 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
     summary = {"out": str(out), "base_model": args.model, "steps": len(history),
                "seconds": round(seconds, 1), "examples": len(examples),
                "window": args.window, "max_passage_tokens": args.max_passage_tokens,
+               "shuffle": args.shuffle,
                "lr": args.lr, "ranknet_weight": args.ranknet_weight, "lora_r": args.lora_r,
                "lora_layers": args.lora_layers,
                "final_loss": float(sum(h["loss"] for h in history[-10:]) /

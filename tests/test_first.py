@@ -367,6 +367,13 @@ def test_build_examples_injects_missed_relevant_and_targets_it():
     (_, docs, target), = ex
     assert len(docs) == 8 and "d25" in docs and docs[target[0]] == "d25"
     assert sorted(target) == list(range(8))
+    # first-stage order by default: the top 7 in order, the injected passage last
+    assert docs == [f"d{i}" for i in range(7)] + ["d25"] and target[1:] == list(range(7))
+    shuffled = [first_train.build_examples(run, {"q": {"d3": 1}}, window=8, seed=s,
+                                           shuffle=1.0)[0] for s in range(5)]
+    for _, docs, target in shuffled:
+        assert sorted(docs) == sorted(f"d{i}" for i in range(8)) and docs[target[0]] == "d3"
+    assert any(docs != sorted(docs) for _, docs, _ in shuffled)
 
 
 def test_ranknet_loss_prefers_target_order():

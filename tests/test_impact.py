@@ -152,6 +152,48 @@ def test_pruning_and_term_names(tmp_path, tiny_model):
     assert term_name("x\x01y", 9) == "#9"
 
 
+def test_query_parser_keeps_operator_like_terms_and_ties_break_by_id(tmp_path, tiny_model):
+    """Terms that Lucene's query syntax would read as operators are searched as terms, and
+    equal scores come back by id, also where the top k cuts through a tie."""
+    from genseek.indexers.impact import query_string
+
+    index = _index(tmp_path, tiny_model)
+    try:
+        names = index.encoder.term_names
+        odd = ['AND', '-', '"', '\\', '*', '(', 'a:b', 'NOT', '~x^2']
+        ids = list(range(10, 10 + len(odd)))
+        saved = [names[i] for i in ids]
+        names[ids[0]:ids[-1] + 1] = odd
+        try:
+            assert '"AND"^3' in query_string({"AND": 3})
+            docs = [Document(f"d{n:02d}", "", "x") for n in range(12)]
+            order = [7, 3, 11, 0, 9, 5, 1, 10, 2, 8, 6, 4]  # indexed out of id order
+            vecs = {}
+            for n in order:
+                if n < len(odd):  # d00..d08: one odd term each, weight rising with n
+                    vecs[f"d{n:02d}"] = (np.array([ids[n]]), np.array([0.1 * (n + 1)], "f4"))
+                else:  # d09..d11: all odd terms at one low weight: the same score
+                    vecs[f"d{n:02d}"] = (np.array(ids), np.full(len(ids), 0.05, "f4"))
+            by_id = {d.doc_id: d for d in docs}
+            index.apply_encoded(ChangeSet(0, 12, upserts=tuple(by_id[f"d{n:02d}"] for n in order)),
+                                vecs)
+            index.commit(12)
+            for n, term in enumerate(odd):  # each odd term finds its document and the tied three
+                got = index.search_vectors([(np.array([ids[n]]), np.array([1.0], "f4"))], 10)[0]
+                assert [h.doc_id for h in got] == [f"d{n:02d}", "d09", "d10", "d11"], term
+                assert got[0].score == pytest.approx(0.1 * (n + 1))
+                assert got[1].score == got[3].score == pytest.approx(0.05)
+            # all odd terms: d08 (0.9) > ... > d04 (0.5) > d09 = d10 = d11 (0.45) > d03 (0.4)
+            q = (np.array(ids), np.full(len(ids), 1.0, "f4"))
+            top = ["d08", "d07", "d06", "d05", "d04", "d09", "d10", "d11", "d03"]
+            for k in (5, 6, 7, 8, 9):  # k = 6 and 7 cut through the tie: ids decide
+                assert [h.doc_id for h in index.search_vectors([q], k)[0]] == top[:k], k
+        finally:
+            names[ids[0]:ids[-1] + 1] = saved
+    finally:
+        index.close()
+
+
 def test_reopen_persists_and_rejects_other_doc_settings(tmp_path, tiny_model):
     docs = make_docs(30, seed=8)
     index = _index(tmp_path, tiny_model)
@@ -275,3 +317,68 @@ def test_teacher_ensemble_and_examples():
     assert [e[1][0] for e in ex] == ["b", "z"]  # one example per judged positive
     assert all(e[1][1] in {"a", "c"} for e in ex)  # negatives are never judged documents
     assert ex[1][2][0] == pytest.approx(1.0)  # an unretrieved positive gets the top score
+
+
+def _tiny_beir(folder, docs, queries, rng):
+    """A BEIR folder: corpus, queries and qrels/train.tsv (each query judges one document)."""
+    import json
+
+    from _synth import write_jsonl
+
+    (folder / "qrels").mkdir(parents=True)
+    write_jsonl(folder / "corpus.jsonl", docs)
+    with open(folder / "queries.jsonl", "w", encoding="utf-8") as fh:
+        for i, q in enumerate(queries):
+            fh.write(json.dumps({"_id": f"q{i}", "text": q}) + "\n")
+    judged = {f"q{i}": rng.choice(docs).doc_id for i in range(len(queries))}
+    (folder / "qrels" / "train.tsv").write_text(
+        "query-id\tcorpus-id\tscore\n" + "".join(f"{q}\t{d}\t1\n" for q, d in judged.items()))
+    return judged
+
+
+def test_train_sparse_end_to_end(tmp_path, tiny_model):
+    """``genseek train sparse`` on a tiny model: a learned score scale, a model folder that
+    an inference-free impact index opens, and clear refusals."""
+    import json
+
+    from genseek.indexers import sparse_train
+    from genseek.indexers.impact import ImpactIndex
+
+    rng = random.Random(5)
+    docs = make_docs(40, seed=21)
+    judged = _tiny_beir(tmp_path / "ds", docs, make_queries(12, seed=9), rng)
+    teacher = {q: {d.doc_id: rng.uniform(0, 2) for d in rng.sample(docs, 10)}
+               for q in [*judged, *(f"pseudo:{d.doc_id}" for d in docs)]}
+    cache = tmp_path / "teacher.json"
+    cache.write_text(json.dumps({"depth": 50, "lists": teacher}))
+    out = tmp_path / "model"
+    argv = ["sparse", "--dataset", str(tmp_path / "ds"), "--collection", str(tmp_path / "none"),
+            "--out", str(out), "--base", str(tiny_model), "--teacher-cache", str(cache),
+            "--batch-queries", "4", "--doc-max-length", "32", "--lr", "1e-3"]
+    assert sparse_train.main(argv) == 0
+    info = json.loads((out / "train_info.json").read_text())
+    assert info["steps"] == 3 and info["examples"] == 12  # 12 pairs, 4 per step, one epoch
+    assert info["scale_first"] > 0 and info["scale_last"] != info["scale_first"]  # learned
+    assert (out / "idf.json").is_file() and (out / "model.safetensors").is_file()
+    index = ImpactIndex.open(tmp_path / "ix", {"model": str(out), "max_length": 64,
+                                               "mode": "inference-free"})
+    try:
+        index.apply(ChangeSet(0, 40, upserts=tuple(docs)))
+        index.commit(40)
+        hits = index.search(make_queries(3, seed=2), 5)
+        assert all(len(h) == 5 for h in hits)
+    finally:
+        index.close()
+    with pytest.raises(GenseekError, match="exists"):
+        sparse_train.main(argv)
+    assert sparse_train.main([*argv, "--force", "--scale", "2"]) == 0
+    info = json.loads((out / "train_info.json").read_text())
+    assert info["scale_first"] == info["scale_last"] == 2.0  # a fixed scale stays fixed
+    # span pseudo-queries of 5 sampled documents join the 12 judged queries
+    assert sparse_train.main([*argv, "--force", "--pseudo", "5", "--ce", "0.5"]) == 0
+    info = json.loads((out / "train_info.json").read_text())
+    assert (info["queries"], info["pseudo_queries"], info["examples"]) == (12, 5, 17)
+    assert info["steps"] == 5
+    for bad in (["--scale", "0"], ["--scale", "hot"], ["--ce", "-1"], ["--pseudo", "-2"]):
+        with pytest.raises(SystemExit):
+            sparse_train.parse_args([*argv[1:], *bad])
