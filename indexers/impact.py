@@ -4,10 +4,11 @@ Documents go through a SPLADE masked LM (:class:`genseek.encoders.SparseEncoder`
 term weight ``w`` is quantised to the integer ``round(w * quant)`` (terms that round to 0
 are dropped) and the document is indexed *pre-tokenised*: field ``contents`` holds
 ``term\\x01tf`` tokens split on whitespace, and Lucene's ``DelimitedTermFrequencyTokenFilter``
-stores ``tf`` as the term's frequency (``DOCS_AND_FREQS``, no norms, no positions). A query is a boolean OR of term queries, each
-boosted by the term's quantised weight, scored with Anserini's ``ImpactSimilarity``
-(``boost * tf``): the exact integer dot product ``sum_t q_t * d_t`` (exact in float32 below
-2**24); hits report it divided by ``quant**2``, ties broken by id as in ``bm25``.
+stores ``tf`` as the term's frequency (``DOCS_AND_FREQS``, no norms, no positions). A
+query is a boolean OR of term queries, each boosted by the term's quantised weight, scored
+with Anserini's ``ImpactSimilarity`` (``boost * tf``): the exact integer dot product
+``sum_t q_t * d_t`` (exact in float32 below 2**24); hits report it divided by ``quant**2``,
+ties broken by id as in ``bm25``.
 
 The query is handed to Java as one string, ``"term"^w "term"^w ...``, parsed by Lucene's
 classic ``QueryParser`` (quoted, so no token is read as an operator) and searched on a plain
@@ -311,7 +312,6 @@ class _Java(LuceneClasses):
         self.IndexOptions = c("org.apache.lucene.index.IndexOptions")
         self.Field = c("org.apache.lucene.document.Field")
         self.FieldType = c("org.apache.lucene.document.FieldType")
-        self.Integer = c("java.lang.Integer")
 
 
 def query_string(bag: Mapping[str, int]) -> str:

@@ -239,7 +239,10 @@ def main(argv: list[str]) -> int:
     """Entry point of ``genseek train first`` (``argv[0]`` may be the recipe name)."""
     if argv and argv[0] == "first":
         argv = argv[1:]
-    args = _parser().parse_args(argv)
+    parser = _parser()
+    args = parser.parse_args(argv)
+    if not 0.0 <= args.shuffle <= 1.0:
+        parser.error("--shuffle must be a probability in [0, 1]")
     try:
         summary = train(args)
     except GenseekError as exc:
@@ -276,8 +279,6 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
     run = first_stage_run(args.collection, dataset, args.split, 100, args.cache)
     qrels = read_qrels(dataset, args.split)
     queries = read_queries(dataset)
-    if not 0.0 <= args.shuffle <= 1.0:
-        raise GenseekError("--shuffle must be a probability in [0, 1]")
     examples = build_examples(run, qrels, args.window, args.seed, args.shuffle)
     texts = load_texts(args.collection, [d for _, docs, _ in examples for d in docs])
     # 2. model + LoRA (fresh copy: not the process-wide cached one)
