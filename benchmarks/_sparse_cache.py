@@ -22,9 +22,9 @@ CACHE_ROOT = Path(os.environ.get("GENSEEK_SPARSE_CACHE", "/work/cache/sparse"))
 PART = 256
 
 
-def cache_key(model: str, max_length: int, dataset: str) -> str:
+def cache_key(model: str, max_length: int, dataset: str, windows: int = 1) -> str:
     name = Path(model).name if os.sep in model else model
-    return f"{dataset}-{name}-L{max_length}"
+    return f"{dataset}-{name}-L{max_length}" + (f"-W{windows}" if windows > 1 else "")
 
 
 def _save_part(path: Path, doc_ids: Sequence[str],
@@ -67,7 +67,8 @@ def encode_cached(encoder, docs: Sequence[tuple[str, str]], folder: Path, batch_
     folder.mkdir(parents=True, exist_ok=True)
     meta = folder / "meta.json"
     if not meta.exists():
-        meta.write_text(json.dumps({"model": encoder.name, "max_length": encoder.max_length}))
+        meta.write_text(json.dumps({"model": encoder.name, "max_length": encoder.max_length,
+                                    "windows": encoder.windows}))
     have = load_cache(folder)
     todo = [(i, t) for j, (i, t) in enumerate(docs) if i not in have and j % shard[1] == shard[0]]
     prefix = "part-" if shard == (0, 1) else f"part-s{shard[0]}-"
@@ -109,12 +110,14 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--model", default="splade-tiny")
     p.add_argument("--dataset", default="scifact")
     p.add_argument("--max-length", type=int, default=256)
+    p.add_argument("--windows", type=int, default=1,
+                   help="max_length windows per document, max-pooled (1 = truncate)")
     p.add_argument("--shard", default="0/1", help="I/N: this process encodes shard I of N")
     args = p.parse_args(argv)
     i, n = (int(x) for x in args.shard.split("/"))
     docs = [(d.doc_id, d.contents) for _, d in read_corpus(C.dataset_dir(args.dataset))]
-    enc = SparseEncoder(args.model, max_length=args.max_length)
-    folder = CACHE_ROOT / cache_key(args.model, args.max_length, args.dataset)
+    enc = SparseEncoder(args.model, max_length=args.max_length, windows=args.windows)
+    folder = CACHE_ROOT / cache_key(args.model, args.max_length, args.dataset, args.windows)
     vecs, info = encode_cached(enc, docs, folder, shard=(i, n))
     print(json.dumps({"cached": len(vecs), **info}))
     return 0

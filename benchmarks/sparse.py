@@ -54,7 +54,8 @@ def build_impact(path: Path, params: dict[str, Any], docs, cache_dir: Path,
     from genseek.indexers.impact import ImpactIndex
     from genseek.types import ChangeSet
 
-    enc = shared_sparse_encoder(encoder_model, int(params.get("max_length", 256)), None)
+    enc = shared_sparse_encoder(encoder_model, int(params.get("max_length", 256)), None,
+                                int(params.get("windows", 1)))
     vecs, info = SC.encode_cached(enc, [(d.doc_id, d.contents) for d in docs], cache_dir)
     index = ImpactIndex(path, params, encoder=None)
     with C.Phase() as phase:
@@ -99,25 +100,28 @@ def run_all(args: argparse.Namespace) -> dict[str, Any]:
         coll = Collection.open(work / "coll")
         systems: dict[str, Any] = {"bm25": coll.indexes["bm25"], "dense": coll.indexes["dense"]}
         if_model = str(args.if_model)
-        splade_cache = SC.CACHE_ROOT / SC.cache_key("splade-tiny", 256, args.dataset)
-        if_cache = SC.CACHE_ROOT / SC.cache_key(if_model, 256, args.dataset)
+        w = args.windows
+        result["windows"] = w
+        splade_cache = SC.CACHE_ROOT / SC.cache_key("splade-tiny", 256, args.dataset, w)
+        if_cache = SC.CACHE_ROOT / SC.cache_key(if_model, 256, args.dataset, w)
         _log("impact index: splade-tiny")
         systems["splade"], result["indexes"]["splade"] = build_impact(
-            work / "splade", {"model": "splade-tiny"}, docs, splade_cache, "splade-tiny")
+            work / "splade", {"model": "splade-tiny", "windows": w}, docs, splade_cache,
+            "splade-tiny")
         idf = args.idf or Path(if_model) / "idf.json"
         has_if = (Path(if_model) / "idf.json").is_file() and not args.no_trained
         if idf.is_file():
             _log("impact index: splade-tiny documents + inference-free queries")
             systems["splade-docs+idf"], result["indexes"]["splade-docs+idf"] = build_impact(
                 work / "splade-idf", {"model": "splade-tiny", "mode": "inference-free",
-                                      "idf": str(idf)},
+                                      "idf": str(idf), "windows": w},
                 docs, splade_cache, "splade-tiny")
             result["idf_table"] = str(idf)
         if has_if:
             _log("impact index: trained inference-free encoder")
             systems["inference-free"], result["indexes"]["inference-free"] = build_impact(
-                work / "if", {"model": if_model, "mode": "inference-free"}, docs, if_cache,
-                if_model)
+                work / "if", {"model": if_model, "mode": "inference-free", "windows": w}, docs,
+                if_cache, if_model)
             train_info = Path(if_model) / "train_info.json"
             if train_info.is_file():
                 result["training"] = json.loads(train_info.read_text())
@@ -175,7 +179,7 @@ def run_all(args: argparse.Namespace) -> dict[str, Any]:
         for label, model in (("splade", "splade-tiny"), ("inference-free", if_model)):
             if label == "inference-free" and not has_if:
                 continue
-            enc = SparseEncoder(model, max_length=256)
+            enc = SparseEncoder(model, max_length=256, windows=w)
             enc.encode_ids(sample_docs[:4])  # load + warm up
             with C.Phase() as ph:
                 enc.encode_ids(sample_docs, batch_size=16)
@@ -205,7 +209,8 @@ def run_all(args: argparse.Namespace) -> dict[str, Any]:
 
 def report(r: dict[str, Any]) -> None:
     C.print_machine(r["machine"])
-    print(f"\nSciFact test, {r['queries']} judged queries, {r['documents']} documents, depth {K}")
+    print(f"\nSciFact test, {r['queries']} judged queries, {r['documents']} documents, depth {K}, "
+          f"{r.get('windows', 1)} window(s) of 256 tokens per document")
     bm = r["systems"]["bm25"]["nDCG@10"]
     rows = [(n, m["nDCG@10"], m["R@100"], m["nDCG@10"] / bm, REFERENCE.get(n))
             for n, m in r["systems"].items()]
@@ -242,6 +247,8 @@ def main() -> int:
                    help="trained inference-free model folder (genseek train sparse)")
     p.add_argument("--idf", type=Path, default=None,
                    help="IDF table for splade-docs+idf (default: IF_MODEL/idf.json)")
+    p.add_argument("--windows", type=int, default=1,
+                   help="256-token windows per document, max-pooled (1 = cut at 256 tokens)")
     p.add_argument("--no-trained", action="store_true",
                    help="skip the trained encoder's index (its corpus encoding is the slow part)")
     C.add_output_options(p)

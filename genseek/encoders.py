@@ -197,13 +197,19 @@ class SparseEncoder:
     ``threshold`` drops weights at or below it. ``encode_ids`` returns the same as
     ``(ids int64 [n], weights float32 [n])`` pairs, heaviest first.
 
+    Long texts: with ``windows=1`` (the default) a text is cut at ``max_length`` tokens.
+    With ``windows=n`` it is split into up to ``n`` windows of ``max_length`` tokens
+    (special tokens included) that overlap by a quarter of a window, each window goes
+    through the model and the text's vector is the term-wise max over its windows: the
+    same max pooling SPLADE does over positions, extended past the model's window.
+
     Inference-free queries (``query_ids_idf``) need only the tokenizer and the IDF
     table (``idf.json`` in the model folder, or ``idf=PATH``): the masked LM is loaded
     lazily, on the first document encoding, and never for such queries.
     """
 
     def __init__(self, model: str = SPLADE_DEFAULT, max_length: int = 256,
-                 device: str | None = None, idf: str | Path | None = None):
+                 device: str | None = None, idf: str | Path | None = None, windows: int = 1):
         from transformers import AutoTokenizer
         from transformers.utils import logging as hf_logging
 
@@ -219,6 +225,10 @@ class SparseEncoder:
         self._device = device or "cpu"
         self.name = model
         self.max_length = max_length
+        if isinstance(windows, bool) or not isinstance(windows, int) or windows < 1:
+            raise GenseekError(f"sparse encoder: windows must be a positive integer, "
+                               f"not {windows!r}")
+        self.windows = windows
         vocab = self._tokenizer.convert_ids_to_tokens(list(range(len(self._tokenizer))))
         vocab = [tok if tok is not None else "" for tok in vocab]  # ids with no token: ""
         self._vocab = vocab
@@ -278,6 +288,24 @@ class SparseEncoder:
                                f"({len(self._vocab)},)")
         self._idf = np.asarray(table, dtype=np.float32)
 
+    def windows_of(self, texts: Sequence[str]) -> list[list[list[int]]]:
+        """Model inputs per text: up to ``windows`` token-id lists of at most ``max_length``
+        ids each, special tokens included (one list, cut at ``max_length``, by default)."""
+        tok = self._tokenizer
+        out: list[list[list[int]]] = [[] for _ in texts]
+        if not texts:
+            return out
+        if self.windows == 1:
+            enc = tok(list(texts), truncation=True, max_length=self.max_length)
+            return [[ids] for ids in enc["input_ids"]]
+        room = max(1, self.max_length - tok.num_special_tokens_to_add(pair=False))
+        enc = tok(list(texts), truncation=True, max_length=self.max_length, stride=room // 4,
+                  return_overflowing_tokens=True)
+        for ids, owner in zip(enc["input_ids"], enc["overflow_to_sample_mapping"], strict=True):
+            if len(out[owner]) < self.windows:
+                out[owner].append(ids)
+        return out
+
     def encode_ids(self, texts: Sequence[str], batch_size: int = 32, top_k: int | None = None,
                    threshold: float = 0.0) -> list[tuple[np.ndarray, np.ndarray]]:
         """Per text ``(ids int64 [n], weights float32 [n])``, heaviest first, weights > 0."""
@@ -287,24 +315,47 @@ class SparseEncoder:
         out: list[tuple[np.ndarray, np.ndarray]] = [(np.zeros(0, np.int64),
                                                      np.zeros(0, np.float32))] * len(texts)
         special = torch.tensor(sorted(self._special), dtype=torch.long)
-        # Length-sorted batches pad little; results go back to input order.
-        by_length = sorted(range(len(texts)), key=lambda i: len(texts[i]))
-        for start in range(0, len(texts), batch_size):
-            chunk = by_length[start:start + batch_size]
-            enc = self._tokenizer([texts[i] for i in chunk], padding=True, truncation=True,
-                                  max_length=self.max_length, return_tensors="pt").to(self._device)
+        pad = self._tokenizer.pad_token_id if self._tokenizer.pad_token_id is not None else 0
+        windows = self.windows_of(texts)
+        # 1. Texts in length order, in groups of about batch_size windows: little padding,
+        #    and a group's windows are pooled together before the next group starts.
+        by_length = sorted(range(len(texts)), key=lambda i: sum(len(w) for w in windows[i]))
+        groups: list[list[int]] = [[]]
+        size = 0
+        for i in by_length:
+            if size >= batch_size:
+                groups.append([])
+                size = 0
+            groups[-1].append(i)
+            size += len(windows[i])
+        for group in groups if texts else []:
+            flat = [(slot, w) for slot, i in enumerate(group) for w in windows[i]]
+            width = max(len(w) for _, w in flat)
+            input_ids = torch.full((len(flat), width), pad, dtype=torch.long)  # [windows, seq]
+            mask = torch.zeros((len(flat), width), dtype=torch.long)
+            for row, (_, w) in enumerate(flat):
+                input_ids[row, :len(w)] = torch.tensor(w, dtype=torch.long)
+                mask[row, :len(w)] = 1
             with torch.inference_mode():
-                pooled = splade_pool(model, enc["input_ids"], enc["attention_mask"]).cpu()
+                # 2. SPLADE pooling over each window's positions: [windows, vocab] ...
+                pooled = splade_pool(model, input_ids.to(self._device),
+                                     mask.to(self._device)).cpu()
                 pooled = pooled[:, :len(self._vocab)]  # a padded output layer has extra rows
-                pooled[:, special] = 0.0  # [batch, vocab]
-            for slot, row in zip(chunk, pooled, strict=True):
+                # 3. ... then the max over each text's windows: [texts, vocab].
+                if len(flat) > len(group):
+                    owner = torch.tensor([slot for slot, _ in flat], dtype=torch.long)
+                    merged = torch.zeros((len(group), pooled.shape[1]), dtype=pooled.dtype)
+                    pooled = merged.scatter_reduce_(0, owner[:, None].expand_as(pooled), pooled,
+                                                    "amax")
+                pooled[:, special] = 0.0
+            for i, row in zip(group, pooled, strict=True):
                 ids = torch.nonzero(row > max(threshold, 0.0)).flatten()
                 vals = row[ids]
                 order = torch.argsort(vals, descending=True, stable=True)
                 if top_k is not None and top_k > 0:
                     order = order[:top_k]
-                out[slot] = (ids[order].numpy().astype(np.int64),
-                             vals[order].numpy().astype(np.float32))
+                out[i] = (ids[order].numpy().astype(np.int64),
+                          vals[order].numpy().astype(np.float32))
         return out
 
     def encode(self, texts: Sequence[str], batch_size: int = 32,
@@ -336,6 +387,7 @@ class SparseEncoder:
 
 @functools.lru_cache(maxsize=4)
 def shared_sparse_encoder(model: str = SPLADE_DEFAULT, max_length: int = 256,
-                          idf: str | None = None) -> SparseEncoder:
-    """One :class:`SparseEncoder` per (model, max_length, idf) per process, shared by indexes."""
-    return SparseEncoder(model, max_length, idf=idf)
+                          idf: str | None = None, windows: int = 1) -> SparseEncoder:
+    """One :class:`SparseEncoder` per (model, max_length, idf, windows) per process, shared
+    by indexes."""
+    return SparseEncoder(model, max_length, idf=idf, windows=windows)

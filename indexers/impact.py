@@ -26,13 +26,15 @@ Two query modes:
 Writes follow ``bm25``: ``updateDocument``/``deleteDocuments`` by the ``id`` term, the
 sequence number in the Lucene commit's user data, a new searcher generation per commit.
 Scores depend on no collection statistics, so deleted documents never change other scores.
-The document-side settings (model, max_length, top_k, threshold, quant) are recorded in
+The document-side settings (model, max_length, windows, top_k, threshold, quant) are kept in
 ``impact.json`` at creation; reopening with different ones is an error (rebuild instead).
 
 Spec parameters: ``model`` (splade-tiny), ``mode`` (splade | inference-free), ``idf``
 (path of the IDF table; default ``<model>/idf.json``), ``top_k`` (keep a document's k
 heaviest terms, 0 = all), ``threshold`` (drop weights <= it, 0.0), ``quant`` (100),
-``max_length`` (256 tokens), ``batch_size`` (16), ``ram_buffer_mb`` (256). ``threads`` is
+``max_length`` (256 tokens per model window), ``windows`` (a document is encoded in up to
+this many overlapping ``max_length`` windows, max-pooled; 1 cuts it at ``max_length``),
+``batch_size`` (16), ``ram_buffer_mb`` (256). ``threads`` is
 accepted and ignored (older specs name it): the queries of a batch are searched one after
 another, as Python threads gained nothing over that (the JNI calls hold the GIL).
 """
@@ -59,9 +61,11 @@ _META = "impact.json"
 MODES = ("splade", "inference-free")
 _PARAMS: dict[str, Any] = {
     "model": "splade-tiny", "mode": "splade", "idf": None, "top_k": 0, "threshold": 0.0,
-    "quant": 100, "max_length": 256, "batch_size": 16, "ram_buffer_mb": 256, "threads": 2,
+    "quant": 100, "max_length": 256, "windows": 1, "batch_size": 16, "ram_buffer_mb": 256,
+    "threads": 2,
 }
-_DOC_SIDE = ("model", "max_length", "top_k", "threshold", "quant")
+_DOC_SIDE = ("model", "max_length", "windows", "top_k", "threshold", "quant")
+_LEGACY = {"windows": 1}  # doc-side settings older impact.json files do not record
 
 Vector = tuple[np.ndarray, np.ndarray]  # (token ids int64 [n], weights float32 [n])
 
@@ -91,7 +95,7 @@ def _check_params(params: dict[str, Any]) -> dict[str, Any]:
     if p["mode"] not in MODES:
         raise GenseekError(f"impact: parameter mode must be one of {', '.join(MODES)}, "
                            f"not {p['mode']!r}")
-    for key in ("top_k", "max_length", "batch_size", "threads", "ram_buffer_mb"):
+    for key in ("top_k", "max_length", "windows", "batch_size", "threads", "ram_buffer_mb"):
         v = p[key]
         if isinstance(v, bool) or not isinstance(v, int) or v < (0 if key == "top_k" else 1):
             floor = "an integer >= 0" if key == "top_k" else "a positive integer"
@@ -156,6 +160,7 @@ class ImpactIndex:
                 have = json.loads(file.read_text(encoding="utf-8"))
             except (OSError, ValueError) as exc:
                 raise GenseekError(f"impact: cannot read {file}: {exc}") from None
+            have = {**_LEGACY, **have}
             diff = [k for k in _DOC_SIDE if have.get(k) != want[k]]
             if diff:
                 raise GenseekError(
@@ -173,7 +178,7 @@ class ImpactIndex:
             from genseek.encoders import shared_sparse_encoder
 
             self._encoder = shared_sparse_encoder(self.params["model"], self.params["max_length"],
-                                                  self.params["idf"])
+                                                  self.params["idf"], self.params["windows"])
         return self._encoder
 
     # -- state ------------------------------------------------------------------------

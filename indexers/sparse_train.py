@@ -28,6 +28,12 @@ Learned Sparse Retrievers"), starting from SPLADE-tiny:
 4. **IDF-aware FLOPS**: ``sum_t (mean_i idf_t * d_{i,t})^2`` over the batch's documents
    (FLOPS on the representation as the inference-free matching function sees it), weighted
    by ``--flops`` with a quadratic warm-up over the first third of the steps.
+   With ``--query-weights learn`` the query side is learned too, still inference-free: the
+   weight of token t is ``idf_t * exp(delta_t)``, ``delta`` a vocabulary-sized table that
+   starts at 0 and moves only for tokens of training queries (a learned score per token,
+   as in Li-LSR: Nardini et al. 2025, "Effective Inference-Free Retrieval for Learned
+   Sparse Representations"); ``idf.json`` then holds the learned table. ``--freeze-encoder`` trains that table (and ``c``) alone, so the documents keep
+   the base model's vectors and an existing corpus encoding stays valid.
 5. The run stops after ``--epochs`` or ``--minutes`` (whichever comes first), and writes a
    standard Hugging Face model folder (safetensors + tokenizer) plus ``idf.json`` and
    ``train_info.json`` atomically (a temporary folder renamed into place).
@@ -89,13 +95,22 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
                         "documents, the document its judged positive (0)")
     p.add_argument("--ce", type=float, default=0.0,
                    help="weight of a cross-entropy term on the judged positive (0)")
+    p.add_argument("--query-weights", choices=("idf", "learn"), default="idf",
+                   help="query term weights: the corpus IDF table (idf, default) or a table "
+                        "learned with the encoder, initialised to IDF (learn); either way "
+                        "queries stay inference-free (a lookup, saved as idf.json)")
+    p.add_argument("--query-lr", type=float, default=5e-3,
+                   help="learning rate of the log query-weight offsets (5e-3)")
+    p.add_argument("--freeze-encoder", action="store_true",
+                   help="train only the query weights (and the score scale): the documents "
+                        "keep the base model's vectors, so an existing encoding is reused")
     p.add_argument("--teacher-cache", type=Path, default=None,
                    help="JSON file to reuse/store the teacher's candidate lists")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--force", action="store_true", help="replace --out if it exists")
     p.add_argument("--json", action="store_true", help="print the run summary as JSON")
     args = p.parse_args(argv)
-    for key in ("minutes", "epochs", "lr", "beta"):
+    for key in ("minutes", "epochs", "lr", "beta", "query_lr"):
         if getattr(args, key) <= 0:
             p.error(f"--{key} must be > 0")
     for key in ("batch_queries", "depth", "doc_max_length", "neg_pool"):
@@ -110,6 +125,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
             p.error("--scale must be > 0")
     if args.negatives < 0 or args.flops < 0 or args.ce < 0 or args.pseudo < 0:
         p.error("--negatives, --flops, --ce and --pseudo must be >= 0")
+    if args.freeze_encoder and args.query_weights != "learn":
+        p.error("--freeze-encoder trains only the query weights: give --query-weights learn")
     return args
 
 
@@ -294,12 +311,18 @@ def main(argv: list[str]) -> int:
         reps = pool_for_training(model, enc["input_ids"], enc["attention_mask"])
         return reps[:, :len(idf)]
 
+    # query term weights w_t = idf_t * exp(delta_t): delta = 0 (plain IDF) unless learned
+    delta = torch.zeros(len(idf))
+    if args.query_weights == "learn":
+        delta = torch.nn.Parameter(delta)
+
     def student_scores(reps, batch):
-        """Per example, ``s(q, d) = sum_{t in q} idf_t * d_t`` over its list: ``[len(ds)]``."""
+        """Per example, ``s(q, d) = sum_{t in q} w_t * d_t`` over its list: ``[len(ds)]``."""
         out, start = [], 0
         for q, ds, _ in batch:
             ids = torch.from_numpy(qvec_ids[q])
-            out.append((reps[start:start + len(ds)][:, ids] * idf_t[ids]).sum(dim=1))
+            weights = idf_t[ids] * delta[ids].exp()
+            out.append((reps[start:start + len(ds)][:, ids] * weights).sum(dim=1))
             start += len(ds)
         return out
 
@@ -318,10 +341,17 @@ def main(argv: list[str]) -> int:
         log_scale = torch.tensor(float(np.log(scale0)))
     _log(f"student score scale c = {scale0:.4g} "
          f"({'learned' if args.scale == 'learn' else 'fixed'})")
-    model.train()
-    groups = [{"params": list(model.parameters()), "lr": args.lr, "weight_decay": 0.01}]
+    groups = []
+    if args.freeze_encoder:
+        model.eval()
+        model.requires_grad_(False)
+    else:
+        model.train()
+        groups.append({"params": list(model.parameters()), "lr": args.lr, "weight_decay": 0.01})
     if args.scale == "learn":
         groups.append({"params": [log_scale], "lr": 1e-2, "weight_decay": 0.0})
+    if args.query_weights == "learn":
+        groups.append({"params": [delta], "lr": args.query_lr, "weight_decay": 0.0})
     opt = torch.optim.AdamW(groups)
     per_epoch = (len(examples) + args.batch_queries - 1) // args.batch_queries
     total = max(1, int(per_epoch * args.epochs))
@@ -350,13 +380,14 @@ def main(argv: list[str]) -> int:
             ce = ce - log_p[0]  # the judged positive is first
         kl = kl / len(batch)
         ce = ce / len(batch)
-        # 4. IDF-aware FLOPS on the batch's documents
+        # 4. IDF-aware FLOPS on the batch's documents (nothing to regularise when frozen)
         flops = ((reps * idf_t).mean(dim=0) ** 2).sum()
-        lam = args.flops * min(1.0, (step + 1) / warm) ** 2
+        lam = 0.0 if args.freeze_encoder else args.flops * min(1.0, (step + 1) / warm) ** 2
         loss = kl + args.ce * ce + lam * flops
         opt.zero_grad()
         loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        if not args.freeze_encoder:
+            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()
         step += 1
         losses.append((step, float(kl.detach()), float(flops.detach())))
@@ -371,7 +402,8 @@ def main(argv: list[str]) -> int:
     model.eval()
     model.save_pretrained(tmp, safe_serialization=True)
     tokenizer.save_pretrained(tmp)
-    save_idf(tmp / IDF_FILE, base.vocab, idf)
+    table = (idf_t * delta.detach().exp()).numpy().astype(np.float32)
+    save_idf(tmp / IDF_FILE, base.vocab, table)
     window = losses[-20:]
     summary: dict[str, Any] = {
         "base": args.base, "dataset": str(args.dataset), "split": args.split,
@@ -384,6 +416,8 @@ def main(argv: list[str]) -> int:
         "kl_last": round(float(np.mean([x[1] for x in window])), 4) if window else None,
         "flops_last": round(float(np.mean([x[2] for x in window])), 2) if window else None,
         "scale_first": round(scale0, 5), "scale_last": round(float(log_scale.detach().exp()), 5),
+        "query_weights": args.query_weights,
+        "query_weights_changed": int((delta.detach().abs() > 1e-6).sum()),
         "args": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
         "torch_threads": torch.get_num_threads(),
     }

@@ -214,11 +214,79 @@ def test_reopen_persists_and_rejects_other_doc_settings(tmp_path, tiny_model):
         _index(tmp_path, tiny_model, top_k=3)
 
 
+def test_windows_max_pool_over_a_long_document(tiny_model):
+    """windows=n: the vector is the term-wise max of the windows' SPLADE vectors, so it
+    dominates the cut encoder's; short texts are unchanged."""
+    import torch
+
+    from genseek.encoders import splade_pool
+
+    cut = SparseEncoder(str(tiny_model), max_length=16)
+    whole = SparseEncoder(str(tiny_model), max_length=16, windows=4)
+    words = TOPICS[sorted(TOPICS)[0]].split()
+    head = " ".join((words * 8)[:30])  # 30 tokens: two windows of 14 at least
+    tail_word = next(w for t in TOPICS.values() for w in t.split() if w not in head.split())
+    long_text = f"{head} {tail_word}"
+    short = " ".join(words[:5])
+    texts = [short, long_text, short + " wing"]
+    wins = whole.windows_of(texts)
+    assert [len(w) for w in wins] == [1, 3, 1]
+    assert all(len(w) <= 16 for w in wins[1])
+    assert wins[0] == cut.windows_of([short])[0]
+    got = whole.encode_ids(texts, batch_size=2)  # windows of one text span two batches
+    # expected: splade_pool of each window alone, max over the windows
+    model = whole._load_model()
+    rows = []
+    for w in wins[1]:
+        ids = torch.tensor([w])
+        with torch.inference_mode():
+            rows.append(splade_pool(model, ids, torch.ones_like(ids))[0])
+    want = torch.stack(rows).max(dim=0).values
+    want[sorted(whole.tokenizer.all_special_ids)] = 0.0
+    ids, ws = got[1]
+    dense = torch.zeros_like(want)
+    dense[torch.from_numpy(ids)] = torch.from_numpy(ws)
+    assert torch.allclose(dense, want, atol=1e-5)
+    # the first window is the cut encoder's input: every weight is at least the cut one,
+    # and the tail (the word that only the last window sees) raises some
+    assert wins[1][0] == cut.windows_of([long_text])[0][0]
+    cut_ids, cut_ws = cut.encode_ids([long_text])[0]
+    assert torch.all(dense[torch.from_numpy(cut_ids)] >= torch.from_numpy(cut_ws) - 1e-6)
+    assert float(dense.sum()) > float(cut_ws.sum()) + 1e-3
+    for i in (0, 2):  # single-window texts: identical to the cut encoder
+        a, b = got[i], cut.encode_ids([texts[i]])[0]
+        assert np.array_equal(a[0], b[0]) and np.allclose(a[1], b[1], atol=1e-6)
+    with pytest.raises(GenseekError, match="windows must be a positive integer"):
+        SparseEncoder(str(tiny_model), windows=0)
+
+
+def test_windows_is_a_document_side_setting(tmp_path, tiny_model):
+    import json
+
+    docs = make_docs(10, seed=5)
+    index = _index(tmp_path, tiny_model, windows=3)
+    index.apply(ChangeSet(0, 1, upserts=tuple(docs)))
+    index.commit(1)
+    index.close()
+    assert json.loads((tmp_path / "impact.json").read_text())["windows"] == 3
+    with pytest.raises(GenseekError, match="windows=3"):
+        _index(tmp_path, tiny_model)
+    _index(tmp_path, tiny_model, windows=3).close()
+    # an impact.json written before windows existed reads as windows=1
+    meta = json.loads((tmp_path / "impact.json").read_text())
+    del meta["windows"]
+    (tmp_path / "impact.json").write_text(json.dumps(meta))
+    _index(tmp_path, tiny_model).close()
+    with pytest.raises(GenseekError, match="windows=1"):
+        _index(tmp_path, tiny_model, windows=2)
+
+
 @pytest.mark.parametrize("params, match", [
     ({"nope": 1}, "unknown parameter"),
     ({"mode": "dense"}, "mode must be one of"),
     ({"top_k": -1}, "top_k must be"),
     ({"quant": 0}, "quant must be"),
+    ({"windows": 0}, "windows must be"),
     ({"threshold": "x"}, "threshold must be"),
     ({"mode": "inference-free", "idf": "/nonexistent/idf.json"}, "no IDF table"),
 ])
@@ -382,3 +450,44 @@ def test_train_sparse_end_to_end(tmp_path, tiny_model):
     for bad in (["--scale", "0"], ["--scale", "hot"], ["--ce", "-1"], ["--pseudo", "-2"]):
         with pytest.raises(SystemExit):
             sparse_train.parse_args([*argv[1:], *bad])
+    with pytest.raises(SystemExit):  # a frozen encoder with nothing else to learn
+        sparse_train.parse_args([*argv[1:], "--freeze-encoder"])
+
+
+def test_train_sparse_learned_query_weights(tmp_path, tiny_model):
+    """--query-weights learn: the saved idf.json moves away from IDF on the training
+    queries' tokens only, and --freeze-encoder leaves the document encoder's weights as
+    they were (so an existing corpus encoding stays valid)."""
+    import json
+
+    from safetensors.numpy import load_file
+
+    from genseek.indexers import sparse_train
+
+    rng = random.Random(6)
+    docs = make_docs(40, seed=22)
+    queries = make_queries(12, seed=10)
+    judged = _tiny_beir(tmp_path / "ds", docs, queries, rng)
+    teacher = {q: {d.doc_id: rng.uniform(0, 2) for d in rng.sample(docs, 10)} for q in judged}
+    cache = tmp_path / "teacher.json"
+    cache.write_text(json.dumps({"depth": 50, "lists": teacher}))
+    out = tmp_path / "model"
+    argv = ["sparse", "--dataset", str(tmp_path / "ds"), "--collection", str(tmp_path / "none"),
+            "--out", str(out), "--base", str(tiny_model), "--teacher-cache", str(cache),
+            "--batch-queries", "4", "--doc-max-length", "32", "--epochs", "3",
+            "--query-weights", "learn", "--query-lr", "0.05", "--freeze-encoder"]
+    assert sparse_train.main(argv) == 0
+    info = json.loads((out / "train_info.json").read_text())
+    assert info["query_weights"] == "learn" and info["steps"] == 9
+    enc = SparseEncoder(str(out), max_length=64)
+    learned = load_idf(out / IDF_FILE, enc.vocab)
+    idf = corpus_idf(enc.tokenizer, [d.contents for d in docs])
+    seen = {i for ids, _ in enc.query_ids_idf(queries) for i in ids.tolist()}
+    moved = set(np.flatnonzero(np.abs(learned - idf) > 1e-4).tolist())
+    assert moved and moved <= seen
+    assert info["query_weights_changed"] == len(moved)
+    assert np.all(learned[idf > 0] > 0)  # exp(offset) keeps every weight positive
+    before = load_file(str(tiny_model / "model.safetensors"))
+    after = load_file(str(out / "model.safetensors"))
+    assert before.keys() == after.keys()
+    assert all(np.array_equal(before[k], after[k]) for k in before)
