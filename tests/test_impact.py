@@ -422,7 +422,7 @@ def test_train_sparse_end_to_end(tmp_path, tiny_model):
     out = tmp_path / "model"
     argv = ["sparse", "--dataset", str(tmp_path / "ds"), "--collection", str(tmp_path / "none"),
             "--out", str(out), "--base", str(tiny_model), "--teacher-cache", str(cache),
-            "--batch-queries", "4", "--doc-max-length", "32", "--lr", "1e-3"]
+            "--batch-queries", "4", "--doc-max-length", "32", "--lr", "1e-3", "--epochs", "1"]
     assert sparse_train.main(argv) == 0
     info = json.loads((out / "train_info.json").read_text())
     assert info["steps"] == 3 and info["examples"] == 12  # 12 pairs, 4 per step, one epoch
@@ -451,7 +451,7 @@ def test_train_sparse_end_to_end(tmp_path, tiny_model):
         with pytest.raises(SystemExit):
             sparse_train.parse_args([*argv[1:], *bad])
     with pytest.raises(SystemExit):  # a frozen encoder with nothing else to learn
-        sparse_train.parse_args([*argv[1:], "--freeze-encoder"])
+        sparse_train.parse_args([*argv[1:], "--query-weights", "idf", "--freeze-encoder"])
 
 
 def test_train_sparse_learned_query_weights(tmp_path, tiny_model):
