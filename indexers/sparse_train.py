@@ -32,8 +32,9 @@ Learned Sparse Retrievers"), starting from SPLADE-tiny:
    weight of token t is ``idf_t * exp(delta_t)``, ``delta`` a vocabulary-sized table that
    starts at 0 and moves only for tokens of training queries (a learned score per token,
    as in Li-LSR: Nardini et al. 2025, "Effective Inference-Free Retrieval for Learned
-   Sparse Representations"); ``idf.json`` then holds the learned table. ``--freeze-encoder`` trains that table (and ``c``) alone, so the documents keep
-   the base model's vectors and an existing corpus encoding stays valid.
+   Sparse Representations"); ``idf.json`` then holds the learned table.
+   ``--freeze-encoder`` trains that table (and ``c``) alone, so the documents keep the
+   base model's vectors and an existing corpus encoding stays valid.
 5. The run stops after ``--epochs`` or ``--minutes`` (whichever comes first), and writes a
    standard Hugging Face model folder (safetensors + tokenizer) plus ``idf.json`` and
    ``train_info.json`` atomically (a temporary folder renamed into place).
@@ -100,8 +101,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--query-weights", choices=("idf", "learn"), default="learn",
                    help="query term weights: a table learned with the encoder, initialised "
                         "to the corpus IDF (learn, default), or the IDF table itself (idf); "
-                        "either way "
-                        "queries stay inference-free (a lookup, saved as idf.json)")
+                        "either way queries stay inference-free (a lookup, saved as idf.json)")
     p.add_argument("--query-lr", type=float, default=5e-3,
                    help="learning rate of the log query-weight offsets (5e-3)")
     p.add_argument("--freeze-encoder", action="store_true",
