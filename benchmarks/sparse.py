@@ -15,9 +15,9 @@ Every system runs in this one process on the same Lucene (Anserini's fat jar):
 Document vectors come from ``/work/cache/sparse`` (``_sparse_cache.py``): a corpus is encoded
 once, ever; the impact indexes are built from the cached vectors (quantised x100, unpruned).
 Effectiveness: judged test queries, depth 100, ``genseek.evaluation.evaluate`` (nDCG@10, R@100);
-fusions are ``kernels.fusion.rrf`` (rrf_k 60) of depth-100 runs; ``--tune-fusion train`` adds
-the fusion of all first stages with RRF weights picked on the train queries. Latency: one query at a time,
-k=10, systems interleaved per query (so machine load hits them alike), after a warm-up pass;
+fusions are ``kernels.fusion.rrf`` (rrf_k 60) of depth-100 runs; ``--tune-fusion train``
+adds the fusion of all first stages with RRF weights picked on the train queries. Latency: one
+query at a time, k=10, systems interleaved per query (so machine load hits them alike), after a warm-up pass;
 query encoding included. Throughput: documents/s of a fresh SPLADE-tiny encoding sample.
 
     python benchmarks/sparse.py --json > benchmarks/results/sparse.json
@@ -84,38 +84,47 @@ def SC_quant(weights, quant: float):  # noqa: N802 - tiny helper shared with the
 WEIGHT_GRID = (0.5, 1.0, 1.5, 2.0)
 
 
-def tune_rrf_weights(folder: Path, split: str, systems: dict[str, Any]
-                     ) -> tuple[dict[str, Any], list[float]]:
-    """RRF weights for ``systems`` (the first fixed at 1, the others from WEIGHT_GRID) that
-    maximise nDCG@10 on the judged queries of ``split``: never the split that is reported."""
+def fused_metrics(runs: dict[str, list], names: list[str], qids: list[str], qrels: dict,
+                  measures: tuple[str, ...], weights: list[float] | None = None
+                  ) -> dict[str, float]:
+    """``measures`` of the RRF fusion (rrf_k 60, depth K) of ``runs[n]`` for ``n`` in
+    ``names``: each run a list, per query, of best-first ``(doc_id, score)`` pairs."""
     from genseek.evaluation import evaluate
     from genseek.kernels.fusion import rrf
     from genseek.types import Hit
 
+    fused = [[Hit(d, s) for d, s in rrf([runs[n][qi] for n in names], K, RRF_K, weights)]
+             for qi in range(len(qids))]
+    return evaluate(dict(zip(qids, fused, strict=True)), qrels, measures)
+
+
+def tune_rrf_weights(folder: Path, split: str, systems: dict[str, Any]
+                     ) -> tuple[dict[str, Any], list[float]]:
+    """RRF weights for ``systems`` (the first fixed at 1, the others from WEIGHT_GRID) that
+    maximise nDCG@10 on the judged queries of ``split``: never the split that is reported."""
     qids, texts, qrels = C.judged_queries(folder, split)
     names = list(systems)
-    runs = {n: [[(h.doc_id, h.score) for h in hits] for hits in systems[n].search(texts, K)]
-            for n in names}
-    scored = []
-    for rest in itertools.product(WEIGHT_GRID, repeat=len(names) - 1):
-        weights = [1.0, *rest]
-        fused = [[Hit(d, s) for d, s in rrf([runs[n][qi] for n in names], K, RRF_K, weights)]
-                 for qi in range(len(qids))]
-        scored.append((evaluate(dict(zip(qids, fused, strict=True)), qrels,
-                                ("nDCG@10",))["nDCG@10"], weights))
+    runs = {n: pairs(systems[n].search(texts, K)) for n in names}
+    scored = [(fused_metrics(runs, names, qids, qrels, ("nDCG@10",), [1.0, *rest])["nDCG@10"],
+               [1.0, *rest])
+              for rest in itertools.product(WEIGHT_GRID, repeat=len(names) - 1)]
     best = max(scored, key=lambda x: x[0])  # the first of equals: grid order
-    equal = [s for s, w in scored if w == [1.0] * len(names)][0]
+    equal = next(score for score, w in scored if w == [1.0] * len(names))
     return ({"split": split, "queries": len(qids), "grid": list(WEIGHT_GRID),
              "weights": dict(zip(names, best[1], strict=True)),
              "nDCG@10_tuned": round(best[0], 4), "nDCG@10_equal_weights": round(equal, 4)},
             best[1])
 
 
+def pairs(hits: list[list[Any]]) -> list[list[tuple[str, float]]]:
+    """Per query, the hits as ``(doc_id, score)`` pairs."""
+    return [[(h.doc_id, h.score) for h in q] for q in hits]
+
+
 def run_all(args: argparse.Namespace) -> dict[str, Any]:
     from genseek.collection import Collection
     from genseek.data.readers import read_corpus
     from genseek.evaluation import evaluate
-    from genseek.kernels.fusion import rrf
     from genseek.types import Hit
 
     folder = C.dataset_dir(args.dataset)
@@ -177,23 +186,20 @@ def run_all(args: argparse.Namespace) -> dict[str, Any]:
         if len(sparse) == 2:
             combos[f"rrf({sparse[0]},{sparse[1]})"] = sparse
             combos["rrf(all first stages)"] = ["bm25", "dense", *sparse]
+        ranked = {n: pairs(hits) for n, hits in runs.items()}
         for label, names in combos.items():
-            fused = [[Hit(d, s) for d, s in rrf([[(h.doc_id, h.score) for h in runs[n][qi]]
-                                                  for n in names], K, RRF_K)]
-                     for qi in range(len(qids))]
-            result["fusions"][label] = evaluate(dict(zip(qids, fused, strict=True)), qrels,
-                                                ("nDCG@10", "R@100"))
+            result["fusions"][label] = fused_metrics(ranked, names, qids, qrels,
+                                                     ("nDCG@10", "R@100"))
+        tuned_label = None
         if args.tune_fusion and len(sparse) == 2:
             names = ["bm25", "dense", *sparse]
             _log(f"tuning RRF weights of {', '.join(names)} on the {args.tune_fusion} queries")
             tuning, weights = tune_rrf_weights(folder, args.tune_fusion,
                                                {n: systems[n] for n in names})
             result["fusion_tuning"] = tuning
-            fused = [[Hit(d, s) for d, s in rrf([[(h.doc_id, h.score) for h in runs[n][qi]]
-                                                  for n in names], K, RRF_K, weights)]
-                     for qi in range(len(qids))]
-            result["fusions"][f"rrf(all first stages, {args.tune_fusion}-tuned weights)"] = \
-                evaluate(dict(zip(qids, fused, strict=True)), qrels, ("nDCG@10", "R@100"))
+            tuned_label = f"rrf(all first stages, {args.tune_fusion}-tuned weights)"
+            result["fusions"][tuned_label] = fused_metrics(ranked, names, qids, qrels,
+                                                           ("nDCG@10", "R@100"), weights)
 
         # latency: one query at a time, interleaved
         lat_names = [n for n in ("bm25", "inference-free", "splade-docs+idf", "splade", "dense")
@@ -244,8 +250,8 @@ def run_all(args: argparse.Namespace) -> dict[str, Any]:
     result["goals"] = {
         "best_sparse_ge_bm25": best_sparse >= result["systems"]["bm25"]["nDCG@10"],
         "fusion_all_ge_0.72": None if fusion_all is None else fusion_all >= 0.72,
-        "fusion_all_tuned_ge_0.72": next(
-            (v["nDCG@10"] >= 0.72 for k, v in result["fusions"].items() if "tuned" in k), None),
+        "fusion_all_tuned_ge_0.72": None if tuned_label is None
+        else result["fusions"][tuned_label]["nDCG@10"] >= 0.72,
         "if_latency_le_1.3x_bm25": None if if_lat is None else if_lat <= 1.3,
     }
     result["reference"] = REFERENCE

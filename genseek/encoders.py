@@ -292,12 +292,12 @@ class SparseEncoder:
         """Model inputs per text: up to ``windows`` token-id lists of at most ``max_length``
         ids each, special tokens included (one list, cut at ``max_length``, by default)."""
         tok = self._tokenizer
-        out: list[list[list[int]]] = [[] for _ in texts]
         if not texts:
-            return out
+            return []
         if self.windows == 1:
             enc = tok(list(texts), truncation=True, max_length=self.max_length)
             return [[ids] for ids in enc["input_ids"]]
+        out: list[list[list[int]]] = [[] for _ in texts]
         room = max(1, self.max_length - tok.num_special_tokens_to_add(pair=False))
         enc = tok(list(texts), truncation=True, max_length=self.max_length, stride=room // 4,
                   return_overflowing_tokens=True)
@@ -315,38 +315,32 @@ class SparseEncoder:
         out: list[tuple[np.ndarray, np.ndarray]] = [(np.zeros(0, np.int64),
                                                      np.zeros(0, np.float32))] * len(texts)
         special = torch.tensor(sorted(self._special), dtype=torch.long)
-        pad = self._tokenizer.pad_token_id if self._tokenizer.pad_token_id is not None else 0
         windows = self.windows_of(texts)
         # 1. Texts in length order, in groups of about batch_size windows: little padding,
         #    and a group's windows are pooled together before the next group starts.
         by_length = sorted(range(len(texts)), key=lambda i: sum(len(w) for w in windows[i]))
-        groups: list[list[int]] = [[]]
-        size = 0
+        groups: list[list[int]] = []
+        size = batch_size
         for i in by_length:
             if size >= batch_size:
                 groups.append([])
                 size = 0
             groups[-1].append(i)
             size += len(windows[i])
-        for group in groups if texts else []:
-            flat = [(slot, w) for slot, i in enumerate(group) for w in windows[i]]
-            width = max(len(w) for _, w in flat)
-            input_ids = torch.full((len(flat), width), pad, dtype=torch.long)  # [windows, seq]
-            mask = torch.zeros((len(flat), width), dtype=torch.long)
-            for row, (_, w) in enumerate(flat):
-                input_ids[row, :len(w)] = torch.tensor(w, dtype=torch.long)
-                mask[row, :len(w)] = 1
+        for group in groups:
+            owner = [slot for slot, i in enumerate(group) for _ in windows[i]]
+            enc = self._tokenizer.pad({"input_ids": [w for i in group for w in windows[i]]},
+                                      return_tensors="pt")  # [windows, seq]
             with torch.inference_mode():
                 # 2. SPLADE pooling over each window's positions: [windows, vocab] ...
-                pooled = splade_pool(model, input_ids.to(self._device),
-                                     mask.to(self._device)).cpu()
+                pooled = splade_pool(model, enc["input_ids"].to(self._device),
+                                     enc["attention_mask"].to(self._device)).cpu()
                 pooled = pooled[:, :len(self._vocab)]  # a padded output layer has extra rows
                 # 3. ... then the max over each text's windows: [texts, vocab].
-                if len(flat) > len(group):
-                    owner = torch.tensor([slot for slot, _ in flat], dtype=torch.long)
+                if len(owner) > len(group):
+                    index = torch.tensor(owner, dtype=torch.long)[:, None].expand_as(pooled)
                     merged = torch.zeros((len(group), pooled.shape[1]), dtype=pooled.dtype)
-                    pooled = merged.scatter_reduce_(0, owner[:, None].expand_as(pooled), pooled,
-                                                    "amax")
+                    pooled = merged.scatter_reduce_(0, index, pooled, "amax")
                 pooled[:, special] = 0.0
             for i, row in zip(group, pooled, strict=True):
                 ids = torch.nonzero(row > max(threshold, 0.0)).flatten()

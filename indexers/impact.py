@@ -34,9 +34,9 @@ Spec parameters: ``model`` (splade-tiny), ``mode`` (splade | inference-free), ``
 heaviest terms, 0 = all), ``threshold`` (drop weights <= it, 0.0), ``quant`` (100),
 ``max_length`` (256 tokens per model window), ``windows`` (a document is encoded in up to
 this many overlapping ``max_length`` windows, max-pooled; 1 cuts it at ``max_length``),
-``batch_size`` (16), ``ram_buffer_mb`` (256). ``threads`` is
-accepted and ignored (older specs name it): the queries of a batch are searched one after
-another, as Python threads gained nothing over that (the JNI calls hold the GIL).
+``batch_size`` (16), ``ram_buffer_mb`` (256). ``threads`` is accepted and ignored (older
+specs name it): the queries of a batch are searched one after another, as Python threads
+gained nothing over that (the JNI calls hold the GIL).
 """
 
 from __future__ import annotations
