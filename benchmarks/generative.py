@@ -50,6 +50,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--dsi-steps", type=int, default=150, help="DSI steps on D0")
     ap.add_argument("--dsi-inc-steps", type=int, default=20, help="steps per increment")
     ap.add_argument("--dsi-scheme", default="atomic")
+    ap.add_argument("--dsi-replay", type=float, default=1.0,
+                    help="DSI++: replayed pseudo-queries of earlier documents per new example")
+    ap.add_argument("--dsi-inc-lr", type=float, default=1e-3, help="learning rate of increments")
+    ap.add_argument("--autocast", choices=["off", "bf16"], default="off",
+                    help="train in bfloat16 autocast (fp32 master weights)")
     ap.add_argument("--skip-ir", action="store_true", help="only the DSI++ experiment")
     ap.add_argument("--collection", type=Path, default=CACHED,
                     help=f"SciFact collection with bm25 + dense, copied, never modified "
@@ -144,7 +149,8 @@ def main(argv: list[str] | None = None) -> int:
             model = lora_wrap(fresh)
             with C.Phase() as ph:
                 summary = train_examples(model, ex, pad_id=fresh.pad_id,
-                                         steps=args.train_steps, batch=8, max_len=96)
+                                         steps=args.train_steps, batch=8, max_len=96,
+                                         autocast=args.autocast == "bf16")
             timings["train_seal"] = {**ph.as_dict(), **summary, "examples": len(ex)}
             tuned = LM(f"{args.model}+seal-lora", model.merge_and_unload(), fresh.tokenizer,
                        fresh.is_encoder_decoder, fresh.context, fresh.eos_id, fresh.pad_id,
@@ -272,14 +278,18 @@ def dsi_experiment(args: argparse.Namespace, folder: Path, qids: list[str], qtex
 
     log: dict[str, Any] = {"docs": len(order), "d0": n0, "increment": inc,
                            "scheme": args.dsi_scheme, "steps_d0": args.dsi_steps,
-                           "steps_increment": args.dsi_inc_steps, "variants": {}}
+                           "steps_increment": args.dsi_inc_steps, "replay": args.dsi_replay,
+                           "lr_increment": args.dsi_inc_lr, "autocast": args.autocast,
+                           "variants": {}}
     model0 = lora_wrap(base)
+    bf16 = args.autocast == "bf16"
     t0 = train_examples(model0, examples(batches[0], [], 0), pad_id=base.pad_id,
-                        steps=args.dsi_steps, batch=8, max_len=80)
+                        steps=args.dsi_steps, batch=8, max_len=80, autocast=bf16)
     log["train_d0"] = t0
     log["d0_hits"] = hits10(model0, batches[0])
     print(f"DSI D0: {log['d0_hits']}", file=sys.stderr)
-    variants = {"naive": (0.0, 0.0), "dsi++": (1.0, 0.0), "dsi++sam": (1.0, 0.05)}
+    variants = {"naive": (0.0, 0.0), "dsi++": (args.dsi_replay, 0.0),
+                "dsi++sam": (args.dsi_replay, 0.05)}
     for name, (ratio, sam) in variants.items():
         model = copy.deepcopy(model0)
         steps_used = t0["steps"]
@@ -288,7 +298,7 @@ def dsi_experiment(args: argparse.Namespace, folder: Path, qids: list[str], qtex
             seen = [d for b in batches[:i] for d in b]
             s = train_examples(model, examples(batches[i], seen, ratio), pad_id=base.pad_id,
                                steps=args.dsi_inc_steps, batch=8, max_len=80, sam=sam,
-                               seed=i)
+                               seed=i, lr=args.dsi_inc_lr, autocast=bf16)
             steps_used += s["steps"]
             live = seen + batches[i]
             rows.append({"step": i, "steps_used": steps_used, **hits10(model, live)})
@@ -298,7 +308,8 @@ def dsi_experiment(args: argparse.Namespace, folder: Path, qids: list[str], qtex
     # full retraining on all documents (from the base model), measured after the last step
     model = lora_wrap(load_lm.__wrapped__(args.model, "cpu"))
     s = train_examples(model, examples(order, [], 0), pad_id=base.pad_id,
-                       steps=int(args.dsi_steps * len(order) / max(n0, 1)), batch=8, max_len=80)
+                       steps=int(args.dsi_steps * len(order) / max(n0, 1)), batch=8, max_len=80,
+                       autocast=bf16)
     retrain_steps = [int(args.dsi_steps * (n0 + i * inc) / max(n0, 1)) for i in range(1, 5)]
     log["variants"]["retrain"] = [{"step": 4, "steps_used": t0["steps"] + sum(retrain_steps),
                                    **hits10(model, order)}]

@@ -13,8 +13,9 @@
    per query, the single-token speed-up over full generation, and Kendall's tau
    between the single-token and full-generation orderings.
 
-Each method's result is cached under ``--cache`` as soon as it finishes, so a run that
-is cut off resumes (``--fresh`` ignores the cache).
+Each method's result is cached under ``--cache`` as soon as it finishes, and its orders
+so far after every query, so a run that is cut off resumes where it stopped (``--fresh``
+starts over).
 
     python benchmarks/rerank.py --quick --json
     python benchmarks/rerank.py --queries 30 --depth 20 --json
@@ -77,14 +78,17 @@ def _model_arg(name: str) -> str:
     return name
 
 
-def run_method(method: str, args, queries: list[str], texts: list[list[str]]) -> dict[str, Any]:
+def run_method(method: str, args, queries: list[str], texts: list[list[str]],
+               partial: Path | None = None) -> dict[str, Any]:
+    """Rerank every query with ``method``; with ``partial``, the orders so far are saved
+    there after each query and a rerun resumes after the last saved one."""
     from genseek.rerankers._llm import load_lm
     from genseek.rerankers.first import FirstReranker, GenerationReranker
     from genseek.rerankers.pointwise import PointwiseReranker
 
     model = str(args.finetuned) if method == "first-ft" else _model_arg(args.model)
     t0 = time.perf_counter()
-    lm = load_lm(model, None, None)
+    lm = load_lm(model, None, args.dtype)
     load_s = time.perf_counter() - t0
     common = {"max_passage_tokens": args.max_passage_tokens, "batch_size": args.batch_size}
     if method == "pointwise":
@@ -92,12 +96,21 @@ def run_method(method: str, args, queries: list[str], texts: list[list[str]]) ->
     else:
         cls = GenerationReranker if method == "listwise-gen" else FirstReranker
         rr = cls(lm, window=args.window, stride=args.stride, **common)
-    orders, latencies, gen_texts = [], [], []
+    orders: list[list[int]] = []
+    latencies: list[float] = []
+    gen_texts: list[str] = []
+    if partial is not None and partial.is_file():
+        done = json.loads(partial.read_text())
+        orders, latencies = done["orders"], done["latency_s"]
+        _log(f"{method}: resuming after {len(orders)} queries from {partial}")
     from tqdm import tqdm
 
+    from genseek.atomic import atomic_write_json
+
     with C.Phase() as phase:
-        for q, t in tqdm(list(zip(queries, texts, strict=True)), desc=method, unit="query",
-                         file=sys.stderr):
+        for q, t in tqdm(list(zip(queries, texts, strict=True))[len(orders):], desc=method,
+                         unit="query", file=sys.stderr, initial=len(orders),
+                         total=len(queries)):
             start = time.perf_counter()
             if method == "pointwise":
                 scores = rr.rank_batch([q], [t])[0]
@@ -108,6 +121,8 @@ def run_method(method: str, args, queries: list[str], texts: list[list[str]]) ->
                     gen_texts.append(rr.last_texts[-1] if rr.last_texts else "")
             latencies.append(time.perf_counter() - start)
             orders.append(order)
+            if partial is not None:
+                atomic_write_json(partial, {"orders": orders, "latency_s": latencies})
     return {"method": method, "model": model, "load_seconds": round(load_s, 1),
             "orders": orders, "latency_s": [round(x, 3) for x in latencies],
             "mean_latency_s": round(sum(latencies) / max(len(latencies), 1), 3),
@@ -142,6 +157,8 @@ def measure(args) -> dict[str, Any]:
                                             "max_passage_tokens", "batch_size", "threads",
                                             "model", "finetuned")}
     config["finetuned"] = str(config["finetuned"])
+    if args.dtype not in (None, "auto", "float32"):  # older cache keys stay valid
+        config["dtype"] = args.dtype
     key = hashlib.sha1(json.dumps(config, sort_keys=True, default=str).encode()).hexdigest()[:10]
     results: dict[str, Any] = {}
     for method in args.methods:
@@ -154,10 +171,14 @@ def measure(args) -> dict[str, Any]:
             _log(f"{method}: cached result {cached}")
         else:
             _log(f"{method}: {len(qids)} queries x top {args.depth}")
-            results[method] = run_method(method, args, queries, texts)
+            partial = cached.with_suffix(".partial.json")
+            if args.fresh:
+                partial.unlink(missing_ok=True)
+            results[method] = run_method(method, args, queries, texts, partial)
             from genseek.atomic import atomic_write_json
 
             atomic_write_json(cached, results[method])
+            partial.unlink(missing_ok=True)
         r = results[method]
         r["nDCG@10"] = evaluate(_reranked_run(run, qids, r["orders"], args.depth), sub_qrels,
                                 ["nDCG@10"])["nDCG@10"]
@@ -214,6 +235,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--batch-size", type=int, default=4)
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--model", default="smollm2")
+    p.add_argument("--dtype", default=None,
+                   help="model dtype: auto (default: float32 on CPU, bfloat16 on GPU), "
+                        "float32, bfloat16 (fast on CPUs with AMX/AVX512-BF16)")
     p.add_argument("--finetuned", type=Path, default=FINETUNED)
     p.add_argument("--methods", default=",".join(METHODS))
     p.add_argument("--collection", type=Path, default=COLLECTION)

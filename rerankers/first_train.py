@@ -218,6 +218,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--lora-layers", type=int, default=8,
                    help="adapt only the top N decoder layers (0 = all); the backward pass "
                         "then stops there, which is what makes CPU training affordable")
+    p.add_argument("--autocast", choices=["off", "bf16"], default="off",
+                   help="bf16: forward and backward in bfloat16 autocast, fp32 master weights "
+                        "(about 2x faster on CPUs with AMX/AVX512-BF16)")
     p.add_argument("--seed", type=int, default=13)
     p.add_argument("--overwrite", action="store_true", help="replace an existing --out folder")
     p.add_argument("--json", action="store_true", help="print a JSON summary")
@@ -314,7 +317,8 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
         ids = torch.tensor([prompt + tgt])
         lm_labels = torch.full_like(ids, -100)
         lm_labels[0, len(prompt):] = torch.tensor(tgt)
-        res = model(input_ids=ids, labels=lm_labels)
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=args.autocast == "bf16"):
+            res = model(input_ids=ids, labels=lm_labels)
         # 4. RankNet on the first-token label logits (at the seeded "[")
         first = res.logits[0, len(prompt) - 1, labels[:len(docs)]].float()  # (n,)
         rank = ranknet_loss(first, target)
@@ -340,7 +344,7 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
                "window": args.window, "max_passage_tokens": args.max_passage_tokens,
                "shuffle": args.shuffle,
                "lr": args.lr, "ranknet_weight": args.ranknet_weight, "lora_r": args.lora_r,
-               "lora_layers": args.lora_layers,
+               "lora_layers": args.lora_layers, "autocast": args.autocast,
                "final_loss": float(sum(h["loss"] for h in history[-10:]) /
                                    max(len(history[-10:]), 1)) if history else math.nan,
                "history": history}

@@ -122,8 +122,11 @@ def collate(batch: Sequence[Example], pad_id: int, max_len: int) -> dict[str, An
 def train_examples(model: Any, examples: Sequence[Example], *, pad_id: int, steps: int,
                    batch: int = 8, lr: float = 1e-3, max_len: int = 96, sam: float = 0.0,
                    seed: int = 0, max_seconds: float | None = None,
-                   progress: bool = True) -> dict[str, Any]:
+                   progress: bool = True, autocast: bool = False) -> dict[str, Any]:
     """AdamW (optionally SAM) on the trainable parameters for ``steps`` steps (or time out).
+
+    ``autocast`` runs the forward passes in bfloat16 autocast on the CPU (fp32 master
+    weights and optimiser state): about 2x faster where the CPU has AMX/AVX512-BF16.
 
     Returns ``{"steps", "seconds", "loss_first", "loss_last"}``.
     """
@@ -147,7 +150,8 @@ def train_examples(model: Any, examples: Sequence[Example], *, pad_id: int, step
             rng.shuffle(order)
         idx, order = order[:batch], order[batch:]
         inputs = collate([examples[i] for i in idx], pad_id, max_len)
-        loss = model(**inputs).loss
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
+            loss = model(**inputs).loss
         loss.backward()
         if sam > 0:
             # sharpness-aware minimisation: gradient at w + rho * g / |g|, applied at w
@@ -158,7 +162,9 @@ def train_examples(model: Any, examples: Sequence[Example], *, pad_id: int, step
                     if e is not None:
                         p.add_(e)
             opt.zero_grad(set_to_none=True)
-            model(**inputs).loss.backward()
+            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
+                sharp = model(**inputs).loss
+            sharp.backward()
             with torch.no_grad():
                 for p, e in zip(params, eps, strict=True):
                     if e is not None:
@@ -310,6 +316,9 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--new-docs", type=Path, help="dsi++: file of the new doc ids")
     p.add_argument("--replay", type=float, default=1.0, help="dsi++: replay ratio (0 = naive)")
     p.add_argument("--sam", type=float, default=0.0, help="SAM radius rho (0 = off)")
+    p.add_argument("--autocast", choices=["off", "bf16"], default="off",
+                   help="bf16: bfloat16 autocast with fp32 master weights (about 2x faster on "
+                        "CPUs with AMX/AVX512-BF16)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--json", action="store_true", help="print the summary as JSON")
     return p
@@ -385,7 +394,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     model = lora_wrap(lm, r=args.lora_r, alpha=2 * args.lora_r)
     summary = train_examples(model, examples, pad_id=lm.pad_id, steps=args.steps,
                              batch=args.batch, lr=args.lr, max_len=args.max_len, sam=args.sam,
-                             seed=args.seed, max_seconds=args.max_minutes * 60)
+                             seed=args.seed, max_seconds=args.max_minutes * 60,
+                             autocast=args.autocast == "bf16")
     tmp = args.out.with_name(f".{args.out.name}.tmp")
     import shutil
 

@@ -214,6 +214,30 @@ def test_dsi_schemes_and_trie(tiny, tmp_path):
         ix.close()
 
 
+def test_train_examples_in_bf16_autocast_tracks_fp32_with_fp32_weights(tiny):
+    import torch
+
+    from genseek.retrievers._lm import load_lm, lora_wrap
+    from genseek.retrievers.generative_train import train_examples
+
+    runs = {}
+    for autocast in (False, True):
+        lm = load_lm.__wrapped__(tiny, "cpu")
+        torch.manual_seed(0)
+        model = lora_wrap(lm, dropout=0.0)
+        enc = lm.tokenizer
+        ex = [(enc.encode(f"w{i} w{i + 1}", add_special_tokens=False),
+               enc.encode(f"w{2 * i}", add_special_tokens=False) + [lm.eos_id]) for i in range(4)]
+        runs[autocast] = train_examples(model, ex, pad_id=lm.pad_id, steps=20, batch=4, lr=1e-2,
+                                        max_len=16, progress=False, autocast=autocast)
+        trained = [p for p in model.parameters() if p.requires_grad]
+        assert trained and all(p.dtype == torch.float32 for p in trained)  # fp32 master weights
+    fp32, bf16 = runs[False], runs[True]
+    assert bf16["loss_last"] < bf16["loss_first"] - 0.2  # it learns
+    assert abs(bf16["loss_first"] - fp32["loss_first"]) < 0.02
+    assert abs(bf16["loss_last"] - fp32["loss_last"]) < 0.1  # and follows the fp32 run
+
+
 def test_train_dsi_then_index(tiny, tmp_path):
     from genseek.retrievers.dsi import DsiIndex
     from genseek.retrievers.generative_train import main
@@ -232,7 +256,7 @@ def test_train_dsi_then_index(tiny, tmp_path):
     (tmp_path / "new.txt").write_text("d11\n")
     rc = main(["dsi", "--dataset", str(data), "--out", str(tmp_path / "m2"), "--continue-from",
                str(out), "--new-docs", str(tmp_path / "new.txt"), "--steps", "2", "--sam",
-               "0.05", "--max-len", "48"])
+               "0.05", "--max-len", "48", "--autocast", "bf16"])
     assert rc == 0
     ix = DsiIndex.open(tmp_path / "ix", {"model": str(tmp_path / "m2"), "num_beams": 4})
     assert ix.params["scheme"] == "atomic"
