@@ -327,8 +327,8 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
         loss.backward()
         opt.step()
         top_ok = float(int(first.argmax()) == target[0])
-        history.append({"step": step, "loss": float(loss), "lm": float(res.loss),
-                        "ranknet": float(rank), "top1": top_ok})
+        history.append({"step": step, "loss": loss.item(), "lm": res.loss.item(),
+                        "ranknet": rank.item(), "top1": top_ok})
         recent = history[-20:]
         bar.set_postfix(lm=f"{res.loss.item():.3f}", rn=f"{rank.item():.3f}",
                         top1=f"{sum(h['top1'] for h in recent) / len(recent):.2f}")

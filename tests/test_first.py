@@ -383,3 +383,50 @@ def test_ranknet_loss_prefers_target_order():
     assert first_train.ranknet_loss(good, target) < first_train.ranknet_loss(bad, target)
     first_train.ranknet_loss(good, target).backward()
     assert good.grad[2] < 0 < good.grad[1]  # push the best up, the worst down
+
+
+def test_train_first_end_to_end_on_a_tiny_llama(tiny_llama, tmp_path, capsys):
+    import json
+
+    from safetensors.torch import load_file
+
+    from genseek import Collection
+
+    base = tmp_path / "base"
+    tiny_llama.model.save_pretrained(base)
+    tiny_llama.tokenizer.save_pretrained(base)
+    ds = tmp_path / "ds"
+    (ds / "qrels").mkdir(parents=True)
+    qids = [f"q{i}" for i in range(6)]
+    (ds / "queries.jsonl").write_text("".join(
+        json.dumps({"_id": q, "text": f"topic {i}"}) + "\n" for i, q in enumerate(qids)))
+    (ds / "qrels" / "train.tsv").write_text("query-id\tcorpus-id\tscore\n" + "".join(
+        f"{q}\td{(i + 2) % 8}\t1\n" for i, q in enumerate(qids)))
+    with Collection.create(tmp_path / "coll", {}) as coll:
+        coll.upsert([Document(f"d{i}", f"title {i}", f"passage about topic {i}")
+                     for i in range(8)])
+    (tmp_path / "cache").mkdir()
+    (tmp_path / "cache" / "firststage_ds_train_100.json").write_text(json.dumps(
+        {"run": {q: [[f"d{j}", 1.0 / (j + 1)] for j in range(8)] for q in qids}}))
+    args = ["first", "--model", str(base), "--dataset", str(ds), "--collection",
+            str(tmp_path / "coll"), "--cache", str(tmp_path / "cache"), "--window", "4",
+            "--max-passage-tokens", "12", "--lora-layers", "1", "--steps", "10",
+            "--autocast", "bf16", "--json"]
+    out = tmp_path / "ft"
+    assert first_train.main(args + ["--out", str(out)]) == 0
+    summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert summary["steps"] == 6 and summary["autocast"] == "bf16"  # one window per query
+    saved = json.loads((out / "first_train.json").read_text())
+    assert len(saved["history"]) == 6 and all(h["ranknet"] >= 0 for h in saved["history"])
+    # LoRA on the top layer only: it changed, the layer below is byte-identical
+    before, after = load_file(base / "model.safetensors"), load_file(out / "model.safetensors")
+    top, low = "model.layers.1.self_attn.q_proj.weight", "model.layers.0.self_attn.q_proj.weight"
+    assert not torch.equal(before[top], after[top]) and torch.equal(before[low], after[low])
+    assert all(t.dtype == torch.float32 for t in after.values())
+    rr = FirstReranker.open({"model": str(out), "window": 4, "stride": 2})
+    order = rr.orders(["topic 3"], [[f"passage {i}" for i in range(6)]])[0]
+    assert sorted(order) == list(range(6))
+    # refusals: an existing --out without --overwrite, a window without enough labels
+    assert first_train.main(args + ["--out", str(out)]) == 2
+    assert first_train.main(args + ["--out", str(tmp_path / "w"), "--window", "30"]) == 2
+    assert "exists" in capsys.readouterr().err and not (tmp_path / "w").exists()
