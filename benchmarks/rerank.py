@@ -9,7 +9,9 @@
    generation at the same windows), ``pointwise`` (yes/no log-odds) and
    ``first-ft`` (single-token with the fine-tuned model from ``genseek train first``).
 3. nDCG@10 of the first stage and of each reranked run over the same queries (the
-   reranked top ``depth`` followed by the rest of the first-stage top 100), latency
+   reranked top ``depth`` followed by the rest of the first-stage top 100), with the
+   per-query wins/ties/losses against the first stage and the p-value of a paired
+   randomisation test (``genseek.evaluation.randomization_test``), latency
    per query, the single-token speed-up over full generation, and Kendall's tau
    between the single-token and full-generation orderings.
 
@@ -133,7 +135,7 @@ def measure(args) -> dict[str, Any]:
     import torch
 
     from genseek.data.readers import read_qrels, read_queries
-    from genseek.evaluation import evaluate
+    from genseek.evaluation import evaluate, per_query, randomization_test
     from genseek.rerankers.first_train import first_stage_run, load_texts
     from genseek.types import Hit
 
@@ -152,7 +154,8 @@ def measure(args) -> dict[str, Any]:
     first_stage = {q: [Hit(d, s) for d, s in run[q]] for q in qids}
     full_first = evaluate({q: [Hit(d, s) for d, s in h] for q, h in run.items()}, qrels,
                           ["nDCG@10"])["nDCG@10"]
-    base = evaluate(first_stage, sub_qrels, ["nDCG@10"])["nDCG@10"]
+    base_q = per_query(first_stage, sub_qrels, ["nDCG@10"])["nDCG@10"]
+    base = sum(base_q.values()) / len(base_q)
     config = {k: getattr(args, k) for k in ("queries", "depth", "window", "stride",
                                             "max_passage_tokens", "batch_size", "threads",
                                             "model", "finetuned")}
@@ -180,8 +183,15 @@ def measure(args) -> dict[str, Any]:
             atomic_write_json(cached, results[method])
             partial.unlink(missing_ok=True)
         r = results[method]
-        r["nDCG@10"] = evaluate(_reranked_run(run, qids, r["orders"], args.depth), sub_qrels,
-                                ["nDCG@10"])["nDCG@10"]
+        got = per_query(_reranked_run(run, qids, r["orders"], args.depth), sub_qrels,
+                        ["nDCG@10"])["nDCG@10"]
+        r["nDCG@10"] = sum(got.values()) / len(got)
+        # paired randomisation test of the difference to the first stage, per query
+        r["p_vs_first_stage"] = round(randomization_test([got[q] for q in base_q],
+                                                         list(base_q.values())), 4)
+        r["wins_ties_losses"] = [sum(got[q] > base_q[q] for q in base_q),
+                                 sum(got[q] == base_q[q] for q in base_q),
+                                 sum(got[q] < base_q[q] for q in base_q)]
         _log(f"{method}: nDCG@10 {r['nDCG@10']:.4f}, {r['mean_latency_s']:.2f} s/query")
     out: dict[str, Any] = {"benchmark": "rerank", "quick": args.quick, "config": config,
                            "machine": info, "dataset": "scifact test",
@@ -212,11 +222,15 @@ def report(res: dict[str, Any]) -> None:
           f"{c['max_passage_tokens']} tokens/passage)")
     print(f"first stage nDCG@10: {res['first_stage_ndcg10_subset']:.4f} on these queries, "
           f"{res['first_stage_ndcg10_all_300']:.4f} on all 300\n")
-    rows = [["first stage (RRF)", res["first_stage_ndcg10_subset"], None, None, None]]
+    rows = [["first stage (RRF)", res["first_stage_ndcg10_subset"], None, None, None, None,
+             None]]
     for m, r in res["methods"].items():
-        rows.append([m, r["nDCG@10"], r["delta_vs_first_stage"], r["mean_latency_s"],
+        wtl = r.get("wins_ties_losses")
+        rows.append([m, r["nDCG@10"], r["delta_vs_first_stage"], r.get("p_vs_first_stage"),
+                     "/".join(map(str, wtl)) if wtl else None, r["mean_latency_s"],
                      r["phase"]["cpu_ratio"]])
-    C.table(["method", "nDCG@10", "delta", "s/query", "cpu ratio"], rows)
+    C.table(["method", "nDCG@10", "delta", "p (paired)", "win/tie/loss", "s/query",
+             "cpu ratio"], rows)
     for k in ("speedup_first_vs_gen", "speedup_first_vs_pointwise", "kendall_tau_first_vs_gen"):
         if k in res:
             print(f"{k}: {res[k]}")

@@ -6,7 +6,7 @@ import math
 
 import pytest
 
-from genseek.evaluation import DEFAULT_MEASURES, evaluate
+from genseek.evaluation import DEFAULT_MEASURES, evaluate, per_query, randomization_test
 from genseek.types import Hit
 
 
@@ -62,3 +62,26 @@ def test_cutoffs_are_respected():
     assert result["RR@10"] == 0.0
     assert result["nDCG@10"] == 0.0
     assert result["R@100"] == pytest.approx(1.0)
+
+
+def test_per_query_values_average_to_evaluate():
+    qrels = {"q1": {"a": 1}, "q2": {"b": 1}, "q3": {"c": 1}}
+    run = run_of(q1=["a"], q2=["x", "b"])
+    values = per_query(run, qrels, ["nDCG@10", "RR@10"])
+    assert values["RR@10"] == {"q1": 1.0, "q2": 0.5, "q3": 0.0}  # q3: no results, counts 0
+    means = evaluate(run, qrels, ["nDCG@10", "RR@10"])
+    for m, v in values.items():
+        assert means[m] == pytest.approx(sum(v.values()) / 3)
+
+
+def test_randomization_test():
+    same = [0.1 * i for i in range(30)]
+    assert randomization_test(same, same) == 1.0
+    better = [x + 0.05 for x in same]
+    assert randomization_test(better, same, trials=2000) < 0.001  # every query gains
+    mixed = [x + (0.05 if i % 2 else -0.05) for i, x in enumerate(same)]
+    assert randomization_test(mixed, same, trials=2000) > 0.5  # gains cancel losses
+    assert randomization_test(better, same, trials=500, seed=3) == \
+        randomization_test(better, same, trials=500, seed=3)
+    with pytest.raises(ValueError, match="30 values against 2"):
+        randomization_test(same, [1.0, 2.0])
