@@ -55,6 +55,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--dsi-inc-lr", type=float, default=1e-3, help="learning rate of increments")
     ap.add_argument("--autocast", choices=["off", "bf16"], default="off",
                     help="train in bfloat16 autocast (fp32 master weights)")
+    ap.add_argument("--dsi-out", type=Path,
+                    default=C.REPO / "benchmarks" / "results" / "generative_dsi.json",
+                    help="where the DSI++ result JSON is written")
     ap.add_argument("--skip-ir", action="store_true", help="only the DSI++ experiment")
     ap.add_argument("--collection", type=Path, default=CACHED,
                     help=f"SciFact collection with bm25 + dense, copied, never modified "
@@ -81,8 +84,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.skip_ir:
         result = {"benchmark": "generative-dsi", "machine": info,
                   "dsi": dsi_experiment(args, folder, qids, qtexts, qrels)}
-        out = C.REPO / "benchmarks" / "results" / "generative_dsi.json"
-        out.write_text(json.dumps(result, indent=1) + "\n")
+        from genseek.atomic import atomic_write_json
+
+        atomic_write_json(args.dsi_out, result)
         if args.json:
             C.dump_json(result)
         return 0

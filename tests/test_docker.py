@@ -115,3 +115,16 @@ def test_compose_validates_with_docker_compose_when_available():
     done = subprocess.run([docker, "compose", "-f", str(COMPOSE), "config", "-q"],
                           capture_output=True, text=True, timeout=60, env={**os.environ, **ENV})
     assert done.returncode == 0, done.stderr
+
+
+def test_compose_validates_against_the_compose_specification():
+    """The Compose Specification parser (Rust ``compose_spec`` through PyPI ``compose-spec``)
+    accepts the interpolated file and rejects a misspelt key, so the check can fail."""
+    from compose_spec import PyCompose
+
+    text = _interpolate(COMPOSE.read_text(encoding="utf-8"), ENV)
+    compose = PyCompose.from_yaml(text)
+    compose.validate()  # every network, volume, config and secret a service uses is defined
+    assert sorted(compose.service_names()) == sorted(_compose(ENV)["services"])
+    with pytest.raises(ValueError, match="intervall"):
+        PyCompose.from_yaml(text.replace("interval:", "intervall:", 1))
