@@ -53,6 +53,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--dsi-replay", type=float, default=1.0,
                     help="DSI++: replayed pseudo-queries of earlier documents per new example")
     ap.add_argument("--dsi-inc-lr", type=float, default=1e-3, help="learning rate of increments")
+    ap.add_argument("--dsi-variants", default="naive,dsi++,dsi++sam,retrain",
+                    help="which DSI++ variants to run (comma-separated)")
+    ap.add_argument("--dsi-sweep", default="",
+                    help="extra DSI++ variants as REPLAY:LR pairs, e.g. 1.5:5e-4,2:1e-3")
     ap.add_argument("--autocast", choices=["off", "bf16"], default="off",
                     help="train in bfloat16 autocast (fp32 master weights)")
     ap.add_argument("--dsi-out", type=Path,
@@ -292,9 +296,21 @@ def dsi_experiment(args: argparse.Namespace, folder: Path, qids: list[str], qtex
     log["train_d0"] = t0
     log["d0_hits"] = hits10(model0, batches[0])
     print(f"DSI D0: {log['d0_hits']}", file=sys.stderr)
-    variants = {"naive": (0.0, 0.0), "dsi++": (args.dsi_replay, 0.0),
-                "dsi++sam": (args.dsi_replay, 0.05)}
-    for name, (ratio, sam) in variants.items():
+    lr = args.dsi_inc_lr
+    known = {"naive": (0.0, 0.0, lr), "dsi++": (args.dsi_replay, 0.0, lr),
+             "dsi++sam": (args.dsi_replay, 0.05, lr)}
+    chosen = [v.strip() for v in args.dsi_variants.split(",") if v.strip()]
+    unknown = set(chosen) - set(known) - {"retrain"}
+    if unknown:
+        raise SystemExit(f"--dsi-variants: unknown {sorted(unknown)}; use naive, dsi++, "
+                         "dsi++sam, retrain")
+    variants = {v: known[v] for v in chosen if v in known}
+    for pair in filter(None, (p.strip() for p in args.dsi_sweep.split(","))):
+        ratio_s, lr_s = pair.split(":")
+        variants[f"dsi++ r={ratio_s} lr={lr_s}"] = (float(ratio_s), 0.0, float(lr_s))
+    log["variant_settings"] = {k: {"replay": r, "sam": m, "lr": x}
+                               for k, (r, m, x) in variants.items()}
+    for name, (ratio, sam, inc_lr) in variants.items():
         model = copy.deepcopy(model0)
         steps_used = t0["steps"]
         rows = []
@@ -302,13 +318,15 @@ def dsi_experiment(args: argparse.Namespace, folder: Path, qids: list[str], qtex
             seen = [d for b in batches[:i] for d in b]
             s = train_examples(model, examples(batches[i], seen, ratio), pad_id=base.pad_id,
                                steps=args.dsi_inc_steps, batch=8, max_len=80, sam=sam,
-                               seed=i, lr=args.dsi_inc_lr, autocast=bf16)
+                               seed=i, lr=inc_lr, autocast=bf16)
             steps_used += s["steps"]
             live = seen + batches[i]
             rows.append({"step": i, "steps_used": steps_used, **hits10(model, live)})
             print(f"DSI {name} step {i}: {rows[-1]}", file=sys.stderr)
         log["variants"][name] = rows
         del model
+    if "retrain" not in chosen:
+        return log
     # full retraining on all documents (from the base model), measured after the last step
     model = lora_wrap(load_lm.__wrapped__(args.model, "cpu"))
     s = train_examples(model, examples(order, [], 0), pad_id=base.pad_id,

@@ -5,7 +5,7 @@ Usage::
     genseek train genre --dataset DIR --out MODEL_DIR [--steps 200] [--batch 8] ...
     genseek train seal  --dataset DIR --out MODEL_DIR ...
     genseek train dsi   --dataset DIR --out MODEL_DIR --scheme semantic [--vectors COLL]
-    genseek train dsi   ... --continue-from PREV_MODEL --new-docs IDS.txt --replay 1.0 [--sam 0.05]
+    genseek train dsi   ... --continue-from PREV_MODEL --new-docs IDS.txt [--replay 4] [--sam 0.05]
 
 (or ``python -m genseek.retrievers.generative_train RECIPE ...``). ``DIR`` is a BEIR folder
 (corpus.jsonl, queries.jsonl, qrels/train.tsv). The output folder holds a peft LoRA adapter,
@@ -26,8 +26,10 @@ cross-entropy only; prompts are the ones the index types use at query time):
   MiniLM vectors; ``--vectors COLL`` reads them from a collection's dense index instead of
   encoding).
 - **DSI++** (``--continue-from``): only documents listed in ``--new-docs`` get indexing and
-  pseudo-query examples; ``--replay R`` mixes ``R`` x as many pseudo-query examples of earlier
-  documents (generative memory); ``--sam RHO`` turns on sharpness-aware minimisation
+  pseudo-query examples; ``--replay R`` (default 4) mixes ``R`` x as many pseudo-query examples
+  of earlier documents (generative memory), and the learning rate defaults to 3e-4 instead of
+  1e-3 (the setting that kept D0 without forgetting in benchmarks/RESULTS.md, section 9);
+  ``--sam RHO`` turns on sharpness-aware minimisation
   (Foret et al., 2021): each step ascends to ``w + rho g/|g|``, takes the gradient there and
   applies it at ``w``. Without replay this is naive continual fine-tuning.
 
@@ -302,7 +304,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--split", default="train")
     p.add_argument("--steps", type=int, default=200)
     p.add_argument("--batch", type=int, default=8)
-    p.add_argument("--lr", type=float, default=1e-3)
+    p.add_argument("--lr", type=float, default=None,
+                   help="learning rate (default 1e-3; 3e-4 with --continue-from)")
     p.add_argument("--max-len", type=int, default=96)
     p.add_argument("--max-minutes", type=float, default=30.0)
     p.add_argument("--lora-r", type=int, default=8)
@@ -314,7 +317,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--docs", type=Path, help="dsi: file of doc ids to index (default: all)")
     p.add_argument("--continue-from", type=Path, help="dsi++: previous DSI model folder")
     p.add_argument("--new-docs", type=Path, help="dsi++: file of the new doc ids")
-    p.add_argument("--replay", type=float, default=1.0, help="dsi++: replay ratio (0 = naive)")
+    p.add_argument("--replay", type=float, default=4.0, help="dsi++: replay ratio (0 = naive)")
     p.add_argument("--sam", type=float, default=0.0, help="SAM radius rho (0 = off)")
     p.add_argument("--autocast", choices=["off", "bf16"], default="off",
                    help="bf16: bfloat16 autocast with fp32 master weights (about 2x faster on "
@@ -392,8 +395,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                                     instruction=DSI_INSTRUCTION)
         extra["docs"] = len(docids["ids"])
     model = lora_wrap(lm, r=args.lora_r, alpha=2 * args.lora_r)
+    lr = args.lr if args.lr is not None else (3e-4 if args.continue_from else 1e-3)
     summary = train_examples(model, examples, pad_id=lm.pad_id, steps=args.steps,
-                             batch=args.batch, lr=args.lr, max_len=args.max_len, sam=args.sam,
+                             batch=args.batch, lr=lr, max_len=args.max_len, sam=args.sam,
                              seed=args.seed, max_seconds=args.max_minutes * 60,
                              autocast=args.autocast == "bf16")
     tmp = args.out.with_name(f".{args.out.name}.tmp")
@@ -402,7 +406,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
     model.save_pretrained(str(tmp))
-    meta = {"base": base, "recipe": args.recipe, "examples": len(examples), **summary, **extra}
+    meta = {"base": base, "recipe": args.recipe, "examples": len(examples), "lr": lr,
+            "autocast": args.autocast, **summary, **extra}
     if args.recipe == "dsi":
         (tmp / DOCIDS_FILE).write_text(json.dumps(docids))
         meta["scheme"] = docids["scheme"]

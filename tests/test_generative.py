@@ -258,6 +258,10 @@ def test_train_dsi_then_index(tiny, tmp_path):
                str(out), "--new-docs", str(tmp_path / "new.txt"), "--steps", "2", "--sam",
                "0.05", "--max-len", "48", "--autocast", "bf16"])
     assert rc == 0
+    meta = json.loads((tmp_path / "m2" / "genseek_model.json").read_text())
+    # DSI++ defaults: 4 replayed pseudo-queries of earlier documents per new example, lr 3e-4
+    assert meta["lr"] == 3e-4 and meta["autocast"] == "bf16" and meta["new_docs"] == 1
+    assert meta["replayed"] == 4 * (meta["examples"] - meta["replayed"]) > 0
     ix = DsiIndex.open(tmp_path / "ix", {"model": str(tmp_path / "m2"), "num_beams": 4})
     assert ix.params["scheme"] == "atomic"
     ix.apply(ChangeSet(0, 12, tuple(Document(d.doc_id, d.title, d.text, version=i + 1)
