@@ -33,7 +33,32 @@ from typing import Any
 
 import _common as C
 
+from genseek.retrievers.generative_train import DSI_PLUS_LR, DSI_PLUS_REPLAY
+
 CACHED = Path("/work/cache/collections/scifact")
+
+
+DSI_VARIANTS = ("naive", "dsi++", "dsi++sam", "retrain")
+
+
+def _variants(text: str) -> list[str]:
+    chosen = [v.strip() for v in text.split(",") if v.strip()]
+    unknown = sorted(set(chosen) - set(DSI_VARIANTS))
+    if unknown:
+        raise argparse.ArgumentTypeError(f"unknown {unknown}; use {', '.join(DSI_VARIANTS)}")
+    return chosen
+
+
+def _sweep(text: str) -> list[tuple[str, str]]:
+    pairs = [p.strip().split(":") for p in text.split(",") if p.strip()]
+    for pair in pairs:
+        try:
+            if len(pair) != 2 or float(pair[0]) < 0 or float(pair[1]) <= 0:
+                raise ValueError
+        except ValueError:
+            raise argparse.ArgumentTypeError(
+                f"{':'.join(pair)!r}: expected REPLAY:LR, e.g. 2:5e-4") from None
+    return [(r, lr) for r, lr in pairs]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -50,12 +75,14 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--dsi-steps", type=int, default=150, help="DSI steps on D0")
     ap.add_argument("--dsi-inc-steps", type=int, default=20, help="steps per increment")
     ap.add_argument("--dsi-scheme", default="atomic")
-    ap.add_argument("--dsi-replay", type=float, default=1.0,
-                    help="DSI++: replayed pseudo-queries of earlier documents per new example")
-    ap.add_argument("--dsi-inc-lr", type=float, default=1e-3, help="learning rate of increments")
-    ap.add_argument("--dsi-variants", default="naive,dsi++,dsi++sam,retrain",
-                    help="which DSI++ variants to run (comma-separated)")
-    ap.add_argument("--dsi-sweep", default="",
+    ap.add_argument("--dsi-replay", type=float, default=DSI_PLUS_REPLAY,
+                    help="DSI++: replayed pseudo-queries of earlier documents per new example "
+                         f"(default {DSI_PLUS_REPLAY:g}, as genseek train dsi)")
+    ap.add_argument("--dsi-inc-lr", type=float, default=DSI_PLUS_LR,
+                    help=f"learning rate of increments (default {DSI_PLUS_LR:g})")
+    ap.add_argument("--dsi-variants", type=_variants, default=list(DSI_VARIANTS),
+                    help=f"which DSI++ variants to run, comma-separated ({','.join(DSI_VARIANTS)})")
+    ap.add_argument("--dsi-sweep", type=_sweep, default=[],
                     help="extra DSI++ variants as REPLAY:LR pairs, e.g. 1.5:5e-4,2:1e-3")
     ap.add_argument("--autocast", choices=["off", "bf16"], default="off",
                     help="train in bfloat16 autocast (fp32 master weights)")
@@ -299,14 +326,8 @@ def dsi_experiment(args: argparse.Namespace, folder: Path, qids: list[str], qtex
     lr = args.dsi_inc_lr
     known = {"naive": (0.0, 0.0, lr), "dsi++": (args.dsi_replay, 0.0, lr),
              "dsi++sam": (args.dsi_replay, 0.05, lr)}
-    chosen = [v.strip() for v in args.dsi_variants.split(",") if v.strip()]
-    unknown = set(chosen) - set(known) - {"retrain"}
-    if unknown:
-        raise SystemExit(f"--dsi-variants: unknown {sorted(unknown)}; use naive, dsi++, "
-                         "dsi++sam, retrain")
-    variants = {v: known[v] for v in chosen if v in known}
-    for pair in filter(None, (p.strip() for p in args.dsi_sweep.split(","))):
-        ratio_s, lr_s = pair.split(":")
+    variants = {v: known[v] for v in args.dsi_variants if v in known}
+    for ratio_s, lr_s in args.dsi_sweep:
         variants[f"dsi++ r={ratio_s} lr={lr_s}"] = (float(ratio_s), 0.0, float(lr_s))
     log["variant_settings"] = {k: {"replay": r, "sam": m, "lr": x}
                                for k, (r, m, x) in variants.items()}
@@ -325,7 +346,7 @@ def dsi_experiment(args: argparse.Namespace, folder: Path, qids: list[str], qtex
             print(f"DSI {name} step {i}: {rows[-1]}", file=sys.stderr)
         log["variants"][name] = rows
         del model
-    if "retrain" not in chosen:
+    if "retrain" not in args.dsi_variants:
         return log
     # full retraining on all documents (from the base model), measured after the last step
     model = lora_wrap(load_lm.__wrapped__(args.model, "cpu"))

@@ -134,6 +134,7 @@ def run_method(method: str, args, queries: list[str], texts: list[list[str]],
 def measure(args) -> dict[str, Any]:
     import torch
 
+    from genseek.atomic import atomic_write_json
     from genseek.data.readers import read_qrels, read_queries
     from genseek.evaluation import evaluate, per_query, randomization_test
     from genseek.rerankers.first_train import first_stage_run, load_texts
@@ -178,8 +179,6 @@ def measure(args) -> dict[str, Any]:
             if args.fresh:
                 partial.unlink(missing_ok=True)
             results[method] = run_method(method, args, queries, texts, partial)
-            from genseek.atomic import atomic_write_json
-
             atomic_write_json(cached, results[method])
             partial.unlink(missing_ok=True)
         r = results[method]

@@ -121,6 +121,13 @@ def collate(batch: Sequence[Example], pad_id: int, max_len: int) -> dict[str, An
     return {"input_ids": ids, "attention_mask": mask, "labels": labels}
 
 
+#: DSI++ defaults (``--continue-from``): replayed pseudo-queries of earlier documents per new
+#: example, and the learning rate; the setting that kept D0 without forgetting in
+#: benchmarks/RESULTS.md, section 9.
+DSI_PLUS_REPLAY = 4.0
+DSI_PLUS_LR = 3e-4
+
+
 def train_examples(model: Any, examples: Sequence[Example], *, pad_id: int, steps: int,
                    batch: int = 8, lr: float = 1e-3, max_len: int = 96, sam: float = 0.0,
                    seed: int = 0, max_seconds: float | None = None,
@@ -140,6 +147,11 @@ def train_examples(model: Any, examples: Sequence[Example], *, pad_id: int, step
     rng = random.Random(seed)
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=lr)
+
+    def forward(inputs: dict[str, Any]) -> Any:
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
+            return model(**inputs).loss
+
     model.train()
     order: list[int] = []
     losses: list[float] = []
@@ -152,8 +164,7 @@ def train_examples(model: Any, examples: Sequence[Example], *, pad_id: int, step
             rng.shuffle(order)
         idx, order = order[:batch], order[batch:]
         inputs = collate([examples[i] for i in idx], pad_id, max_len)
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
-            loss = model(**inputs).loss
+        loss = forward(inputs)
         loss.backward()
         if sam > 0:
             # sharpness-aware minimisation: gradient at w + rho * g / |g|, applied at w
@@ -164,9 +175,7 @@ def train_examples(model: Any, examples: Sequence[Example], *, pad_id: int, step
                     if e is not None:
                         p.add_(e)
             opt.zero_grad(set_to_none=True)
-            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
-                sharp = model(**inputs).loss
-            sharp.backward()
+            forward(inputs).backward()
             with torch.no_grad():
                 for p, e in zip(params, eps, strict=True):
                     if e is not None:
@@ -305,7 +314,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--steps", type=int, default=200)
     p.add_argument("--batch", type=int, default=8)
     p.add_argument("--lr", type=float, default=None,
-                   help="learning rate (default 1e-3; 3e-4 with --continue-from)")
+                   help=f"learning rate (default 1e-3; {DSI_PLUS_LR:g} with --continue-from)")
     p.add_argument("--max-len", type=int, default=96)
     p.add_argument("--max-minutes", type=float, default=30.0)
     p.add_argument("--lora-r", type=int, default=8)
@@ -317,7 +326,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--docs", type=Path, help="dsi: file of doc ids to index (default: all)")
     p.add_argument("--continue-from", type=Path, help="dsi++: previous DSI model folder")
     p.add_argument("--new-docs", type=Path, help="dsi++: file of the new doc ids")
-    p.add_argument("--replay", type=float, default=4.0, help="dsi++: replay ratio (0 = naive)")
+    p.add_argument("--replay", type=float, default=DSI_PLUS_REPLAY,
+                   help=f"dsi++: replay ratio (0 = naive; default {DSI_PLUS_REPLAY:g})")
     p.add_argument("--sam", type=float, default=0.0, help="SAM radius rho (0 = off)")
     p.add_argument("--autocast", choices=["off", "bf16"], default="off",
                    help="bf16: bfloat16 autocast with fp32 master weights (about 2x faster on "
@@ -395,7 +405,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                                     instruction=DSI_INSTRUCTION)
         extra["docs"] = len(docids["ids"])
     model = lora_wrap(lm, r=args.lora_r, alpha=2 * args.lora_r)
-    lr = args.lr if args.lr is not None else (3e-4 if args.continue_from else 1e-3)
+    lr = args.lr if args.lr is not None else (DSI_PLUS_LR if args.continue_from else 1e-3)
     summary = train_examples(model, examples, pad_id=lm.pad_id, steps=args.steps,
                              batch=args.batch, lr=lr, max_len=args.max_len, sam=args.sam,
                              seed=args.seed, max_seconds=args.max_minutes * 60,
