@@ -12,6 +12,11 @@ that subset; the subset size is printed and stored). ``--train-steps N`` also fi
     python benchmarks/generative.py --quick --json      # 16 queries, beams 5
     python benchmarks/generative.py --queries 100        # the documented larger run
 
+Fine-tuned models trained beforehand are evaluated with ``--seal-model``, ``--genre-model``
+and ``--dsi-model`` (``genseek train seal|genre|dsi`` folders; DSI over the whole corpus).
+``--seal-params k=v,...`` adds a ``seal-ft-tuned`` run with scoring parameters chosen on
+held-out train queries by ``seal_dev.py``: the keys are decoded once and scored both ways.
+
 ``--dsi-docs N`` runs the DSI++ experiment instead (``--skip-ir`` skips the part above): the
 documents relevant to the first judged test queries, up to ``N``, with D0 = the first 80% and
 four increments of 5%; DSI is trained (LoRA) on indexing + pseudo-query examples only (the
@@ -61,6 +66,50 @@ def _sweep(text: str) -> list[tuple[str, str]]:
     return [(r, lr) for r, lr in pairs]
 
 
+def _params(text: str) -> dict[str, float]:
+    out: dict[str, float] = {}
+    for part in (x.strip() for x in text.split(",") if x.strip()):
+        key, sep, val = part.partition("=")
+        try:
+            if not sep or not key.strip():
+                raise ValueError
+            out[key.strip()] = float(val)
+        except ValueError:
+            raise argparse.ArgumentTypeError(
+                f"{part!r}: expected key=number, e.g. alpha=1.5") from None
+    return out
+
+
+def _seal_runs(ix: Any, qtexts: list[str], tuned: dict[str, float]) -> dict[str, list]:
+    """``seal-ft`` at the index's own parameters and, when ``tuned`` is given, ``seal-ft-tuned``
+    with those overrides; the keys are decoded once (the larger unigram and query-key
+    counts) and scored under each setting."""
+    if not tuned:
+        return {"seal-ft": ix.search(qtexts, 100)}
+    base = ix._search_params({})
+    alt = ix._search_params(tuned)
+    wide = {**base, "num_beams": alt["num_beams"], "max_new_tokens": alt["max_new_tokens"],
+            "unigrams": max(base["unigrams"], alt["unigrams"]),
+            "max_query_keys": max(base["max_query_keys"], alt["max_query_keys"])}
+    if (base["num_beams"], base["max_new_tokens"]) != (alt["num_beams"], alt["max_new_tokens"]):
+        return {"seal-ft": ix.search(qtexts, 100), "seal-ft-tuned": ix.search(qtexts, 100,
+                                                                             **tuned)}
+    provider, total = ix.segments.provider(), ix.segments.total_tokens
+    out: dict[str, list] = {"seal-ft": [], "seal-ft-tuned": []}
+    for s in range(0, len(qtexts), 8):
+        for ks in ix.collect_keys(qtexts[s:s + 8], provider, wide):
+            for name, p in (("seal-ft", base), ("seal-ft-tuned", alt)):
+                out[name].append(ix.score_keys(
+                    ks.merged(int(p["unigrams"]), int(p["max_query_keys"])), 100, total, p))
+    return out
+
+
+def _load_tuned(path: Path) -> Any:
+    from genseek.retrievers._lm import load_lm
+
+    return load_lm(str(path))
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--quick", action="store_true", help="16 queries")
@@ -70,6 +119,18 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--model", default="smollm2")
     ap.add_argument("--retrievers", default="genre,seal")
     ap.add_argument("--train-steps", type=int, default=0, help="SEAL fine-tuning steps (0: no)")
+    ap.add_argument("--seal-model", type=Path, default=None,
+                    help="evaluate this fine-tuned SEAL model (a genseek train seal folder) "
+                         "as seal-ft instead of training one here")
+    ap.add_argument("--seal-params", type=_params, default={},
+                    help="search parameters of seal-ft as k=v,... (e.g. from seal_dev.py)")
+    ap.add_argument("--genre-model", type=Path, default=None,
+                    help="evaluate this fine-tuned GENRE model (genseek train genre) as genre-ft")
+    ap.add_argument("--dsi-model", type=Path, default=None,
+                    help="evaluate this DSI model (genseek train dsi) as dsi-ft, over the "
+                         "whole corpus")
+    ap.add_argument("--out", type=Path, default=None,
+                    help="result JSON (default results/generative[_quick].json)")
     ap.add_argument("--latency-batch", type=int, default=32)
     ap.add_argument("--dsi-docs", type=int, default=0, help="DSI++ experiment size (0: no)")
     ap.add_argument("--dsi-steps", type=int, default=150, help="DSI steps on D0")
@@ -140,7 +201,7 @@ def main(argv: list[str] | None = None) -> int:
             lm = load_lm(args.model)
         timings["load_model"] = ph.as_dict()
         built: dict[str, Any] = {}
-        for name in args.retrievers.split(","):
+        for name in [r for r in args.retrievers.split(",") if r]:
             with C.Phase() as ph:
                 if name == "seal":
                     from genseek.retrievers.seal import SealIndex
@@ -164,8 +225,13 @@ def main(argv: list[str] | None = None) -> int:
             partial = {n: evaluate(r, sub_qrels) for n, r in runs.items()}
             (tmp.parent / "genseek-generative-partial.json").write_text(json.dumps(
                 {"queries": n_q, "metrics": partial, "timings": timings}, indent=1))
-        # 3. optional SEAL fine-tuning (in-process, LoRA)
-        if args.train_steps and "seal" in built:
+        # 3. fine-tuned SEAL: a `genseek train seal` folder, or trained here (LoRA)
+        tuned = None
+        if args.seal_model:
+            with C.Phase() as ph:
+                tuned = _load_tuned(args.seal_model)
+            timings["load_seal_model"] = ph.as_dict()
+        elif args.train_steps:
             import random
 
             from genseek.retrievers._lm import LM, lora_wrap
@@ -175,7 +241,7 @@ def main(argv: list[str] | None = None) -> int:
                 seal_examples,
                 train_examples,
             )
-            from genseek.retrievers.seal import SEAL_INSTRUCTION, SealIndex
+            from genseek.retrievers.seal import SEAL_INSTRUCTION
 
             corpus, queries, train_qrels = read_dataset(folder, "train")
             fresh = _load.__wrapped__(args.model, "cpu")
@@ -190,15 +256,43 @@ def main(argv: list[str] | None = None) -> int:
             tuned = LM(f"{args.model}+seal-lora", model.merge_and_unload(), fresh.tokenizer,
                        fresh.is_encoder_decoder, fresh.context, fresh.eos_id, fresh.pad_id,
                        fresh.meta)
-            ix = SealIndex(tmp / "seal-ft", {"model": args.model, "num_beams": args.beams},
+        if tuned is not None:
+            from genseek.retrievers.seal import SealIndex
+
+            ix = SealIndex(tmp / "seal-ft", {"model": str(args.seal_model or args.model),
+                                             "num_beams": args.beams, **args.seal_params},
                            lm=tuned)
             ix.apply(ChangeSet(0, len(docs), docs))
             ix.commit(len(docs))
             with C.Phase() as ph:
-                hits = ix.search(qtexts, 100)
-            runs["seal-ft"] = dict(zip(qids, hits, strict=True))
+                got = _seal_runs(ix, qtexts, args.seal_params)
+            for name, hits in got.items():
+                runs[name] = dict(zip(qids, hits, strict=True))
             timings["search_seal-ft"] = {**ph.as_dict(), "per_query_s": ph.seconds / n_q}
             built["seal-ft"] = ix
+        # 3b. fine-tuned GENRE and DSI from `genseek train genre|dsi` folders
+        for name, path in (("genre-ft", args.genre_model), ("dsi-ft", args.dsi_model)):
+            if path is None:
+                continue
+            with C.Phase() as ph:
+                if name == "genre-ft":
+                    from genseek.retrievers.genre import GenreIndex
+
+                    ix = GenreIndex(tmp / name, {"model": str(path), "num_beams": args.beams,
+                                                 "missing_title": "skip"})
+                else:
+                    from genseek.retrievers.dsi import DsiIndex
+
+                    ix = DsiIndex(tmp / name, {"model": str(path), "num_beams": args.beams})
+                ix.apply(ChangeSet(0, len(docs), docs))
+                ix.commit(len(docs))
+            timings[f"build_{name}"] = ph.as_dict()
+            with C.Phase() as ph:
+                hits = ix.search(qtexts, 100)
+            runs[name] = dict(zip(qids, hits, strict=True))
+            timings[f"search_{name}"] = {**ph.as_dict(), "per_query_s": ph.seconds / n_q}
+            built[name] = ix
+            print(f"{name}: {n_q} queries in {ph.seconds:.1f} s", file=sys.stderr)
         # 4. fusions
         gen = [r for r in runs if r not in ("bm25", "dense")]
         combos = [("bm25", "dense")] + [(g,) + b for g in gen for b in
@@ -212,11 +306,12 @@ def main(argv: list[str] | None = None) -> int:
         # 5. latency at batch 1 and batch B
         latency: dict[str, Any] = {}
         for name, ix in built.items():
+            extra = args.seal_params if name == "seal-ft" else {}  # the tuned setting's cost
             with C.Phase() as p1:
-                ix.search(qtexts[:1], 10)
+                ix.search(qtexts[:1], 10, **extra)
             bq = (qtexts * ((args.latency_batch // max(len(qtexts), 1)) + 1))[:args.latency_batch]
             with C.Phase() as pb:
-                ix.search(bq, 10)
+                ix.search(bq, 10, **extra)
             latency[name] = {"beams": args.beams, "batch1_ms": 1000 * p1.seconds,
                              f"batch{args.latency_batch}_ms_per_query":
                                  1000 * pb.seconds / len(bq)}
@@ -231,10 +326,13 @@ def main(argv: list[str] | None = None) -> int:
             [(n, v["beams"], v["batch1_ms"], v[f"batch{args.latency_batch}_ms_per_query"])
              for n, v in latency.items()])
     result = {"benchmark": "generative", "quick": args.quick, "queries": n_q,
+              "seal_model": str(args.seal_model) if args.seal_model else None,
+              "seal_params": args.seal_params,
               "beams": args.beams, "model": args.model, "machine": info, "metrics": metrics,
               "latency": latency, "timings": timings,
               "loadavg_end": [round(x, 2) for x in __import__("os").getloadavg()]}
-    out = C.REPO / "benchmarks" / "results" / f"generative{'_quick' if args.quick else ''}.json"
+    out = args.out or (C.REPO / "benchmarks" / "results"
+                       / f"generative{'_quick' if args.quick else ''}.json")
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=1) + "\n")
     if args.json:

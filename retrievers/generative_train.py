@@ -16,8 +16,10 @@ index spec names it: ``genre(model=MODEL_DIR)``, ``seal(model=MODEL_DIR)``,
 Recipes (examples are ``(prompt tokens, target tokens)``; the loss is the target's
 cross-entropy only; prompts are the ones the index types use at query time):
 
-- **genre**: (query -> ``" " + title``) for every train qrel, plus pseudo-queries
-  (a span of the document's text -> its title) for ``--pseudo`` documents per query.
+- **genre**: (query -> ``" " + title``) for every train qrel, plus ``--pseudo`` pseudo-queries
+  (a span of the document's text -> its title) per judged document, and with
+  ``--index-docs N`` one pseudo-query per corpus document for N of them (-1: all), so that
+  the titles of documents no train query judged are learnt too.
 - **seal**: (query -> a span of a relevant document): ``--span-len``-token windows of the
   document, sampled with probability proportional to ``1 + overlap`` with the query's tokens.
 - **dsi**: indexing examples (the first ``--doc-len`` tokens of a document -> its docid) and
@@ -200,7 +202,7 @@ def train_examples(model: Any, examples: Sequence[Example], *, pad_id: int, step
 
 def genre_examples(lm: Any, corpus: dict[str, Any], queries: dict[str, str],
                    qrels: dict[str, dict[str, int]], rng: random.Random, pseudo: int,
-                   instruction: str) -> list[Example]:
+                   instruction: str, index_docs: Sequence[Any] = ()) -> list[Example]:
     from genseek.retrievers._lm import build_prompt
     from genseek.retrievers.genre import title_key
 
@@ -215,6 +217,10 @@ def genre_examples(lm: Any, corpus: dict[str, Any], queries: dict[str, str],
             for _ in range(pseudo):
                 pq = pseudo_query(lm.tokenizer, doc.text, rng)
                 out.append((build_prompt(lm, instruction, pq, "Title:"), target))
+    for doc in index_docs:  # the corpus itself: a span of each document -> its title
+        if doc.title.strip() and doc.text.strip():
+            out.append((build_prompt(lm, instruction, pseudo_query(lm.tokenizer, doc.text, rng),
+                                     "Title:"), title_key(lm.tokenizer, doc) + [lm.eos_id]))
     return out
 
 
@@ -319,7 +325,15 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--max-minutes", type=float, default=30.0)
     p.add_argument("--lora-r", type=int, default=8)
     p.add_argument("--pseudo", type=int, default=1, help="pseudo-queries per document")
+    p.add_argument("--index-docs", type=int, default=0,
+                   help="genre: also a pseudo-query (a span) -> title example for N random "
+                        "corpus documents (-1: every document; 0: none)")
     p.add_argument("--span-len", type=int, default=10, help="seal: target span tokens")
+    p.add_argument("--spans", type=int, default=2,
+                   help="seal: spans sampled per (query, relevant document) pair")
+    p.add_argument("--holdout", type=int, default=0,
+                   help="leave N random queries of --split out of training (a dev set; their "
+                        "ids are written to genseek_model.json)")
     p.add_argument("--doc-len", type=int, default=48, help="dsi: document prefix tokens")
     p.add_argument("--scheme", default="semantic", help="dsi: naive | atomic | semantic")
     p.add_argument("--vectors", type=Path, help="dsi: collection whose dense vectors to reuse")
@@ -335,6 +349,15 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--json", action="store_true", help="print the summary as JSON")
     return p
+
+
+def holdout_queries(qrels: dict[str, dict[str, int]], n: int, seed: int) -> list[str]:
+    """``n`` query ids of ``qrels`` drawn at random (``seed``), sorted: a dev set kept out."""
+    if n < 0:
+        raise GenseekError(f"--holdout {n}: expected a count >= 0")
+    if n and n >= len(qrels):
+        raise GenseekError(f"--holdout {n}: the split has only {len(qrels)} judged queries")
+    return sorted(random.Random(seed).sample(sorted(qrels), n)) if n else []
 
 
 def _ids_file(path: Path | None) -> list[str] | None:
@@ -360,14 +383,23 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     corpus, queries, qrels = read_dataset(args.dataset, args.split)
     if not corpus:
         raise GenseekError(f"{args.dataset}: the corpus is empty")
+    if args.spans < 1:
+        raise GenseekError(f"--spans {args.spans}: expected at least 1 span per pair")
+    held = holdout_queries(qrels, args.holdout, args.seed)
+    qrels = {q: r for q, r in qrels.items() if q not in set(held)}
     base = str(args.continue_from) if args.continue_from else args.model
     lm = load_lm.__wrapped__(base, "cpu")  # a private copy: LoRA must not touch cached models
     extra: dict[str, Any] = {}
     if args.recipe == "genre":
+        if args.index_docs < -1:
+            raise GenseekError(f"--index-docs {args.index_docs}: expected -1 (all), 0 or a count")
+        pool = sorted(corpus)
+        picked = pool if args.index_docs == -1 or args.index_docs >= len(pool) else \
+            rng.sample(pool, args.index_docs)
         examples = genre_examples(lm, corpus, queries, qrels, rng, args.pseudo,
-                                  GENRE_INSTRUCTION)
+                                  GENRE_INSTRUCTION, [corpus[i] for i in picked])
     elif args.recipe == "seal":
-        examples = seal_examples(lm, corpus, queries, qrels, rng, args.span_len, 2,
+        examples = seal_examples(lm, corpus, queries, qrels, rng, args.span_len, args.spans,
                                  SEAL_INSTRUCTION)
     else:
         wanted = _ids_file(args.docs)
@@ -418,6 +450,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     model.save_pretrained(str(tmp))
     meta = {"base": base, "recipe": args.recipe, "examples": len(examples), "lr": lr,
             "autocast": args.autocast, **summary, **extra}
+    if held:
+        meta["holdout"] = {"split": args.split, "queries": held}
     if args.recipe == "dsi":
         (tmp / DOCIDS_FILE).write_text(json.dumps(docids))
         meta["scheme"] = docids["scheme"]

@@ -27,13 +27,14 @@ n-grams ("keys") they contain. Reimplemented from the paper:
    threshold only add to documents already found (membership is checked on the document's
    tokens). A document's score is ``sum_k w(k)^alpha * cover(k)`` over its keys in decreasing
    weight, where ``cover(k) = 1 - |tokens(k) & covered| / |tokens(k)|`` discounts tokens
-   already covered by higher-weighted keys of the same document (the overlap discount).
+   already covered by higher-weighted keys of the same document (the overlap discount);
+   ``beta`` scales the discount (``cover = 1 - beta * overlap``; 1 by default, 0 turns it off).
 
 Queries longer than the context are truncated (see ``_lm.build_prompt``).
 
 Spec parameters: ``model`` (smollm2), ``num_beams`` (10), ``max_new_tokens`` (10),
 ``unigrams`` (20), ``query_ngram`` (3), ``max_query_keys`` (32), ``rare_threshold`` (2000),
-``alpha`` (2.0), ``max_doc_tokens`` (1024), ``locate_limit`` (2000 occurrences per key),
+``alpha`` (2.0), ``beta`` (1.0), ``max_doc_tokens`` (1024), ``locate_limit`` (2000 occurrences per key),
 ``merge_docs`` (1000), ``batch_size`` (8), ``instruction``.
 """
 
@@ -41,6 +42,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -62,7 +64,8 @@ SEAL_INSTRUCTION = ("Copy a short span of text from a scientific article that an
 _PARAMS: dict[str, Any] = {
     "model": "smollm2", "num_beams": 10, "max_new_tokens": 10, "unigrams": 20,
     "query_ngram": 3, "max_query_keys": 32, "rare_threshold": 2000, "alpha": 2.0,
-    "max_doc_tokens": 1024, "locate_limit": 2000, "merge_docs": 1000, "batch_size": 8,
+    "beta": 1.0, "max_doc_tokens": 1024, "locate_limit": 2000, "merge_docs": 1000,
+    "batch_size": 8,
     "instruction": SEAL_INSTRUCTION,
 }
 
@@ -83,11 +86,13 @@ def key_weight(logp_cond: float, count: int, total: int) -> float:
     return max(0.0, math.log(p_cond * (1.0 - p_unc)) - math.log(p_unc * (1.0 - p_cond)))
 
 
-def aggregate(doc_keys: dict[int, list[tuple[float, tuple[int, ...]]]], alpha: float
-              ) -> dict[int, float]:
+def aggregate(doc_keys: dict[int, list[tuple[float, tuple[int, ...]]]], alpha: float,
+              beta: float = 1.0) -> dict[int, float]:
     """Intersective score per doc: ``sum w^alpha * cover`` over its keys by decreasing weight.
 
     ``doc_keys[d]``: ``(weight, key tokens)`` of the keys document ``d`` contains.
+    ``cover = 1 - beta * |tokens & covered| / |tokens|``: ``beta`` = 1 drops a key whose tokens
+    are all covered by higher-weighted keys, 0 turns the discount off.
     """
     out: dict[int, float] = {}
     for d, keys in doc_keys.items():
@@ -95,7 +100,7 @@ def aggregate(doc_keys: dict[int, list[tuple[float, tuple[int, ...]]]], alpha: f
         score = 0.0
         for w, key in sorted(keys, key=lambda x: (-x[0], x[1])):
             toks = set(key)
-            cover = 1.0 - len(toks & covered) / max(len(toks), 1)
+            cover = 1.0 - beta * len(toks & covered) / max(len(toks), 1)
             score += (w ** alpha) * cover
             covered |= toks
         out[d] = score
@@ -227,12 +232,34 @@ def first_step_and_rescore(model: Any, prompts: list[list[int]], conts: list[lis
     return first, scores
 
 
+@dataclass
+class KeySet:
+    """One query's keys, each with ``log P(key | query)``, by where they came from.
+
+    ``beam``: the decoded n-grams and their prefixes (step 2); ``unigrams``: the first step's
+    most probable corpus tokens, most probable first (step 3); ``query``: the query's corpus
+    n-grams rescored by the LM, rarest first (step 4).
+    """
+
+    beam: dict[tuple[int, ...], float]
+    unigrams: list[tuple[tuple[int, ...], float]] = field(default_factory=list)
+    query: list[tuple[tuple[int, ...], float]] = field(default_factory=list)
+
+    def merged(self, unigrams: int, query_keys: int) -> dict[tuple[int, ...], float]:
+        """All keys, the first ``unigrams`` unigram and ``query_keys`` query keys included;
+        a key from several sources keeps its highest log-probability."""
+        keys = dict(self.beam)
+        for key, lp in self.unigrams[:max(unigrams, 0)] + self.query[:max(query_keys, 0)]:
+            keys[key] = max(keys.get(key, float("-inf")), lp)
+        return keys
+
+
 class SealIndex(KeyTableIndex):
     """An FM-index over the corpus tokens + an LM; see the module docstring."""
 
     kind = "seal"
-    search_params = frozenset({"num_beams", "max_new_tokens", "unigrams", "alpha",
-                               "rare_threshold"})
+    search_params = frozenset({"num_beams", "max_new_tokens", "unigrams", "alpha", "beta",
+                               "rare_threshold", "max_query_keys"})
 
     def __init__(self, path: Path, params: dict[str, Any], lm: Any = None):
         super().__init__(path, check_params(self.kind, params, _PARAMS), lm)
@@ -269,7 +296,7 @@ class SealIndex(KeyTableIndex):
             self._bytes[label] = b
         return b
 
-    def query_keys(self, query: str) -> list[list[int]]:
+    def query_keys(self, query: str, limit: int | None = None) -> list[list[int]]:
         """The query's n-grams (1..query_ngram tokens) that occur in the corpus, rarest first."""
         toks = list(self.lm.tokenizer.encode(" " + query.strip(), add_special_tokens=False))
         seen: dict[tuple[int, ...], int] = {}
@@ -281,7 +308,8 @@ class SealIndex(KeyTableIndex):
                     if c > 0:
                         seen[key] = c
         ranked = sorted(seen, key=lambda k: (seen[k], k))
-        return [list(k) for k in ranked[:int(self.params["max_query_keys"])]]
+        cap = int(self.params["max_query_keys"]) if limit is None else int(limit)
+        return [list(k) for k in ranked[:cap]]
 
     def search(self, queries: Sequence[str], k: int, **params: Any) -> list[list[Hit]]:
         """Top-``k`` documents per query (see the module docstring for the scoring)."""
@@ -300,6 +328,14 @@ class SealIndex(KeyTableIndex):
 
     def _search_batch(self, queries: list[str], k: int, provider: Any, p: dict[str, Any]
                       ) -> list[list[Hit]]:
+        total = self.segments.total_tokens
+        return [self.score_keys(ks.merged(int(p["unigrams"]), int(p["max_query_keys"])), k,
+                                total, p)
+                for ks in self.collect_keys(queries, provider, p)]
+
+    def collect_keys(self, queries: list[str], provider: Any, p: dict[str, Any]
+                     ) -> list[KeySet]:
+        """Steps 2-4 for a batch: the keys of each query with ``log P(key | query)``."""
         from genseek.kernels.beam import constrained_beam_search
         from genseek.retrievers._lm import left_pad
 
@@ -314,31 +350,31 @@ class SealIndex(KeyTableIndex):
                 keep_partials=True,
                 decoder_start_token_id=getattr(lm.model.config, "decoder_start_token_id", None))
         # 3-4. unigram keys from the first step; query n-grams rescored by the LM
-        qkeys = [self.query_keys(q) for q in queries]
+        qkeys = [self.query_keys(q, p["max_query_keys"]) for q in queries]
         if lm.is_encoder_decoder:
             first, qscores = None, [[float("-inf")] * len(c) for c in qkeys]
         else:
             first, qscores = first_step_and_rescore(lm.model, prompts, qkeys, lm.pad_id)
         present = torch.from_numpy(self.segments.present())
-        total = self.segments.total_tokens
-        results = []
+        out = []
         for b in range(len(queries)):
-            keys: dict[tuple[int, ...], float] = {}
+            beam: dict[tuple[int, ...], float] = {}
             for h in (res.partials or [[]] * len(queries))[b] + res.hypotheses[b]:
                 if h.tokens:
-                    keys[h.tokens] = max(keys.get(h.tokens, float("-inf")), h.score)
+                    beam[h.tokens] = max(beam.get(h.tokens, float("-inf")), h.score)
+            uni: list[tuple[tuple[int, ...], float]] = []
             if first is not None and int(p["unigrams"]) > 0:
                 lp = first[b, :present.shape[0]].masked_fill(~present, float("-inf"))
-                top = torch.topk(lp, min(int(p["unigrams"]), int(present.sum()))).indices
-                for t in top.tolist():
-                    keys[(t,)] = max(keys.get((t,), float("-inf")), float(lp[t]))
-            for key, sc in zip(qkeys[b], qscores[b], strict=True):
-                keys[tuple(key)] = max(keys.get(tuple(key), float("-inf")), sc)
-            results.append(self._score_docs(keys, total, k, p))
-        return results
+                top = torch.topk(lp, min(int(p["unigrams"]), int(present.sum())))
+                uni = [((t,), float(v)) for t, v in zip(top.indices.tolist(),
+                                                       top.values.tolist(), strict=True)]
+            query = [(tuple(key), sc) for key, sc in zip(qkeys[b], qscores[b], strict=True)]
+            out.append(KeySet(beam, uni, query))
+        return out
 
-    def _score_docs(self, keys: dict[tuple[int, ...], float], total: int, k: int,
-                    p: dict[str, Any]) -> list[Hit]:
+    def score_keys(self, keys: dict[tuple[int, ...], float], k: int, total: int,
+                   p: dict[str, Any]) -> list[Hit]:
+        """Steps 5-6: the top-``k`` documents for one query's ``{key: log P(key | q)}``."""
         # 5. weights
         weighted = []
         for key, lp in keys.items():
@@ -360,7 +396,7 @@ class SealIndex(KeyTableIndex):
             for v, lst in doc_keys.items():
                 hay = self._doc_bytes(v)
                 lst.extend((w, key) for nb, w, key in needles if _contains(hay, nb))
-        scores = aggregate(doc_keys, float(p["alpha"]))
+        scores = aggregate(doc_keys, float(p["alpha"]), float(p["beta"]))
         best = sorted(scores.items(), key=lambda x: (-x[1], rows[x[0]][0]))
         out: list[Hit] = []
         seen: set[str] = set()

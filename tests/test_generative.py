@@ -149,6 +149,41 @@ def test_seal_scoring_functions():
     s = aggregate({1: [(2.0, (5, 6)), (1.0, (6,))], 2: [(2.0, (5, 6)), (1.0, (7,))]}, alpha=2.0)
     assert s[1] == pytest.approx(4.0)  # (6,) is fully covered by (5, 6): no credit
     assert s[2] == pytest.approx(5.0)
+    keys = {1: [(2.0, (5, 6)), (1.0, (6, 8))]}  # (6, 8) is half covered
+    assert aggregate(keys, alpha=1.0)[1] == pytest.approx(2.5)
+    assert aggregate(keys, alpha=1.0, beta=0.5)[1] == pytest.approx(2.75)
+    assert aggregate(keys, alpha=1.0, beta=0.0)[1] == pytest.approx(3.0)  # no discount
+
+
+def test_seal_keyset_merge_keeps_best_logprob_and_prefixes():
+    from genseek.retrievers.seal import KeySet
+
+    ks = KeySet({(1, 2): -1.0, (3,): -4.0}, unigrams=[((3,), -2.0), ((4,), -3.0)],
+                query=[((9, 9), -5.0), ((1, 2), -0.5)])
+    assert ks.merged(0, 0) == {(1, 2): -1.0, (3,): -4.0}
+    assert ks.merged(1, 0) == {(1, 2): -1.0, (3,): -2.0}  # the unigram's higher log-prob
+    assert ks.merged(2, 1) == {(1, 2): -1.0, (3,): -2.0, (4,): -3.0, (9, 9): -5.0}
+    assert ks.merged(-1, 5)[(1, 2)] == -0.5
+
+
+def test_seal_search_is_collect_then_score(tiny, tmp_path):
+    """search() = collect_keys() + score_keys(); search parameters change the scoring."""
+    from genseek.retrievers.seal import SealIndex
+
+    ix = SealIndex.open(tmp_path / "s", {"model": tiny, "num_beams": 3, "max_new_tokens": 3})
+    docs = corpus()
+    ix.apply(ChangeSet(0, len(docs), tuple(Document(d.doc_id, d.title, d.text, version=i + 1)
+                                           for i, d in enumerate(docs))))
+    queries = [docs[3].text[:40], "w5 w7 w9"]
+    p = ix._search_params({"beta": 0.0, "max_query_keys": 4})
+    keysets = ix.collect_keys(queries, ix.segments.provider(), p)
+    total = ix.segments.total_tokens
+    want = [ix.score_keys(ks.merged(int(p["unigrams"]), 4), 10, total, p) for ks in keysets]
+    assert ix.search(queries, 10, beta=0.0, max_query_keys=4) == want
+    assert all(len(ks.query) <= 4 for ks in keysets) and keysets[0].beam
+    with pytest.raises(GenseekError, match="unknown search parameter"):
+        ix.search(queries, 10, gamma=1)
+    ix.close()
 
 
 def test_seal_collection_upserts_and_deletes(tiny, tmp_path):
@@ -282,3 +317,43 @@ def test_train_dsi_then_index(tiny, tmp_path):
 
         digit_ids(Bad())
     assert load_lm(tiny).eos_id == 2
+
+
+def test_train_seal_holdout_and_spans(tiny, tmp_path):
+    """--holdout keeps N train queries out (ids in genseek_model.json); --spans per pair."""
+    from genseek.retrievers.generative_train import main
+
+    data = tmp_path / "ds"
+    (data / "qrels").mkdir(parents=True)
+    docs = corpus(8)
+    (data / "corpus.jsonl").write_text("".join(json.dumps(
+        {"_id": d.doc_id, "title": d.title, "text": d.text}) + "\n" for d in docs))
+    (data / "queries.jsonl").write_text("".join(json.dumps(
+        {"_id": f"q{i}", "text": docs[i].text[:20]}) + "\n" for i in range(6)))
+    (data / "qrels" / "train.tsv").write_text("query-id\tcorpus-id\tscore\n" + "".join(
+        f"q{i}\td{i}\t1\n" for i in range(6)))
+    common = ["--dataset", str(data), "--model", tiny, "--steps", "1", "--batch", "2",
+              "--max-len", "48", "--span-len", "4"]
+    assert main(["seal", "--out", str(tmp_path / "a"), "--spans", "3", *common]) == 0
+    meta = json.loads((tmp_path / "a" / "genseek_model.json").read_text())
+    assert meta["examples"] == 6 * 3 and "holdout" not in meta
+    assert main(["seal", "--out", str(tmp_path / "b"), "--holdout", "2", *common]) == 0
+    meta = json.loads((tmp_path / "b" / "genseek_model.json").read_text())
+    held = meta["holdout"]["queries"]
+    assert meta["holdout"]["split"] == "train" and len(held) == 2 == len(set(held))
+    assert meta["examples"] == (6 - 2) * 2  # the held-out queries gave no example
+    assert main(["seal", "--out", str(tmp_path / "c"), "--holdout", "2", "--seed", "0",
+                 *common]) == 0  # the same seed holds out the same queries
+    assert json.loads((tmp_path / "c" / "genseek_model.json").read_text())["holdout"][
+        "queries"] == held
+    assert main(["seal", "--out", str(tmp_path / "d"), "--holdout", "6", *common]) == 2
+    assert main(["seal", "--out", str(tmp_path / "e"), "--spans", "0", *common]) == 2
+    assert not (tmp_path / "d").exists() and not (tmp_path / "e").exists()
+    # genre --index-docs: one span -> title example per corpus document (all, or N of them)
+    assert main(["genre", "--out", str(tmp_path / "g1"), "--pseudo", "0", "--index-docs", "-1",
+                 *common]) == 0
+    assert json.loads((tmp_path / "g1" / "genseek_model.json").read_text())["examples"] == 6 + 8
+    assert main(["genre", "--out", str(tmp_path / "g2"), "--pseudo", "0", "--index-docs", "3",
+                 *common]) == 0
+    assert json.loads((tmp_path / "g2" / "genseek_model.json").read_text())["examples"] == 6 + 3
+    assert main(["genre", "--out", str(tmp_path / "g3"), "--index-docs", "-2", *common]) == 2

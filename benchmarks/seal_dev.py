@@ -1,0 +1,205 @@
+"""Tune SEAL's scoring on held-out *train* queries of a fine-tuned model, never on test.
+
+``genseek train seal --holdout N`` keeps N random train queries out of training and writes
+their ids to the model's ``genseek_model.json``. This benchmark:
+
+1. builds a SEAL index over the whole SciFact corpus with that model;
+2. decodes the keys of the held-out queries once (``--beams``, with up to 100 unigram keys
+   and 128 query keys, so that smaller settings are prefixes), cached in ``--keys`` so that a
+   re-run skips decoding;
+3. scores them under each setting of the scoring parameters (alpha, beta, rare_threshold,
+   unigrams, max_query_keys), by coordinate ascent from the defaults: each parameter in turn
+   takes the grid value with the best dev nDCG@10, for ``--rounds`` passes;
+4. prints every setting tried, bm25 and dense on the same dev queries, and the best setting
+   as ``k=v,...`` for ``generative.py --seal-params``.
+
+    python benchmarks/seal_dev.py --model /work/cache/generative/seal-ft-800 --json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import _common as C
+
+CACHED = Path("/work/cache/collections/scifact")
+GRID: dict[str, list[float]] = {
+    "alpha": [0.5, 1.0, 1.5, 2.0, 3.0],
+    "beta": [0.0, 0.5, 1.0],
+    "rare_threshold": [200, 500, 2000, 8000, 32000],
+    "unigrams": [0, 10, 20, 50, 100],
+    "max_query_keys": [0, 8, 16, 32, 64, 128],
+}
+START = {"alpha": 2.0, "beta": 1.0, "rare_threshold": 2000, "unigrams": 20,
+         "max_query_keys": 32}
+
+
+def holdout(model_dir: Path) -> tuple[str, list[str]]:
+    """``(split, query ids)`` kept out of training by ``genseek train --holdout``."""
+    from genseek.errors import GenseekError
+
+    meta_file = model_dir / "genseek_model.json"
+    if not meta_file.is_file():
+        raise GenseekError(f"{model_dir}: no genseek_model.json (not a genseek train output)")
+    meta = json.loads(meta_file.read_text())
+    held = meta.get("holdout") or {}
+    if not held.get("queries"):
+        raise GenseekError(f"{meta_file}: no held-out queries; train with --holdout N")
+    return str(held.get("split", "train")), [str(q) for q in held["queries"]]
+
+
+def save_keys(path: Path, keysets: list[Any], qids: list[str], beams: int) -> None:
+    from genseek.atomic import atomic_write_json
+
+    atomic_write_json(path, {"beams": beams, "queries": {q: {
+        "beam": [[list(k), lp] for k, lp in ks.beam.items()],
+        "unigrams": [[list(k), lp] for k, lp in ks.unigrams],
+        "query": [[list(k), lp] for k, lp in ks.query]} for q, ks in zip(qids, keysets,
+                                                                         strict=True)}})
+
+
+def load_keys(path: Path, qids: list[str], beams: int) -> list[Any] | None:
+    from genseek.retrievers.seal import KeySet
+
+    if not path.is_file():
+        return None
+    data = json.loads(path.read_text())
+    if data.get("beams") != beams or set(data.get("queries", {})) != set(qids):
+        return None
+
+    def pairs(rows: list) -> list[tuple[tuple[int, ...], float]]:
+        return [(tuple(int(t) for t in k), float(lp)) for k, lp in rows]
+
+    return [KeySet(dict(pairs(data["queries"][q]["beam"])), pairs(data["queries"][q]["unigrams"]),
+                   pairs(data["queries"][q]["query"])) for q in qids]
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--model", required=True, type=Path, help="a genseek train seal output")
+    ap.add_argument("--beams", type=int, default=5)
+    ap.add_argument("--rounds", type=int, default=2, help="coordinate-ascent passes")
+    ap.add_argument("--keys", type=Path, default=None,
+                    help="decoded keys cache (default: MODEL/dev_keys_b{beams}.json)")
+    ap.add_argument("--collection", type=Path, default=CACHED,
+                    help=f"SciFact collection with bm25 + dense (copied; default {CACHED})")
+    ap.add_argument("--out", type=Path,
+                    default=C.REPO / "benchmarks" / "results" / "seal_dev.json")
+    ap.add_argument("--json", action="store_true", help="print the JSON result last")
+    args = ap.parse_args(argv)
+    C.quiet_libraries()
+    import torch
+
+    from genseek.errors import GenseekError
+
+    torch.set_num_threads(2)
+    try:
+        split, dev = holdout(args.model)
+    except GenseekError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    info = C.machine()
+    C.print_machine(info)
+    folder = C.dataset_dir("scifact")
+    from genseek.collection import Collection
+    from genseek.data.readers import read_corpus, read_qrels, read_queries
+    from genseek.evaluation import evaluate
+    from genseek.retrievers._lm import load_lm
+    from genseek.retrievers.seal import SealIndex
+    from genseek.types import ChangeSet, Document, Hit
+
+    qrels_all = read_qrels(folder, split)
+    texts = read_queries(folder)
+    qids = [q for q in dev if q in qrels_all and q in texts]
+    qtexts = [texts[q] for q in qids]
+    qrels = {q: qrels_all[q] for q in qids}
+    keys_file = args.keys or args.model / f"dev_keys_b{args.beams}.json"
+    tmp = Path(tempfile.mkdtemp(prefix="genseek-seal-dev-"))
+    runs: dict[str, dict[str, list[Hit]]] = {}
+    timings: dict[str, Any] = {}
+    try:
+        shutil.copytree(args.collection, tmp / "scifact",
+                        ignore=shutil.ignore_patterns("collection.lock"))
+        with Collection.open(tmp / "scifact") as coll:
+            for name in ("bm25", "dense"):
+                runs[name] = dict(zip(qids, coll.index(name).search(qtexts, 100), strict=True))
+        docs = tuple(Document(d.doc_id, d.title, d.text, version=i + 1)
+                     for i, (_, d) in enumerate(read_corpus(folder / "corpus.jsonl")))
+        lm = load_lm(str(args.model))
+        with C.Phase() as ph:
+            ix = SealIndex(tmp / "seal", {"model": str(args.model), "num_beams": args.beams},
+                           lm=lm)
+            ix.apply(ChangeSet(0, len(docs), docs))
+            ix.commit(len(docs))
+        timings["build"] = ph.as_dict()
+        keysets = load_keys(keys_file, qids, args.beams)
+        if keysets is None:
+            p = {**ix._search_params({}), "unigrams": max(GRID["unigrams"]),
+                 "max_query_keys": max(GRID["max_query_keys"])}
+            provider = ix.segments.provider()
+            keysets = []
+            with C.Phase() as ph:
+                for s in range(0, len(qtexts), 8):
+                    keysets.extend(ix.collect_keys(qtexts[s:s + 8], provider, p))
+                    print(f"decoded {len(keysets)}/{len(qtexts)}", file=sys.stderr)
+            timings["decode"] = {**ph.as_dict(), "per_query_s": ph.seconds / len(qtexts)}
+            save_keys(keys_file, keysets, qids, args.beams)
+        total = ix.segments.total_tokens
+        tried: dict[str, float] = {}
+
+        def score(setting: dict[str, float]) -> float:
+            name = ",".join(f"{k}={setting[k]:g}" for k in GRID)
+            if name not in tried:
+                p = {**ix._search_params({}), **setting}
+                run = {q: ix.score_keys(ks.merged(int(p["unigrams"]), int(p["max_query_keys"])),
+                                        100, total, p)
+                       for q, ks in zip(qids, keysets, strict=True)}
+                tried[name] = evaluate(run, qrels)["nDCG@10"]
+                runs[name] = run
+                print(f"{name}: {tried[name]:.4f}", file=sys.stderr)
+            return tried[name]
+
+        best = dict(START)
+        best_score = score(best)
+        for _ in range(args.rounds):
+            for param, values in GRID.items():
+                for v in values:
+                    cand = {**best, param: v}
+                    sc = score(cand)
+                    if sc > best_score + 1e-9:
+                        best, best_score = cand, sc
+        ix.close()
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    start_name = ",".join(f"{k}={START[k]:g}" for k in GRID)
+    best_name = ",".join(f"{k}={best[k]:g}" for k in GRID)
+    metrics = {n: evaluate(runs[n], qrels) for n in ("bm25", "dense", start_name, best_name)}
+    print(f"\nSciFact {split}, {len(qids)} held-out queries, beams {args.beams}, "
+          f"model {args.model}")
+    C.table(["setting", "dev nDCG@10"], sorted(tried.items(), key=lambda x: -x[1])[:15])
+    print()
+    ref = metrics["bm25"]["nDCG@10"]
+    C.table(["run", "nDCG@10", "R@100", "vs bm25"],
+            [(n, m["nDCG@10"], m["R@100"], m["nDCG@10"] / max(ref, 1e-9))
+             for n, m in metrics.items()])
+    print(f"\nbest: --seal-params {best_name}")
+    result = {"benchmark": "seal-dev", "model": str(args.model), "split": split,
+              "queries": len(qids), "beams": args.beams, "machine": info, "grid": GRID,
+              "start": START, "best": best, "tried": tried, "metrics": metrics,
+              "timings": timings}
+    from genseek.atomic import atomic_write_json
+
+    atomic_write_json(args.out, result)
+    if args.json:
+        C.dump_json(result)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
