@@ -297,6 +297,9 @@ def main(argv: list[str] | None = None) -> int:
         gen = [r for r in runs if r not in ("bm25", "dense")]
         combos = [("bm25", "dense")] + [(g,) + b for g in gen for b in
                                         (("bm25",), ("bm25", "dense"))]
+        best_seal = [g for g in gen if g != "seal-ft" or "seal-ft-tuned" not in gen]
+        if len(best_seal) > 1:  # every generative run (SEAL at its tuned setting) + both
+            combos.append(tuple(best_seal) + ("bm25", "dense"))
         for combo in combos:
             name = "+".join(combo)
             runs[name] = {q: [Hit(d, s) for d, s in rrf(

@@ -80,6 +80,28 @@ def load_keys(path: Path, qids: list[str], beams: int) -> list[Any] | None:
                    pairs(data["queries"][q]["query"])) for q in qids]
 
 
+def _memoise(segments: Any) -> None:
+    """Cache ``count`` and ``locate`` per key on this (read-only) index: every setting of the
+    sweep scores the same keys, and FM-index ``locate`` dominates the scoring time."""
+    count, locate = segments.count, segments.locate
+    counts: dict[tuple[int, ...], int] = {}
+    located: dict[tuple[tuple[int, ...], int], Any] = {}
+
+    def cached_count(key: Any) -> int:
+        k = tuple(key)
+        if k not in counts:
+            counts[k] = count(k)
+        return counts[k]
+
+    def cached_locate(key: Any, limit: int) -> Any:
+        k = (tuple(key), int(limit))
+        if k not in located:
+            located[k] = locate(k[0], limit)
+        return located[k]
+
+    segments.count, segments.locate = cached_count, cached_locate
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--model", required=True, type=Path, help="a genseek train seal output")
@@ -151,6 +173,7 @@ def main(argv: list[str] | None = None) -> int:
             timings["decode"] = {**ph.as_dict(), "per_query_s": ph.seconds / len(qtexts)}
             save_keys(keys_file, keysets, qids, args.beams)
         total = ix.segments.total_tokens
+        _memoise(ix.segments)
         tried: dict[str, float] = {}
 
         def score(setting: dict[str, float]) -> float:

@@ -55,6 +55,19 @@ def corpus(n: int = 40, seed: int = 0) -> list[Document]:
             for i in range(n)]
 
 
+def beir_folder(data: Path, docs: list[Document], queries: dict[str, str],
+                train: dict[str, str]) -> Path:
+    """A BEIR folder: ``docs``, ``queries`` and train qrels ``{query id: relevant doc id}``."""
+    (data / "qrels").mkdir(parents=True)
+    (data / "corpus.jsonl").write_text("".join(json.dumps(
+        {"_id": d.doc_id, "title": d.title, "text": d.text}) + "\n" for d in docs))
+    (data / "queries.jsonl").write_text("".join(json.dumps({"_id": q, "text": t}) + "\n"
+                                                for q, t in queries.items()))
+    (data / "qrels" / "train.tsv").write_text("query-id\tcorpus-id\tscore\n" + "".join(
+        f"{q}\t{d}\t1\n" for q, d in train.items()))
+    return data
+
+
 def ids(hits) -> list[str]:
     return [h.doc_id for h in hits]
 
@@ -277,13 +290,8 @@ def test_train_dsi_then_index(tiny, tmp_path):
     from genseek.retrievers.dsi import DsiIndex
     from genseek.retrievers.generative_train import main
 
-    data = tmp_path / "ds"
-    (data / "qrels").mkdir(parents=True)
     docs = corpus(12)
-    (data / "corpus.jsonl").write_text("".join(json.dumps(
-        {"_id": d.doc_id, "title": d.title, "text": d.text}) + "\n" for d in docs))
-    (data / "queries.jsonl").write_text(json.dumps({"_id": "q1", "text": "w1 w2"}) + "\n")
-    (data / "qrels" / "train.tsv").write_text("query-id\tcorpus-id\tscore\nq1\td3\t1\n")
+    data = beir_folder(tmp_path / "ds", docs, {"q1": "w1 w2"}, {"q1": "d3"})
     out = tmp_path / "model"
     rc = main(["dsi", "--dataset", str(data), "--out", str(out), "--model", tiny,
                "--scheme", "atomic", "--steps", "3", "--batch", "4", "--max-len", "48"])
@@ -323,15 +331,9 @@ def test_train_seal_holdout_and_spans(tiny, tmp_path):
     """--holdout keeps N train queries out (ids in genseek_model.json); --spans per pair."""
     from genseek.retrievers.generative_train import main
 
-    data = tmp_path / "ds"
-    (data / "qrels").mkdir(parents=True)
     docs = corpus(8)
-    (data / "corpus.jsonl").write_text("".join(json.dumps(
-        {"_id": d.doc_id, "title": d.title, "text": d.text}) + "\n" for d in docs))
-    (data / "queries.jsonl").write_text("".join(json.dumps(
-        {"_id": f"q{i}", "text": docs[i].text[:20]}) + "\n" for i in range(6)))
-    (data / "qrels" / "train.tsv").write_text("query-id\tcorpus-id\tscore\n" + "".join(
-        f"q{i}\td{i}\t1\n" for i in range(6)))
+    data = beir_folder(tmp_path / "ds", docs, {f"q{i}": docs[i].text[:20] for i in range(6)},
+                       {f"q{i}": f"d{i}" for i in range(6)})
     common = ["--dataset", str(data), "--model", tiny, "--steps", "1", "--batch", "2",
               "--max-len", "48", "--span-len", "4"]
     assert main(["seal", "--out", str(tmp_path / "a"), "--spans", "3", *common]) == 0
