@@ -260,8 +260,7 @@ def main(argv: list[str] | None = None) -> int:
             from genseek.retrievers.seal import SealIndex
 
             ix = SealIndex(tmp / "seal-ft", {"model": str(args.seal_model or args.model),
-                                             "num_beams": args.beams, **args.seal_params},
-                           lm=tuned)
+                                             "num_beams": args.beams}, lm=tuned)
             ix.apply(ChangeSet(0, len(docs), docs))
             ix.commit(len(docs))
             with C.Phase() as ph:
