@@ -37,6 +37,8 @@ cross-entropy only; prompts are the ones the index types use at query time):
 
 Bounded CPU time: ``--steps`` optimiser steps, at most ``--max-minutes`` of wall time (the run
 stops early and saves), short sequences (``--max-len``), LoRA rank ``--lora-r``.
+``--holdout N`` keeps N random queries of the split out of training as a dev set; their ids
+are written to ``genseek_model.json`` (``benchmarks/seal_dev.py`` tunes SEAL's scoring on them).
 """
 
 from __future__ import annotations
