@@ -82,32 +82,16 @@ def _params(text: str) -> dict[str, float]:
 
 def _seal_runs(ix: Any, qtexts: list[str], tuned: dict[str, float]) -> dict[str, list]:
     """``seal-ft`` at the index's own parameters and, when ``tuned`` is given, ``seal-ft-tuned``
-    with those overrides; the keys are decoded once (the larger unigram and query-key
-    counts) and scored under each setting."""
+    with those overrides, both ranked from one decoding (``SealIndex.decode`` / ``rank``)."""
     if not tuned:
         return {"seal-ft": ix.search(qtexts, 100)}
-    base = ix._search_params({})
-    alt = ix._search_params(tuned)
-    wide = {**base, "num_beams": alt["num_beams"], "max_new_tokens": alt["max_new_tokens"],
-            "unigrams": max(base["unigrams"], alt["unigrams"]),
-            "max_query_keys": max(base["max_query_keys"], alt["max_query_keys"])}
-    if (base["num_beams"], base["max_new_tokens"]) != (alt["num_beams"], alt["max_new_tokens"]):
+    own = ix.params
+    if any(tuned.get(n, own[n]) != own[n] for n in ("num_beams", "max_new_tokens")):
         return {"seal-ft": ix.search(qtexts, 100), "seal-ft-tuned": ix.search(qtexts, 100,
                                                                              **tuned)}
-    provider, total = ix.segments.provider(), ix.segments.total_tokens
-    out: dict[str, list] = {"seal-ft": [], "seal-ft-tuned": []}
-    for s in range(0, len(qtexts), 8):
-        for ks in ix.collect_keys(qtexts[s:s + 8], provider, wide):
-            for name, p in (("seal-ft", base), ("seal-ft-tuned", alt)):
-                out[name].append(ix.score_keys(
-                    ks.merged(int(p["unigrams"]), int(p["max_query_keys"])), 100, total, p))
-    return out
-
-
-def _load_tuned(path: Path) -> Any:
-    from genseek.retrievers._lm import load_lm
-
-    return load_lm(str(path))
+    keysets = ix.decode(qtexts, **{n: max(own[n], tuned.get(n, own[n]))
+                                   for n in ("unigrams", "max_query_keys")})
+    return {"seal-ft": ix.rank(keysets, 100), "seal-ft-tuned": ix.rank(keysets, 100, **tuned)}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -229,7 +213,7 @@ def main(argv: list[str] | None = None) -> int:
         tuned = None
         if args.seal_model:
             with C.Phase() as ph:
-                tuned = _load_tuned(args.seal_model)
+                tuned = load_lm(str(args.seal_model))
             timings["load_seal_model"] = ph.as_dict()
         elif args.train_steps:
             import random

@@ -80,28 +80,6 @@ def load_keys(path: Path, qids: list[str], beams: int) -> list[Any] | None:
                    pairs(data["queries"][q]["query"])) for q in qids]
 
 
-def _memoise(segments: Any) -> None:
-    """Cache ``count`` and ``locate`` per key on this (read-only) index: every setting of the
-    sweep scores the same keys, and FM-index ``locate`` dominates the scoring time."""
-    count, locate = segments.count, segments.locate
-    counts: dict[tuple[int, ...], int] = {}
-    located: dict[tuple[tuple[int, ...], int], Any] = {}
-
-    def cached_count(key: Any) -> int:
-        k = tuple(key)
-        if k not in counts:
-            counts[k] = count(k)
-        return counts[k]
-
-    def cached_locate(key: Any, limit: int) -> Any:
-        k = (tuple(key), int(limit))
-        if k not in located:
-            located[k] = locate(k[0], limit)
-        return located[k]
-
-    segments.count, segments.locate = cached_count, cached_locate
-
-
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--model", required=True, type=Path, help="a genseek train seal output")
@@ -162,27 +140,20 @@ def main(argv: list[str] | None = None) -> int:
         timings["build"] = ph.as_dict()
         keysets = load_keys(keys_file, qids, args.beams)
         if keysets is None:
-            p = {**ix._search_params({}), "unigrams": max(GRID["unigrams"]),
-                 "max_query_keys": max(GRID["max_query_keys"])}
-            provider = ix.segments.provider()
             keysets = []
             with C.Phase() as ph:
                 for s in range(0, len(qtexts), 8):
-                    keysets.extend(ix.collect_keys(qtexts[s:s + 8], provider, p))
+                    keysets.extend(ix.decode(qtexts[s:s + 8], unigrams=max(GRID["unigrams"]),
+                                             max_query_keys=max(GRID["max_query_keys"])))
                     print(f"decoded {len(keysets)}/{len(qtexts)}", file=sys.stderr)
             timings["decode"] = {**ph.as_dict(), "per_query_s": ph.seconds / len(qtexts)}
             save_keys(keys_file, keysets, qids, args.beams)
-        total = ix.segments.total_tokens
-        _memoise(ix.segments)
         tried: dict[str, float] = {}
 
         def score(setting: dict[str, float]) -> float:
             name = ",".join(f"{k}={setting[k]:g}" for k in GRID)
             if name not in tried:
-                p = {**ix._search_params({}), **setting}
-                run = {q: ix.score_keys(ks.merged(int(p["unigrams"]), int(p["max_query_keys"])),
-                                        100, total, p)
-                       for q, ks in zip(qids, keysets, strict=True)}
+                run = dict(zip(qids, ix.rank(keysets, 100, **setting), strict=True))
                 tried[name] = evaluate(run, qrels)["nDCG@10"]
                 runs[name] = run
                 print(f"{name}: {tried[name]:.4f}", file=sys.stderr)

@@ -388,7 +388,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     if args.spans < 1:
         raise GenseekError(f"--spans {args.spans}: expected at least 1 span per pair")
     held = holdout_queries(qrels, args.holdout, args.seed)
-    qrels = {q: r for q, r in qrels.items() if q not in set(held)}
+    for q in held:
+        del qrels[q]
     base = str(args.continue_from) if args.continue_from else args.model
     lm = load_lm.__wrapped__(base, "cpu")  # a private copy: LoRA must not touch cached models
     extra: dict[str, Any] = {}

@@ -117,6 +117,11 @@ def _contains(haystack: bytes, needle: bytes) -> bool:
     return i != -1
 
 
+#: bounds of FMSegments' per-key caches: keys counted, and labels located (int64: 16 MB)
+COUNT_CACHE_KEYS = 200_000
+LOCATE_CACHE_LABELS = 2_000_000
+
+
 class FMSegments:
     """Main + delta FM-indexes over ``{label: tokens}``; ``labels`` maps doc numbers."""
 
@@ -126,6 +131,17 @@ class FMSegments:
         self.segs: list[tuple[Any, np.ndarray]] = []
         self.main_labels: set[int] = set()
         self.delta_labels: set[int] = set()
+        # per-key count / locate answers of the current segments (dropped when they change,
+        # and when the located labels pass LOCATE_CACHE_LABELS): a query's n-grams are
+        # counted by query_keys and again by score_keys, and frequent keys recur across
+        # queries and across scoring settings of one decoding
+        self._counts: dict[tuple[int, ...], int] = {}
+        self._located: dict[tuple[tuple[int, ...], int], np.ndarray] = {}
+        self._located_size = 0
+
+    def _set(self, segs: list[tuple[Any, np.ndarray]]) -> None:
+        self.segs = segs
+        self._counts, self._located, self._located_size = {}, {}, 0
 
     def _build(self, rows: dict[int, tuple[str, np.ndarray]], labels: Any
                ) -> tuple[Any, np.ndarray] | None:
@@ -135,7 +151,7 @@ class FMSegments:
 
     def rebuild(self, rows: dict[int, tuple[str, np.ndarray]]) -> None:
         main = self._build(rows, rows)
-        self.segs = [main] if main else []
+        self._set([main] if main else [])
         self.main_labels, self.delta_labels = set(rows), set()
 
     def update(self, rows: dict[int, tuple[str, np.ndarray]]) -> None:
@@ -145,7 +161,7 @@ class FMSegments:
             return
         main = self.segs[:1]
         delta = self._build(rows, new)
-        self.segs = main + ([delta] if delta else [])
+        self._set(main + ([delta] if delta else []))
         self.delta_labels = new
 
     def provider(self) -> Any:
@@ -162,17 +178,32 @@ class FMSegments:
         return sum(int(fm.n) - int(fm.n_docs) for fm, _ in self.segs)
 
     def count(self, key: Sequence[int]) -> int:
-        return sum(int(fm.count(list(key))) for fm, _ in self.segs)
+        k = tuple(key)
+        if k not in self._counts:
+            if len(self._counts) >= COUNT_CACHE_KEYS:
+                self._counts = {}
+            self._counts[k] = sum(int(fm.count(list(k))) for fm, _ in self.segs)
+        return self._counts[k]
 
     def locate(self, key: Sequence[int], limit: int) -> np.ndarray:
         """Labels (versions) of the documents containing ``key`` (first ``limit`` rows)."""
+        ck = (tuple(key), int(limit))
+        hit = self._located.get(ck)
+        if hit is not None:
+            return hit
         out = []
         for fm, labels in self.segs:
             lo, hi = fm.interval(list(key))
             if hi > lo:
                 docs, _ = fm.locate_docs(lo, hi, limit)
                 out.append(labels[docs])
-        return np.unique(np.concatenate(out)) if out else np.zeros(0, dtype=np.int64)
+        found = np.unique(np.concatenate(out)) if out else np.zeros(0, dtype=np.int64)
+        found.flags.writeable = False  # shared by every caller of the cached answer
+        if self._located_size + found.size > LOCATE_CACHE_LABELS:
+            self._located, self._located_size = {}, 0
+        self._located[ck] = found
+        self._located_size += found.size
+        return found
 
     def present(self) -> np.ndarray:
         """bool ``[vocab]``: the token occurs in some segment."""
@@ -315,25 +346,33 @@ class SealIndex(KeyTableIndex):
 
     def search(self, queries: Sequence[str], k: int, **params: Any) -> list[list[Hit]]:
         """Top-``k`` documents per query (see the module docstring for the scoring)."""
-        p = self._search_params(params)
         if k <= 0 or not queries:
+            self._search_params(params)  # bad parameters are refused all the same
             return [[] for _ in queries]
+        with self._lock:
+            return self.rank(self.decode(queries, **params), k, **params)
+
+    def decode(self, queries: Sequence[str], **params: Any) -> list[KeySet]:
+        """Steps 2-4 (the LM): each query's keys; ``rank`` scores them (no LM), so one
+        decoding can be scored under several scoring settings."""
+        p = self._search_params(params)
         with self._lock:
             provider = self.segments.provider()
             if provider is None:
-                return [[] for _ in queries]
-            out: list[list[Hit]] = []
+                return [KeySet({}) for _ in queries]
+            out: list[KeySet] = []
             bs = max(int(self.params["batch_size"]), 1)
             for s in range(0, len(queries), bs):
-                out.extend(self._search_batch(list(queries[s:s + bs]), k, provider, p))
+                out.extend(self.collect_keys(list(queries[s:s + bs]), provider, p))
             return out
 
-    def _search_batch(self, queries: list[str], k: int, provider: Any, p: dict[str, Any]
-                      ) -> list[list[Hit]]:
-        total = self.segments.total_tokens
-        return [self.score_keys(ks.merged(int(p["unigrams"]), int(p["max_query_keys"])), k,
-                                total, p)
-                for ks in self.collect_keys(queries, provider, p)]
+    def rank(self, keysets: Sequence[KeySet], k: int, **params: Any) -> list[list[Hit]]:
+        """Steps 5-6 for decoded keys: the top-``k`` documents of each query."""
+        p = self._search_params(params)
+        with self._lock:
+            total = self.segments.total_tokens
+            return [self.score_keys(ks.merged(int(p["unigrams"]), int(p["max_query_keys"])),
+                                    k, total, p) for ks in keysets]
 
     def collect_keys(self, queries: list[str], provider: Any, p: dict[str, Any]
                      ) -> list[KeySet]:

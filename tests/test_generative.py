@@ -179,8 +179,8 @@ def test_seal_keyset_merge_keeps_best_logprob_and_prefixes():
     assert ks.merged(-1, 5)[(1, 2)] == -0.5
 
 
-def test_seal_search_is_collect_then_score(tiny, tmp_path):
-    """search() = collect_keys() + score_keys(); search parameters change the scoring."""
+def test_seal_search_is_decode_then_rank(tiny, tmp_path):
+    """search() = rank(decode()) = score_keys(collect_keys()); search parameters apply."""
     from genseek.retrievers.seal import SealIndex
 
     ix = SealIndex.open(tmp_path / "s", {"model": tiny, "num_beams": 3, "max_new_tokens": 3})
@@ -193,6 +193,12 @@ def test_seal_search_is_collect_then_score(tiny, tmp_path):
     total = ix.segments.total_tokens
     want = [ix.score_keys(ks.merged(int(p["unigrams"]), 4), 10, total, p) for ks in keysets]
     assert ix.search(queries, 10, beta=0.0, max_query_keys=4) == want
+    assert ix.rank(ix.decode(queries, max_query_keys=4), 10, beta=0.0,
+                   max_query_keys=4) == want
+    assert ix.segments._counts and ix.segments._located  # answers kept for the next query
+    ix.apply(ChangeSet(1, 2, (Document("zz", "zebra", "quokka quokka", version=99),)))
+    assert not ix.segments._counts and not ix.segments._located  # dropped on a change
+    assert ix.search(["quokka"], 10, unigrams=0)[0][0].doc_id == "zz"
     assert all(len(ks.query) <= 4 for ks in keysets) and keysets[0].beam
     with pytest.raises(GenseekError, match="unknown search parameter"):
         ix.search(queries, 10, gamma=1)
