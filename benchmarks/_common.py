@@ -187,6 +187,58 @@ def table(headers: Sequence[str], rows: Iterable[Sequence[Any]], file=sys.stdout
                         for i, (c, w) in enumerate(zip(r, widths, strict=True))), file=file)
 
 
+def key_numbers(text: str) -> dict[str, float]:
+    """``"alpha=1.5,beta=1"`` as ``{"alpha": 1.5, "beta": 1.0}`` (an argparse ``type``)."""
+    import argparse
+
+    out: dict[str, float] = {}
+    for part in (x.strip() for x in text.split(",") if x.strip()):
+        key, sep, val = part.partition("=")
+        try:
+            if not sep or not key.strip():
+                raise ValueError
+            out[key.strip()] = float(val)
+        except ValueError:
+            raise argparse.ArgumentTypeError(
+                f"{part!r}: expected key=number, e.g. alpha=1.5") from None
+    return out
+
+
+#: RRF weights tried when a fusion is tuned on a split that is not reported (the first run's
+#: weight stays 1).
+WEIGHT_GRID = (0.5, 1.0, 1.5, 2.0)
+
+
+def fused_metrics(runs: dict[str, list], names: Sequence[str], qids: Sequence[str], qrels: dict,
+                  measures: Sequence[str] = ("nDCG@10", "R@100"),
+                  weights: Sequence[float] | None = None, depth: int = 100,
+                  rrf_k: float = 60.0) -> dict[str, float]:
+    """``measures`` of the RRF fusion (top ``depth``) of ``runs[n]`` for ``n`` in ``names``:
+    each run a list, per query (in ``qids`` order), of best-first ``(doc_id, score)`` pairs."""
+    from genseek.evaluation import evaluate
+    from genseek.kernels.fusion import rrf
+    from genseek.types import Hit
+
+    fused = [[Hit(d, s) for d, s in rrf([runs[n][qi] for n in names], depth, rrf_k, weights)]
+             for qi in range(len(qids))]
+    return evaluate(dict(zip(qids, fused, strict=True)), qrels, measures)
+
+
+def best_rrf_weights(runs: dict[str, list], names: Sequence[str], qids: Sequence[str],
+                     qrels: dict, grid: Sequence[float] = WEIGHT_GRID
+                     ) -> tuple[list[float], float, float]:
+    """``(weights, tuned nDCG@10, equal-weights nDCG@10)``: the RRF weights of ``names``
+    (the first fixed at 1, the others from ``grid``) with the best nDCG@10 on ``qrels``.
+    Ties go to the first in grid order. Tune on a split that is not the one reported."""
+    import itertools
+
+    scored = [(fused_metrics(runs, names, qids, qrels, ("nDCG@10",), [1.0, *rest])["nDCG@10"],
+               [1.0, *rest]) for rest in itertools.product(grid, repeat=len(names) - 1)]
+    best = max(scored, key=lambda x: x[0])
+    equal = fused_metrics(runs, names, qids, qrels, ("nDCG@10",))["nDCG@10"]
+    return best[1], best[0], equal
+
+
 def dump_json(obj: Any) -> None:
     print(json.dumps(obj, indent=None, sort_keys=False))
 

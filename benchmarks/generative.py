@@ -16,6 +16,8 @@ Fine-tuned models trained beforehand are evaluated with ``--seal-model``, ``--ge
 and ``--dsi-model`` (``genseek train seal|genre|dsi`` folders; DSI over the whole corpus).
 ``--seal-params k=v,...`` adds a ``seal-ft-tuned`` run with scoring parameters chosen on
 held-out train queries by ``seal_dev.py``: the keys are decoded once and scored both ways.
+``--dev-fusion FILE`` (a ``seal_dev.py`` result) adds bm25 + dense and SEAL + bm25 + dense
+fused with the RRF weights each got on those dev queries.
 
 ``--dsi-docs N`` runs the DSI++ experiment instead (``--skip-ir`` skips the part above): the
 documents relevant to the first judged test queries, up to ``N``, with D0 = the first 80% and
@@ -66,20 +68,6 @@ def _sweep(text: str) -> list[tuple[str, str]]:
     return [(r, lr) for r, lr in pairs]
 
 
-def _params(text: str) -> dict[str, float]:
-    out: dict[str, float] = {}
-    for part in (x.strip() for x in text.split(",") if x.strip()):
-        key, sep, val = part.partition("=")
-        try:
-            if not sep or not key.strip():
-                raise ValueError
-            out[key.strip()] = float(val)
-        except ValueError:
-            raise argparse.ArgumentTypeError(
-                f"{part!r}: expected key=number, e.g. alpha=1.5") from None
-    return out
-
-
 def _seal_runs(ix: Any, qtexts: list[str], tuned: dict[str, float]) -> dict[str, list]:
     """``seal-ft`` at the index's own parameters and, when ``tuned`` is given, ``seal-ft-tuned``
     with those overrides, both ranked from one decoding (``SealIndex.decode`` / ``rank``)."""
@@ -106,8 +94,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--seal-model", type=Path, default=None,
                     help="evaluate this fine-tuned SEAL model (a genseek train seal folder) "
                          "as seal-ft instead of training one here")
-    ap.add_argument("--seal-params", type=_params, default={},
+    ap.add_argument("--seal-params", type=C.key_numbers, default={},
                     help="search parameters of seal-ft as k=v,... (e.g. from seal_dev.py)")
+    ap.add_argument("--dev-fusion", type=Path, default=None,
+                    help="a seal_dev.py result: also fuse with the RRF weights tuned there")
     ap.add_argument("--genre-model", type=Path, default=None,
                     help="evaluate this fine-tuned GENRE model (genseek train genre) as genre-ft")
     ap.add_argument("--dsi-model", type=Path, default=None,
@@ -139,6 +129,14 @@ def main(argv: list[str] | None = None) -> int:
                     help=f"SciFact collection with bm25 + dense, copied, never modified "
                     f"(default {CACHED})")
     args = ap.parse_args(argv)
+    dev_fusion = None
+    if args.dev_fusion is not None:
+        try:
+            dev_fusion = json.loads(args.dev_fusion.read_text())["fusion"]
+        except (OSError, ValueError, KeyError) as exc:
+            print(f"error: --dev-fusion {args.dev_fusion}: expected a seal_dev.py result with a "
+                  f"'fusion' block ({type(exc).__name__}: {exc})", file=sys.stderr)
+            return 2
     C.quiet_libraries()
     import torch
 
@@ -283,11 +281,19 @@ def main(argv: list[str] | None = None) -> int:
         best_seal = [g for g in gen if g != "seal-ft" or "seal-ft-tuned" not in gen]
         if len(best_seal) > 1:  # every generative run (SEAL at its tuned setting) + both
             combos.append(tuple(best_seal) + ("bm25", "dense"))
-        for combo in combos:
-            name = "+".join(combo)
+        weighted = []  # (name, runs, weights) of the dev-tuned fusions
+        if dev_fusion:
+            seal = "seal-ft-tuned" if "seal-ft-tuned" in runs else "seal-ft"
+            for label, combo in (("bm25+dense", ("bm25", "dense")),
+                                 ("seal+bm25+dense", (seal, "bm25", "dense"))):
+                w = dev_fusion[label]["weights"]
+                if all(c in runs for c in combo):
+                    weighted.append((f"{'+'.join(combo)} (dev weights)", combo,
+                                     [w["seal" if c == seal else c] for c in combo]))
+        for name, combo, weights in [("+".join(c), c, None) for c in combos] + weighted:
             runs[name] = {q: [Hit(d, s) for d, s in rrf(
-                [[(h.doc_id, h.score) for h in runs[c][q]] for c in combo], 100)]
-                for q in qids}
+                [[(h.doc_id, h.score) for h in runs[c][q]] for c in combo], 100,
+                weights=weights)] for q in qids}
         metrics = {name: evaluate(run, sub_qrels) for name, run in runs.items()}
         # 5. latency at batch 1 and batch B
         latency: dict[str, Any] = {}

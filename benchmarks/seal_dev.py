@@ -11,7 +11,10 @@ their ids to the model's ``genseek_model.json``. This benchmark:
    unigrams, max_query_keys), by coordinate ascent from the defaults: each parameter in turn
    takes the grid value with the best dev nDCG@10, for ``--rounds`` passes;
 4. prints every setting tried, bm25 and dense on the same dev queries, and the best setting
-   as ``k=v,...`` for ``generative.py --seal-params``.
+   as ``k=v,...`` for ``generative.py --seal-params``;
+5. tunes RRF weights on the same dev queries (bm25 fixed at 1, the others from
+   ``WEIGHT_GRID``) for bm25 + dense and for bm25 + dense + SEAL at its best setting, so
+   that both fusions get the same tuning; ``generative.py --dev-fusion`` applies them on test.
 
     python benchmarks/seal_dev.py --model /work/cache/generative/seal-ft-800 --json
 """
@@ -84,7 +87,11 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--model", required=True, type=Path, help="a genseek train seal output")
     ap.add_argument("--beams", type=int, default=5)
-    ap.add_argument("--rounds", type=int, default=2, help="coordinate-ascent passes")
+    ap.add_argument("--rounds", type=int, default=2,
+                    help="coordinate-ascent passes (0: score --start only)")
+    ap.add_argument("--start", type=C.key_numbers, default={},
+                    help="scoring parameters to start from as k=v,... (default: SEAL's "
+                         "defaults); with --rounds 0 the setting that is scored and fused")
     ap.add_argument("--keys", type=Path, default=None,
                     help="decoded keys cache (default: MODEL/dev_keys_b{beams}.json)")
     ap.add_argument("--collection", type=Path, default=CACHED,
@@ -93,6 +100,10 @@ def main(argv: list[str] | None = None) -> int:
                     default=C.REPO / "benchmarks" / "results" / "seal_dev.json")
     ap.add_argument("--json", action="store_true", help="print the JSON result last")
     args = ap.parse_args(argv)
+    unknown = sorted(set(args.start) - set(GRID))
+    if unknown:
+        ap.error(f"--start: unknown parameter(s) {', '.join(unknown)}; expected {', '.join(GRID)}")
+    start = {**START, **args.start}
     C.quiet_libraries()
     import torch
 
@@ -159,7 +170,7 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"{name}: {tried[name]:.4f}", file=sys.stderr)
             return tried[name]
 
-        best = dict(START)
+        best = dict(start)
         best_score = score(best)
         for _ in range(args.rounds):
             for param, values in GRID.items():
@@ -171,9 +182,19 @@ def main(argv: list[str] | None = None) -> int:
         ix.close()
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-    start_name = ",".join(f"{k}={START[k]:g}" for k in GRID)
+    start_name = ",".join(f"{k}={start[k]:g}" for k in GRID)
     best_name = ",".join(f"{k}={best[k]:g}" for k in GRID)
     metrics = {n: evaluate(runs[n], qrels) for n in ("bm25", "dense", start_name, best_name)}
+    # 5. fusion weights on the same dev queries, for the baseline and the SEAL fusion alike
+    ranked = {n: [[(h.doc_id, h.score) for h in runs[n][q]] for q in qids]
+              for n in ("bm25", "dense", best_name)}
+    ranked["seal"] = ranked.pop(best_name)
+    fusion: dict[str, Any] = {"grid": list(C.WEIGHT_GRID), "rrf_k": 60, "depth": 100}
+    for label, names in (("bm25+dense", ["bm25", "dense"]),
+                         ("seal+bm25+dense", ["bm25", "dense", "seal"])):
+        weights, tuned, equal = C.best_rrf_weights(ranked, names, qids, qrels)
+        fusion[label] = {"weights": dict(zip(names, weights, strict=True)),
+                         "nDCG@10_tuned": tuned, "nDCG@10_equal_weights": equal}
     print(f"\nSciFact {split}, {len(qids)} held-out queries, beams {args.beams}, "
           f"model {args.model}")
     C.table(["setting", "dev nDCG@10"], sorted(tried.items(), key=lambda x: -x[1])[:15])
@@ -182,11 +203,16 @@ def main(argv: list[str] | None = None) -> int:
     C.table(["run", "nDCG@10", "R@100", "vs bm25"],
             [(n, m["nDCG@10"], m["R@100"], m["nDCG@10"] / max(ref, 1e-9))
              for n, m in metrics.items()])
+    print()
+    C.table(["dev fusion (RRF k 60)", "weights", "equal weights", "tuned weights"],
+            [(label, " ".join(f"{n}={w:g}" for n, w in fusion[label]["weights"].items()),
+              fusion[label]["nDCG@10_equal_weights"], fusion[label]["nDCG@10_tuned"])
+             for label in ("bm25+dense", "seal+bm25+dense")])
     print(f"\nbest: --seal-params {best_name}")
     result = {"benchmark": "seal-dev", "model": str(args.model), "split": split,
               "queries": len(qids), "beams": args.beams, "machine": info, "grid": GRID,
-              "start": START, "best": best, "tried": tried, "metrics": metrics,
-              "timings": timings}
+              "start": start, "best": best, "tried": tried, "metrics": metrics,
+              "fusion": fusion, "timings": timings}
     from genseek.atomic import atomic_write_json
 
     atomic_write_json(args.out, result)

@@ -27,7 +27,6 @@ query encoding included. Throughput: documents/s of a fresh SPLADE-tiny encoding
 from __future__ import annotations
 
 import argparse
-import itertools
 import json
 import shutil
 import sys
@@ -81,21 +80,14 @@ def SC_quant(weights, quant: float):  # noqa: N802 - tiny helper shared with the
     return quantise(weights, quant)
 
 
-WEIGHT_GRID = (0.5, 1.0, 1.5, 2.0)
+WEIGHT_GRID = C.WEIGHT_GRID
 
 
 def fused_metrics(runs: dict[str, list], names: list[str], qids: list[str], qrels: dict,
                   measures: tuple[str, ...], weights: list[float] | None = None
                   ) -> dict[str, float]:
-    """``measures`` of the RRF fusion (rrf_k 60, depth K) of ``runs[n]`` for ``n`` in
-    ``names``: each run a list, per query, of best-first ``(doc_id, score)`` pairs."""
-    from genseek.evaluation import evaluate
-    from genseek.kernels.fusion import rrf
-    from genseek.types import Hit
-
-    fused = [[Hit(d, s) for d, s in rrf([runs[n][qi] for n in names], K, RRF_K, weights)]
-             for qi in range(len(qids))]
-    return evaluate(dict(zip(qids, fused, strict=True)), qrels, measures)
+    """RRF (rrf_k 60, depth K) of ``runs[n]`` for ``n`` in ``names``, measured."""
+    return C.fused_metrics(runs, names, qids, qrels, measures, weights, K, RRF_K)
 
 
 def tune_rrf_weights(folder: Path, split: str, systems: dict[str, Any]
@@ -105,15 +97,11 @@ def tune_rrf_weights(folder: Path, split: str, systems: dict[str, Any]
     qids, texts, qrels = C.judged_queries(folder, split)
     names = list(systems)
     runs = {n: pairs(systems[n].search(texts, K)) for n in names}
-    scored = [(fused_metrics(runs, names, qids, qrels, ("nDCG@10",), [1.0, *rest])["nDCG@10"],
-               [1.0, *rest])
-              for rest in itertools.product(WEIGHT_GRID, repeat=len(names) - 1)]
-    best = max(scored, key=lambda x: x[0])  # the first of equals: grid order
-    equal = next(score for score, w in scored if w == [1.0] * len(names))
+    weights, tuned, equal = C.best_rrf_weights(runs, names, qids, qrels, WEIGHT_GRID)
     return ({"split": split, "queries": len(qids), "grid": list(WEIGHT_GRID),
-             "weights": dict(zip(names, best[1], strict=True)),
-             "nDCG@10_tuned": round(best[0], 4), "nDCG@10_equal_weights": round(equal, 4)},
-            best[1])
+             "weights": dict(zip(names, weights, strict=True)),
+             "nDCG@10_tuned": round(tuned, 4), "nDCG@10_equal_weights": round(equal, 4)},
+            weights)
 
 
 def pairs(hits: list[list[Any]]) -> list[list[tuple[str, float]]]:

@@ -101,6 +101,35 @@ def overlap_span(tokenizer: Any, query: str, text: str, rng: random.Random,
     return toks[s:s + span_len]
 
 
+def disjoint_windows(n: int, rng: random.Random, query_len: int, span_len: int
+                     ) -> tuple[int, int] | None:
+    """Starts ``(q, t)`` of two disjoint random windows ``[q, q + query_len)`` and
+    ``[t, t + span_len)`` inside ``range(n)``; ``None`` when ``n < query_len + span_len``."""
+    if n < query_len + span_len:
+        return None
+    # the query window leaves room for the target on its left or on its right
+    q = rng.choice([q for q in range(0, n - query_len + 1)
+                    if q >= span_len or n - q - query_len >= span_len])
+    starts = [s for s in range(0, n - span_len + 1) if s + span_len <= q or s >= q + query_len]
+    return q, rng.choice(starts)
+
+
+def span_pair(tokenizer: Any, text: str, rng: random.Random, query_len: int,
+              span_len: int) -> tuple[str, list[int]] | None:
+    """SEAL's unsupervised example: a random ``query_len``-token span of ``text`` as the
+    pseudo-query and a disjoint random ``span_len``-token span of the same text as the target.
+
+    ``None`` when the text is too short for two disjoint spans.
+    """
+    toks = tokenizer.encode(" " + text.strip(), add_special_tokens=False)
+    starts = disjoint_windows(len(toks), rng, query_len, span_len)
+    if starts is None:
+        return None
+    q, t = starts
+    return (tokenizer.decode(toks[q:q + query_len], skip_special_tokens=True),
+            toks[t:t + span_len])
+
+
 # ---------------------------------------------------------------------------------------------
 # training core
 
@@ -228,7 +257,10 @@ def genre_examples(lm: Any, corpus: dict[str, Any], queries: dict[str, str],
 
 def seal_examples(lm: Any, corpus: dict[str, Any], queries: dict[str, str],
                   qrels: dict[str, dict[str, int]], rng: random.Random, span_len: int,
-                  per_pair: int, instruction: str) -> list[Example]:
+                  per_pair: int, instruction: str, index_docs: Sequence[Any] = ()
+                  ) -> list[Example]:
+    """Supervised (query -> overlap-sampled span of a relevant document) examples, then one
+    unsupervised (span -> another span of the same document) example per ``index_docs``."""
     from genseek.retrievers._lm import build_prompt
 
     out: list[Example] = []
@@ -241,6 +273,10 @@ def seal_examples(lm: Any, corpus: dict[str, Any], queries: dict[str, str],
             for _ in range(per_pair):
                 out.append((prompt, overlap_span(lm.tokenizer, queries[qid], doc.text, rng,
                                                  span_len)))
+    for doc in index_docs:  # the corpus itself (unlabelled): span -> another span
+        pair = span_pair(lm.tokenizer, doc.text, rng, 16, span_len)
+        if pair is not None:
+            out.append((build_prompt(lm, instruction, pair[0], ""), pair[1]))
     return out
 
 
@@ -328,8 +364,9 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--lora-r", type=int, default=8)
     p.add_argument("--pseudo", type=int, default=1, help="pseudo-queries per document")
     p.add_argument("--index-docs", type=int, default=0,
-                   help="genre: also a pseudo-query (a span) -> title example for N random "
-                        "corpus documents (-1: every document; 0: none)")
+                   help="genre/seal: also an unsupervised example for N random corpus "
+                        "documents (-1: every document; 0: none): genre a span -> the title, "
+                        "seal a span -> another span of the document")
     p.add_argument("--span-len", type=int, default=10, help="seal: target span tokens")
     p.add_argument("--spans", type=int, default=2,
                    help="seal: spans sampled per (query, relevant document) pair")
@@ -340,7 +377,9 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--scheme", default="semantic", help="dsi: naive | atomic | semantic")
     p.add_argument("--vectors", type=Path, help="dsi: collection whose dense vectors to reuse")
     p.add_argument("--docs", type=Path, help="dsi: file of doc ids to index (default: all)")
-    p.add_argument("--continue-from", type=Path, help="dsi++: previous DSI model folder")
+    p.add_argument("--continue-from", type=Path,
+                   help="a model folder to go on training (dsi++: the previous DSI model; "
+                        f"genre/seal: more steps on new data). Default lr then {DSI_PLUS_LR:g}")
     p.add_argument("--new-docs", type=Path, help="dsi++: file of the new doc ids")
     p.add_argument("--replay", type=float, default=DSI_PLUS_REPLAY,
                    help=f"dsi++: replay ratio (0 = naive; default {DSI_PLUS_REPLAY:g})")
@@ -393,17 +432,17 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     base = str(args.continue_from) if args.continue_from else args.model
     lm = load_lm.__wrapped__(base, "cpu")  # a private copy: LoRA must not touch cached models
     extra: dict[str, Any] = {}
+    if args.index_docs < -1:
+        raise GenseekError(f"--index-docs {args.index_docs}: expected -1 (all), 0 or a count")
+    pool = sorted(corpus)
+    picked = pool if args.index_docs == -1 or args.index_docs >= len(pool) else \
+        rng.sample(pool, args.index_docs)
     if args.recipe == "genre":
-        if args.index_docs < -1:
-            raise GenseekError(f"--index-docs {args.index_docs}: expected -1 (all), 0 or a count")
-        pool = sorted(corpus)
-        picked = pool if args.index_docs == -1 or args.index_docs >= len(pool) else \
-            rng.sample(pool, args.index_docs)
         examples = genre_examples(lm, corpus, queries, qrels, rng, args.pseudo,
                                   GENRE_INSTRUCTION, [corpus[i] for i in picked])
     elif args.recipe == "seal":
         examples = seal_examples(lm, corpus, queries, qrels, rng, args.span_len, args.spans,
-                                 SEAL_INSTRUCTION)
+                                 SEAL_INSTRUCTION, [corpus[i] for i in picked])
     else:
         wanted = _ids_file(args.docs)
         docs = [corpus[i] for i in wanted if i in corpus] if wanted else list(corpus.values())

@@ -365,3 +365,36 @@ def test_train_seal_holdout_and_spans(tiny, tmp_path):
                  *common]) == 0
     assert json.loads((tmp_path / "g2" / "genseek_model.json").read_text())["examples"] == 6 + 3
     assert main(["genre", "--out", str(tmp_path / "g3"), "--index-docs", "-2", *common]) == 2
+    # seal --index-docs: one unsupervised span -> another span example per corpus document
+    assert main(["seal", "--out", str(tmp_path / "s1"), "--index-docs", "-1", *common]) == 0
+    assert json.loads((tmp_path / "s1" / "genseek_model.json").read_text())["examples"] == \
+        6 * 2 + 8
+    # --continue-from goes on training a seal model: the new folder names it as its base
+    assert main(["seal", "--out", str(tmp_path / "s2"), "--continue-from", str(tmp_path / "s1"),
+                 *common]) == 0
+    meta = json.loads((tmp_path / "s2" / "genseek_model.json").read_text())
+    assert meta["base"] == str(tmp_path / "s1") and meta["lr"] == 3e-4
+
+
+def test_span_pair_gives_disjoint_spans_of_the_text(tiny):
+    """SEAL's unsupervised pairs: query span and target span come from the text, never overlap."""
+    from genseek.retrievers._lm import load_lm
+    from genseek.retrievers.generative_train import disjoint_windows, span_pair
+
+    rng = random.Random(0)
+    for _ in range(500):
+        n, ql, sl = rng.randrange(1, 40), rng.randrange(1, 10), rng.randrange(1, 10)
+        got = disjoint_windows(n, rng, ql, sl)
+        if n < ql + sl:
+            assert got is None
+            continue
+        q, t = got
+        assert 0 <= q <= n - ql and 0 <= t <= n - sl
+        assert t + sl <= q or t >= q + ql  # disjoint
+    tok = load_lm(tiny).tokenizer
+    for seed, doc in enumerate(corpus(10, seed=3)):
+        ids = tok.encode(" " + doc.text, add_special_tokens=False)
+        query, target = span_pair(tok, doc.text, random.Random(seed), 6, 5)
+        assert query.strip() and len(target) == 5
+        assert any(ids[i:i + 5] == target for i in range(len(ids)))  # a window of the text
+    assert span_pair(tok, "w1 w2", random.Random(0), 6, 5) is None  # too short for two
