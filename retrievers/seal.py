@@ -141,6 +141,10 @@ class FMSegments:
 
     def _set(self, segs: list[tuple[Any, np.ndarray]]) -> None:
         self.segs = segs
+        self.clear_caches()
+
+    def clear_caches(self) -> None:
+        """Forget the per-key count / locate answers (a cold start, e.g. to time a search)."""
         self._counts, self._located, self._located_size = {}, {}, 0
 
     def _build(self, rows: dict[int, tuple[str, np.ndarray]], labels: Any
