@@ -426,14 +426,17 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         raise GenseekError(f"{args.dataset}: the corpus is empty")
     if args.spans < 1:
         raise GenseekError(f"--spans {args.spans}: expected at least 1 span per pair")
+    if args.index_docs < -1:
+        raise GenseekError(f"--index-docs {args.index_docs}: expected -1 (all), 0 or a count")
+    if args.index_docs and args.recipe == "dsi":
+        raise GenseekError("--index-docs is for genre and seal; dsi indexes every document of "
+                           "--docs (default: all)")
     held = holdout_queries(qrels, args.holdout, args.seed)
     for q in held:
         del qrels[q]
     base = str(args.continue_from) if args.continue_from else args.model
     lm = load_lm.__wrapped__(base, "cpu")  # a private copy: LoRA must not touch cached models
     extra: dict[str, Any] = {}
-    if args.index_docs < -1:
-        raise GenseekError(f"--index-docs {args.index_docs}: expected -1 (all), 0 or a count")
     pool = sorted(corpus)
     picked = pool if args.index_docs == -1 or args.index_docs >= len(pool) else \
         rng.sample(pool, args.index_docs)

@@ -367,6 +367,8 @@ def test_train_seal_holdout_and_spans(tiny, tmp_path):
                  *common]) == 0
     assert json.loads((tmp_path / "g2" / "genseek_model.json").read_text())["examples"] == 6 + 3
     assert main(["genre", "--out", str(tmp_path / "g3"), "--index-docs", "-2", *common]) == 2
+    assert main(["dsi", "--out", str(tmp_path / "g4"), "--index-docs", "3", *common]) == 2
+    assert not (tmp_path / "g3").exists() and not (tmp_path / "g4").exists()
     # seal --index-docs: one unsupervised span -> another span example per corpus document
     assert main(["seal", "--out", str(tmp_path / "s1"), "--index-docs", "-1", *common]) == 0
     assert json.loads((tmp_path / "s1" / "genseek_model.json").read_text())["examples"] == \
