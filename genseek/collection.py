@@ -442,7 +442,7 @@ class Collection:
         return len(self.store)
 
     def stats(self) -> dict[str, Any]:
-        from genseek.protocols import dir_bytes
+        from genseek.protocols import dir_bytes, file_bytes
 
         try:
             import psutil
@@ -455,7 +455,7 @@ class Collection:
             "documents": len(self.store),
             "seq": self.store.seq,
             "disk_bytes": dir_bytes(self.path),
-            "store_bytes": sum(p.stat().st_size for p in self.path.glob("docs.sqlite*")),
+            "store_bytes": file_bytes(self.path.glob("docs.sqlite*")),
             "process_rss_bytes": rss,
             "indexes": {name: {"spec": self.manifest["indexes"][name], **index.stats()}
                         for name, index in self.indexes.items()},

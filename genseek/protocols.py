@@ -9,7 +9,9 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import os
+import stat
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
@@ -59,6 +61,22 @@ class IndexType(Protocol):
     def open(self, path: Path, params: dict[str, Any]) -> Index: ...
 
 
-def dir_bytes(path: Path) -> int:
-    """Bytes on disk under ``path`` (files only)."""
-    return sum(p.stat().st_size for p in Path(path).rglob("*") if p.is_file())
+def file_bytes(paths: Iterable[Path | str]) -> int:
+    """Total size of the regular files among ``paths``. A path that is gone by the time it
+    is measured counts 0: writers replace files (temp file + rename) and SQLite deletes its
+    journal while a stats call walks the folder."""
+    total = 0
+    for p in paths:
+        try:
+            st = os.stat(p)
+        except (FileNotFoundError, NotADirectoryError):
+            continue
+        if stat.S_ISREG(st.st_mode):
+            total += st.st_size
+    return total
+
+
+def dir_bytes(path: Path | str) -> int:
+    """Bytes on disk under ``path`` (files only), safe against concurrent writers."""
+    return file_bytes(os.path.join(root, name) for root, _, names in os.walk(path)
+                      for name in names)

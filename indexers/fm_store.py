@@ -392,7 +392,9 @@ class FMStore:
 
     def stats(self) -> dict[str, Any]:
         """Documents, tokens, segments and bytes on disk."""
-        disk = sum(f.stat().st_size for f in self.path.rglob("*") if f.is_file())
+        from genseek.protocols import dir_bytes
+
+        disk = dir_bytes(self.path)
         return {"documents": len(self._live),
                 "segments": [{"name": s.name, "documents": s.index.n_docs, "live": s.n_live,
                               "tokens": s.index.n - s.index.n_docs} for s in self.segments],

@@ -22,6 +22,7 @@ from typing import Any
 import numpy as np
 
 from genseek.errors import GenseekError
+from genseek.protocols import dir_bytes, file_bytes
 
 DIST_PACKAGES = "/usr/lib/python3/dist-packages"
 
@@ -115,9 +116,7 @@ class SptagSpann:
     def memory_bytes(self) -> int:
         """Bytes SPTAG keeps in RAM: the head index (graph, tree, head vectors) and head ids."""
         head = self.folder / "HeadIndex"
-        total = sum(p.stat().st_size for p in head.rglob("*") if p.is_file())
-        ids = self.folder / "SPTAGHeadVectorIDs.bin"
-        return total + (ids.stat().st_size if ids.exists() else 0)
+        return dir_bytes(head) + file_bytes([self.folder / "SPTAGHeadVectorIDs.bin"])
 
     def disk_bytes(self) -> int:
-        return sum(p.stat().st_size for p in self.folder.rglob("*") if p.is_file())
+        return dir_bytes(self.folder)

@@ -524,3 +524,24 @@ def test_background_appliers_are_independent_per_index(tmp_path, monkeypatch):
     finally:
         gate.set()
         c.close()
+
+
+def test_dir_bytes_survives_files_vanishing_during_the_walk(tmp_path, monkeypatch):
+    """A stats call walks folders that writers change: renamed temp files, deleted journals."""
+    import os
+
+    from genseek import protocols
+
+    (tmp_path / "sub").mkdir()
+    (tmp_path / "a.bin").write_bytes(b"x" * 10)
+    (tmp_path / "sub" / "b.bin").write_bytes(b"y" * 5)
+    assert protocols.dir_bytes(tmp_path) == 15
+    real_walk = os.walk
+
+    def walk_with_a_ghost(path):  # lists a file that is gone when it is measured
+        for root, dirs, names in real_walk(path):
+            yield root, dirs, [*names, "docs.sqlite-journal"]
+
+    monkeypatch.setattr(protocols.os, "walk", walk_with_a_ghost)
+    assert protocols.dir_bytes(tmp_path) == 15
+    assert protocols.file_bytes([tmp_path / "a.bin", tmp_path / "gone", tmp_path / "sub"]) == 10
