@@ -235,7 +235,9 @@ def best_rrf_weights(runs: dict[str, list], names: Sequence[str], qids: Sequence
     scored = [(fused_metrics(runs, names, qids, qrels, ("nDCG@10",), [1.0, *rest])["nDCG@10"],
                [1.0, *rest]) for rest in itertools.product(grid, repeat=len(names) - 1)]
     best = max(scored, key=lambda x: x[0])
-    equal = fused_metrics(runs, names, qids, qrels, ("nDCG@10",))["nDCG@10"]
+    equal = next((sc for sc, w in scored if w == [1.0] * len(names)), None)
+    if equal is None:  # 1 is not in the grid
+        equal = fused_metrics(runs, names, qids, qrels, ("nDCG@10",))["nDCG@10"]
     return best[1], best[0], equal
 
 

@@ -40,6 +40,7 @@ import numpy as np
 from genseek.atomic import atomic_write_json, read_json_header
 from genseek.errors import GenseekError
 from genseek.kernels.fmindex import FMIndex, FMIndexProvider, fm_state_counts
+from genseek.protocols import dir_bytes
 
 FORMAT = "genseek-fmstore"
 VERSION = 1
@@ -392,8 +393,6 @@ class FMStore:
 
     def stats(self) -> dict[str, Any]:
         """Documents, tokens, segments and bytes on disk."""
-        from genseek.protocols import dir_bytes
-
         disk = dir_bytes(self.path)
         return {"documents": len(self._live),
                 "segments": [{"name": s.name, "documents": s.index.n_docs, "live": s.n_live,

@@ -79,7 +79,12 @@ def read_dataset(folder: Path, split: str = "train"
     return corpus, queries, qrels
 
 
-def pseudo_query(tokenizer: Any, text: str, rng: random.Random, length: int = 16) -> str:
+#: tokens of a span pseudo-query (GENRE/DSI pseudo-queries, SEAL's unsupervised inputs)
+PSEUDO_QUERY_TOKENS = 16
+
+
+def pseudo_query(tokenizer: Any, text: str, rng: random.Random,
+                 length: int = PSEUDO_QUERY_TOKENS) -> str:
     """A pseudo-query: a random ``length``-token span of ``text`` (the span generator)."""
     toks = tokenizer.encode(text, add_special_tokens=False)
     if len(toks) <= length:
@@ -274,7 +279,7 @@ def seal_examples(lm: Any, corpus: dict[str, Any], queries: dict[str, str],
                 out.append((prompt, overlap_span(lm.tokenizer, queries[qid], doc.text, rng,
                                                  span_len)))
     for doc in index_docs:  # the corpus itself (unlabelled): span -> another span
-        pair = span_pair(lm.tokenizer, doc.text, rng, 16, span_len)
+        pair = span_pair(lm.tokenizer, doc.text, rng, PSEUDO_QUERY_TOKENS, span_len)
         if pair is not None:
             out.append((build_prompt(lm, instruction, pair[0], ""), pair[1]))
     return out
