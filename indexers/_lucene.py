@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from genseek.errors import GenseekError
-from genseek.indexers.jvm import autoclass, java_exception
+from genseek.indexers.jvm import Shared, here, java_exception, jclass
 
 SEQ_KEY = "genseek.seq"
 """The commit user-data key of the applied sequence number."""
@@ -34,33 +34,47 @@ MAX_CLAUSES = 65536
 """Lucene's boolean-clause limit while a Lucene index is open (long queries, e.g. passages)."""
 
 
-class LuceneClasses:
-    """The Java classes every Lucene index uses, resolved once per index.
+class JavaClasses:
+    """Java classes by attribute: ``j.Document`` is the *calling thread's* proxy class of
+    ``NAMES["Document"]`` (see :func:`genseek.indexers.jvm.jclass`), so one object can be used
+    from any thread. A subclass adds the classes only its index uses to ``NAMES``."""
 
-    An index subclasses it to add the classes only it needs.
-    """
+    NAMES: dict[str, str] = {}
 
     def __init__(self) -> None:
-        c = autoclass
-        self.IndexWriter = c("org.apache.lucene.index.IndexWriter")
-        self.IndexWriterConfig = c("org.apache.lucene.index.IndexWriterConfig")
-        self.OpenMode = c("org.apache.lucene.index.IndexWriterConfig$OpenMode")
-        self.DirectoryReader = c("org.apache.lucene.index.DirectoryReader")
-        self.SegmentInfos = c("org.apache.lucene.index.SegmentInfos")
-        self.Term = c("org.apache.lucene.index.Term")
-        self.TermQuery = c("org.apache.lucene.search.TermQuery")
-        self.IndexSearcher = c("org.apache.lucene.search.IndexSearcher")
-        self.Runtime = c("java.lang.Runtime")
-        self.FSDirectory = c("org.apache.lucene.store.FSDirectory")
-        self.Paths = c("java.nio.file.Paths")
-        self.Document = c("org.apache.lucene.document.Document")
-        self.StringField = c("org.apache.lucene.document.StringField")
-        self.BinaryDocValuesField = c("org.apache.lucene.document.BinaryDocValuesField")
-        self.Store = c("org.apache.lucene.document.Field$Store")
-        self.BytesRef = c("org.apache.lucene.util.BytesRef")
-        self.HashMap = c("java.util.HashMap")
-        self.ArrayList = c("java.util.ArrayList")
-        self.JavaException = java_exception()
+        self.JavaException = java_exception()  # also starts the JVM
+
+    def __getattr__(self, attr: str) -> Any:
+        try:
+            name = type(self).NAMES[attr]
+        except KeyError:
+            raise AttributeError(attr) from None
+        return jclass(name)
+
+
+class LuceneClasses(JavaClasses):
+    """The Java classes every Lucene index uses."""
+
+    NAMES = {
+        "IndexWriter": "org.apache.lucene.index.IndexWriter",
+        "IndexWriterConfig": "org.apache.lucene.index.IndexWriterConfig",
+        "OpenMode": "org.apache.lucene.index.IndexWriterConfig$OpenMode",
+        "DirectoryReader": "org.apache.lucene.index.DirectoryReader",
+        "SegmentInfos": "org.apache.lucene.index.SegmentInfos",
+        "Term": "org.apache.lucene.index.Term",
+        "TermQuery": "org.apache.lucene.search.TermQuery",
+        "IndexSearcher": "org.apache.lucene.search.IndexSearcher",
+        "Runtime": "java.lang.Runtime",
+        "FSDirectory": "org.apache.lucene.store.FSDirectory",
+        "Paths": "java.nio.file.Paths",
+        "Document": "org.apache.lucene.document.Document",
+        "StringField": "org.apache.lucene.document.StringField",
+        "BinaryDocValuesField": "org.apache.lucene.document.BinaryDocValuesField",
+        "Store": "org.apache.lucene.document.Field$Store",
+        "BytesRef": "org.apache.lucene.util.BytesRef",
+        "HashMap": "java.util.HashMap",
+        "ArrayList": "java.util.ArrayList",
+    }
 
 
 def writer_config(j: LuceneClasses, analyzer: Any, similarity: Any, ram_buffer_mb: float,
@@ -82,17 +96,25 @@ def batch_search(j: LuceneClasses, searcher: Any, queries: Sequence[Any], qids: 
     for q, qid in zip(queries, qids, strict=True):
         qs.add(q)
         ids.add(qid)
-    found = searcher.batch_search(qs, ids, k, threads)
+    found = here(searcher.batch_search(qs, ids, k, threads))  # a Map: seen from this thread
     return [found.get(qid) for qid in qids]
 
 
 class _Generation:
-    """A reference-counted searcher, closed once retired and idle."""
+    """A reference-counted searcher, closed once retired and idle.
+
+    ``searcher`` is a Java searcher (held as :class:`Shared`, each reader thread calls it
+    through its own view) or a Python object that manages its own Java objects (it has
+    ``close`` and is used as is)."""
 
     def __init__(self, searcher: Any):
+        self.shared = Shared(searcher) if hasattr(type(searcher), "__javaclass__") else None
         self.searcher = searcher
         self.users = 0
         self.retired = False
+
+    def view(self) -> Any:
+        return self.shared.here() if self.shared is not None else self.searcher
 
 
 class LuceneFolder:
@@ -101,6 +123,9 @@ class LuceneFolder:
     ``kind`` names the index in error messages; ``open_searcher`` makes a searcher over the
     folder's latest commit (called at :meth:`reopen` and after every commit). The caller
     calls :meth:`reopen` once it is ready to serve reads.
+
+    Any thread may call any method (the index's own locks decide who writes when): Java
+    objects are reached through the calling thread's view (:mod:`genseek.indexers.jvm`).
     """
 
     def __init__(self, kind: str, path: Path, j: LuceneClasses, config: Any,
@@ -112,7 +137,7 @@ class LuceneFolder:
         j.IndexSearcher.setMaxClauseCount(MAX_CLAUSES)
         self.directory = j.FSDirectory.open(j.Paths.get(str(path.resolve())))
         try:
-            self.writer = j.IndexWriter(self.directory, config)
+            self._writer = Shared(j.IndexWriter(self.directory, config))
         except j.JavaException as exc:
             raise GenseekError(f"{kind}: cannot open the Lucene index at {path}: "
                                f"{exc}") from exc
@@ -123,13 +148,19 @@ class LuceneFolder:
         if self.applied_seq == 0 and self.writer.getDocStats().numDocs == 0:
             self._commit_data(0)  # an empty commit, so a reader can open the folder
 
+    @property
+    def writer(self) -> Any:
+        """The ``IndexWriter``, seen from the calling thread."""
+        return self._writer.here()
+
     # -- state ------------------------------------------------------------------------
 
     def _read_seq(self) -> int:
         j = self._j
         if not j.DirectoryReader.indexExists(self.directory):
             return 0
-        value = j.SegmentInfos.readLatestCommit(self.directory).getUserData().get(SEQ_KEY)
+        infos = here(j.SegmentInfos.readLatestCommit(self.directory))
+        value = here(infos.getUserData()).get(SEQ_KEY)
         return int(value) if value is not None else 0
 
     def memory_bytes(self) -> int:
@@ -137,7 +168,7 @@ class LuceneFolder:
 
         Lucene reads its files through mmap (the page cache), which is not counted.
         """
-        runtime = self._j.Runtime.getRuntime()
+        runtime = here(self._j.Runtime.getRuntime())
         return int(self.writer.ramBytesUsed()) + int(runtime.totalMemory()
                                                      - runtime.freeMemory())
 
@@ -150,19 +181,23 @@ class LuceneFolder:
         ldoc.add(j.StringField("id", doc_id, j.Store.YES))
         ldoc.add(j.BinaryDocValuesField("id", j.BytesRef(doc_id.encode("utf-8"))))
         ldoc.add(contents)
-        self.writer.updateDocument(j.Term("id", doc_id), ldoc)
+        term = j.Term("id", doc_id)
+        self.writer.updateDocument(term, ldoc)
 
     def delete(self, doc_id: str) -> None:
         """Delete the document ``doc_id`` (if present)."""
         j = self._j
         # deleteDocuments(Term...) and (Query...) are ambiguous to pyjnius: use the latter.
-        self.writer.deleteDocuments(j.TermQuery(j.Term("id", doc_id)))
+        query = j.TermQuery(j.Term("id", doc_id))
+        self.writer.deleteDocuments(query)
 
     def _commit_data(self, seq: int) -> None:
         data = self._j.HashMap()
         data.put(SEQ_KEY, str(seq))
-        self.writer.setLiveCommitData(data.entrySet())
-        self.writer.commit()
+        entries = data.entrySet()
+        writer = self.writer
+        writer.setLiveCommitData(entries)
+        writer.commit()
 
     def commit(self, seq: int, expunge_deletes: bool = False) -> None:
         """Commit with ``seq`` in the user data, then serve reads from a new searcher.
@@ -202,14 +237,14 @@ class LuceneFolder:
                 gen.users -= 1
             close = gen.retired and gen.users == 0
         if close:
-            gen.searcher.close()
+            gen.view().close()
 
     @contextmanager
     def searcher(self) -> Iterator[Any]:
         """The current searcher, held open for the ``with`` block."""
         gen = self._acquire()
         try:
-            yield gen.searcher
+            yield gen.view()
         finally:
             self._release(gen)
 

@@ -24,7 +24,7 @@ from typing import Any
 
 from genseek.errors import GenseekError
 from genseek.indexers._lucene import LuceneClasses, LuceneFolder, batch_search, writer_config
-from genseek.indexers.jvm import autoclass
+from genseek.indexers.jvm import here
 from genseek.protocols import dir_bytes
 from genseek.types import ChangeSet, Hit
 
@@ -102,7 +102,7 @@ class BM25Index:
 
     def analyze(self, text: str) -> list[str]:
         """The terms Lucene indexes for ``text`` (empty for stop-word-only text)."""
-        return list(self._j.AnalyzerUtils.analyze(self._analyzer, text).toArray())
+        return list(here(self._j.AnalyzerUtils.analyze(self._analyzer, text)).toArray())
 
     def stats(self) -> dict[str, Any]:
         with self._lucene.searcher() as s:
@@ -121,14 +121,14 @@ class BM25Index:
 
 
 class _Java(LuceneClasses):
-    """The Java classes this module uses, resolved once per index."""
+    """The Java classes this module uses (each thread gets its own, see ``JavaClasses``)."""
 
-    def __init__(self) -> None:
-        super().__init__()
-        c = autoclass
-        self.DefaultEnglishAnalyzer = c("io.anserini.analysis.DefaultEnglishAnalyzer")
-        self.AnalyzerUtils = c("io.anserini.analysis.AnalyzerUtils")
-        self.SimpleSearcher = c("io.anserini.search.SimpleSearcher")
-        self.TieredMergePolicy = c("org.apache.lucene.index.TieredMergePolicy")
-        self.BM25Similarity = c("org.apache.lucene.search.similarities.BM25Similarity")
-        self.TextField = c("org.apache.lucene.document.TextField")
+    NAMES = {
+        **LuceneClasses.NAMES,
+        "DefaultEnglishAnalyzer": "io.anserini.analysis.DefaultEnglishAnalyzer",
+        "AnalyzerUtils": "io.anserini.analysis.AnalyzerUtils",
+        "SimpleSearcher": "io.anserini.search.SimpleSearcher",
+        "TieredMergePolicy": "org.apache.lucene.index.TieredMergePolicy",
+        "BM25Similarity": "org.apache.lucene.search.similarities.BM25Similarity",
+        "TextField": "org.apache.lucene.document.TextField",
+    }

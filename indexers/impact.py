@@ -52,7 +52,7 @@ import numpy as np
 from genseek.atomic import atomic_write_json
 from genseek.errors import GenseekError
 from genseek.indexers._lucene import LuceneClasses, LuceneFolder, writer_config
-from genseek.indexers.jvm import autoclass
+from genseek.indexers.jvm import Shared, here
 from genseek.protocols import dir_bytes
 from genseek.types import ChangeSet, Document, Hit
 
@@ -131,8 +131,8 @@ class ImpactIndex:
         self._j = j
         conf = j.HashMap()
         conf.put("delimiter", _DELIM)
-        builder = j.CustomAnalyzer.builder().withTokenizer("whitespace")
-        self._analyzer = builder.addTokenFilter("delimitedTermFrequency", conf).build()
+        builder = here(here(j.CustomAnalyzer.builder()).withTokenizer("whitespace"))
+        self._analyzer = here(builder.addTokenFilter("delimitedTermFrequency", conf)).build()
         ftype = j.FieldType()
         ftype.setTokenized(True)
         ftype.setOmitNorms(True)
@@ -301,22 +301,22 @@ _FIELD_SIG = ("(Ljava/lang/String;Ljava/lang/CharSequence;"
 
 
 class _Java(LuceneClasses):
-    """The Java classes this module uses, resolved once per index."""
+    """The Java classes this module uses (each thread gets its own, see ``JavaClasses``)."""
 
-    def __init__(self) -> None:
-        super().__init__()
-        c = autoclass
-        self.CustomAnalyzer = c("org.apache.lucene.analysis.custom.CustomAnalyzer")
-        self.QueryParser = c("org.apache.lucene.queryparser.classic.QueryParser")
-        self.Whitespace = c("org.apache.lucene.analysis.core.WhitespaceAnalyzer")
-        self.ScoredDocs = c("io.anserini.search.ScoredDocs")
-        self.Sort = c("org.apache.lucene.search.Sort")
-        self.SortField = c("org.apache.lucene.search.SortField")
-        self.SortType = c("org.apache.lucene.search.SortField$Type")
-        self.ImpactSimilarity = c("io.anserini.search.similarity.ImpactSimilarity")
-        self.IndexOptions = c("org.apache.lucene.index.IndexOptions")
-        self.Field = c("org.apache.lucene.document.Field")
-        self.FieldType = c("org.apache.lucene.document.FieldType")
+    NAMES = {
+        **LuceneClasses.NAMES,
+        "CustomAnalyzer": "org.apache.lucene.analysis.custom.CustomAnalyzer",
+        "QueryParser": "org.apache.lucene.queryparser.classic.QueryParser",
+        "Whitespace": "org.apache.lucene.analysis.core.WhitespaceAnalyzer",
+        "ScoredDocs": "io.anserini.search.ScoredDocs",
+        "Sort": "org.apache.lucene.search.Sort",
+        "SortField": "org.apache.lucene.search.SortField",
+        "SortType": "org.apache.lucene.search.SortField$Type",
+        "ImpactSimilarity": "io.anserini.search.similarity.ImpactSimilarity",
+        "IndexOptions": "org.apache.lucene.index.IndexOptions",
+        "Field": "org.apache.lucene.document.Field",
+        "FieldType": "org.apache.lucene.document.FieldType",
+    }
 
 
 def query_string(bag: Mapping[str, int]) -> str:
@@ -332,10 +332,10 @@ class _Searcher:
 
     def __init__(self, j: _Java, directory: Any):
         self._j = j
-        self.reader = j.DirectoryReader.open(directory)
-        self.searcher = j.IndexSearcher(self.reader,
-                                        signature="(Lorg/apache/lucene/index/IndexReader;)V")
-        self.searcher.setSimilarity(j.ImpactSimilarity())
+        reader = j.DirectoryReader.open(directory)
+        searcher = j.IndexSearcher(reader, signature="(Lorg/apache/lucene/index/IndexReader;)V")
+        searcher.setSimilarity(j.ImpactSimilarity())
+        self._reader, self._searcher = Shared(reader), Shared(searcher)  # used by every reader
         self.sort = j.Sort(j.SortField.FIELD_SCORE, j.SortField("id", j.SortType.STRING_VAL),
                            signature="([Lorg/apache/lucene/search/SortField;)V")
 
@@ -347,16 +347,16 @@ class _Searcher:
         ``k``-th and ``k + 1``-th scores tie (the id then decides which document is in the
         top ``k``) is the query searched again with the sort.
         """
-        j = self._j
-        docs = j.ScoredDocs.fromTopDocs(self.searcher.search(query, k + 1), self.searcher)
+        j, searcher = self._j, self._searcher.here()
+        docs = j.ScoredDocs.fromTopDocs(searcher.search(query, k + 1), searcher)
         hits = list(zip(docs.docids, docs.scores, strict=True))
         if len(hits) > k and hits[k][1] == hits[k - 1][1]:
-            top = self.searcher.search(query, k, self.sort, True)
-            docs = j.ScoredDocs.fromTopDocs(top, self.searcher)
+            top = searcher.search(query, k, self.sort, True)
+            docs = j.ScoredDocs.fromTopDocs(top, searcher)
             return list(zip(docs.docids, docs.scores, strict=True))
         hits = hits[:k]
         hits.sort(key=lambda h: (-h[1], h[0]))
         return hits
 
     def close(self) -> None:
-        self.reader.close()
+        self._reader.here().close()

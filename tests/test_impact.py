@@ -255,7 +255,7 @@ def test_windows_max_pool_over_a_long_document(tiny_model):
     assert float(dense.sum()) > float(cut_ws.sum()) + 1e-3
     for i in (0, 2):  # single-window texts: identical to the cut encoder
         a, b = got[i], cut.encode_ids([texts[i]])[0]
-        assert np.array_equal(a[0], b[0]) and np.allclose(a[1], b[1], atol=1e-6)
+        assert np.array_equal(a[0], b[0]) and np.allclose(a[1], b[1], atol=1e-5)  # padding changes float order
     with pytest.raises(GenseekError, match="windows must be a positive integer"):
         SparseEncoder(str(tiny_model), windows=0)
 
