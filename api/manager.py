@@ -23,7 +23,6 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 from genseek.api.errors import Conflict, NotFound, Unavailable
 from genseek.api.settings import Settings
@@ -255,46 +254,31 @@ class CollectionManager:
 
 
 class ModelHub:
-    """The encoders and rerankers of one app, each loaded on first use, once."""
+    """The encoders and rerankers of one app, each loaded on first use, once per process
+    (:data:`genseek.models.MODELS`: concurrent first requests wait for one load)."""
 
     def __init__(self, settings: Settings):
         self.settings = settings
-        self._lock = threading.Lock()
-        self._loaded: dict[str, Any] = {}
-        self._loading: dict[str, threading.Lock] = {}
-
-    def _get(self, key: str, load) -> Any:
-        with self._lock:
-            if key in self._loaded:
-                return self._loaded[key]
-            lock = self._loading.setdefault(key, threading.Lock())
-        with lock:
-            with self._lock:
-                if key in self._loaded:
-                    return self._loaded[key]
-            value = load()
-            with self._lock:
-                self._loaded[key] = value
-            return value
 
     def encoder(self):
         from genseek.encoders import shared_encoder
 
-        return self._get("encoder", lambda: shared_encoder(self.settings.embedding_model, None))
+        return shared_encoder(self.settings.embedding_model, None)
 
     def sparse(self):
-        from genseek.encoders import SparseEncoder
+        from genseek.encoders import shared_sparse_encoder
 
-        return self._get("sparse", lambda: SparseEncoder(self.settings.sparse_model))
+        return shared_sparse_encoder(self.settings.sparse_model)
 
     def reranker_names(self) -> list[str]:
         return list(self.settings.rerankers)
 
     def reranker(self, name: str):
+        from genseek.models import MODELS
         from genseek.registry import load_reranker
 
         spec = self.settings.rerankers.get(name)
         if spec is None:
             known = ", ".join(self.settings.rerankers) or "none"
             raise NotFound(f"no reranker named {name!r} (rerankers: {known})")
-        return self._get(f"reranker:{name}", lambda: load_reranker(spec))
+        return MODELS.get(("reranker", str(spec)), lambda: load_reranker(spec))

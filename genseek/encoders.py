@@ -7,7 +7,6 @@ name or folder works too (a name needs the hub or its cache).
 
 from __future__ import annotations
 
-import functools
 import importlib.util
 from collections.abc import Sequence
 from pathlib import Path
@@ -15,6 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from genseek.errors import GenseekError
+from genseek.models import MODELS, cached_model, loading
 
 DEFAULT_MODEL = "all-MiniLM-L6-v2"
 _EMBEDDED = {
@@ -51,7 +51,8 @@ class TextEncoder:
         self.name = model
         source = resolve_model(model)
         try:
-            self._model = SentenceTransformer(source, device=device)
+            with loading():
+                self._model = SentenceTransformer(source, device=device)
         except Exception as exc:  # noqa: BLE001 - any loader failure is a user error here
             raise GenseekError(f"cannot load encoder {model!r} ({source}): "
                                f"{type(exc).__name__}: {str(exc).splitlines()[0][:200]}") from None
@@ -78,9 +79,10 @@ class TextEncoder:
         return np.ascontiguousarray(vecs, dtype=np.float32)
 
 
-@functools.lru_cache(maxsize=4)
+@cached_model("encoder")
 def shared_encoder(model: str, max_length: int | None = None) -> TextEncoder:
-    """One loaded encoder per (model, max_length) per process, shared by indexes."""
+    """One loaded encoder per (model, max_length) per process, shared by indexes and threads
+    (loaded once even when several threads ask first at the same moment)."""
     return TextEncoder(model, max_length)
 
 
@@ -217,7 +219,8 @@ class SparseEncoder:
         source = resolve_sparse_model(model)
         self._source = source
         try:
-            self._tokenizer = AutoTokenizer.from_pretrained(source)
+            with loading():
+                self._tokenizer = AutoTokenizer.from_pretrained(source)
         except Exception as exc:  # noqa: BLE001 - any loader failure is a user error here
             raise GenseekError(f"cannot load sparse encoder {model!r} ({source}): "
                                f"{type(exc).__name__}: {str(exc).splitlines()[0][:200]}") from None
@@ -257,18 +260,22 @@ class SparseEncoder:
 
     def _load_model(self):
         if self._model is None:
-            from transformers import AutoModelForMaskedLM
-
-            try:
-                model = AutoModelForMaskedLM.from_pretrained(self._source, use_safetensors=True)
-            except Exception as exc:  # noqa: BLE001 - any loader failure is a user error here
-                raise GenseekError(
-                    f"cannot load sparse encoder {self.name!r} ({self._source}): "
-                    f"{type(exc).__name__}: {str(exc).splitlines()[0][:200]}") from None
-            model.eval()
-            model.to(self._device)
-            self._model = model
+            self._model = MODELS.get(("masked-lm", self._source, self._device),
+                                     self._load_masked_lm)
         return self._model
+
+    def _load_masked_lm(self):
+        from transformers import AutoModelForMaskedLM
+
+        try:
+            model = AutoModelForMaskedLM.from_pretrained(self._source, use_safetensors=True)
+        except Exception as exc:  # noqa: BLE001 - any loader failure is a user error here
+            raise GenseekError(
+                f"cannot load sparse encoder {self.name!r} ({self._source}): "
+                f"{type(exc).__name__}: {str(exc).splitlines()[0][:200]}") from None
+        model.eval()
+        model.to(self._device)
+        return model
 
     @property
     def idf(self) -> np.ndarray:
@@ -379,7 +386,7 @@ class SparseEncoder:
                 for ids, ws in self.query_ids_idf(texts)]
 
 
-@functools.lru_cache(maxsize=4)
+@cached_model("sparse-encoder")
 def shared_sparse_encoder(model: str = SPLADE_DEFAULT, max_length: int = 256,
                           idf: str | None = None, windows: int = 1) -> SparseEncoder:
     """One :class:`SparseEncoder` per (model, max_length, idf, windows) per process, shared

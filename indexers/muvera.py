@@ -45,6 +45,7 @@ from genseek.errors import GenseekError
 from genseek.indexers._labelstore import LabelStore
 from genseek.kernels import chamfer as ch
 from genseek.kernels import muvera as fde
+from genseek.models import loading
 from genseek.protocols import dir_bytes
 from genseek.types import ChangeSet, Hit
 
@@ -79,7 +80,8 @@ class TokenEncoder:
         hf_logging.disable_progress_bar()
         source = resolve_model(model)
         try:
-            st = SentenceTransformer(source, device="cpu")
+            with loading():
+                st = SentenceTransformer(source, device="cpu")
         except Exception as exc:  # noqa: BLE001 - any loader failure is a user error here
             raise GenseekError(f"cannot load encoder {model!r} ({source}): "
                                f"{type(exc).__name__}: {str(exc).splitlines()[0][:200]}") from None
@@ -190,7 +192,8 @@ class MuveraIndex:
 
         source = resolve_model(str(self.params["model"]))
         try:
-            return int(AutoConfig.from_pretrained(source).hidden_size)
+            with loading():
+                return int(AutoConfig.from_pretrained(source).hidden_size)
         except Exception as exc:  # noqa: BLE001 - any loader failure is a user error here
             raise GenseekError(f"muvera: cannot read model {self.params['model']!r} ({source}): "
                                f"{type(exc).__name__}") from None

@@ -63,6 +63,7 @@ from typing import Any
 import numpy as np
 
 from genseek.errors import GenseekError
+from genseek.models import loading
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
@@ -304,8 +305,10 @@ def main(argv: list[str]) -> int:
     # 3. the student
     from genseek.encoders import resolve_sparse_model
 
-    model = AutoModelForMaskedLM.from_pretrained(resolve_sparse_model(args.base),
-                                                 use_safetensors=True)
+    with loading():
+        model = AutoModelForMaskedLM.from_pretrained(resolve_sparse_model(args.base),
+                                                     use_safetensors=True)
+
     def encode(batch):
         """The batch's documents (each example's list, in order): ``[docs, vocab]``."""
         docs = [d for _, ds, _ in batch for d in ds]

@@ -9,7 +9,6 @@ cache). On a GPU the weights are bf16 by default; on CPU float32.
 
 from __future__ import annotations
 
-import functools
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,6 +16,7 @@ from typing import Any
 
 from genseek.embedded import smollm2_gguf
 from genseek.errors import GenseekError
+from genseek.models import cached_model
 
 DEFAULT_MODEL = "smollm2"
 """Alias of the embedded SmolLM2-135M-Instruct GGUF."""
@@ -80,7 +80,7 @@ def pick_dtype(dtype: str | None, device: Any) -> Any:
     return getattr(torch, name)
 
 
-@functools.lru_cache(maxsize=4)
+@cached_model("reranker-lm")
 def load_lm(model: str = DEFAULT_MODEL, device: str | None = None,
             dtype: str | None = None) -> LoadedLM:
     """Load (once per process per arguments) a causal LM and its tokenizer, offline."""

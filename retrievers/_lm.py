@@ -13,7 +13,8 @@
   download).
 
 Anything else is a one-line :class:`GenseekError`. Loaded models are cached per process by
-``(name, device)`` (``functools.lru_cache``), so several indexes naming one model share it.
+``(name, device)`` (:func:`genseek.models.cached_model`: once per process, thread-safe), so
+several indexes naming one model share it.
 
 Prompts. Every retriever builds its decoder input with :func:`build_prompt`: for a model with
 a chat template (instruction-tuned) the task text is a user turn and generation starts in the
@@ -25,7 +26,6 @@ with an empty query is a GenseekError).
 
 from __future__ import annotations
 
-import functools
 import json
 import os
 from dataclasses import dataclass
@@ -34,6 +34,7 @@ from typing import Any
 
 from genseek.embedded import smollm2_gguf
 from genseek.errors import GenseekError
+from genseek.models import cached_model
 
 DEFAULT_LM = "smollm2"
 MODEL_META = "genseek_model.json"
@@ -103,7 +104,7 @@ def _wrap(name: str, model: Any, tok: Any, meta: dict[str, Any], device: str) ->
     return LM(name, model, tok, enc_dec, context, int(eos), int(pad), meta)
 
 
-@functools.lru_cache(maxsize=4)
+@cached_model("generative-lm")
 def load_lm(name: str = DEFAULT_LM, device: str = "cpu") -> LM:
     """Load ``name`` (see the module docstring); cached per process."""
     _quiet()
