@@ -24,7 +24,7 @@ from starlette.middleware.cors import CORSMiddleware
 from starlette.responses import Response
 
 from genseek.api import errors, schemas
-from genseek.api.errors import JSON, ApiError, NotFound
+from genseek.api.errors import JSON
 from genseek.api.manager import CollectionManager, ModelHub
 from genseek.api.metrics import CONTENT_TYPE, Metrics
 from genseek.api.middleware import (
@@ -37,7 +37,7 @@ from genseek.api.middleware import (
 from genseek.api.schemas import NAME_PATTERN
 from genseek.api.settings import Settings
 from genseek.collection import Collection
-from genseek.errors import GenseekError
+from genseek.errors import GenseekError, NotFoundError
 from genseek.pipeline import Pipeline, Result, run_pipeline
 from genseek.types import Document
 
@@ -247,7 +247,7 @@ def create_app(settings: Settings) -> FastAPI:
 
         doc = await blocking(work)
         if doc is None:
-            raise NotFound(f"no document {doc_id!r} in collection {name!r}")
+            raise NotFoundError(f"no document {doc_id!r} in collection {name!r}")
         return JSON({"id": doc.doc_id, "title": doc.title, "text": doc.text,
                      "metadata": dict(doc.metadata), "version": doc.version})
 
@@ -260,7 +260,7 @@ def create_app(settings: Settings) -> FastAPI:
                 p = pipeline if pipeline is not None else _default_pipeline(name, coll)
                 missing = [stage.index for stage in p.retrieve if stage.index not in coll.indexes]
                 if missing:
-                    raise NotFound(f"no index named {missing[0]!r} in collection {name!r} "
+                    raise NotFoundError(f"no index named {missing[0]!r} in collection {name!r} "
                                    f"(indexes: {', '.join(coll.indexes) or 'none'})")
                 rerankers = None
                 if p.rerank is not None:
@@ -296,7 +296,7 @@ def create_app(settings: Settings) -> FastAPI:
         """Dense embeddings in OpenAI's shape (``encoding_format``: float or base64)."""
         model = settings.embedding_model
         if body.model not in (None, model):
-            raise NotFound(f"model {body.model!r} is not served here; use {model!r}")
+            raise NotFoundError(f"model {body.model!r} is not served here; use {model!r}")
         texts = [body.input] if isinstance(body.input, str) else list(body.input)
 
         def work() -> tuple[np.ndarray, int]:
@@ -320,7 +320,7 @@ def create_app(settings: Settings) -> FastAPI:
         """SPLADE sparse embeddings: ``{token, weight}`` terms, heaviest first."""
         model = settings.sparse_model
         if body.model not in (None, model):
-            raise NotFound(f"model {body.model!r} is not served here; use {model!r}")
+            raise NotFoundError(f"model {body.model!r} is not served here; use {model!r}")
         texts = [body.input] if isinstance(body.input, str) else list(body.input)
         encoded = await blocking(lambda: st.models.sparse().encode(texts, top_k=body.top_k))
         if body.token_format == "elasticsearch":
@@ -340,7 +340,7 @@ def create_app(settings: Settings) -> FastAPI:
         names = st.models.reranker_names()
         name = body.model or (names[0] if names else None)
         if name is None:
-            raise NotFound("no reranker is configured on this server")
+            raise NotFoundError("no reranker is configured on this server")
         docs = list(body.documents)
         scores = await blocking(lambda: st.models.reranker(name).score(body.query, docs))
         order = sorted(range(len(docs)), key=lambda i: (-scores[i], i))[:body.top_n]
@@ -450,4 +450,4 @@ def _install_openapi(app: FastAPI) -> None:
     app.openapi = openapi  # type: ignore[method-assign]
 
 
-__all__ = ["ApiError", "ApiState", "create_app"]
+__all__ = ["ApiState", "create_app"]

@@ -3,15 +3,13 @@
 ======================================  ======  =====================
 raised                                  status  ``type``
 ======================================  ======  =====================
-:class:`NotFound`                       404     ``not_found``
-:class:`Conflict`                       409     ``conflict``
-:class:`~genseek.errors.GenseekError`   400     ``bad_request``
+a :class:`~genseek.errors.GenseekError` its     its ``type`` (see genseek.errors:
+                                        status  400, 404, 409, 422, 500, 503)
 request validation (pydantic)           422     ``validation_error``
 malformed JSON                          400     ``invalid_json``
 API key missing / without the scope     401/403 ``unauthorized`` / ``forbidden``
 body over ``max_body_bytes``            413     ``payload_too_large``
 over ``request_timeout_s``              504     ``timeout``
-server shutting down                    503     ``unavailable``
 anything else                           500     ``internal_error``
 ======================================  ======  =====================
 """
@@ -36,32 +34,6 @@ _STATUS_TYPES = {400: "bad_request", 401: "unauthorized", 403: "forbidden", 404:
                  405: "method_not_allowed", 409: "conflict", 413: "payload_too_large",
                  415: "unsupported_media_type", 422: "validation_error", 500: "internal_error",
                  503: "unavailable", 504: "timeout"}
-
-
-class ApiError(Exception):
-    """An error with its HTTP status; ``str()`` is the message."""
-
-    status = 400
-    type = "bad_request"
-
-    def __init__(self, message: str, *, status: int | None = None, type: str | None = None):
-        super().__init__(message)
-        if status is not None:
-            self.status = status
-        if type is not None:
-            self.type = type
-
-
-class NotFound(ApiError):
-    status, type = 404, "not_found"
-
-
-class Conflict(ApiError):
-    status, type = 409, "conflict"
-
-
-class Unavailable(ApiError):
-    status, type = 503, "unavailable"
 
 
 def _finite(value: Any) -> Any:
@@ -127,13 +99,12 @@ def _validation_response(exc: RequestValidationError) -> JSON:
 def install(app: FastAPI) -> None:
     """Register the exception handlers on ``app``."""
 
-    @app.exception_handler(ApiError)
-    async def _api_error(request: Request, exc: ApiError) -> Response:
-        return error_response(exc.status, str(exc), exc.type)
-
     @app.exception_handler(GenseekError)
     async def _genseek_error(request: Request, exc: GenseekError) -> Response:
-        return error_response(400, str(exc), "bad_request")
+        if exc.status >= 500:
+            log.error("%s on %s %s: %s", type(exc).__name__, request.method, request.url.path,
+                      exc)
+        return error_response(exc.status, str(exc), exc.type)
 
     @app.exception_handler(RequestValidationError)
     async def _validation(request: Request, exc: RequestValidationError) -> Response:

@@ -24,15 +24,18 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from genseek.api.errors import Conflict, NotFound, Unavailable
 from genseek.api.settings import Settings
 from genseek.collection import Collection
-from genseek.errors import GenseekError
+from genseek.errors import (
+    CollectionLocked,
+    ConflictError,
+    GenseekError,
+    NotFoundError,
+    UnavailableError,
+)
 from genseek.spec import IndexSpec, validate_name
 
 log = logging.getLogger("genseek.api")
-
-_LOCKED = "open in another process"  # Collection._lock's message
 
 
 @dataclass(eq=False)
@@ -84,7 +87,7 @@ class CollectionManager:
     def _handle_locked(self, name: str, busy: type[Exception]) -> _Handle:
         """The live handle for ``name`` (made if absent); the caller holds ``_cond``."""
         if self._closed:
-            raise Unavailable("the server is shutting down")
+            raise UnavailableError("the server is shutting down")
         handle = self._handles.get(name)
         if handle is None:
             handle = self._handles[name] = _Handle(name)
@@ -92,7 +95,7 @@ class CollectionManager:
             raise busy(f"collection {name!r} is being dropped")
         return handle
 
-    def _reserve(self, name: str, busy: type[Exception] = NotFound) -> _Handle:
+    def _reserve(self, name: str, busy: type[Exception] = NotFoundError) -> _Handle:
         with self._cond:
             handle = self._handle_locked(name, busy)
             handle.users += 1
@@ -112,16 +115,16 @@ class CollectionManager:
             if handle.collection is not None:
                 return
             if not Collection.exists(path) or path.is_symlink():
-                raise NotFound(f"no collection named {handle.name!r}")
+                raise NotFoundError(f"no collection named {handle.name!r}")
             try:
                 collection = Collection.open(path)
+            except CollectionLocked:
+                raise CollectionLocked(f"collection {handle.name!r} is open in another process "
+                                       "(e.g. the genseek CLI); try again when it has finished") \
+                    from None
             except GenseekError as exc:
-                if _LOCKED in str(exc):
-                    raise Conflict(f"collection {handle.name!r} is open in another process "
-                                   "(e.g. the genseek CLI); try again when it has finished") \
-                        from None
-                raise Unavailable(f"collection {handle.name!r} cannot be opened: "
-                                  f"{str(exc).replace(str(self.root), '<root>')}") from None
+                raise UnavailableError(f"collection {handle.name!r} cannot be opened: "
+                                       f"{str(exc).replace(str(self.root), '<root>')}") from None
             collection.start_background_sync()
             handle.collection = collection
             log.info("opened collection %s", handle.name)
@@ -158,15 +161,15 @@ class CollectionManager:
     def create(self, name: str, indexes: dict[str, str]) -> None:
         path = self.path(name)
         specs = {validate_name(n): IndexSpec.parse(s) for n, s in indexes.items()}
-        handle = self._reserve(name, busy=Conflict)
+        handle = self._reserve(name, busy=ConflictError)
         try:
             with handle.open_lock:
                 if handle.collection is not None or Collection.exists(path):
-                    raise Conflict(f"collection {name!r} already exists")
+                    raise ConflictError(f"collection {name!r} already exists")
                 if path.is_symlink() or path.exists() and (
                         not path.is_dir() or any(p.name != "collection.lock"
                                                  for p in path.iterdir())):
-                    raise Conflict(f"{name!r} exists in the collections folder and is not a "
+                    raise ConflictError(f"{name!r} exists in the collections folder and is not a "
                                    "collection; choose another name")
                 collection = Collection.create(path, specs)
                 collection.start_background_sync()
@@ -180,14 +183,14 @@ class CollectionManager:
         """Close ``name`` once its current requests finish, and delete its folder."""
         path = self.path(name)
         with self._cond:
-            handle = self._handle_locked(name, NotFound)
+            handle = self._handle_locked(name, NotFoundError)
             handle.closing = True
             deadline = time.monotonic() + self.drain_timeout
             while handle.users > 0:
                 left = deadline - time.monotonic()
                 if left <= 0:
                     handle.closing = False
-                    raise Conflict(f"collection {name!r} is busy; try dropping it again")
+                    raise ConflictError(f"collection {name!r} is busy; try dropping it again")
                 self._cond.wait(left)
         try:
             if handle.collection is not None:
@@ -199,13 +202,13 @@ class CollectionManager:
                 shutil.rmtree(path)
             else:
                 if not Collection.exists(path) or path.is_symlink():
-                    raise NotFound(f"no collection named {name!r}")
+                    raise NotFoundError(f"no collection named {name!r}")
                 fd = os.open(path / "collection.lock", os.O_RDWR | os.O_CREAT, 0o644)
                 try:
                     try:
                         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
                     except BlockingIOError:
-                        raise Conflict(f"collection {name!r} is open in another process") \
+                        raise ConflictError(f"collection {name!r} is open in another process") \
                             from None
                     shutil.rmtree(path)
                 finally:
@@ -280,5 +283,5 @@ class ModelHub:
         spec = self.settings.rerankers.get(name)
         if spec is None:
             known = ", ".join(self.settings.rerankers) or "none"
-            raise NotFound(f"no reranker named {name!r} (rerankers: {known})")
+            raise NotFoundError(f"no reranker named {name!r} (rerankers: {known})")
         return MODELS.get(("reranker", str(spec)), lambda: load_reranker(spec))

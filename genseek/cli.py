@@ -529,7 +529,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return int(args.func(args) or 0)
     except GenseekError as exc:
         print(f"genseek: error: {exc}", file=sys.stderr)
-        return 2
+        return 1 if exc.status >= 500 else 2  # 1: genseek's side failed, 2: the input
     except KeyboardInterrupt:
         print("genseek: interrupted; committed batches are kept, rerun the same command to "
               "resume", file=sys.stderr)

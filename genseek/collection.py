@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from genseek.atomic import atomic_write_json
-from genseek.errors import GenseekError
+from genseek.errors import CollectionLocked, ConflictError, GenseekError, NotFoundError, ServerError
 from genseek.protocols import Index, Retriever
 from genseek.registry import resolve
 from genseek.spec import IndexSpec, validate_name
@@ -91,7 +91,7 @@ class Collection:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             os.close(fd)
-            raise GenseekError(f"collection {path} is open in another process; "
+            raise CollectionLocked(f"collection {path} is open in another process; "
                                "try again when it has finished") from None
         return fd
 
@@ -136,9 +136,9 @@ class Collection:
         """Create a collection (the folder may exist but must be empty) with ``indexes``."""
         path = cls._check_dir(path)
         if (path / MANIFEST).exists():
-            raise GenseekError(f"{path} is already a collection")
+            raise ConflictError(f"{path} is already a collection")
         if path.exists() and any(p.name != "collection.lock" for p in path.iterdir()):
-            raise GenseekError(f"{path} exists and is not empty; choose a new folder")
+            raise ConflictError(f"{path} exists and is not empty; choose a new folder")
         specs = {validate_name(n): str(IndexSpec.parse(str(s))) for n, s in (indexes or {}).items()}
         for spec in specs.values():
             resolve(IndexSpec.parse(spec))  # unknown types fail before anything is written
@@ -186,7 +186,7 @@ class Collection:
         spec = spec if isinstance(spec, IndexSpec) else IndexSpec.parse(spec)
         if name in self.indexes:
             if str(spec) != self.manifest["indexes"][name]:
-                raise GenseekError(f"index {name!r} already exists with spec "
+                raise ConflictError(f"index {name!r} already exists with spec "
                                    f"{self.manifest['indexes'][name]!r}, not {str(spec)!r}")
             return self.indexes[name]
         index = self._open_index(name, spec)
@@ -227,7 +227,7 @@ class Collection:
             target = self.store.seq
             seq = index.applied_seq
             if seq > target:
-                raise GenseekError(f"index {name!r} is ahead of the document store "
+                raise ServerError(f"index {name!r} is ahead of the document store "
                                    f"({seq} > {target}): the collection folder was mixed up")
             while seq < target:
                 changes = self.store.changes(seq, batch_ops)
@@ -405,7 +405,8 @@ class Collection:
             return self.indexes[name]
         except KeyError:
             known = ", ".join(self.indexes) or "none"
-            raise GenseekError(f"no index named {name!r} in {self.path} (indexes: {known})") from None
+            raise NotFoundError(f"no index named {name!r} in {self.path} (indexes: {known})") \
+                from None
 
     def retriever(self, names: Sequence[str] | str | None = None, fusion: str = "rrf",
                   **fusion_params: Any) -> Retriever:

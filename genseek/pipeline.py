@@ -22,7 +22,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from genseek.errors import GenseekError
+from genseek.errors import NotFoundError
 from genseek.protocols import Reranker, Retriever
 from genseek.types import Document, Hit
 
@@ -98,10 +98,10 @@ def matches(metadata: dict[str, Any], where: dict[str, Any]) -> bool:
 
 
 def check_indexes(pipeline: Pipeline, available: Sequence[str]) -> None:
-    """Raise a GenseekError naming the first stage whose index does not exist."""
+    """Raise a NotFoundError naming the first stage whose index does not exist."""
     for stage in pipeline.retrieve:
         if stage.index not in available:
-            raise GenseekError(f"no index named {stage.index!r} (indexes: "
+            raise NotFoundError(f"no index named {stage.index!r} (indexes: "
                                f"{', '.join(available) or 'none'})")
 
 
@@ -165,7 +165,7 @@ def run_pipeline(pipeline: Pipeline, queries: Sequence[str], indexes: Mapping[st
     """
     if pipeline.rerank is not None and pipeline.rerank.reranker not in (rerankers or {}):
         known = ", ".join(sorted(rerankers or {})) or "none"
-        raise GenseekError(f"no reranker named {pipeline.rerank.reranker!r} (rerankers: {known})")
+        raise NotFoundError(f"no reranker named {pipeline.rerank.reranker!r} (rerankers: {known})")
     fused = build_retriever(pipeline, indexes).search(queries, MAX_K)
     need_docs = bool(pipeline.filter or pipeline.rerank or pipeline.fields)
     kept: list[tuple[list[Hit], Mapping[str, Document]]] = []

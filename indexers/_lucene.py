@@ -24,7 +24,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from genseek.errors import GenseekError
+from genseek.errors import ServerError, UnavailableError
 from genseek.indexers.jvm import Shared, here, java_exception, jclass
 
 SEQ_KEY = "genseek.seq"
@@ -139,7 +139,7 @@ class LuceneFolder:
         try:
             self._writer = Shared(j.IndexWriter(self.directory, config))
         except j.JavaException as exc:
-            raise GenseekError(f"{kind}: cannot open the Lucene index at {path}: "
+            raise ServerError(f"{kind}: cannot open the Lucene index at {path}: "
                                f"{exc}") from exc
         self.applied_seq = self._read_seq()
         self.pending_deletes = False  # set by the index: a commit may expunge them
@@ -225,7 +225,7 @@ class LuceneFolder:
     def _acquire(self) -> _Generation:
         with self._lock:
             if self._current is None:
-                raise GenseekError(f"{self.kind}: the index is closed")
+                raise UnavailableError(f"{self.kind}: the index is closed")
             self._current.users += 1
             return self._current
 
