@@ -261,7 +261,9 @@ def create_app(settings: Settings) -> FastAPI:
                 missing = [stage.index for stage in p.retrieve if stage.index not in coll.indexes]
                 if missing:
                     raise NotFoundError(f"no index named {missing[0]!r} in collection {name!r} "
-                                   f"(indexes: {', '.join(coll.indexes) or 'none'})")
+                                        f"(indexes: {', '.join(coll.indexes) or 'none'})")
+                for stage in p.retrieve:
+                    coll.check_search_params(stage.index, dict(stage.params))
                 rerankers = None
                 if p.rerank is not None:
                     rerankers = {p.rerank.reranker: st.models.reranker(p.rerank.reranker)}

@@ -216,6 +216,7 @@ def main(argv: list[str] | None = None) -> int:
         elif args.train_steps:
             import random
 
+            from genseek.params import SEAL_INSTRUCTION
             from genseek.retrievers._lm import LM, lora_wrap
             from genseek.retrievers._lm import load_lm as _load
             from genseek.retrievers.generative_train import (
@@ -223,7 +224,6 @@ def main(argv: list[str] | None = None) -> int:
                 seal_examples,
                 train_examples,
             )
-            from genseek.retrievers.seal import SEAL_INSTRUCTION
 
             corpus, queries, train_qrels = read_dataset(folder, "train")
             fresh = _load.__wrapped__(args.model, "cpu")
@@ -356,8 +356,9 @@ def dsi_experiment(args: argparse.Namespace, folder: Path, qids: list[str], qtex
     import random
 
     from genseek.data.readers import read_corpus
+    from genseek.params import DSI_INSTRUCTION
     from genseek.retrievers._lm import LM, build_prompt, load_lm, lora_wrap
-    from genseek.retrievers.dsi import DSI_INSTRUCTION, DsiIndex
+    from genseek.retrievers.dsi import DsiIndex
     from genseek.retrievers.generative_train import (
         assign_docids,
         dsi_examples,

@@ -27,9 +27,16 @@ from pathlib import Path
 from typing import Any
 
 from genseek.atomic import atomic_write_json
-from genseek.errors import CollectionLocked, ConflictError, GenseekError, NotFoundError, ServerError
+from genseek.errors import (
+    CollectionLocked,
+    ConflictError,
+    GenseekError,
+    InvalidParameter,
+    NotFoundError,
+    ServerError,
+)
 from genseek.protocols import Index, Retriever
-from genseek.registry import resolve
+from genseek.registry import check_spec, index_schemas, resolve
 from genseek.spec import IndexSpec, validate_name
 from genseek.store import DocStore, WriteResult
 from genseek.types import Document, Hit
@@ -139,9 +146,8 @@ class Collection:
             raise ConflictError(f"{path} is already a collection")
         if path.exists() and any(p.name != "collection.lock" for p in path.iterdir()):
             raise ConflictError(f"{path} exists and is not empty; choose a new folder")
-        specs = {validate_name(n): str(IndexSpec.parse(str(s))) for n, s in (indexes or {}).items()}
-        for spec in specs.values():
-            resolve(IndexSpec.parse(spec))  # unknown types fail before anything is written
+        # unknown types and bad parameters fail before anything is written
+        specs = {validate_name(n): str(check_spec(str(s))) for n, s in (indexes or {}).items()}
         created = not path.exists()
         path.mkdir(parents=True, exist_ok=True)
         fd = cls._lock(path)
@@ -183,7 +189,7 @@ class Collection:
     def add_index(self, name: str, spec: str | IndexSpec, progress: Progress | None = None) -> Index:
         """Add an index and build it from the stored documents."""
         validate_name(name)
-        spec = spec if isinstance(spec, IndexSpec) else IndexSpec.parse(spec)
+        spec = check_spec(spec)
         if name in self.indexes:
             if str(spec) != self.manifest["indexes"][name]:
                 raise ConflictError(f"index {name!r} already exists with spec "
@@ -407,6 +413,20 @@ class Collection:
             known = ", ".join(self.indexes) or "none"
             raise NotFoundError(f"no index named {name!r} in {self.path} (indexes: {known})") \
                 from None
+
+    def check_search_params(self, name: str, params: dict[str, Any]) -> None:
+        """Refuse per-request search ``params`` that index ``name`` does not take
+        (:class:`~genseek.errors.InvalidParameter` naming the index)."""
+        self.index(name)
+        _, schema = index_schemas(IndexSpec.parse(self.manifest["indexes"][name]).type)
+        if schema is not None:
+            try:
+                schema.check(params)
+            except InvalidParameter as exc:
+                raise InvalidParameter(f"index {name!r}: {exc}") from None
+        elif {"k", "queries"} & set(params):
+            raise InvalidParameter(f"index {name!r}: 'k' and 'queries' are not search "
+                                   "parameters (k is the stage's own field)")
 
     def retriever(self, names: Sequence[str] | str | None = None, fusion: str = "rrf",
                   **fusion_params: Any) -> Retriever:

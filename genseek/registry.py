@@ -11,6 +11,7 @@ import importlib
 from importlib.metadata import entry_points
 
 from genseek.errors import GenseekError
+from genseek.params import INDEX_PARAMS, RERANKER_PARAMS, Params
 from genseek.protocols import IndexType
 from genseek.spec import IndexSpec
 
@@ -40,16 +41,57 @@ def _load(target: str):
     return getattr(importlib.import_module(module), attr)
 
 
-def load_reranker(spec: IndexSpec | str):
-    """A reranker from a spec such as ``biencoder`` or ``biencoder(model=/path)``."""
-    spec = spec if isinstance(spec, IndexSpec) else IndexSpec.parse(spec)
+def _rerankers() -> dict[str, str]:
     rerankers = dict(BUILTIN_RERANKERS)
     for ep in entry_points(group="genseek.rerankers"):
         rerankers.setdefault(ep.name, ep.value)
+    return rerankers
+
+
+def load_reranker(spec: IndexSpec | str):
+    """A reranker from a spec such as ``biencoder`` or ``biencoder(model=/path)``."""
+    spec = spec if isinstance(spec, IndexSpec) else IndexSpec.parse(spec)
+    rerankers = _rerankers()
     target = rerankers.get(spec.type)
     if target is None:
         raise GenseekError(f"unknown reranker {spec.type!r}; known: {', '.join(sorted(rerankers))}")
     return _load(target).open(dict(spec.params))
+
+
+def index_schemas(type_name: str) -> tuple[type[Params] | None, type[Params] | None]:
+    """``(spec schema, search schema)`` of an index type: built-ins from :mod:`genseek.params`
+    (no import of the index module), others from the class's ``Params`` / ``SearchParams``
+    (None where a third-party type declares none)."""
+    builtin = INDEX_PARAMS.get(type_name)
+    if builtin is not None:  # built-in names cannot be taken by entry points
+        return builtin
+    cls = resolve(IndexSpec(type_name))
+    return getattr(cls, "Params", None), getattr(cls, "SearchParams", None)
+
+
+def check_spec(spec: IndexSpec | str) -> IndexSpec:
+    """``spec`` parsed, its type known and its parameters valid (:class:`InvalidParameter`
+    otherwise): what every caller runs before anything is written."""
+    spec = spec if isinstance(spec, IndexSpec) else IndexSpec.parse(spec)
+    schema, _ = index_schemas(spec.type)
+    if schema is not None:
+        schema.check(dict(spec.params))
+    return spec
+
+
+def check_reranker_spec(spec: IndexSpec | str) -> IndexSpec:
+    """A reranker spec with valid parameters (unknown rerankers are an error)."""
+    spec = spec if isinstance(spec, IndexSpec) else IndexSpec.parse(spec)
+    schema = RERANKER_PARAMS.get(spec.type)
+    if schema is None:
+        target = _rerankers().get(spec.type)
+        if target is None:
+            raise GenseekError(f"unknown reranker {spec.type!r}; known: "
+                               f"{', '.join(sorted(_rerankers()))}")
+        schema = getattr(_load(target), "Params", None)
+    if schema is not None:
+        schema.check(dict(spec.params))
+    return spec
 
 
 def available_types() -> dict[str, str]:

@@ -12,8 +12,8 @@ Updates are real Lucene updates: ``updateDocument``/``deleteDocuments`` by the
 their segments merge, so by default ``commit`` expunges deletes first
 (``expunge_deletes=true``): scores then equal those of a fresh build exactly.
 
-Spec parameters: ``k1`` (0.9), ``b`` (0.4), ``expunge_deletes`` (true),
-``ram_buffer_mb`` (256), ``threads`` (search threads for batches, 2).
+Spec parameters: :class:`genseek.params.BM25Params` (``k1`` 0.9, ``b`` 0.4,
+``expunge_deletes`` true, ``ram_buffer_mb`` 256, ``threads`` 2 search threads for batches).
 """
 
 from __future__ import annotations
@@ -22,29 +22,21 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from genseek.errors import GenseekError
 from genseek.indexers._lucene import LuceneClasses, LuceneFolder, batch_search, writer_config
 from genseek.indexers.jvm import here
+from genseek.params import BM25Params, BM25SearchParams
 from genseek.protocols import dir_bytes
 from genseek.types import ChangeSet, Hit
-
-_PARAMS = {"k1": 0.9, "b": 0.4, "expunge_deletes": True, "ram_buffer_mb": 256, "threads": 2}
 
 
 class BM25Index:
     """Lucene BM25 over title + text. See the module docstring for the spec."""
 
+    Params = BM25Params
+    SearchParams = BM25SearchParams
+
     def __init__(self, path: Path, params: dict[str, Any]):
-        unknown = set(params) - set(_PARAMS)
-        if unknown:
-            raise GenseekError(
-                f"bm25: unknown parameter(s) {', '.join(sorted(unknown))}; known: {', '.join(_PARAMS)}"
-            )
-        self.params = {**_PARAMS, **params}
-        for key in ("k1", "b", "ram_buffer_mb", "threads"):  # fail here, not after a commit
-            if isinstance(self.params[key], bool) or not isinstance(self.params[key], (int, float)):
-                raise GenseekError(f"bm25: parameter {key} must be a number, "
-                                   f"not {self.params[key]!r}")
+        self.params = BM25Params.resolve(params)
         self.path = Path(path)
         self.path.mkdir(parents=True, exist_ok=True)
         j = _Java()
@@ -88,9 +80,7 @@ class BM25Index:
     # -- reads ------------------------------------------------------------------------
 
     def search(self, queries: Sequence[str], k: int, **params: Any) -> list[list[Hit]]:
-        if params:
-            raise GenseekError(f"bm25: no per-request search parameters (got "
-                               f"{', '.join(sorted(params))}); k1 and b are set in the spec")
+        BM25SearchParams.check(params)  # none: k1 and b are set in the spec
         if k <= 0 or not queries:
             return [[] for _ in queries]
         with self._lucene.searcher() as s:

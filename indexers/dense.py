@@ -14,12 +14,13 @@ applied sequence number; the faiss file is rewritten at most every
 holds, filtered at search), and is rebuilt from the stored vectors (never
 re-encoded) whenever it is missing, stale or unreadable.
 
-Spec parameters: ``model`` (all-MiniLM-L6-v2), ``factory`` (faiss index_factory
-string, ``Flat``), ``metric`` (ip | l2), ``batch_size`` (32), ``max_length``
-(the model's), ``nprobe``, ``ef_search``, ``train_min`` (vectors needed before an
-index that must be trained is trained; exact search until then, 1000),
-``rebuild_dead`` (fraction of deleted-but-unremovable vectors that triggers a
-rebuild, 0.2), ``save_every`` (seconds, 300).
+Spec parameters: :class:`genseek.params.DenseParams` (``model`` all-MiniLM-L6-v2,
+``factory`` a faiss index_factory string, ``Flat``, at most 65,536 IVF lists, ``metric`` ip |
+l2, ``batch_size`` 32, ``max_length`` the model's, ``nprobe``, ``ef_search``, ``train_min``
+1000 vectors before an index that must be trained is trained, exact search until then,
+``rebuild_dead`` 0.2 the fraction of deleted-but-unremovable vectors that triggers a rebuild,
+``save_every`` 300 seconds). Per search: ``nprobe``, ``ef_search``
+(:class:`genseek.params.DenseSearchParams`).
 """
 
 from __future__ import annotations
@@ -36,36 +37,22 @@ import faiss
 import numpy as np
 
 from genseek.atomic import atomic_write, atomic_write_json
-from genseek.encoders import DEFAULT_MODEL, TextEncoder, shared_encoder
+from genseek.encoders import TextEncoder, shared_encoder
 from genseek.errors import GenseekError
 from genseek.indexers._labelstore import VectorStore
+from genseek.params import DenseParams, DenseSearchParams
 from genseek.protocols import dir_bytes
 from genseek.types import ChangeSet, Hit
-
-_PARAMS: dict[str, Any] = {
-    "model": DEFAULT_MODEL, "factory": "Flat", "metric": "ip", "batch_size": 32,
-    "max_length": None, "nprobe": None, "ef_search": None, "train_min": 1000,
-    "rebuild_dead": 0.2, "save_every": 300,
-}
 
 
 class DenseIndex:
     """A faiss index over stored vectors. See the module docstring for the spec."""
 
+    Params = DenseParams
+    SearchParams = DenseSearchParams
+
     def __init__(self, path: Path, params: dict[str, Any], encoder: TextEncoder | None = None):
-        unknown = set(params) - set(_PARAMS)
-        if unknown:
-            raise GenseekError(
-                f"dense: unknown parameter(s) {', '.join(sorted(unknown))}; known: {', '.join(_PARAMS)}"
-            )
-        self.params = {**_PARAMS, **params}
-        for key in ("batch_size", "max_length", "nprobe", "ef_search", "train_min",
-                    "rebuild_dead", "save_every"):  # fail here, not after a store commit
-            value = self.params[key]
-            if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float))):
-                raise GenseekError(f"dense: parameter {key} must be a number, not {value!r}")
-        if self.params["metric"] not in ("ip", "l2"):
-            raise GenseekError(f"dense: metric must be ip or l2, not {self.params['metric']!r}")
+        self.params = DenseParams.resolve(params)  # fail here, not after a store commit
         self.path = Path(path)
         self.path.mkdir(parents=True, exist_ok=True)
         self.encoder = encoder or shared_encoder(str(self.params["model"]), self.params["max_length"])
@@ -230,13 +217,7 @@ class DenseIndex:
         return self.search_vectors(self.encode_queries(queries), k, search_params)
 
     def _search_params(self, params: dict[str, Any]) -> faiss.SearchParameters | None:
-        unknown = set(params) - {"nprobe", "ef_search"}
-        if unknown:
-            raise GenseekError(f"dense: unknown search parameter(s) {', '.join(sorted(unknown))};"
-                               " known: nprobe, ef_search")
-        for key, value in params.items():
-            if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= 65536:
-                raise GenseekError(f"dense: {key} must be an integer from 1 to 65536")
+        params = {n: v for n, v in DenseSearchParams.resolve(params).items() if v is not None}
         if not params or self._fallback:
             return None
         inner = faiss.downcast_index(self._index.index)

@@ -53,17 +53,13 @@ from genseek.atomic import atomic_write_json
 from genseek.errors import GenseekError
 from genseek.indexers._lucene import LuceneClasses, LuceneFolder, writer_config
 from genseek.indexers.jvm import Shared, here
+from genseek.params import ImpactParams, ImpactSearchParams
 from genseek.protocols import dir_bytes
 from genseek.types import ChangeSet, Document, Hit
 
 _DELIM = "\x01"  # not whitespace for Lucene's WhitespaceTokenizer (U+001C..U+001F are)
 _META = "impact.json"
 MODES = ("splade", "inference-free")
-_PARAMS: dict[str, Any] = {
-    "model": "splade-tiny", "mode": "splade", "idf": None, "top_k": 0, "threshold": 0.0,
-    "quant": 100, "max_length": 256, "windows": 1, "batch_size": 16, "ram_buffer_mb": 256,
-    "threads": 2,
-}
 _DOC_SIDE = ("model", "max_length", "windows", "top_k", "threshold", "quant")
 _LEGACY = {"windows": 1}  # doc-side settings older impact.json files do not record
 
@@ -86,39 +82,14 @@ def prune(vec: Vector, top_k: int, threshold: float) -> Vector:
     return ids[order], ws[order]
 
 
-def _check_params(params: dict[str, Any]) -> dict[str, Any]:
-    unknown = set(params) - set(_PARAMS)
-    if unknown:
-        raise GenseekError(f"impact: unknown parameter(s) {', '.join(sorted(unknown))}; "
-                           f"known: {', '.join(_PARAMS)}")
-    p = {**_PARAMS, **params}
-    if p["mode"] not in MODES:
-        raise GenseekError(f"impact: parameter mode must be one of {', '.join(MODES)}, "
-                           f"not {p['mode']!r}")
-    for key in ("top_k", "max_length", "windows", "batch_size", "threads", "ram_buffer_mb"):
-        v = p[key]
-        if isinstance(v, bool) or not isinstance(v, int) or v < (0 if key == "top_k" else 1):
-            floor = "an integer >= 0" if key == "top_k" else "a positive integer"
-            raise GenseekError(f"impact: parameter {key} must be {floor}, not {v!r}")
-    for key in ("threshold", "quant"):
-        v = p[key]
-        if isinstance(v, bool) or not isinstance(v, (int, float)) or v < 0 or (
-                key == "quant" and v <= 0):
-            raise GenseekError(f"impact: parameter {key} must be a number "
-                               f"{'> 0' if key == 'quant' else '>= 0'}, not {v!r}")
-    if not isinstance(p["model"], str) or not p["model"]:
-        raise GenseekError(f"impact: parameter model must be a model name or folder, "
-                           f"not {p['model']!r}")
-    if p["idf"] is not None and not isinstance(p["idf"], str):
-        raise GenseekError(f"impact: parameter idf must be a file path, not {p['idf']!r}")
-    return p
-
-
 class ImpactIndex:
     """Lucene impact index of quantised SPLADE vectors. See the module docstring."""
 
+    Params = ImpactParams
+    SearchParams = ImpactSearchParams
+
     def __init__(self, path: Path, params: dict[str, Any], encoder: Any = None):
-        self.params = _check_params(params)
+        self.params = ImpactParams.resolve(params)
         self.path = Path(path)
         self._check_meta(create=False)
         self.path.mkdir(parents=True, exist_ok=True)
@@ -251,9 +222,7 @@ class ImpactIndex:
         return {names[i]: tf for i, tf in zip(ids.tolist(), tfs.tolist(), strict=True) if tf > 0}
 
     def search(self, queries: Sequence[str], k: int, **params: Any) -> list[list[Hit]]:
-        if params:
-            raise GenseekError(f"impact: no per-request search parameters (got "
-                               f"{', '.join(sorted(params))}); set them in the spec")
+        ImpactSearchParams.check(params)  # none: set them in the spec
         if k <= 0 or not queries:
             return [[] for _ in queries]
         return self.search_vectors(self.query_vectors(queries), k)

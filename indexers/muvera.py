@@ -46,16 +46,10 @@ from genseek.indexers._labelstore import LabelStore
 from genseek.kernels import chamfer as ch
 from genseek.kernels import muvera as fde
 from genseek.models import loading
+from genseek.params import MuveraParams, MuveraSearchParams
 from genseek.protocols import dir_bytes
 from genseek.types import ChangeSet, Hit
 
-_PARAMS: dict[str, Any] = {
-    "model": DEFAULT_MODEL, "max_length": 256, "proj_dim": None, "k_sim": 4, "d_proj": 16,
-    "r_reps": 20, "d_final": None, "seed": 0, "candidates": 200, "batch_size": 16,
-    "compact_dead": 0.5, "save_every": 300,
-}
-_INT_PARAMS = ("max_length", "proj_dim", "k_sim", "d_proj", "r_reps", "d_final", "seed",
-               "candidates", "batch_size")
 _FDE_KEYS = ("k_sim", "d_proj", "r_reps", "d_final", "seed", "proj_dim", "model")
 _SEGMENT = re.compile(r"^(\d{6})\.npy$")
 _DOC_COLUMNS = ("label INTEGER PRIMARY KEY", "doc_id TEXT NOT NULL", "segment INTEGER NOT NULL",
@@ -140,23 +134,12 @@ class MuveraIndex:
     the first text that needs encoding.
     """
 
+    Params = MuveraParams
+    SearchParams = MuveraSearchParams
+
     def __init__(self, path: Path, params: dict[str, Any], encoder: Any | None = None,
                  dim: int | None = None):
-        unknown = set(params) - set(_PARAMS)
-        if unknown:
-            raise GenseekError(f"muvera: unknown parameter(s) {', '.join(sorted(unknown))}; "
-                               f"known: {', '.join(_PARAMS)}")
-        self.params = {**_PARAMS, **params}
-        for key in _INT_PARAMS:
-            value = self.params[key]
-            if value is not None and (isinstance(value, bool) or not isinstance(value, int)):
-                raise GenseekError(f"muvera: parameter {key} must be an integer, not {value!r}")
-        for key in ("compact_dead", "save_every"):
-            value = self.params[key]
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
-                raise GenseekError(f"muvera: parameter {key} must be a number >= 0, not {value!r}")
-        if int(self.params["candidates"]) < 1:
-            raise GenseekError("muvera: candidates must be at least 1")
+        self.params = MuveraParams.resolve(params)
         self.path = Path(path)
         (self.path / "segments").mkdir(parents=True, exist_ok=True)
         self._encoder = encoder
@@ -432,14 +415,8 @@ class MuveraIndex:
         return self.search_token_vectors(tokens, k, candidates=candidates)
 
     def _candidates(self, params: dict[str, Any]) -> int:
-        unknown = set(params) - {"candidates"}
-        if unknown:
-            raise GenseekError(f"muvera: unknown search parameter(s) {', '.join(sorted(unknown))};"
-                               " known: candidates")
-        value = params.get("candidates", self.params["candidates"])
-        if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= 100000:
-            raise GenseekError("muvera: candidates must be an integer from 1 to 100000")
-        return int(value)
+        value = MuveraSearchParams.check(params).candidates
+        return int(self.params["candidates"] if value is None else value)
 
     def query_fdes(self, queries: Sequence[np.ndarray]) -> np.ndarray:
         """Query FDEs ``[n, D]`` of token sets ``[n_i, dim]``."""

@@ -40,18 +40,13 @@ import faiss
 import numpy as np
 
 from genseek.atomic import atomic_write, atomic_write_json
-from genseek.encoders import DEFAULT_MODEL, TextEncoder, shared_encoder
+from genseek.encoders import TextEncoder, shared_encoder
 from genseek.errors import GenseekError
 from genseek.indexers._labelstore import VectorStore, select_vectors
 from genseek.indexers.repconc_train import load_model, opq_warm_start
+from genseek.params import RepconcParams, RepconcSearchParams
 from genseek.protocols import dir_bytes
 from genseek.types import ChangeSet, Hit
-
-_PARAMS: dict[str, Any] = {
-    "model": None, "encoder": DEFAULT_MODEL, "bytes": 48, "nlist": 16, "nprobe": None,
-    "train_min": 1000, "batch_size": 32, "max_length": None, "reuse": "../dense",
-    "save_every": 300, "opq_iters": 25,
-}
 
 
 def _write_npy(path: Path, array: np.ndarray) -> None:
@@ -65,19 +60,11 @@ def _write_npy(path: Path, array: np.ndarray) -> None:
 class RepconcIndex:
     """IVF-PQ over RepCONC codebooks with a query projection. See the module docstring."""
 
+    Params = RepconcParams
+    SearchParams = RepconcSearchParams
+
     def __init__(self, path: Path, params: dict[str, Any], encoder: TextEncoder | None = None):
-        unknown = set(params) - set(_PARAMS)
-        if unknown:
-            raise GenseekError(f"repconc: unknown parameter(s) {', '.join(sorted(unknown))}; "
-                               f"known: {', '.join(_PARAMS)}")
-        self.params = {**_PARAMS, **params}
-        for key in ("bytes", "nlist", "nprobe", "train_min", "batch_size", "max_length",
-                    "opq_iters"):
-            value = self.params[key]
-            if value is not None and (isinstance(value, bool) or not isinstance(value, int)
-                                      or value < 1):
-                raise GenseekError(f"repconc: parameter {key} must be a positive integer, "
-                                   f"not {value!r}")
+        self.params = RepconcParams.resolve(params)
         self.path = Path(path)
         self.path.mkdir(parents=True, exist_ok=True)
         self.model = None
@@ -303,15 +290,7 @@ class RepconcIndex:
         return self.search_vectors(vecs, k, nprobe)
 
     def _nprobe(self, params: dict[str, Any]) -> int | None:
-        unknown = set(params) - {"nprobe"}
-        if unknown:
-            raise GenseekError(f"repconc: unknown search parameter(s) "
-                               f"{', '.join(sorted(unknown))}; known: nprobe")
-        value = params.get("nprobe")
-        if value is not None and (isinstance(value, bool) or not isinstance(value, int)
-                                  or not 1 <= value <= 65536):
-            raise GenseekError("repconc: nprobe must be an integer from 1 to 65536")
-        return value
+        return RepconcSearchParams.check(params).nprobe
 
     def search_vectors(self, vectors: np.ndarray, k: int,
                        nprobe: int | None = None) -> list[list[Hit]]:

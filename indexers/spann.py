@@ -94,10 +94,11 @@ import faiss
 import numpy as np
 
 from genseek.atomic import atomic_write
-from genseek.encoders import DEFAULT_MODEL, TextEncoder, shared_encoder
+from genseek.encoders import TextEncoder, shared_encoder
 from genseek.errors import GenseekError
 from genseek.indexers._labelstore import VectorStore
 from genseek.kernels import spann as K
+from genseek.params import SpannEngineParams, SpannParams, SpannSearchParams
 from genseek.protocols import dir_bytes
 from genseek.types import ChangeSet, Hit
 
@@ -107,12 +108,8 @@ REGION_MAGIC = b"SPNP"
 REGION_HEADER = 16
 FORMAT_VERSION = 1
 
-ENGINE_PARAMS: dict[str, Any] = {
-    "head_ratio": 0.1, "max_replicas": 8, "candidates": 16, "rng_factor": 1.0,
-    "closure": 10.0, "posting_cap": 64, "codec": "fp16", "pq_m": 48, "nprobe": 32,
-    "eps": 1.0, "rerank": 64, "head_index": "auto", "hnsw_ef": 128, "branch": 16,
-    "seed": 0, "auto_split": True, "reassign_neighbors": 8,
-}
+ENGINE_PARAMS: dict[str, Any] = SpannEngineParams().model_dump()
+"""The engine's parameters and their defaults (:class:`genseek.params.SpannEngineParams`)."""
 CODECS = ("fp16", "int8", "pq")
 
 
@@ -206,13 +203,7 @@ class SpannEngine:
     """SPANN over labelled vectors; see the module docstring. Not thread-safe by itself."""
 
     def __init__(self, path: Path, dim: int, params: dict[str, Any] | None = None):
-        params = dict(params or {})
-        unknown = set(params) - set(ENGINE_PARAMS)
-        if unknown:
-            raise _err(f"unknown parameter(s) {', '.join(sorted(unknown))}; "
-                       f"known: {', '.join(ENGINE_PARAMS)}")
-        self.params = {**ENGINE_PARAMS, **params}
-        self._validate_params()
+        self.params = SpannEngineParams.resolve(params)
         if not isinstance(dim, int) or dim <= 0:
             raise _err(f"dim must be a positive integer, not {dim!r}")
         self.path = Path(path)
@@ -248,25 +239,6 @@ class SpannEngine:
         self._sweep_stale = 0  # the stale estimate the running sweep started from
 
     # -- parameters ---------------------------------------------------------------------
-
-    def _validate_params(self) -> None:
-        p = self.params
-        ints = ("max_replicas", "candidates", "posting_cap", "pq_m", "nprobe", "rerank",
-                "hnsw_ef", "branch", "seed", "reassign_neighbors")
-        for key in ints:
-            if isinstance(p[key], bool) or not isinstance(p[key], int) or p[key] < 0:
-                raise _err(f"parameter {key} must be a non-negative integer, not {p[key]!r}")
-        for key in ("head_ratio", "rng_factor", "closure", "eps"):
-            if isinstance(p[key], bool) or not isinstance(p[key], (int, float)) or p[key] < 0:
-                raise _err(f"parameter {key} must be a non-negative number, not {p[key]!r}")
-        if not 0 < p["head_ratio"] <= 1:
-            raise _err(f"head_ratio must be in (0, 1], not {p['head_ratio']}")
-        if not 1 <= p["max_replicas"] <= 8 or p["candidates"] < p["max_replicas"]:
-            raise _err("max_replicas must be 1..8 and candidates >= max_replicas")
-        if p["posting_cap"] < 4 or p["nprobe"] < 1 or p["branch"] < 2:
-            raise _err("posting_cap must be >= 4, nprobe >= 1, branch >= 2")
-        if p["head_index"] not in ("auto", "flat", "hnsw"):
-            raise _err(f"head_index must be auto, flat or hnsw, not {p['head_index']!r}")
 
     # -- files --------------------------------------------------------------------------
 
@@ -918,11 +890,6 @@ REBALANCE_MODES = ("background", "sync", "off")
 BACKPRESSURE = 4  # a posting this many times the split threshold is split by the writer
 _IDLE_WAIT_S = 1.0  # an idle rebalancer re-checks for work at least this often
 
-_PARAMS: dict[str, Any] = {
-    "model": DEFAULT_MODEL, "batch_size": 32, "max_length": None, "save_every": 300,
-    "verify": True, "rebalance": None, "rebalance_pause": 0.001, **ENGINE_PARAMS,
-}
-_SEARCH = ("nprobe", "eps", "rerank")
 
 log = logging.getLogger("genseek.indexers.spann")
 
@@ -959,16 +926,13 @@ class SpannIndex:
     steps, never inside one.
     """
 
+    Params = SpannParams
+    SearchParams = SpannSearchParams
+
     def __init__(self, path: Path, params: dict[str, Any], encoder: TextEncoder | None = None):
-        unknown = set(params) - set(_PARAMS)
-        if unknown:
-            raise GenseekError(f"spann: unknown parameter(s) {', '.join(sorted(unknown))}; "
-                               f"known: {', '.join(_PARAMS)}")
+        checked = SpannParams.resolve(params)
         mode = _rebalance_mode(params)
-        pause = params.get("rebalance_pause", _PARAMS["rebalance_pause"])
-        if isinstance(pause, bool) or not isinstance(pause, (int, float)) or not pause >= 0:
-            raise _err(f"rebalance_pause must be a non-negative number of seconds, not {pause!r}")
-        self.params = {**_PARAMS, **params, "rebalance": mode, "auto_split": mode == "sync"}
+        self.params = {**checked, "rebalance": mode, "auto_split": mode == "sync"}
         self.path = Path(path)
         self.path.mkdir(parents=True, exist_ok=True)
         engine_params = {k: self.params[k] for k in ENGINE_PARAMS}
@@ -1171,10 +1135,7 @@ class SpannIndex:
 
     def search(self, queries: Sequence[str], k: int, **params: Any) -> list[list[Hit]]:
         """Top-``k`` per query; ``nprobe``, ``eps``, ``rerank`` override the spec."""
-        unknown = set(params) - set(_SEARCH)
-        if unknown:
-            raise GenseekError(f"spann: unknown search parameter(s) "
-                               f"{', '.join(sorted(unknown))}; known: {', '.join(_SEARCH)}")
+        params = {n: v for n, v in SpannSearchParams.resolve(params).items() if v is not None}
         if k <= 0 or not queries:
             return [[] for _ in queries]
         return self.search_vectors(self.encode_queries(queries), k, **params)

@@ -17,6 +17,7 @@ from typing import Any
 from genseek.embedded import smollm2_gguf
 from genseek.errors import GenseekError
 from genseek.models import cached_model
+from genseek.params import Params
 
 DEFAULT_MODEL = "smollm2"
 """Alias of the embedded SmolLM2-135M-Instruct GGUF."""
@@ -109,15 +110,11 @@ def load_lm(model: str = DEFAULT_MODEL, device: str | None = None,
     return LoadedLM(lm, tokenizer, dev, model)
 
 
-def lm_from_params(kind: str, params: dict[str, Any], known: set[str]
+def lm_from_params(schema: type[Params], params: dict[str, Any]
                    ) -> tuple[LoadedLM, dict[str, Any]]:
-    """A reranker's spec parameters: the LM they name (``model``, ``device``, ``dtype``) and
-    the rest. Names outside ``known`` are an error naming ``kind``."""
-    unknown = set(params) - known
-    if unknown:
-        raise GenseekError(f"{kind}: unknown parameter(s) {', '.join(sorted(unknown))} "
-                           f"(known: {', '.join(sorted(known))})")
-    p = dict(params)
+    """A reranker's spec parameters checked by its ``schema``: the LM they name (``model``,
+    ``device``, ``dtype``) and the rest."""
+    p = schema.resolve(params)
     lm = load_lm(str(p.pop("model", DEFAULT_MODEL)), p.pop("device", None), p.pop("dtype", None))
     return lm, p
 

@@ -11,7 +11,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from genseek.encoders import DEFAULT_MODEL, shared_encoder
-from genseek.errors import GenseekError
+from genseek.params import BiEncoderParams
 
 
 class BiEncoderReranker:
@@ -20,12 +20,11 @@ class BiEncoderReranker:
         self.encoder = shared_encoder(model, max_length)
         self.batch_size = batch_size
 
+    Params = BiEncoderParams
+
     @classmethod
     def open(cls, params: dict[str, Any]) -> BiEncoderReranker:
-        unknown = set(params) - {"model", "max_length", "batch_size"}
-        if unknown:
-            raise GenseekError(f"biencoder: unknown parameter(s) {', '.join(sorted(unknown))}")
-        return cls(**params)
+        return cls(**BiEncoderParams.resolve(params))
 
     def score(self, query: str, texts: Sequence[str]) -> list[float]:
         if not texts:

@@ -36,6 +36,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from genseek.errors import GenseekError
+from genseek.params import FirstParams, ListwiseGenParams
 from genseek.rerankers._llm import (
     LoadedLM,
     PrefixRunner,
@@ -192,14 +193,11 @@ class PromptBuilder:
         return ids + tail + self.close_ids
 
 
-_PARAMS = {"model", "window", "stride", "max_passage_tokens", "device", "dtype", "batch_size",
-           "full"}
-
-
 class FirstReranker:
     """Listwise reranking by single-token decoding (FIRST). See the module docstring."""
 
     mode = "single-token"
+    Params: type[FirstParams] = FirstParams
 
     def __init__(self, lm: LoadedLM, window: int = 20, stride: int = 10,
                  max_passage_tokens: int = 100, batch_size: int = 4, full: bool = True):
@@ -220,7 +218,7 @@ class FirstReranker:
     def open(cls, params: dict[str, Any]):
         """From spec parameters: model, window, stride, max_passage_tokens, device, dtype,
         batch_size, full (one pass over up to 26 candidates when they fit)."""
-        lm, p = lm_from_params(cls.__name__, params, _PARAMS)
+        lm, p = lm_from_params(cls.Params, params)
         return cls(lm, **p)
 
     # -- the Reranker protocol ----------------------------------------------------------
@@ -297,6 +295,7 @@ class GenerationReranker(FirstReranker):
     """The same prompts and windows, ranked by generating and parsing the whole permutation."""
 
     mode = "full-generation"
+    Params = ListwiseGenParams
 
     def __init__(self, lm: LoadedLM, **kwargs: Any):
         super().__init__(lm, **kwargs)

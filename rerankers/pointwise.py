@@ -13,11 +13,11 @@ from collections.abc import Sequence
 from typing import Any
 
 from genseek.errors import GenseekError
+from genseek.params import PointwiseParams
 from genseek.rerankers._llm import LoadedLM, PrefixRunner, chat_parts, lm_from_params
 
 SYSTEM = "You are a search relevance judge. You answer only Yes or No."
 _MARK = "\u2063GENSEEK_USER\u2063"
-_PARAMS = {"model", "max_passage_tokens", "device", "dtype", "batch_size"}
 
 
 def answer_token_ids(tokenizer: Any, words: Sequence[str] = ("Yes", "No")) -> list[int]:
@@ -42,6 +42,8 @@ def _user(query: str, passage: str) -> str:
 class PointwiseReranker:
     """Relevance log-odds of each passage on its own (a pointwise LLM baseline)."""
 
+    Params = PointwiseParams
+
     def __init__(self, lm: LoadedLM, max_passage_tokens: int = 100, batch_size: int = 8):
         if max_passage_tokens < 1 or batch_size < 1:
             raise GenseekError("max_passage_tokens and batch_size must be >= 1")
@@ -57,7 +59,7 @@ class PointwiseReranker:
 
     @classmethod
     def open(cls, params: dict[str, Any]) -> PointwiseReranker:
-        lm, p = lm_from_params("pointwise", params, _PARAMS)
+        lm, p = lm_from_params(PointwiseParams, params)
         return cls(lm, **p)
 
     def _suffix(self, query: str, passage_ids: list[int]) -> list[int]:

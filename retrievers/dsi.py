@@ -40,17 +40,12 @@ from typing import Any
 import numpy as np
 
 from genseek.errors import GenseekError
+from genseek.params import DsiParams, DsiSearchParams
 from genseek.retrievers.genre import GenreIndex
 from genseek.types import Document
 
 SCHEMES = ("naive", "atomic", "semantic")
-DSI_INSTRUCTION = "Return the identifier of the document."
 DOCIDS_FILE = "docids.json"
-_PARAMS: dict[str, Any] = {
-    "model": "smollm2", "scheme": "", "num_beams": 10, "max_new_tokens": 12,
-    "length_penalty": 0.0, "merge_docs": 1000, "batch_size": 16,
-    "instruction": DSI_INSTRUCTION,
-}
 
 
 def digit_ids(tokenizer: Any) -> list[int]:
@@ -180,12 +175,11 @@ class DsiIndex(GenreIndex):
 
     kind = "dsi"
     cue = "Docid:"
-    defaults = {**_PARAMS, "missing_title": "skip"}
+    Params = DsiParams
+    SearchParams = DsiSearchParams
 
     def __init__(self, path: Path, params: dict[str, Any], lm: Any = None):
-        if "missing_title" in params:
-            raise GenseekError("dsi: unknown parameter(s) missing_title; known: "
-                               + ", ".join(_PARAMS))
+        DsiParams.check(params)  # before the model folder is read
         data = load_docid_data(str(params.get("model", "smollm2")))
         scheme = str(params.get("scheme") or (data or {}).get("scheme") or "naive")
         if scheme not in SCHEMES:

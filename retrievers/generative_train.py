@@ -417,10 +417,9 @@ def _ids_file(path: Path | None) -> list[str] | None:
 def run(args: argparse.Namespace) -> dict[str, Any]:
     import torch
 
+    from genseek.params import DSI_INSTRUCTION, GENRE_INSTRUCTION, SEAL_INSTRUCTION
     from genseek.retrievers._lm import MODEL_META, load_lm, lora_wrap
-    from genseek.retrievers.dsi import DOCIDS_FILE, DSI_INSTRUCTION, load_docid_data
-    from genseek.retrievers.genre import GENRE_INSTRUCTION
-    from genseek.retrievers.seal import SEAL_INSTRUCTION
+    from genseek.retrievers.dsi import DOCIDS_FILE, load_docid_data
 
     torch.manual_seed(args.seed)
     rng = random.Random(args.seed)

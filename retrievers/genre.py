@@ -34,7 +34,8 @@ table that the SEAL and DSI indexes share.
 
 Spec parameters: ``model`` (smollm2), ``num_beams`` (10), ``max_new_tokens`` (32),
 ``length_penalty`` (1.0), ``missing_title`` (error | skip), ``merge_docs`` (1000),
-``batch_size`` (16 queries per decoding batch), ``instruction``.
+``batch_size`` (16 queries per decoding batch), ``instruction`` (the schema:
+:class:`genseek.params.GenreParams`).
 """
 
 from __future__ import annotations
@@ -48,11 +49,15 @@ import numpy as np
 
 from genseek.errors import GenseekError
 from genseek.indexers._labelstore import LabelStore
+from genseek.params import (
+    DsiParams,
+    GenreParams,
+    GenreSearchParams,
+    NoSearchParams,
+    SealParams,
+)
 from genseek.protocols import dir_bytes
 from genseek.types import ChangeSet, Document, Hit
-
-GENRE_INSTRUCTION = "Give the title of the scientific article that best answers this query."
-
 
 # ---------------------------------------------------------------------------------------------
 # the persisted key table (shared by genre, seal and dsi)
@@ -112,23 +117,6 @@ class KeyTable:
     def close(self) -> None:
         self._store.rollback()
         self._store.close()
-
-
-def check_params(kind: str, params: dict[str, Any], defaults: dict[str, Any]) -> dict[str, Any]:
-    """Defaults merged with ``params``; unknown names and wrong number types are errors."""
-    unknown = set(params) - set(defaults)
-    if unknown:
-        raise GenseekError(f"{kind}: unknown parameter(s) {', '.join(sorted(unknown))}; "
-                           f"known: {', '.join(defaults)}")
-    out = {**defaults, **params}
-    for key, default in defaults.items():
-        value = out[key]
-        if isinstance(default, (int, float)) and not isinstance(default, bool):
-            if isinstance(value, bool) or not isinstance(value, (int, float)):
-                raise GenseekError(f"{kind}: parameter {key} must be a number, not {value!r}")
-            if isinstance(default, int) and (value != int(value) or value < 0):
-                raise GenseekError(f"{kind}: parameter {key} must be a non-negative integer")
-    return out
 
 
 # ---------------------------------------------------------------------------------------------
@@ -275,18 +263,19 @@ class KeyTableIndex:
     """An LM and a :class:`KeyTable` under one lock: the part genre, dsi and seal share.
 
     Subclasses set ``kind`` (the index type), ``cue`` (the prompt text decoding continues
-    from) and ``search_params`` (the spec parameters a request may override), check their
-    parameters into ``params`` and call ``__init__``.
+    from), ``Params`` and ``SearchParams`` (the schemas of the spec and of the parameters a
+    request may override, :mod:`genseek.params`) and call ``__init__``.
     """
 
     kind = ""
     cue = ""
-    search_params: frozenset[str] = frozenset()
+    Params: type[GenreParams] | type[SealParams] | type[DsiParams]
+    SearchParams: type[NoSearchParams]
 
     def __init__(self, path: Path, params: dict[str, Any], lm: Any = None):
         from genseek.retrievers._lm import load_lm
 
-        self.params = params
+        self.params = self.Params.resolve(params)
         self.path = Path(path)
         self.lm = lm or load_lm(str(self.params["model"]))
         self._lock = threading.RLock()
@@ -308,13 +297,10 @@ class KeyTableIndex:
                              reserve=int(self.params["max_new_tokens"]) + 1) for q in queries]
 
     def _search_params(self, params: dict[str, Any]) -> dict[str, Any]:
-        """The spec's ``search_params`` with this request's overrides (checked)."""
-        allowed = self.search_params
-        unknown = set(params) - allowed
-        if unknown:
-            raise GenseekError(f"{self.kind}: unknown search parameter(s) "
-                               f"{', '.join(sorted(unknown))}; known: {', '.join(sorted(allowed))}")
-        return check_params(self.kind, params, {a: self.params[a] for a in allowed})
+        """The spec's values of the ``SearchParams`` fields with this request's overrides."""
+        overrides = self.SearchParams.check(params).model_dump()
+        return {name: self.params[name] if value is None else value
+                for name, value in overrides.items()}
 
     def close(self) -> None:
         with self._lock:
@@ -325,11 +311,6 @@ class KeyTableIndex:
 # the index type
 
 
-_PARAMS: dict[str, Any] = {
-    "model": "smollm2", "num_beams": 10, "max_new_tokens": 32, "length_penalty": 1.0,
-    "missing_title": "error", "merge_docs": 1000, "batch_size": 16,
-    "instruction": GENRE_INSTRUCTION,
-}
 
 
 def vocab_size(lm: Any) -> int:
@@ -347,15 +328,11 @@ class GenreIndex(KeyTableIndex):
 
     kind = "genre"
     cue = "Title:"
-    search_params = frozenset({"num_beams", "length_penalty", "max_new_tokens", "batch_size"})
-    defaults = _PARAMS
+    Params = GenreParams
+    SearchParams = GenreSearchParams
 
     def __init__(self, path: Path, params: dict[str, Any], lm: Any = None):
-        checked = check_params(self.kind, params, self.defaults)
-        if checked["missing_title"] not in ("error", "skip"):
-            raise GenseekError(f"{self.kind}: missing_title must be error or skip, "
-                               f"not {checked['missing_title']!r}")
-        super().__init__(path, checked, lm)
+        super().__init__(path, params, lm)
         self.skipped = int(self.table.meta("skipped") or 0)
         self.segments = TrieSegments(vocab_size(self.lm), int(self.params["merge_docs"]))
         self.segments.rebuild(self.table.rows)

@@ -51,25 +51,15 @@ from typing import Any
 import numpy as np
 import torch
 
+from genseek.params import SealParams, SealSearchParams
 from genseek.protocols import dir_bytes
 from genseek.retrievers.genre import (
     KeyTableIndex,
     build_segment,
-    check_params,
     delta_or_merge,
     vocab_size,
 )
 from genseek.types import ChangeSet, Document, Hit
-
-SEAL_INSTRUCTION = ("Copy a short span of text from a scientific article that answers the "
-                    "following query.")
-_PARAMS: dict[str, Any] = {
-    "model": "smollm2", "num_beams": 10, "max_new_tokens": 10, "unigrams": 20,
-    "query_ngram": 3, "max_query_keys": 32, "rare_threshold": 2000, "alpha": 2.0,
-    "beta": 1.0, "max_doc_tokens": 1024, "locate_limit": 2000, "merge_docs": 1000,
-    "batch_size": 8,
-    "instruction": SEAL_INSTRUCTION,
-}
 
 
 def doc_tokens(tokenizer: Any, doc: Document, cap: int) -> list[int]:
@@ -295,11 +285,11 @@ class SealIndex(KeyTableIndex):
     """An FM-index over the corpus tokens + an LM; see the module docstring."""
 
     kind = "seal"
-    search_params = frozenset({"num_beams", "max_new_tokens", "unigrams", "alpha", "beta",
-                               "rare_threshold", "max_query_keys"})
+    Params = SealParams
+    SearchParams = SealSearchParams
 
     def __init__(self, path: Path, params: dict[str, Any], lm: Any = None):
-        super().__init__(path, check_params(self.kind, params, _PARAMS), lm)
+        super().__init__(path, params, lm)
         self.segments = FMSegments(vocab_size(self.lm), int(self.params["merge_docs"]))
         self.segments.rebuild(self.table.rows)
         self._bytes: dict[int, bytes] = {}

@@ -233,7 +233,8 @@ def test_create_errors(client, coll):
     error_of(client.post("/collections", headers=W,
                          json={"name": "bad1", "indexes": {"x": "nosuchtype"}}), 400)
     error_of(client.post("/collections", headers=W,
-                         json={"name": "bad2", "indexes": {"x": "bm25(k1=abc)"}}), 400)
+                         json={"name": "bad2", "indexes": {"x": "bm25(k1=abc)"}}), 422,
+             "invalid_parameter")
     e = error_of(client.post("/collections", headers=W,
                              json={"name": "bad3", "indexes": {"d": "dense(model=/etc)"}}), 400)
     assert "not served" in e["message"]
@@ -428,7 +429,8 @@ def test_pipelines(client, coll, docs):
     params = {"retrieve": [{"index": "dense", "params": {"nprobe": 4}}], "k": 2}
     assert len(search(client, "docs", "wing", params).json()["results"]) == 2
     error_of(search(client, "docs", "wing", {"retrieve": [{"index": "bm25",
-                                                           "params": {"k1": 1}}]}), 400)
+                                                           "params": {"k1": 1}}]}), 422,
+             "invalid_parameter")
 
 
 def test_batch_search(client, coll):

@@ -392,11 +392,12 @@ def test_unknown_index_reranker_model_or_document_is_404(client, coll):
     error_of(client.get(f"/collections/{COLL}/documents/nope", headers=R), 404, "not_found")
 
 
-def test_unknown_search_parameters_are_400(client, coll):
+def test_unknown_or_reserved_search_parameters_are_422(client, coll):
     for index in INDEXES:
-        r = client.post(SEARCH, headers=R, json={
-            "query": "wing", "pipeline": {"retrieve": [{"index": index, "params": {"bogus": 1}}]}})
-        error_of(r, 400, "bad_request")
+        for params in ({"bogus": 1}, {"k": 5}, {"queries": "x"}):
+            r = client.post(SEARCH, headers=R, json={
+                "query": "wing", "pipeline": {"retrieve": [{"index": index, "params": params}]}})
+            error_of(r, 422, "invalid_parameter")
 
 
 @pytest.mark.parametrize(("url", "body"), [

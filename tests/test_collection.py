@@ -498,13 +498,11 @@ def test_background_appliers_are_independent_per_index(tmp_path, monkeypatch):
     document while the gated index still waits; both catch up once it opens."""
     import threading
 
-    import genseek.collection as collection_module
+    from genseek import registry
 
     gate = threading.Event()
     monkeypatch.setattr(_GatedIndex, "gate", gate)
-    real = collection_module.resolve
-    monkeypatch.setattr(collection_module, "resolve",
-                        lambda spec: _GatedIndex if spec.type == "slow" else real(spec))
+    monkeypatch.setitem(registry.BUILTIN_TYPES, "slow", f"{__name__}:_GatedIndex")
     gate.set()
     c = Collection.create(tmp_path / "c", {"bm25": "bm25", "slow": "slow"})
     try:

@@ -128,7 +128,7 @@ def test_bad_params_and_model_paths(tiny, tmp_path):
         GenreIndex.open(tmp_path / "g2", {"model": str(tmp_path)})
     with pytest.raises(GenseekError, match="unknown parameter"):
         GenreIndex.open(tmp_path / "g3", {"model": tiny, "beams": 3})
-    with pytest.raises(GenseekError, match="unknown docid scheme 'fancy'"):
+    with pytest.raises(GenseekError, match="scheme must be .*'semantic', not 'fancy'"):
         DsiIndex.open(tmp_path / "d", {"model": tiny, "scheme": "fancy"})
 
 

@@ -283,7 +283,7 @@ def test_windows_is_a_document_side_setting(tmp_path, tiny_model):
 
 @pytest.mark.parametrize("params, match", [
     ({"nope": 1}, "unknown parameter"),
-    ({"mode": "dense"}, "mode must be one of"),
+    ({"mode": "dense"}, "mode must be .splade. or .inference-free."),
     ({"top_k": -1}, "top_k must be"),
     ({"quant": 0}, "quant must be"),
     ({"windows": 0}, "windows must be"),

@@ -383,7 +383,7 @@ def test_rebalance_mode_parameters(tmp_path):
                        for t in threading.enumerate())
     with pytest.raises(GenseekError, match="contradicts"):
         SpannIndex(tmp_path / "x", {"rebalance": "background", "auto_split": True}, encoder=enc)
-    with pytest.raises(GenseekError, match="rebalance must be one of"):
+    with pytest.raises(GenseekError, match="rebalance must be .background., .sync. or .off."):
         SpannIndex(tmp_path / "x", {"rebalance": "lazy"}, encoder=enc)
     with pytest.raises(GenseekError, match="rebalance_pause"):
         SpannIndex(tmp_path / "x", {"rebalance_pause": -1}, encoder=enc)
