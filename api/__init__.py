@@ -10,11 +10,16 @@ Routes (request and response bodies are JSON):
 route                                      scope   does
 =========================================  ======  ================================================
 GET  /health                               none    the process is up: ``{"status": "ok"}``
-GET  /ready                                none    every open collection's indexes have caught up
-GET  /metrics                              none    Prometheus text format
+GET  /ready                                none    200 while serving: ``status`` ready, catching_up
+                                                   or degraded (an index failed); 503 shutting
+                                                   down; per-index details with the read scope
+GET  /metrics                              read    Prometheus text format (none with
+                                                   ``GENSEEK_PUBLIC_METRICS=1``)
 GET  /collections                          read    ``{"collections": [names]}``
 POST /collections                          write   ``{"name", "indexes": {name: spec}}`` -> 201
 GET  /collections/{name}                   read    stats (documents, seq, per-index applied_seq, lag)
+GET  /collections/{name}/ready             read    200 when every index is current, else 503
+                                                   naming the indexes behind or failed
 DELETE /collections/{name}                 write   drop a collection and its folder
 POST /collections/{name}/documents         write   ``{"documents": [{"id","title","text","metadata"}],
                                                    "refresh": false|true}`` -> ``{"seq",

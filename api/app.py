@@ -105,7 +105,8 @@ def create_app(settings: Settings) -> FastAPI:
     # Added innermost first: each add_middleware wraps what is already there.
     app.add_middleware(BodyLimitMiddleware, limit=settings.max_body_bytes)
     app.add_middleware(TimeoutMiddleware, timeout=settings.request_timeout_s)
-    app.add_middleware(AuthMiddleware, api_keys=settings.api_keys)
+    public = PUBLIC_PATHS | ({"/metrics"} if settings.public_metrics else set())
+    app.add_middleware(AuthMiddleware, api_keys=settings.api_keys, public=frozenset(public))
     if settings.cors_origins:
         app.add_middleware(CORSMiddleware, allow_origins=list(settings.cors_origins),
                            allow_methods=["GET", "POST", "DELETE"],
@@ -126,20 +127,27 @@ def create_app(settings: Settings) -> FastAPI:
         return JSON({"status": "ok"})
 
     @app.get("/ready", response_model=schemas.ReadyOut, tags=["service"],
-             responses={503: {"model": schemas.ReadyOut, "description": "not caught up"}})
-    async def ready() -> Response:
-        """200 when every open collection's indexes have applied every write and no
-        background applier has failed; 503 otherwise."""
+             responses={503: {"model": schemas.ReadyOut, "description": "shutting down"}})
+    async def ready(request: Request) -> Response:
+        """200 while the server serves: ``status`` is ``ready`` (every index of every open
+        collection current), ``catching_up`` (some index behind) or ``degraded`` (some index
+        failed: it answers its own searches with 503, the others keep serving); 503 only
+        while shutting down. Per collection and index details need the read scope (or a
+        server without keys)."""
+        if manager.closed:
+            return JSON({"status": "shutting_down"}, status_code=503)
+
         def work() -> dict[str, Any]:
-            out = {}
-            for name, coll in manager.open_collections():
-                out[name] = {"lag": _lag(coll), "sync_error": coll.sync_error}
-            return out
+            return {name: _health(coll) for name, coll in manager.open_collections()}
 
         collections = await blocking(work)
-        ok = all(c["lag"] == 0 and not c["sync_error"] for c in collections.values())
-        return JSON({"status": "ready" if ok else "not_ready", "collections": collections},
-                    status_code=200 if ok else 503)
+        states = {i["state"] for c in collections.values() for i in c["indexes"].values()}
+        status = "degraded" if "failed" in states else (
+            "catching_up" if "catching_up" in states else "ready")
+        body: dict[str, Any] = {"status": status}
+        if _may_read(request, settings):
+            body["collections"] = collections
+        return JSON(body)
 
     @app.get("/metrics", tags=["service"], response_class=Response,
              responses={200: {"content": {"text/plain": {}}, "description": "Prometheus text"}})
@@ -178,6 +186,20 @@ def create_app(settings: Settings) -> FastAPI:
                 return _stats(name, coll)
 
         return JSON(await blocking(work))
+
+    @app.get("/collections/{name}/ready", response_model=schemas.CollectionReady,
+             tags=["collections"], responses={**_err(401, 403, 404, 422, 504), 503: {
+                 "model": schemas.CollectionReady, "description": "an index is behind or failed"}})
+    async def collection_ready(name: CollectionName) -> Response:
+        """200 when every index of the collection has applied every write; 503 naming the
+        indexes that are behind (``catching_up``) or ``failed``, with their errors."""
+        def work() -> dict[str, Any]:
+            with manager.use(name) as coll:
+                return _health(coll)
+
+        health = await blocking(work)
+        ok = health["state"] == "ready"
+        return JSON({"name": name, **health}, status_code=200 if ok else 503)
 
     @app.delete("/collections/{name}", response_model=schemas.Dropped, tags=["collections"],
                 responses=_err(401, 403, 404, 409, 422, 504))
@@ -253,42 +275,53 @@ def create_app(settings: Settings) -> FastAPI:
 
     # -- search ---------------------------------------------------------------------------
 
-    async def _search(name: str, queries: list[str],
-                      pipeline: Pipeline | None) -> tuple[list[list[Result]], float]:
-        def work() -> list[list[Result]]:
+    async def _search(name: str, queries: list[str], pipeline: Pipeline | None
+                      ) -> tuple[list[list[Result]], float, list[str]]:
+        def work() -> tuple[list[list[Result]], list[str]]:
             with manager.use(name) as coll:
-                p = pipeline if pipeline is not None else _default_pipeline(name, coll)
-                missing = [stage.index for stage in p.retrieve if stage.index not in coll.indexes]
-                if missing:
-                    raise NotFoundError(f"no index named {missing[0]!r} in collection {name!r} "
-                                        f"(indexes: {', '.join(coll.indexes) or 'none'})")
+                warnings: list[str] = []
+                if pipeline is None:  # every serving index; say which ones were left out
+                    p = _default_pipeline(name, coll)
+                    for index_name, h in coll.health().items():
+                        if h["state"] == "failed":
+                            warnings.append(f"index {index_name!r} is unavailable and was "
+                                            f"left out: {h['error']}")
+                else:
+                    p = pipeline
+                # a named index that does not exist is a 404, one that is failing a 503
+                indexes = {stage.index: coll.serving(stage.index) for stage in p.retrieve}
                 for stage in p.retrieve:
                     coll.check_search_params(stage.index, dict(stage.params))
                 rerankers = None
                 if p.rerank is not None:
                     rerankers = {p.rerank.reranker: st.models.reranker(p.rerank.reranker)}
-                used = {stage.index for stage in p.retrieve}
-                indexes = {n: st.metrics.timed(name, n, coll.indexes[n]) for n in used}
-                return run_pipeline(p, queries, indexes, coll.get, rerankers)
+                timed = {n: st.metrics.timed(name, n, index) for n, index in indexes.items()}
+                return run_pipeline(p, queries, timed, coll.get, rerankers), warnings
 
         start = time.perf_counter()
-        results = await blocking(work)
-        return results, round((time.perf_counter() - start) * 1000, 3)
+        results, warnings = await blocking(work)
+        return results, round((time.perf_counter() - start) * 1000, 3), warnings
+
+    def _search_body(results: list[Any], took: float, warnings: list[str]) -> dict[str, Any]:
+        body: dict[str, Any] = {"results": results, "took_ms": took}
+        if warnings:
+            body["warnings"] = warnings
+        return body
 
     @app.post("/collections/{name}/search", response_model=schemas.SearchOut, tags=["search"],
               responses=_err(*_COMMON, 404))
     async def search(name: CollectionName, body: schemas.SearchRequest) -> Response:
         """Search one query with a pipeline (default: RRF over every index, k = 10).
         An empty or whitespace-only query is a 422."""
-        results, took = await _search(name, [body.query], body.pipeline)
-        return JSON({"results": [r.to_dict() for r in results[0]], "took_ms": took})
+        results, took, warnings = await _search(name, [body.query], body.pipeline)
+        return JSON(_search_body([r.to_dict() for r in results[0]], took, warnings))
 
     @app.post("/collections/{name}/search/batch", response_model=schemas.BatchSearchOut,
               tags=["search"], responses=_err(*_COMMON, 404))
     async def search_batch(name: CollectionName, body: s.BatchSearchRequest) -> Response:  # type: ignore[name-defined]
         """Search a batch of queries with one pipeline; one result list per query."""
-        results, took = await _search(name, list(body.queries), body.pipeline)
-        return JSON({"results": [[r.to_dict() for r in rs] for rs in results], "took_ms": took})
+        results, took, warnings = await _search(name, list(body.queries), body.pipeline)
+        return JSON(_search_body([[r.to_dict() for r in rs] for rs in results], took, warnings))
 
     # -- models ---------------------------------------------------------------------------
 
@@ -370,28 +403,41 @@ def _version() -> str:
         return "0"
 
 
-def _lag(coll: Collection) -> int:
-    seq = coll.store.seq
-    return max((seq - index.applied_seq for index in coll.indexes.values()), default=0)
+def _health(coll: Collection) -> dict[str, Any]:
+    """A collection's state (the worst of its indexes') and each index's."""
+    indexes = coll.health()
+    states = {i["state"] for i in indexes.values()}
+    state = "failed" if "failed" in states else (
+        "catching_up" if "catching_up" in states else "ready")
+    lag = max((i["lag"] or 0 for i in indexes.values()), default=0)
+    return {"state": state, "lag": lag, "indexes": indexes}
+
+
+def _may_read(request: Request, settings: Settings) -> bool:
+    """Whether the caller may see details: no keys configured, or a key with a scope."""
+    if not settings.api_keys:
+        return True
+    return bool(request.scope.get("state", {}).get("scopes"))
 
 
 def _stats(name: str, coll: Collection) -> dict[str, Any]:
     raw = coll.stats()
     seq = raw["seq"]
-    indexes = {}
-    for index_name, s in raw["indexes"].items():
-        indexes[index_name] = {**s, "lag": seq - int(s.get("applied_seq", 0))}
+    indexes = raw["indexes"]
+    open_ = [i for i in indexes.values() if i.get("applied_seq") is not None]
     return {"name": name, "documents": raw["documents"], "seq": seq,
-            "applied_seq": min((i["applied_seq"] for i in indexes.values()), default=seq),
-            "lag": max((i["lag"] for i in indexes.values()), default=0),
+            "applied_seq": min((i["applied_seq"] for i in open_), default=seq),
+            "lag": max((i.get("lag") or 0 for i in indexes.values()), default=0),
+            "state": _health(coll)["state"],
             "sync_error": coll.sync_error, "disk_bytes": raw.get("disk_bytes"),
             "store_bytes": raw.get("store_bytes"), "indexes": indexes}
 
 
 def _default_pipeline(name: str, coll: Collection) -> Pipeline:
-    if not coll.indexes:
+    names = coll.default_indexes()  # IndexUnavailable if none is serving
+    if not names:
         raise GenseekError(f"collection {name!r} has no indexes to search")
-    return Pipeline.default(list(coll.indexes))
+    return Pipeline.default(names)
 
 
 def _count_tokens(encoder: Any, texts: list[str]) -> int:

@@ -57,6 +57,12 @@ class CollectionManager:
         self._cond = threading.Condition(threading.Lock())
         self._handles: dict[str, _Handle] = {}
         self._closed = False
+        self.unapplied: dict[str, dict[str, int]] = {}  # after close: collection -> index -> ops
+
+    @property
+    def closed(self) -> bool:
+        """Shutting down (or shut down): no collection opens any more."""
+        return self._closed
 
     # -- names and paths ---------------------------------------------------------------
 
@@ -166,7 +172,8 @@ class CollectionManager:
             with handle.open_lock:
                 if handle.collection is not None or Collection.exists(path):
                     raise ConflictError(f"collection {name!r} already exists")
-                if path.is_symlink() or path.exists() and (
+                resumable = Collection.interrupted(path) is not None  # create finishes it
+                if path.is_symlink() or path.exists() and not resumable and (
                         not path.is_dir() or any(p.name != "collection.lock"
                                                  for p in path.iterdir())):
                     raise ConflictError(f"{name!r} exists in the collections folder and is not a "
@@ -245,14 +252,20 @@ class CollectionManager:
                 self._cond.wait(left)
             handles = list(self._handles.values())
             self._handles.clear()
+        self.unapplied = {}
         for handle in handles:
             if handle.collection is None:
                 continue
+            collection = handle.collection
             try:
-                handle.collection.close()
+                collection.close()
                 log.info("closed collection %s", handle.name)
             except Exception:  # noqa: BLE001 - close the others
                 log.exception("closing collection %s", handle.name)
+            if collection.unapplied:
+                self.unapplied[handle.name] = dict(collection.unapplied)
+                log.warning("collection %s closed with writes not yet applied: %s",
+                            handle.name, collection.unapplied)
             handle.collection = None
 
 

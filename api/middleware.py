@@ -25,8 +25,11 @@ from genseek.api.errors import dump_json, error_body
 
 log = logging.getLogger("genseek.api")
 
-PUBLIC_PATHS = frozenset({"/health", "/ready", "/metrics", "/docs", "/docs/oauth2-redirect",
-                          "/redoc", "/openapi.json"})
+PUBLIC_PATHS = frozenset({"/health", "/ready", "/docs", "/docs/oauth2-redirect", "/redoc",
+                          "/openapi.json"})
+"""Paths any client may call. ``/ready`` then says only ready or not; its details (collection
+names, errors) need a key with the read scope, as does ``/metrics`` (unless the server is
+started with ``public_metrics``)."""
 _READ_POSTS = re.compile(r"^/(collections/[^/]+/search(/batch)?|v1/[^/]+)/?$")
 
 
@@ -39,9 +42,9 @@ async def send_error(send: Send, status: int, message: str, type: str | None = N
     await send({"type": "http.response.body", "body": body})
 
 
-def required_scope(method: str, path: str) -> str | None:
+def required_scope(method: str, path: str, public: frozenset[str] = PUBLIC_PATHS) -> str | None:
     """``None`` for public paths, else ``read`` or ``write``."""
-    if path in PUBLIC_PATHS:
+    if path in public:
         return None
     if method in ("GET", "HEAD", "OPTIONS") or (method == "POST" and _READ_POSTS.match(path)):
         return "read"
@@ -119,9 +122,11 @@ class AuthMiddleware:
     (the server then only binds to loopback).
     """
 
-    def __init__(self, app: ASGIApp, *, api_keys: Mapping[str, frozenset[str]]):
+    def __init__(self, app: ASGIApp, *, api_keys: Mapping[str, frozenset[str]],
+                 public: frozenset[str] = PUBLIC_PATHS):
         self.app = app
         self.keys = [(k.encode(), scopes) for k, scopes in api_keys.items()]
+        self.public = public
 
     def _scopes(self, key: str) -> frozenset[str] | None:
         raw = key.encode("utf-8", "surrogateescape")
@@ -135,8 +140,14 @@ class AuthMiddleware:
         if scope["type"] != "http" or not self.keys:
             await self.app(scope, receive, send)
             return
-        need = required_scope(scope["method"], scope["path"])
-        if need is None:
+        need = required_scope(scope["method"], scope["path"], self.public)
+        if need is None:  # public: a valid key, if one is sent, still shows its scopes
+            key = _header(scope, b"x-api-key")
+            auth = _header(scope, b"authorization") or ""
+            if auth.lower().startswith("bearer "):
+                key = auth[7:].strip()
+            found = self._scopes(key.strip()) if key else None
+            scope.setdefault("state", {})["scopes"] = found or frozenset()
             await self.app(scope, receive, send)
             return
         challenge = {"www-authenticate": 'Bearer realm="genseek"'}

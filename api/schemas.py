@@ -13,22 +13,38 @@ import math
 from dataclasses import dataclass
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator
 
 from genseek.pipeline import Pipeline
+from genseek.types import MAX_ID_CHARS, id_problem, metadata_problem, text_problem
 
 NAME_PATTERN = r"^[A-Za-z][A-Za-z0-9_-]{0,63}$"
 """Collection and index names (:func:`genseek.spec.validate_name`)."""
-MAX_ID_CHARS = 1024
 MAX_QUERY_CHARS = 10_000
 MAX_SPEC_CHARS = 1000
 MAX_INDEXES = 16
 DEFAULT_INDEXES = {"bm25": "bm25", "dense": "dense"}
 
+def _rule(check):
+    def validate(value):
+        problem = check(value)
+        if problem:
+            raise ValueError(problem)
+        return value
+    return AfterValidator(validate)
+
+
 Name = Annotated[str, Field(pattern=NAME_PATTERN, min_length=1, max_length=64)]
-DocId = Annotated[str, Field(min_length=1, max_length=MAX_ID_CHARS)]
+DocId = Annotated[str, Field(min_length=1, max_length=MAX_ID_CHARS,
+                             description="1-512 characters without whitespace or control "
+                             "characters (the same rule as the CLI's and the store's)"),
+                  _rule(id_problem)]
+AnyDocId = Annotated[str, Field(min_length=1, max_length=4 * MAX_ID_CHARS), _rule(text_problem)]
+"""An id to delete: any stored id (also one written before the id rule)."""
+Text = Annotated[str, _rule(text_problem)]
 Query = Annotated[str, Field(min_length=1, max_length=MAX_QUERY_CHARS,
-                             description="non-blank text")]
+                             description="non-blank text"), _rule(text_problem)]
+Metadata = Annotated[dict[str, Any], _rule(metadata_problem)]
 
 
 def _not_blank(value: str) -> str:
@@ -65,14 +81,31 @@ class HealthOut(_Out):
     status: Literal["ok"]
 
 
-class ReadyCollection(_Out):
+IndexState = Literal["ready", "catching_up", "failed"]
+
+
+class IndexHealth(_Out):
+    state: IndexState = Field(description="ready: current; catching_up: behind the store; "
+                              "failed: it could not open or applying writes fails")
+    lag: int | None = Field(None, description="operations behind the store (None: never "
+                            "opened)")
+    error: str | None = None
+
+
+class CollectionHealth(_Out):
+    state: IndexState = Field(description="the worst of its indexes'")
     lag: int
-    sync_error: str | None = None
+    indexes: dict[str, IndexHealth]
+
+
+class CollectionReady(CollectionHealth):
+    name: str
 
 
 class ReadyOut(_Out):
-    status: Literal["ready", "not_ready"]
-    collections: dict[str, ReadyCollection]
+    status: Literal["ready", "catching_up", "degraded", "shutting_down"]
+    collections: dict[str, CollectionHealth] | None = Field(
+        None, description="per collection and index (needs the read scope when keys are set)")
 
 
 # -- collections -----------------------------------------------------------------------------
@@ -94,9 +127,11 @@ class CollectionList(_Out):
 
 class IndexStats(_Out):
     spec: str
-    documents: int
-    applied_seq: int
-    lag: int
+    state: IndexState
+    documents: int | None = None
+    applied_seq: int | None = None
+    lag: int | None = None
+    error: str | None = None
     disk_bytes: int | None = None
 
 
@@ -106,6 +141,7 @@ class CollectionStats(_Out):
     seq: int
     applied_seq: int
     lag: int
+    state: IndexState
     sync_error: str | None = None
     disk_bytes: int | None = None
     indexes: dict[str, IndexStats]
@@ -121,9 +157,10 @@ class Dropped(_Out):
 
 class DocumentIn(_In):
     id: DocId
-    title: str = ""
-    text: str = ""
-    metadata: dict[str, Any] = Field(default_factory=dict)
+    title: Text = ""
+    text: Text = ""
+    metadata: Metadata = Field(default_factory=dict, description="a JSON object, nested at "
+                               "most 32 levels deep")
 
 
 class DocumentOut(_Out):
@@ -162,11 +199,14 @@ class ResultOut(_Out):
 class SearchOut(_Out):
     results: list[ResultOut]
     took_ms: float
+    warnings: list[str] | None = Field(None, description="e.g. an index left out of the "
+                                       "default pipeline because it is unavailable")
 
 
 class BatchSearchOut(_Out):
     results: list[list[ResultOut]]
     took_ms: float
+    warnings: list[str] | None = None
 
 
 class _WithPipeline(_In):
@@ -255,9 +295,9 @@ class Schemas:
 
 def build(max_batch_docs: int, max_queries: int) -> Schemas:
     """Request models with ``max_batch_docs`` and ``max_queries`` as their list bounds."""
-    Texts = Annotated[list[Annotated[str, Field(max_length=1_000_000)]],
+    Texts = Annotated[list[Annotated[str, Field(max_length=1_000_000), _rule(text_problem)]],
                       Field(min_length=1, max_length=max_batch_docs)]
-    Input = Annotated[str, Field(max_length=1_000_000)] | Texts
+    Input = Annotated[str, Field(max_length=1_000_000), _rule(text_problem)] | Texts
 
     class UpsertRequest(_In):
         documents: list[DocumentIn] = Field(min_length=1, max_length=max_batch_docs)
@@ -265,7 +305,7 @@ def build(max_batch_docs: int, max_queries: int) -> Schemas:
                               "write (bounded by the request timeout)")
 
     class DeleteRequest(_In):
-        ids: list[DocId] = Field(min_length=1, max_length=max_batch_docs)
+        ids: list[AnyDocId] = Field(min_length=1, max_length=max_batch_docs)
         refresh: bool = False
 
     class BatchSearchRequest(_WithPipeline):
@@ -296,8 +336,8 @@ def build(max_batch_docs: int, max_queries: int) -> Schemas:
 
     class RerankRequest(_In):
         query: Query
-        documents: list[Annotated[str, Field(max_length=1_000_000)]] = Field(
-            min_length=1, max_length=max_batch_docs)
+        documents: list[Annotated[str, Field(max_length=1_000_000), _rule(text_problem)]] = \
+            Field(min_length=1, max_length=max_batch_docs)
         top_n: int | None = Field(None, ge=1)
         model: str | None = Field(None, max_length=64, description="a configured reranker "
                                   "name (default: the first one)")

@@ -32,7 +32,8 @@ from types import MappingProxyType
 from typing import Any
 
 from genseek.errors import GenseekError
-from genseek.spec import IndexSpec, validate_name
+from genseek.registry import check_reranker_spec
+from genseek.spec import validate_name
 
 SCOPES = frozenset({"read", "write"})
 """``write`` implies ``read``."""
@@ -165,6 +166,7 @@ class Settings:
     sparse_model: str = "splade-tiny"
     rerankers: Mapping[str, str] = field(default_factory=lambda: {
         "biencoder": "biencoder", "first": "first", "pointwise": "pointwise"})
+    public_metrics: bool = False  # /metrics without a key (a scraper on a private network)
 
     def __post_init__(self) -> None:
         set_ = object.__setattr__  # frozen: normalise once, here
@@ -178,7 +180,7 @@ class Settings:
         rerankers = {}
         for name, spec in dict(self.rerankers).items():
             validate_name(name, "reranker")
-            IndexSpec.parse(spec)  # a bad spec fails at start-up, not on the first request
+            check_reranker_spec(spec)  # a bad spec fails at start-up, not on the first request
             rerankers[name] = spec
         set_(self, "rerankers", MappingProxyType(rerankers))
         if not isinstance(self.port, int) or not 0 <= self.port <= 65535:
@@ -242,6 +244,11 @@ class Settings:
                            ("GENSEEK_SPARSE_MODEL", "sparse_model")):
             if env.get(name):
                 values[attr] = env[name]
+        if env.get("GENSEEK_PUBLIC_METRICS", "").strip():
+            flag = env["GENSEEK_PUBLIC_METRICS"].strip().lower()
+            if flag not in ("1", "0", "true", "false", "yes", "no"):
+                raise GenseekError(f"GENSEEK_PUBLIC_METRICS: expected 1 or 0, not {flag!r}")
+            values["public_metrics"] = flag in ("1", "true", "yes")
         if env.get("GENSEEK_RERANKERS", "").strip():
             values["rerankers"] = parse_rerankers(env["GENSEEK_RERANKERS"])
         values.update({k: v for k, v in overrides.items() if v is not None})

@@ -16,30 +16,25 @@ from __future__ import annotations
 
 import csv
 import json
-import re
 from collections.abc import Iterator
 from pathlib import Path
 
 from genseek.errors import InputError
-from genseek.types import Document
+from genseek.types import Document, id_problem, text_problem
 
 MAX_DOC_BYTES = 16 * 1024 * 1024
 """Default cap on one document's UTF-8 size (title + text); larger ones are an error."""
 
-_BAD_ID = re.compile(r"[\s\x00-\x1f\x7f]")
-
-
 def check_id(value: object, path: str, line: int, field: str = "_id") -> str:
-    """A valid document or query id as a string, or an InputError saying why not."""
+    """A valid document or query id as a string (:func:`genseek.types.id_problem`: the rule
+    of the API and the store too), or an InputError saying why not."""
     if isinstance(value, bool) or not isinstance(value, (str, int)):
         raise InputError(f"field {field!r} must be a string or integer, got {type(value).__name__}",
                          path=path, line=line)
     text = str(value)
-    if not text:
-        raise InputError(f"field {field!r} is empty", path=path, line=line)
-    if len(text) > 512 or _BAD_ID.search(text):
-        raise InputError(f"field {field!r} = {text[:40]!r}: ids must be 1-512 characters "
-                         "without whitespace or control characters", path=path, line=line)
+    problem = id_problem(text)
+    if problem:
+        raise InputError(f"field {field!r} = {text[:40]!r} {problem}", path=path, line=line)
     return text
 
 
@@ -100,6 +95,8 @@ def parse_json_doc(text: str, path: str, line: int) -> Document:
     except json.JSONDecodeError as exc:
         raise InputError(f"bad JSON at column {exc.colno}: {exc.msg}", path=path,
                          line=line) from None
+    except RecursionError:
+        raise InputError("the JSON is nested too deeply to read", path=path, line=line) from None
     if not isinstance(obj, dict):
         raise InputError(f"expected a JSON object, got {type(obj).__name__}", path=path, line=line)
     for key in ("_id", "id", "docid"):
@@ -111,8 +108,12 @@ def parse_json_doc(text: str, path: str, line: int) -> Document:
     metadata = obj.get("metadata") or {}
     if not isinstance(metadata, dict):
         raise InputError("field 'metadata' must be a JSON object", path=path, line=line)
-    return Document(doc_id, _text_field(obj, ("title",), path, line),
-                    _text_field(obj, ("text", "contents"), path, line), metadata)
+    doc = Document(doc_id, _text_field(obj, ("title",), path, line),
+                   _text_field(obj, ("text", "contents"), path, line), metadata)
+    problem = doc.problem()
+    if problem:
+        raise InputError(problem, path=path, line=line)
+    return doc
 
 
 def read_corpus(path: Path, skip_lines: int = 0,
@@ -153,10 +154,16 @@ def read_queries(path: Path) -> dict[str, str]:
             except json.JSONDecodeError as exc:
                 raise InputError(f"bad JSON at column {exc.colno}: {exc.msg}", path=str(file),
                                  line=number) from None
+            except RecursionError:
+                raise InputError("the JSON is nested too deeply to read", path=str(file),
+                                 line=number) from None
             if not isinstance(obj, dict) or "_id" not in obj:
                 raise InputError("expected an object with '_id' and 'text'", path=str(file),
                                  line=number)
             qid, text = obj["_id"], obj.get("text", "")
+        problem = text_problem(str(text))
+        if problem:
+            raise InputError(f"field 'text' {problem}", path=str(file), line=number)
         queries[check_id(qid, str(file), number)] = str(text)
     return queries
 

@@ -200,6 +200,28 @@ def cmd_delete(args: argparse.Namespace) -> int:
     return 0
 
 
+def _positive(text: str) -> int:
+    """argparse type: an integer >= 1."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, not {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, not {value}")
+    return value
+
+
+def _check_query(query: str) -> str:
+    from genseek.types import text_problem
+
+    if not query.strip():
+        raise GenseekError("the query is empty")
+    problem = text_problem(query)
+    if problem:
+        raise GenseekError(f"the query {problem}")
+    return query
+
+
 def _check_k(k: int) -> int:
     if k < 1 or k > 10_000:
         raise GenseekError(f"-k must be between 1 and 10000, not {k}")
@@ -207,13 +229,12 @@ def _check_k(k: int) -> int:
 
 
 def cmd_search(args: argparse.Namespace) -> int:
-    query = args.query
-    if not query.strip():
-        raise GenseekError("the query is empty")
+    query = _check_query(args.query)
     k = _check_k(args.k)
     with _open(args.collection, False) as collection:
         hits = collection.search(query, k, index=args.index or None, fusion=args.fusion)
         docs = collection.get([h.doc_id for h in hits])
+        why_empty = "" if hits else _why_no_results(collection, query, args.index)
     rows = [{"rank": r, "doc_id": h.doc_id, "score": h.score,
              "title": docs[h.doc_id].title if h.doc_id in docs else ""}
             for r, h in enumerate(hits, start=1)]
@@ -221,13 +242,24 @@ def cmd_search(args: argparse.Namespace) -> int:
         print(json.dumps({"query": query, "hits": rows}))
         return 0
     if not rows:
-        print("no results (a query of only stop words matches nothing in bm25)")
+        print(f"no results{why_empty}")
         return 0
     width = max(len(r["doc_id"]) for r in rows)
     print(f"{'rank':>4}  {'doc id':<{width}}  {'score':>9}  title")
     for r in rows:
         print(f"{r['rank']:>4}  {r['doc_id']:<{width}}  {r['score']:>9.4f}  {r['title'][:80]}")
     return 0
+
+
+def _why_no_results(collection: Any, query: str, names: list[str] | None) -> str:
+    """`` (why)`` for an empty result list, when it can be told; else ``""``."""
+    if len(collection) == 0:
+        return " (the collection is empty)"
+    searched = names or list(collection.indexes)
+    lexical = [n for n in searched if hasattr(collection.index(n), "analyze")]
+    if lexical and lexical == searched and not collection.index(lexical[0]).analyze(query):
+        return " (the query has only stop words, which bm25 does not index)"
+    return ""
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
@@ -350,8 +382,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
                 for sig, handler in previous.items():
                     signal.signal(sig, handler)
 
+    app = create_app(settings)
     server = Server(uvicorn.Config(
-        create_app(settings), host=settings.host, port=settings.port, log_config=None,
+        app, host=settings.host, port=settings.port, log_config=None,
         access_log=False, server_header=False, lifespan="on",
         timeout_graceful_shutdown=int(settings.request_timeout_s) + 5))
     print(f"genseek: serving {settings.root} on http://{settings.host}:{settings.port} "
@@ -366,8 +399,18 @@ def cmd_serve(args: argparse.Namespace) -> int:
     if not server.started:
         raise GenseekError(f"the server did not start on {settings.host}:{settings.port} "
                            "(see the log lines above)")
-    print("genseek: shut down cleanly; every acknowledged write is applied", file=sys.stderr)
+    print(shutdown_line(app.state.genseek.manager.unapplied), file=sys.stderr)
     return 0
+
+
+def shutdown_line(unapplied: dict[str, dict[str, int]]) -> str:
+    """What the server says as it exits: true for the writes it could not apply."""
+    if not unapplied:
+        return "genseek: shut down cleanly; every acknowledged write is applied to every index"
+    behind = ", ".join(f"{c}/{i} ({n:,} operations)" for c, lags in sorted(unapplied.items())
+                       for i, n in sorted(lags.items()))
+    return (f"genseek: shut down; every acknowledged write is stored, but these indexes had not "
+            f"applied them all: {behind}; they catch up when their collection is next opened")
 
 
 # -- parser -----------------------------------------------------------------------------------
@@ -423,9 +466,9 @@ def build_parser() -> argparse.ArgumentParser:
     def ingest_options(p: argparse.ArgumentParser) -> None:
         p.add_argument("--from", dest="source", required=True, metavar="PATH",
                        help="a BEIR folder (corpus.jsonl), a .jsonl or a .tsv corpus")
-        p.add_argument("--batch-size", type=int, default=1000,
+        p.add_argument("--batch-size", type=_positive, default=1000,
                        help="documents per committed batch (default 1000)")
-        p.add_argument("--max-doc-bytes", type=int, default=16 * 1024 * 1024,
+        p.add_argument("--max-doc-bytes", type=_positive, default=16 * 1024 * 1024,
                        help="reject a document larger than this (default 16 MiB)")
         p.add_argument("--no-progress", action="store_true", help="no progress bar")
         p.add_argument("--json", action="store_true", help="print a JSON summary")

@@ -141,8 +141,14 @@ class GenseekClient:
         return self.request("GET", "/health")
 
     def ready(self) -> dict[str, Any]:
-        """``{"status": "ready"|"not_ready", "collections": {...}}`` (never raises on 503)."""
+        """``{"status": "ready"|"catching_up"|"degraded"|"shutting_down", "collections":
+        {name: {"state", "lag", "indexes": {...}}}}`` (never raises on 503)."""
         return self.request("GET", "/ready", expect=(200, 503))
+
+    def collection_ready(self, name: str) -> dict[str, Any]:
+        """``{"name", "state", "lag", "indexes": {index: {"state", "lag", "error"}}}``: state
+        ``ready`` when every index is current (never raises on 503)."""
+        return self.request("GET", f"/collections/{name}/ready", expect=(200, 503))
 
     def metrics(self) -> str:
         return self.request("GET", "/metrics")

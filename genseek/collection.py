@@ -31,6 +31,7 @@ from genseek.errors import (
     CollectionLocked,
     ConflictError,
     GenseekError,
+    IndexUnavailable,
     InvalidParameter,
     NotFoundError,
     ServerError,
@@ -44,6 +45,8 @@ from genseek.types import Document, Hit
 log = logging.getLogger("genseek.collection")
 
 MANIFEST = "collection.json"
+CREATING = "creating"
+"""The manifest's ``state`` while :meth:`Collection.create` has not finished."""
 FORMAT = "genseek-collection"
 FORMAT_VERSION = 1
 
@@ -66,7 +69,7 @@ class IngestReport:
 class Collection:
     """Open with :meth:`open` or :meth:`create`; use as a context manager."""
 
-    def __init__(self, path: Path, manifest: dict[str, Any], lock_fd: int):
+    def __init__(self, path: Path, manifest: dict[str, Any], lock_fd: int, strict: bool = True):
         self.path = path
         self.manifest = manifest
         self._lock_fd: int | None = lock_fd
@@ -81,10 +84,19 @@ class Collection:
         self._background: float | None = None  # the interval while background sync runs
         self._stopping = False
         self.sync_errors: dict[str, str] = {}  # index name -> its applier's last failure
+        self.unapplied: dict[str, int] = {}  # after close: index -> operations not applied
+        self.failed: dict[str, str] = {}  # index name -> why it could not open
         try:
             self.store = DocStore(path / "docs.sqlite")
             for name, spec in manifest["indexes"].items():
-                self.indexes[name] = self._open_index(name, IndexSpec.parse(spec))
+                try:
+                    self.indexes[name] = self._open_index(name, IndexSpec.parse(spec))
+                except Exception as exc:
+                    if strict:
+                        raise
+                    self.failed[name] = _describe(exc)
+                    log.error("collection %s: index %s cannot open: %s", path, name,
+                              self.failed[name])
         except BaseException:
             self.close()
             raise
@@ -111,27 +123,61 @@ class Collection:
 
     @classmethod
     def exists(cls, path: Path) -> bool:
-        return (Path(path) / MANIFEST).is_file()
+        """Whether ``path`` holds a complete collection (not an interrupted creation)."""
+        manifest = cls._peek(Path(path))
+        return manifest is not None and manifest.get("state") != CREATING
 
     @classmethod
-    def open(cls, path: Path, progress: Progress | None = None) -> Collection:
-        """Open an existing collection and bring every index up to date."""
-        path = cls._check_dir(path)
+    def interrupted(cls, path: Path) -> dict[str, str] | None:
+        """The index specs of a creation of ``path`` that was interrupted (its manifest says
+        ``creating``), which :meth:`create` with the same specs finishes; else None."""
+        manifest = cls._peek(Path(path))
+        if manifest is not None and manifest.get("state") == CREATING:
+            return dict(manifest["indexes"])
+        return None
+
+    @staticmethod
+    def _peek(path: Path) -> dict[str, Any] | None:
+        try:
+            return Collection._read_manifest(path)
+        except GenseekError:
+            return None
+
+    @staticmethod
+    def _read_manifest(path: Path) -> dict[str, Any] | None:
         manifest_path = path / MANIFEST
         if not manifest_path.is_file():
-            raise GenseekError(f"{path} is not a genseek collection (no {MANIFEST})")
+            return None
         try:
             manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
         except (OSError, ValueError) as exc:
             raise GenseekError(f"{manifest_path}: unreadable manifest: {exc}") from None
-        if manifest.get("format") != FORMAT or not isinstance(manifest.get("indexes"), dict):
+        if not isinstance(manifest, dict) or manifest.get("format") != FORMAT \
+                or not isinstance(manifest.get("indexes"), dict):
             raise GenseekError(f"{manifest_path}: not a genseek collection manifest")
         if manifest.get("version", 0) > FORMAT_VERSION:
             raise GenseekError(f"{manifest_path}: format version {manifest['version']} is newer "
                                f"than this genseek supports ({FORMAT_VERSION})")
-        collection = cls(path, manifest, cls._lock(path))
+        return manifest
+
+    @classmethod
+    def open(cls, path: Path, progress: Progress | None = None) -> Collection:
+        """Open an existing collection and bring every index up to date.
+
+        An index that cannot open, or cannot apply the stored writes, does not stop the others:
+        it is reported by :meth:`health` and answers with
+        :class:`~genseek.errors.IndexUnavailable` until the collection is opened again.
+        """
+        path = cls._check_dir(path)
+        manifest = cls._read_manifest(path)
+        if manifest is None:
+            raise NotFoundError(f"{path} is not a genseek collection (no {MANIFEST})")
+        if manifest.get("state") == CREATING:
+            raise NotFoundError(f"{path}: its creation was interrupted; run the same create "
+                                "command again (same indexes) to finish it")
+        collection = cls(path, manifest, cls._lock(path), strict=False)
         try:
-            collection.sync(progress)
+            collection.sync(progress, raise_errors=False)
         except BaseException:
             collection.close()
             raise
@@ -140,31 +186,51 @@ class Collection:
     @classmethod
     def create(cls, path: Path, indexes: dict[str, str | IndexSpec] | None = None,
                progress: Progress | None = None) -> Collection:
-        """Create a collection (the folder may exist but must be empty) with ``indexes``."""
+        """Create a collection (the folder may exist but must be empty) with ``indexes``.
+
+        Creation is recognisably incomplete until it has finished: the manifest is written
+        first, marked ``creating``, and the mark is dropped once every index has opened. A
+        creation killed half-way is finished by calling ``create`` again with the same
+        indexes (the CLI's and the API's create do so); other specs are refused.
+        """
         path = cls._check_dir(path)
-        if (path / MANIFEST).exists():
-            raise ConflictError(f"{path} is already a collection")
-        if path.exists() and any(p.name != "collection.lock" for p in path.iterdir()):
-            raise ConflictError(f"{path} exists and is not empty; choose a new folder")
         # unknown types and bad parameters fail before anything is written
         specs = {validate_name(n): str(check_spec(str(s))) for n, s in (indexes or {}).items()}
+        existing = cls._read_manifest(path)
+        resuming = existing is not None and existing.get("state") == CREATING
+        if existing is not None and not resuming:
+            raise ConflictError(f"{path} is already a collection")
+        if resuming and existing["indexes"] != specs:
+            have = ", ".join(f"{n}={s}" for n, s in existing["indexes"].items()) or "none"
+            raise ConflictError(f"{path}: an interrupted creation with indexes {have}; run it "
+                                "again with the same indexes to finish it, or delete the folder")
+        if not resuming and path.exists() and any(p.name != "collection.lock"
+                                                  for p in path.iterdir()):
+            raise ConflictError(f"{path} exists and is not empty; choose a new folder")
         created = not path.exists()
         path.mkdir(parents=True, exist_ok=True)
         fd = cls._lock(path)
         manifest = {"format": FORMAT, "version": FORMAT_VERSION, "indexes": specs}
+        if not resuming:  # the first thing written: the folder is now a creation
+            try:
+                atomic_write_json(path / MANIFEST, {**manifest, "state": CREATING})
+            except BaseException:
+                os.close(fd)
+                cls._remove_partial(path, created)
+                raise
         try:
-            # Opening the indexes validates their parameters; the manifest is written
-            # last, so a bad spec leaves no collection behind.
-            collection = cls(path, manifest, fd)
+            collection = cls(path, manifest, fd, strict=True)
         except BaseException:  # __init__ has closed what it opened, the lock included
-            cls._remove_partial(path, created)
+            if not resuming:
+                cls._remove_partial(path, created)
             raise
         try:
             atomic_write_json(path / MANIFEST, manifest)
             collection.sync(progress)
         except BaseException:
             collection.close()
-            cls._remove_partial(path, created)
+            if not resuming:
+                cls._remove_partial(path, created)
             raise
         return collection
 
@@ -208,11 +274,14 @@ class Collection:
         """Remove an index from the manifest and delete its folder."""
         import shutil
 
-        index = self.index(name)
-        self._stop_worker(name)
-        with self._index_locks[name]:
-            self.indexes = {n: i for n, i in self.indexes.items() if n != name}
-            index.close()
+        if name in self.failed:  # it never opened: nothing to close
+            self.failed = {n: e for n, e in self.failed.items() if n != name}
+        else:
+            index = self.index(name)
+            self._stop_worker(name)
+            with self._index_locks[name]:
+                self.indexes = {n: i for n, i in self.indexes.items() if n != name}
+                index.close()
         self.sync_errors.pop(name, None)
         self.manifest = {**self.manifest, "indexes": {
             n: s for n, s in self.manifest["indexes"].items() if n != name}}
@@ -221,10 +290,26 @@ class Collection:
 
     # -- keeping indexes current ------------------------------------------------------------
 
-    def sync(self, progress: Progress | None = None, batch_ops: int = 1000) -> None:
-        """Apply every store operation each index has not applied yet."""
+    def sync(self, progress: Progress | None = None, batch_ops: int = 1000,
+             raise_errors: bool = True) -> None:
+        """Apply every store operation each index has not applied yet.
+
+        Every index is tried, and one that fails does not stop the others: its error is kept
+        in :attr:`sync_errors` (see :meth:`health`) and, with ``raise_errors``, the first
+        failure is raised once all have been tried.
+        """
+        first: Exception | None = None
         for name, index in list(self.indexes.items()):
-            self._sync_index(name, index, progress, batch_ops)
+            try:
+                self._sync_index(name, index, progress, batch_ops)
+                self.sync_errors.pop(name, None)
+            except Exception as exc:
+                self.sync_errors[name] = _describe(exc)
+                log.error("collection %s, index %s: applying writes failed: %s", self.path,
+                          name, self.sync_errors[name])
+                first = first or exc
+        if first is not None and raise_errors:
+            raise first
 
     def _sync_index(self, name: str, index: Index, progress: Progress | None = None,
                     batch_ops: int = 1000) -> None:
@@ -340,8 +425,8 @@ class Collection:
                 self._sync_index(name, index)
                 self.sync_errors.pop(name, None)
                 backoff = interval
-            except Exception as exc:  # noqa: BLE001 - keep serving; report through stats
-                self.sync_errors[name] = f"{type(exc).__name__}: {exc}"
+            except Exception as exc:  # noqa: BLE001 - keep serving; report through health()
+                self.sync_errors[name] = _describe(exc)
                 log.error("collection %s, index %s: applying writes failed: %s", self.path,
                           name, self.sync_errors[name])
                 backoff = min(backoff * 2, 30.0)
@@ -407,12 +492,57 @@ class Collection:
     # -- reading ----------------------------------------------------------------------------
 
     def index(self, name: str) -> Index:
+        """The open index ``name``: :class:`NotFoundError` if there is none,
+        :class:`IndexUnavailable` if it could not open."""
         try:
             return self.indexes[name]
         except KeyError:
-            known = ", ".join(self.indexes) or "none"
+            if name in self.failed:
+                raise IndexUnavailable(f"index {name!r} of collection {self.path.name!r} is "
+                                       f"unavailable: it could not open ({self.failed[name]})",
+                                       index=name) from None
+            known = ", ".join(self.manifest["indexes"]) or "none"
             raise NotFoundError(f"no index named {name!r} in {self.path} (indexes: {known})") \
                 from None
+
+    def serving(self, name: str) -> Index:
+        """The index ``name`` for a search: :meth:`index`, and :class:`IndexUnavailable` while
+        its writes keep failing (its results would miss them)."""
+        index = self.index(name)
+        error = self.sync_errors.get(name)
+        if error is not None:
+            raise IndexUnavailable(f"index {name!r} of collection {self.path.name!r} is "
+                                   f"unavailable: applying writes fails ({error})", index=name)
+        return index
+
+    def default_indexes(self) -> list[str]:
+        """The indexes a search that names none uses: every one that is serving. Raises
+        :class:`IndexUnavailable` when indexes exist but none is serving."""
+        names = [n for n in self.indexes if n not in self.sync_errors]
+        if not names and (self.failed or self.sync_errors):
+            broken = ", ".join(sorted({*self.failed, *self.sync_errors}))
+            raise IndexUnavailable(f"no index of collection {self.path.name!r} is serving "
+                                   f"(failing: {broken})")
+        return names
+
+    def health(self) -> dict[str, dict[str, Any]]:
+        """Per index: ``state`` (``ready``: current; ``catching_up``: behind the store;
+        ``failed``: it could not open, or applying writes fails), ``lag`` (operations behind,
+        None if it never opened) and ``error``."""
+        seq = self.store.seq if self.store is not None else 0
+        out: dict[str, dict[str, Any]] = {}
+        for name in self.manifest["indexes"]:
+            if name in self.failed:
+                out[name] = {"state": "failed", "lag": None, "error": self.failed[name]}
+                continue
+            index = self.indexes.get(name)
+            if index is None:  # being added or dropped right now
+                continue
+            lag = max(0, seq - index.applied_seq)
+            error = self.sync_errors.get(name)
+            state = "failed" if error else ("catching_up" if lag else "ready")
+            out[name] = {"state": state, "lag": lag, "error": error}
+        return out
 
     def check_search_params(self, name: str, params: dict[str, Any]) -> None:
         """Refuse per-request search ``params`` that index ``name`` does not take
@@ -430,15 +560,17 @@ class Collection:
 
     def retriever(self, names: Sequence[str] | str | None = None, fusion: str = "rrf",
                   **fusion_params: Any) -> Retriever:
-        """One index, or a fusion (``rrf`` or ``linear``) of several (all by default)."""
+        """One index, or a fusion (``rrf`` or ``linear``) of several (by default every index
+        that is serving: a failed one is left out, see :meth:`default_indexes`). A named index
+        that is failing raises :class:`IndexUnavailable`."""
         from genseek.retrievers.fusion import LinearFusion, RRFusion
 
         if isinstance(names, str):
-            return self.index(names)
-        chosen = list(names) if names else list(self.indexes)
+            return self.serving(names)
+        chosen = list(names) if names else self.default_indexes()
         if not chosen:
             raise GenseekError(f"collection {self.path} has no indexes")
-        stages = [self.index(n) for n in chosen]
+        stages = [self.serving(n) for n in chosen]
         if len(stages) == 1:
             return stages[0]
         if fusion == "rrf":
@@ -478,18 +610,49 @@ class Collection:
             "disk_bytes": dir_bytes(self.path),
             "store_bytes": file_bytes(self.path.glob("docs.sqlite*")),
             "process_rss_bytes": rss,
-            "indexes": {name: {"spec": self.manifest["indexes"][name], **index.stats()}
-                        for name, index in self.indexes.items()},
+            "indexes": self._index_stats(),
         }
+
+    def _index_stats(self) -> dict[str, dict[str, Any]]:
+        """Each index's stats with its health (``state``, ``lag``, ``error``); an index that
+        failed, or whose stats fail, still has an entry."""
+        health = self.health()
+        out: dict[str, dict[str, Any]] = {}
+        for name, spec in self.manifest["indexes"].items():
+            entry: dict[str, Any] = {"spec": spec}
+            index = self.indexes.get(name)
+            if index is not None:
+                try:
+                    entry.update(index.stats())
+                except Exception as exc:  # noqa: BLE001 - report it, keep the others
+                    entry["stats_error"] = _describe(exc)
+                    entry.setdefault("applied_seq", index.applied_seq)
+            if name in health:
+                entry.update(health[name])
+            out[name] = entry
+        return out
 
     # -- closing ----------------------------------------------------------------------------
 
     def close(self) -> None:
+        """Apply what is left (background appliers stop after it), close every index and the
+        store. :attr:`unapplied` then says which indexes were left behind the store (an index
+        whose writes failed), by how many operations: the next open replays them."""
         errors: list[Exception] = []
         try:
             self.stop_background_sync()
+            if self.store is not None:
+                self.sync(raise_errors=False)  # a failing index stays behind (see unapplied)
         except Exception as exc:  # noqa: BLE001 - still close everything
             errors.append(exc)
+        if self.store is not None:
+            try:
+                seq = self.store.seq
+                self.unapplied = {name: seq - index.applied_seq
+                                  for name, index in self.indexes.items()
+                                  if index.applied_seq < seq}
+            except Exception as exc:  # noqa: BLE001 - still close everything
+                errors.append(exc)
         for index in self.indexes.values():
             try:
                 index.close()
@@ -509,3 +672,9 @@ class Collection:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def _describe(exc: BaseException) -> str:
+    """``Type: message`` of an index failure, on one line."""
+    text = " ".join(str(exc).split())[:500]
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__

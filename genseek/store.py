@@ -24,7 +24,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from genseek.types import ChangeSet, Document
+from genseek.errors import InputError
+from genseek.types import ChangeSet, Document, text_problem
 
 SCHEMA_VERSION = 1
 
@@ -158,6 +159,15 @@ class DocStore:
         transaction (used for resumable imports).
         """
         latest: dict[str, Document] = {}
+        deletes = list(deletes)
+        for doc in upserts:  # nothing of a batch is written if one document is invalid
+            problem = doc.problem()
+            if problem:
+                raise InputError(f"document {str(doc.doc_id)[:40]!r}: {problem}")
+        for doc_id in deletes:  # any stored id can be deleted; it must be storable text
+            problem = "must be a string" if not isinstance(doc_id, str) else text_problem(doc_id)
+            if problem:
+                raise InputError(f"delete: id {str(doc_id)[:40]!r} {problem}")
         for doc in upserts:
             latest.pop(doc.doc_id, None)  # keep insertion order of the winning copy
             latest[doc.doc_id] = doc

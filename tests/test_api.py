@@ -578,20 +578,31 @@ def test_ready_reports_lag_and_sync_errors(client, app):
                     json={"documents": [{"id": "a", "text": "wing"}]})
     assert r.json()["refreshed"] is False
     seq = r.json()["seq"]
-    r = client.get("/ready")
-    assert r.status_code == 503
-    assert r.json()["status"] == "not_ready" and r.json()["collections"][name]["lag"] == 1
+    assert set(client.get("/ready").json()) == {"status"}  # details need a key
+    r = client.get("/ready", headers=R)  # the server serves: 200, saying what is behind
+    assert r.status_code == 200 and r.json()["status"] == "catching_up"
+    assert r.json()["collections"][name]["indexes"]["bm25"] == {
+        "state": "catching_up", "lag": 1, "error": None}
+    r = client.get(f"/collections/{name}/ready", headers=R)
+    assert r.status_code == 503 and r.json()["state"] == "catching_up"
     with manager.use(name) as c:
         c.start_background_sync()
         assert c.wait_for(seq, timeout=20)
-        c.sync_error = "RuntimeError: disk on fire"
-    r = client.get("/ready")
-    assert r.status_code == 503 and "fire" in r.json()["collections"][name]["sync_error"]
+        c.sync_errors["bm25"] = "RuntimeError: disk on fire"
+    r = client.get("/ready", headers=R)
+    assert r.status_code == 200 and r.json()["status"] == "degraded"
+    assert "fire" in r.json()["collections"][name]["indexes"]["bm25"]["error"]
+    r = client.get(f"/collections/{name}/ready", headers=R)
+    assert r.status_code == 503 and r.json()["indexes"]["bm25"]["state"] == "failed"
+    error_of(search(client, name, "wing", {"retrieve": [{"index": "bm25"}]}), 503,
+             "index_unavailable")
     with manager.use(name) as c:
-        c.sync_error = None
-    r = client.get("/ready")
+        c.sync_errors.pop("bm25")
+    r = client.get("/ready", headers=R)
     assert r.status_code == 200 and r.json()["status"] == "ready"
-    assert r.json()["collections"][name] == {"lag": 0, "sync_error": None}
+    assert r.json()["collections"][name]["indexes"]["bm25"] == {
+        "state": "ready", "lag": 0, "error": None}
+    assert client.get(f"/collections/{name}/ready", headers=R).status_code == 200
     assert client.delete(f"/collections/{name}", headers=W).status_code == 200
 
 
@@ -614,7 +625,8 @@ def test_slow_request_is_504(tmp_path):
 
 def test_metrics(client, coll):
     search(client, "docs", "wing", {"retrieve": [{"index": "bm25"}, {"index": "dense"}]})
-    r = client.get("/metrics")
+    error_of(client.get("/metrics"), 401, "unauthorized")  # names collections: needs a key
+    r = client.get("/metrics", headers=R)
     assert r.status_code == 200 and r.headers["content-type"].startswith("text/plain")
     text = r.text
     assert ('genseek_requests_total{method="POST",route="/collections/{name}/search",'
@@ -626,7 +638,7 @@ def test_metrics(client, coll):
     assert 'genseek_index_disk_bytes{collection="docs",index="bm25"}' in text
     assert 'genseek_update_lag_ops{collection="docs",index="bm25"} 0.0' in text
     client.get("/no/such/path/123", headers=R)  # unknown paths share one label
-    text = client.get("/metrics").text
+    text = client.get("/metrics", headers=R).text
     assert "/no/such/path/123" not in text and 'route="unmatched"' in text
 
 

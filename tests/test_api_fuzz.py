@@ -57,6 +57,7 @@ OPERATIONS = [
     ("GET", "/collections"),
     ("POST", "/collections"),
     ("GET", "/collections/{name}"),
+    ("GET", "/collections/{name}/ready"),
     ("DELETE", "/collections/{name}"),
     ("POST", "/collections/{name}/documents"),
     ("POST", "/collections/{name}/documents/delete"),

@@ -92,7 +92,7 @@ def test_malformed_json_names_file_and_line(tmp_path, line_no):
     ({"_id": ["a"], "text": "x"}, "string or integer"),
     ({"_id": True, "text": "x"}, "string or integer"),
     ({"_id": None, "text": "x"}, "string or integer"),
-    ({"_id": "x" * 513, "text": "x"}, "1-512"),
+    ({"_id": "x" * 513, "text": "x"}, "at most 512"),
     ({"_id": "a", "text": 5}, "'text' must be a string"),
     ({"_id": "a", "title": ["t"], "text": "x"}, "'title' must be a string"),
     ({"_id": "a", "text": "x", "metadata": [1]}, "metadata"),

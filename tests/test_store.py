@@ -10,6 +10,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from genseek.errors import InputError
 from genseek.store import DocStore
 from genseek.types import Document
 
@@ -117,8 +118,8 @@ def test_meta_is_written_with_the_batch(store):
 def test_failed_batch_writes_nothing_not_even_meta(store):
     store.write([doc("a", "x")], meta={"resume": "1"})
     seq = store.seq
-    bad = Document("bad", "", "text", {"obj": object()})  # metadata json.dumps fails
-    with pytest.raises(TypeError):
+    bad = Document("bad", "", "text", {"obj": object()})  # not JSON: refused before writing
+    with pytest.raises(InputError, match="metadata.obj is a object, not a JSON value"):
         store.write([doc("b", "fine"), bad], deletes=["a"], meta={"resume": "2"})
     assert store.seq == seq
     assert set(live(store)) == {"a"}
