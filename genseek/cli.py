@@ -232,6 +232,11 @@ def cmd_search(args: argparse.Namespace) -> int:
     query = _check_query(args.query)
     k = _check_k(args.k)
     with _open(args.collection, False) as collection:
+        if not args.index:
+            for name, h in collection.health().items():
+                if h["state"] == "failed":
+                    print(f"genseek: warning: index {name!r} is unavailable and is left out: "
+                          f"{h['error']}", file=sys.stderr)
         hits = collection.search(query, k, index=args.index or None, fusion=args.fusion)
         docs = collection.get([h.doc_id for h in hits])
         why_empty = "" if hits else _why_no_results(collection, query, args.index)
@@ -326,10 +331,16 @@ def cmd_stats(args: argparse.Namespace) -> int:
         return 0
     print(f"{stats['path']}: {stats['documents']:,} documents, seq {stats['seq']:,}, "
           f"{_human(stats['disk_bytes'])} on disk (store {_human(stats['store_bytes'])})")
-    print(f"{'index':<12} {'spec':<40} {'docs':>9} {'seq':>9} {'disk':>11} {'memory':>11}")
+    print(f"{'index':<12} {'spec':<40} {'state':<12} {'docs':>9} {'seq':>9} {'disk':>11} "
+          f"{'memory':>11}")
     for name, s in stats["indexes"].items():
-        print(f"{name:<12} {s['spec'][:40]:<40} {s['documents']:>9,} {s['applied_seq']:>9,} "
-              f"{_human(s['disk_bytes']):>11} {_human(s.get('memory_bytes')):>11}")
+        docs, seq = s.get("documents"), s.get("applied_seq")
+        print(f"{name:<12} {s['spec'][:40]:<40} {s.get('state', '-'):<12} "
+              f"{'-' if docs is None else format(docs, ','):>9} "
+              f"{'-' if seq is None else format(seq, ','):>9} "
+              f"{_human(s.get('disk_bytes')):>11} {_human(s.get('memory_bytes')):>11}")
+        if s.get("error"):
+            print(f"  {name}: {s['error']}")
     return 0
 
 
