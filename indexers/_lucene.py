@@ -203,11 +203,21 @@ class LuceneFolder:
         """Commit with ``seq`` in the user data, then serve reads from a new searcher.
 
         With ``expunge_deletes`` and :attr:`pending_deletes` set, segments holding deleted
-        documents are merged first (their terms stop counting in collection statistics).
+        documents are merged away after the commit (their terms stop counting in collection
+        statistics).
         """
-        if self.pending_deletes and expunge_deletes:
-            self.writer.forceMergeDeletes(True)
         self._commit_data(seq)
+        if self.pending_deletes and expunge_deletes:
+            writer = self.writer
+            # After the commit: a batch's buffered deletes (by query) reach their segments only
+            # as it is written, and forceMergeDeletes merges away only deletes already there
+            # (before, a batch that both replaced and deleted documents kept them in maxDoc and
+            # in the term statistics). The second commit keeps the same sequence number.
+            for _ in range(3):  # a merge may leave deletes that arrived during it
+                if not writer.hasDeletions():
+                    break
+                writer.forceMergeDeletes(True)
+                writer.commit()
         self.pending_deletes = False
         self.applied_seq = seq
         self.reopen()

@@ -12,35 +12,12 @@ import random
 from pathlib import Path
 
 import pytest
+from _synth import make_tiny
 
 from genseek.errors import GenseekError
 from genseek.types import ChangeSet, Document
 
 WORDS = [f"w{i}" for i in range(60)] + ["zebra", "quokka", "title", "@@", "Title:", "Docid:"]
-
-
-def make_tiny(folder: Path, words: list[str], context: int = 256) -> Path:
-    """A 2-layer LlamaForCausalLM + word-level tokenizer (digits split) saved in ``folder``."""
-    import torch
-    from tokenizers import Tokenizer, models, normalizers, pre_tokenizers
-    from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
-
-    vocab = {w: i for i, w in enumerate(["[PAD]", "[UNK]", "</s>"] + [str(d) for d in range(10)]
-                                        + sorted(set(words)))}
-    tk = Tokenizer(models.WordLevel(vocab, unk_token="[UNK]"))
-    tk.normalizer = normalizers.Replace("~", "")  # "~" vanishes: a title of "~" has no token
-    tk.pre_tokenizer = pre_tokenizers.Sequence([pre_tokenizers.WhitespaceSplit(),
-                                                pre_tokenizers.Digits(individual_digits=True)])
-    tok = PreTrainedTokenizerFast(tokenizer_object=tk, eos_token="</s>", pad_token="[PAD]",
-                                  unk_token="[UNK]")
-    torch.manual_seed(0)
-    cfg = LlamaConfig(vocab_size=len(vocab), hidden_size=32, intermediate_size=64,
-                      num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
-                      max_position_embeddings=context, eos_token_id=2, pad_token_id=0,
-                      bos_token_id=2, tie_word_embeddings=True)
-    LlamaForCausalLM(cfg).save_pretrained(folder)
-    tok.save_pretrained(folder)
-    return folder
 
 
 @pytest.fixture(scope="module")
