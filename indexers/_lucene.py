@@ -219,8 +219,9 @@ class LuceneFolder:
                 writer.forceMergeDeletes(True)
                 writer.commit()
         self.pending_deletes = False
-        self.applied_seq = seq
         self.reopen()
+        # only now: a reader that waited for ``seq`` (``refresh``) must find the new searcher
+        self.applied_seq = seq
 
     # -- searchers --------------------------------------------------------------------
 

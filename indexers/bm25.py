@@ -9,7 +9,7 @@ scores as ``pyserini`` on the same corpus.
 
 Updates are real Lucene updates: ``updateDocument``/``deleteDocuments`` by the
 ``id`` term. Deleted documents keep counting in Lucene's term statistics until
-their segments merge, so by default ``commit`` expunges deletes first
+their segments merge, so by default ``commit`` expunges them right after committing
 (``expunge_deletes=true``): scores then equal those of a fresh build exactly.
 
 Spec parameters: :class:`genseek.params.BM25Params` (``k1`` 0.9, ``b`` 0.4,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import time
 
 import numpy as np
 import pytest
@@ -549,3 +550,16 @@ def test_dir_bytes_survives_files_vanishing_during_the_walk(tmp_path, monkeypatc
     monkeypatch.setattr(protocols.os, "walk", walk_with_a_ghost)
     assert protocols.dir_bytes(tmp_path) == 15
     assert protocols.file_bytes([tmp_path / "a.bin", tmp_path / "gone", tmp_path / "sub"]) == 10
+
+
+def test_a_write_waited_for_is_searchable_at_once(tmp_path):
+    """Read your writes: once ``wait_for(seq)`` returns, bm25's searcher already holds the
+    write (the applied sequence number moves only after the new searcher is in place)."""
+    with Collection.create(tmp_path / "c", {"bm25": "bm25"}) as c:
+        c.start_background_sync(interval=0.01)
+        for i in range(60):
+            seq = c.write([Document(f"r{i}", "", f"ryw {unique_token(i)}")], sync=False).seq
+            deadline = time.monotonic() + 30  # what wait_for's predicate looks at, polled
+            while c.index("bm25").applied_seq < seq and time.monotonic() < deadline:
+                pass
+            assert ids(c.search(unique_token(i), 3, index="bm25")) == [f"r{i}"], i
