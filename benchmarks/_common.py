@@ -260,6 +260,17 @@ def add_output_options(parser) -> None:
                         help="measure nothing: print the tables of a result saved with --json")
 
 
+def parse_args(parser, argv, report):
+    """``parser`` with ``--json`` and ``--report`` added, parsed; None once ``--report`` has
+    printed a saved result (the script then exits 0)."""
+    add_output_options(parser)
+    args = parser.parse_args(argv)
+    if args.report:
+        report(load_json(args.report))
+        return None
+    return args
+
+
 def emit(result: Any, as_json: bool, report) -> int:
     """Print ``result`` as JSON or through ``report``; the scripts' exit status."""
     if as_json:

@@ -720,10 +720,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--wait-quiet", type=float, default=0.0, metavar="S",
                    help="before each measurement, wait up to S seconds until other "
                    "processes use less than 15%% of the machine (default: don't wait)")
-    C.add_output_options(p)
-    args = p.parse_args(argv)
-    if args.report:
-        report(C.load_json(args.report))
+    args = C.parse_args(p, argv, report)
+    if args is None:
         return 0
     quick = {"limit": 600, "queries": 100, "seconds": 2.5, "write_seconds": 3.0}
     full = {"limit": None, "queries": 300, "seconds": 10.0, "write_seconds": 10.0}

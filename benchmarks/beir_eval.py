@@ -223,10 +223,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                    "(default: %(default)s)")
     p.add_argument("--check-cli", action=argparse.BooleanOptionalAction, default=True,
                    help="also run genseek eval --json and compare (default: on)")
-    C.add_output_options(p)
-    args = p.parse_args(argv)
-    if args.report:
-        report(C.load_json(args.report))
+    args = C.parse_args(p, argv, report)
+    if args is None:
         return 0
     args.datasets = [d.strip() for d in args.datasets.split(",") if d.strip()]
     result = run(args)

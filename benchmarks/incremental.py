@@ -283,10 +283,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--ingest-batch", type=int, default=1000)
     p.add_argument("--work", help="folder for collections A and B (default: temporary)")
     p.add_argument("--keep", action="store_true", help="keep the temporary collections")
-    C.add_output_options(p)
-    args = p.parse_args(argv)
-    if args.report:
-        report(C.load_json(args.report))
+    args = C.parse_args(p, argv, report)
+    if args is None:
         return 0
     if args.quick:
         args.docs = args.docs or 1000

@@ -492,10 +492,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                    help="also build one bm25+dense collection (what genseek index makes)")
     p.add_argument("--work", help="folder for the collections (default: a temporary folder)")
     p.add_argument("--keep", action="store_true", help="keep the temporary collections")
-    C.add_output_options(p)
-    args = p.parse_args(argv)
-    if args.report:
-        report(C.load_json(args.report))
+    args = C.parse_args(p, argv, report)
+    if args is None:
         return 0
     if args.quick:
         args.docs = args.docs or 500

@@ -256,10 +256,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--collection", type=Path, default=COLLECTION)
     p.add_argument("--cache", type=Path, default=CACHE)
     p.add_argument("--fresh", action="store_true", help="ignore cached method results")
-    C.add_output_options(p)
-    args = p.parse_args(argv)
-    if args.report:
-        report(C.load_json(args.report))
+    args = C.parse_args(p, argv, report)
+    if args is None:
         return 0
     quick = {"queries": 10, "depth": 10, "max_passage_tokens": 48}
     full = {"queries": 30, "depth": 20, "max_passage_tokens": 64}

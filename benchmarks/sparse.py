@@ -299,10 +299,9 @@ def main() -> int:
                         "queries (e.g. train; a grid of 0.5-2 per system, bm25 fixed at 1)")
     p.add_argument("--no-trained", action="store_true",
                    help="skip the trained encoder's index (its corpus encoding is the slow part)")
-    C.add_output_options(p)
-    args = p.parse_args()
-    if args.report:
-        return C.emit(C.load_json(args.report), False, report)
+    args = C.parse_args(p, None, report)
+    if args is None:
+        return 0
     C.quiet_libraries()
     result = run_all(args)
     out = C.REPO / "benchmarks" / "results" / f"sparse{'_quick' if args.quick else ''}.json"

@@ -266,7 +266,8 @@ def writer_loop(state: WriterState, url: str, counters: Counters, stop: threadin
                 counters.add("acknowledged_deletes")
             if refresh and r.json().get("refreshed"):
                 check_read_your_writes(client, state, versions, replace,
-                                       (delete, deleted_version) if delete else None, counters)
+                                       (delete, deleted_version) if delete else None, counters,
+                                       r.json()["seq"])
             time.sleep(PAUSE[coll])
     finally:
         client.close()
@@ -274,7 +275,7 @@ def writer_loop(state: WriterState, url: str, counters: Counters, stop: threadin
 
 def check_read_your_writes(client: Client, state: WriterState, versions: dict[str, int],
                            replaced: str | None, deleted: tuple[str, int | None] | None,
-                           counters: Counters) -> None:
+                           counters: Counters, seq: int = -1) -> None:
     coll, w = state.coll, state.writer
     for doc_id, version in versions.items():
         n = int(doc_id.rsplit("-", 1)[1])
@@ -283,7 +284,14 @@ def check_read_your_writes(client: Client, state: WriterState, versions: dict[st
             continue
         counters.add("read_your_writes_checks")
         if got[:1] != [doc_id]:
-            counters.add("read_your_writes_failures", example=f"{doc_id} v{version}: {got}")
+            time.sleep(2.0)  # stale (found later) or lost (never)?
+            later = bm25_ids(client, coll, token(coll, w, n, version))
+            stats = client.call("GET", f"/collections/{coll}")
+            lags = {} if stats is REFUSED else {
+                i: x.get("applied_seq") for i, x in stats.json()["indexes"].items()}
+            counters.add("read_your_writes_failures", example=(
+                f"{doc_id} v{version} (write seq {seq}): {got}; 2 s later {later}; applied "
+                f"{lags}; {time.strftime('%H:%M:%S')}"))
     if replaced is not None:
         n = int(replaced.rsplit("-", 1)[1])
         for old in state.replaced.get(replaced, [])[-1:]:
@@ -552,10 +560,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                    help="seconds to wait for every index to catch up after the load")
     p.add_argument("--work", help="a new folder for the server's collections (default: a "
                    "temporary folder)")
-    C.add_output_options(p)
-    args = p.parse_args(argv)
-    if args.report:
-        report(C.load_json(args.report))
+    args = C.parse_args(p, argv, report)
+    if args is None:
         return 0
     if args.quick:
         args.seconds, args.kills = min(args.seconds, 30.0), min(args.kills, 2)
