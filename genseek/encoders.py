@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from genseek.errors import GenseekError
+from genseek.errors import GenseekError, ModelUnavailable
 from genseek.models import MODELS, cached_model, loading
 
 DEFAULT_MODEL = "all-MiniLM-L6-v2"
@@ -54,7 +54,7 @@ class TextEncoder:
             with loading():
                 self._model = SentenceTransformer(source, device=device)
         except Exception as exc:  # noqa: BLE001 - any loader failure is a user error here
-            raise GenseekError(f"cannot load encoder {model!r} ({source}): "
+            raise ModelUnavailable(f"cannot load encoder {model!r} ({source}): "
                                f"{type(exc).__name__}: {str(exc).splitlines()[0][:200]}") from None
         if max_length is not None:
             self._model.max_seq_length = int(max_length)
@@ -222,7 +222,7 @@ class SparseEncoder:
             with loading():
                 self._tokenizer = AutoTokenizer.from_pretrained(source)
         except Exception as exc:  # noqa: BLE001 - any loader failure is a user error here
-            raise GenseekError(f"cannot load sparse encoder {model!r} ({source}): "
+            raise ModelUnavailable(f"cannot load sparse encoder {model!r} ({source}): "
                                f"{type(exc).__name__}: {str(exc).splitlines()[0][:200]}") from None
         self._model = None
         self._device = device or "cpu"
@@ -270,7 +270,7 @@ class SparseEncoder:
         try:
             model = AutoModelForMaskedLM.from_pretrained(self._source, use_safetensors=True)
         except Exception as exc:  # noqa: BLE001 - any loader failure is a user error here
-            raise GenseekError(
+            raise ModelUnavailable(
                 f"cannot load sparse encoder {self.name!r} ({self._source}): "
                 f"{type(exc).__name__}: {str(exc).splitlines()[0][:200]}") from None
         model.eval()

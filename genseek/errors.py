@@ -13,6 +13,7 @@ class                       status  ``type`` (API)        raised for
 :class:`UnavailableError`   503     ``unavailable``       shutting down; a model or index that
                                                           cannot serve now
 :class:`IndexUnavailable`   503     ``index_unavailable`` one index is failing (named)
+:class:`ModelUnavailable`   503     ``model_unavailable`` a model that cannot be loaded
 :class:`ServerError`        500     ``internal_error``    a failure of genseek's side (an
                                                           index write, a model that crashed)
 ==========================  ======  ====================  ===================================
@@ -74,6 +75,12 @@ class IndexUnavailable(UnavailableError):
     def __init__(self, message: str, *, index: str | None = None):
         super().__init__(message)
         self.index = index
+
+
+class ModelUnavailable(UnavailableError):
+    """A model could not be loaded (missing files, an unreadable checkpoint)."""
+
+    type = "model_unavailable"
 
 
 class ServerError(GenseekError):

@@ -41,7 +41,7 @@ import numpy as np
 
 from genseek.atomic import atomic_write, atomic_write_json
 from genseek.encoders import DEFAULT_MODEL, resolve_model
-from genseek.errors import GenseekError
+from genseek.errors import GenseekError, ModelUnavailable
 from genseek.indexers._labelstore import LabelStore
 from genseek.kernels import chamfer as ch
 from genseek.kernels import muvera as fde
@@ -77,7 +77,7 @@ class TokenEncoder:
             with loading():
                 st = SentenceTransformer(source, device="cpu")
         except Exception as exc:  # noqa: BLE001 - any loader failure is a user error here
-            raise GenseekError(f"cannot load encoder {model!r} ({source}): "
+            raise ModelUnavailable(f"cannot load encoder {model!r} ({source}): "
                                f"{type(exc).__name__}: {str(exc).splitlines()[0][:200]}") from None
         self._torch = torch
         self.name = model

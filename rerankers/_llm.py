@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from genseek.embedded import smollm2_gguf
-from genseek.errors import GenseekError
+from genseek.errors import GenseekError, ModelUnavailable
 from genseek.models import cached_model
 from genseek.params import Params
 
@@ -101,7 +101,7 @@ def load_lm(model: str = DEFAULT_MODEL, device: str | None = None,
         lm = AutoModelForCausalLM.from_pretrained(target, dtype=torch_dtype, **kwargs)
     except (OSError, ValueError) as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise GenseekError(f"cannot load model {model!r}: {first}") from None
+        raise ModelUnavailable(f"cannot load model {model!r}: {first}") from None
     finally:
         hf_logging.set_verbosity(verbosity)
     lm.to(dev).eval()

@@ -33,7 +33,7 @@ from pathlib import Path
 from typing import Any
 
 from genseek.embedded import smollm2_gguf
-from genseek.errors import GenseekError
+from genseek.errors import GenseekError, ModelUnavailable
 from genseek.models import cached_model
 
 DEFAULT_LM = "smollm2"
@@ -135,7 +135,7 @@ def load_lm(name: str = DEFAULT_LM, device: str = "cpu") -> LM:
         raise
     except Exception as exc:  # noqa: BLE001 - any loader failure is a user error here
         first = (str(exc).splitlines() or [""])[0][:200]
-        raise GenseekError(f"cannot load model {name!r}: {type(exc).__name__}: {first}") from None
+        raise ModelUnavailable(f"cannot load model {name!r}: {type(exc).__name__}: {first}") from None
 
 
 def build_prompt(lm: LM, instruction: str, text: str, cue: str = "", *,
