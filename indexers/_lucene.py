@@ -208,20 +208,27 @@ class LuceneFolder:
         """
         self._commit_data(seq)
         if self.pending_deletes and expunge_deletes:
-            writer = self.writer
             # After the commit: a batch's buffered deletes (by query) reach their segments only
             # as it is written, and forceMergeDeletes merges away only deletes already there
             # (before, a batch that both replaced and deleted documents kept them in maxDoc and
-            # in the term statistics). The second commit keeps the same sequence number.
-            for _ in range(3):  # a merge may leave deletes that arrived during it
-                if not writer.hasDeletions():
-                    break
-                writer.forceMergeDeletes(True)
-                writer.commit()
+            # in the term statistics).
+            self.expunge_deletes()
         self.pending_deletes = False
         self.reopen()
         # only now: a reader that waited for ``seq`` (``refresh``) must find the new searcher
         self.applied_seq = seq
+
+    def expunge_deletes(self) -> None:
+        """Merge away every deleted document, then commit (the sequence number unchanged).
+
+        Also run at open: a process killed after a commit but before its merge leaves deleted
+        documents that no later catch-up would touch."""
+        writer = self.writer
+        for _ in range(3):  # a merge may leave deletes that arrived during it
+            if not writer.hasDeletions():
+                return
+            writer.forceMergeDeletes(True)
+            writer.commit()
 
     # -- searchers --------------------------------------------------------------------
 

@@ -48,6 +48,8 @@ class BM25Index:
         config = writer_config(j, self._analyzer, similarity, self.params["ram_buffer_mb"],
                                policy)
         self._lucene = LuceneFolder("bm25", self.path, j, config, self._open_searcher)
+        if self.params["expunge_deletes"]:
+            self._lucene.expunge_deletes()  # what a kill between commit and merge left
         self._lucene.reopen()
 
     @classmethod
@@ -95,11 +97,12 @@ class BM25Index:
         return list(here(self._j.AnalyzerUtils.analyze(self._analyzer, text)).toArray())
 
     def stats(self) -> dict[str, Any]:
-        with self._lucene.searcher() as s:
-            docs = int(s.get_total_num_docs())
+        doc_stats = self._lucene.writer.getDocStats()
         return {
             "type": "bm25",
-            "documents": docs,
+            "documents": int(doc_stats.numDocs),  # live documents
+            # with deleted ones not merged away yet (they still count in BM25's statistics)
+            "max_doc": int(doc_stats.maxDoc),
             "applied_seq": self.applied_seq,
             "disk_bytes": dir_bytes(self.path),
             "memory_bytes": self._lucene.memory_bytes(),

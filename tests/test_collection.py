@@ -563,3 +563,24 @@ def test_a_write_waited_for_is_searchable_at_once(tmp_path):
             while c.index("bm25").applied_seq < seq and time.monotonic() < deadline:
                 pass
             assert ids(c.search(unique_token(i), 3, index="bm25")) == [f"r{i}"], i
+
+
+def test_deletes_left_by_a_kill_between_commit_and_merge_are_expunged_at_open(tmp_path,
+                                                                             monkeypatch):
+    """bm25 merges deleted documents away right after its commit; a process killed in
+    between leaves them counted in Lucene's statistics (maxDoc), so opening expunges them."""
+    from genseek.indexers._lucene import LuceneFolder
+
+    docs = make_docs(300, seed=4)
+    path = tmp_path / "c"
+    with Collection.create(path, {"bm25": "bm25"}) as c:
+        c.write(docs)
+        with monkeypatch.context() as m:
+            m.setattr(LuceneFolder, "expunge_deletes", lambda self: None)  # "killed" here
+            c.write([Document(d.doc_id, d.title, d.text + " again") for d in docs[:2]],
+                    deletes=[docs[5].doc_id])
+            bm25 = c.stats()["indexes"]["bm25"]
+            assert bm25["documents"] == len(c) == 299 and bm25["max_doc"] == 302
+    with Collection.open(path) as c:
+        bm25 = c.stats()["indexes"]["bm25"]
+        assert bm25["documents"] == bm25["max_doc"] == len(c) == 299
