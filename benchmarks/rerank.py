@@ -1,7 +1,7 @@
 """Listwise LLM reranking on SciFact: FIRST single-token vs full generation vs pointwise.
 
 1. First stage: RRF(bm25, dense) top 100 of every judged test query, from the cached
-   genseek collection (``--collection``, default /work/cache/collections/scifact; its
+   genseek collection (``--collection``, default $GENSEEK_CACHE/collections/scifact; its
    indexes are copied and opened read-only), cached as JSON under ``--cache``.
 2. The first ``--queries`` judged test queries (file order) have their top
    ``--depth`` reranked by each method, one query at a time (so the time is the
@@ -36,8 +36,8 @@ from typing import Any
 
 import _common as C
 
-CACHE = Path("/work/cache/rerank")
-COLLECTION = Path("/work/cache/collections/scifact")
+CACHE = C.cache("rerank")
+COLLECTION = C.cache("collections", "scifact")
 FINETUNED = CACHE / "first-smollm2-scifact"
 PLAIN_SMOLLM2 = CACHE / "smollm2-135m-instruct-f32"
 METHODS = ("first", "listwise-gen", "pointwise", "first-ft")

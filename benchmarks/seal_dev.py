@@ -16,7 +16,7 @@ their ids to the model's ``genseek_model.json``. This benchmark:
    ``WEIGHT_GRID``) for bm25 + dense and for bm25 + dense + SEAL at its best setting, so
    that both fusions get the same tuning; ``generative.py --dev-fusion`` applies them on test.
 
-    python benchmarks/seal_dev.py --model /work/cache/generative/seal-ft-800 --json
+    python benchmarks/seal_dev.py --model $GENSEEK_CACHE/generative/seal-ft-800 --json
 """
 
 from __future__ import annotations
@@ -31,7 +31,7 @@ from typing import Any
 
 import _common as C
 
-CACHED = Path("/work/cache/collections/scifact")
+CACHED = C.cache("collections", "scifact")
 GRID: dict[str, list[float]] = {
     "alpha": [0.5, 1.0, 1.5, 2.0, 3.0],
     "beta": [0.0, 0.5, 1.0],

@@ -12,7 +12,7 @@ Every system runs in this one process on the same Lucene (Anserini's fat jar):
 - ``splade-docs+idf``: SPLADE-tiny documents with inference-free queries (the IDF table of
   ``--if-model``): what training adds over the starting point.
 
-Document vectors come from ``/work/cache/sparse`` (``_sparse_cache.py``): a corpus is encoded
+Document vectors come from ``$GENSEEK_CACHE/sparse`` (``_sparse_cache.py``): a corpus is encoded
 once, ever; the impact indexes are built from the cached vectors (quantised x100, unpruned).
 Effectiveness: judged test queries, depth 100, ``genseek.evaluation.evaluate`` (nDCG@10, R@100);
 fusions are ``kernels.fusion.rrf`` (rrf_k 60) of depth-100 runs; ``--tune-fusion train``
@@ -286,7 +286,7 @@ def main() -> int:
     p.add_argument("--quick", action="store_true",
                    help="latency on 50 queries, throughput on 32 documents")
     p.add_argument("--dataset", default="scifact")
-    p.add_argument("--collection", type=Path, default=Path("/work/cache/collections/scifact"),
+    p.add_argument("--collection", type=Path, default=C.cache("collections", "scifact"),
                    help="genseek collection with bm25 + dense of the dataset")
     p.add_argument("--if-model", type=Path, default=SC.CACHE_ROOT / "if-scifact",
                    help="trained inference-free model folder (genseek train sparse)")

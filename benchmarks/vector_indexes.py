@@ -5,9 +5,9 @@ search settings) and Microsoft SPTAG's SPANN (Debian ``python3-sptag``; skipped 
 the reason printed when it cannot be imported), on
 
 (a) ``real``: the MiniLM vectors of every shared dataset, read from
-    ``/work/cache/collections/*/indexes/dense/vectors.sqlite`` (never re-encoded);
+    ``$GENSEEK_CACHE/collections/*/indexes/dense/vectors.sqlite`` (never re-encoded);
     queries are all the datasets' queries, encoded once and cached under
-    ``/work/cache/vectors/``; and
+    ``$GENSEEK_CACHE/vectors/``; and
 (b) ``synthetic``: clustered 384-d vectors (three-level Gaussian mixture) generated
     with numpy — 1,000,000 by default, 100,000 with ``--quick``.
 
@@ -38,8 +38,10 @@ from typing import Any
 import _common
 import numpy as np
 
-CACHE = Path("/work/cache/vectors")
-COLLECTIONS = Path("/work/cache/collections")
+from genseek.cache import cache_root
+
+CACHE = cache_root() / "vectors"
+COLLECTIONS = cache_root() / "collections"
 DATASETS = ("scifact", "cisi", "cranfield", "cacm", "npl")
 DIM = 384
 

@@ -44,7 +44,7 @@ The defaults are the best recipe measured on SciFact (benchmarks/RESULTS.md sect
 about 8 minutes on 2 CPU cores. Use the result as ``impact(model=OUT,mode=inference-free)``.
 
     genseek train sparse --dataset ../shared/datasets/scifact \\
-        --collection /work/cache/collections/scifact --out /work/cache/sparse/if-scifact
+        --collection $GENSEEK_CACHE/collections/scifact --out $GENSEEK_CACHE/sparse/if-scifact
 """
 
 from __future__ import annotations

@@ -29,7 +29,7 @@ Python over states or occurrences. State of a key = its suffix-array interval ``
 ``[0, n)``.
 
 ``FMIndexProvider`` wraps an index as a ``ConstraintProvider`` (see
-``genseek.kernels.constraints`` and /work/notes/CONSTRAINTS.md): ``state_width = 2``.
+``genseek.kernels.constraints``): ``state_width = 2``.
 """
 
 from __future__ import annotations

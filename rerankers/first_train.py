@@ -41,10 +41,11 @@ from pathlib import Path
 from typing import Any
 
 from genseek.atomic import atomic_write_json
+from genseek.cache import cache_root
 from genseek.errors import GenseekError
 
-DEFAULT_COLLECTION = Path("/work/cache/collections/scifact")
-DEFAULT_CACHE = Path("/work/cache/rerank")
+DEFAULT_COLLECTION = cache_root() / "collections" / "scifact"
+DEFAULT_CACHE = cache_root() / "rerank"
 
 
 # ----------------------------------------------------------------------------- first stage
