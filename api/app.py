@@ -10,7 +10,7 @@ background applier updates its indexes). Everything the app owns hangs off
 import base64
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Annotated, Any, TypeVar
@@ -141,10 +141,8 @@ def create_app(settings: Settings) -> FastAPI:
             return {name: _health(coll) for name, coll in manager.open_collections()}
 
         collections = await blocking(work)
-        states = {i["state"] for c in collections.values() for i in c["indexes"].values()}
-        status = "degraded" if "failed" in states else (
-            "catching_up" if "catching_up" in states else "ready")
-        body: dict[str, Any] = {"status": status}
+        worst = _worst(c["state"] for c in collections.values())
+        body: dict[str, Any] = {"status": "degraded" if worst == "failed" else worst}
         if _may_read(request, settings):
             body["collections"] = collections
         return JSON(body)
@@ -282,10 +280,8 @@ def create_app(settings: Settings) -> FastAPI:
                 warnings: list[str] = []
                 if pipeline is None:  # every serving index; say which ones were left out
                     p = _default_pipeline(name, coll)
-                    for index_name, h in coll.health().items():
-                        if h["state"] == "failed":
-                            warnings.append(f"index {index_name!r} is unavailable and was "
-                                            f"left out: {h['error']}")
+                    warnings = [f"index {n!r} is unavailable and was left out: {error}"
+                                for n, error in sorted(coll.unavailable().items())]
                 else:
                     p = pipeline
                 # a named index that does not exist is a 404, one that is failing a 503
@@ -403,14 +399,18 @@ def _version() -> str:
         return "0"
 
 
+def _worst(states: Iterable[str]) -> str:
+    """``failed`` over ``catching_up`` over ``ready`` (``ready`` for none)."""
+    found = set(states)
+    return next((s for s in ("failed", "catching_up") if s in found), "ready")
+
+
 def _health(coll: Collection) -> dict[str, Any]:
     """A collection's state (the worst of its indexes') and each index's."""
     indexes = coll.health()
-    states = {i["state"] for i in indexes.values()}
-    state = "failed" if "failed" in states else (
-        "catching_up" if "catching_up" in states else "ready")
     lag = max((i["lag"] or 0 for i in indexes.values()), default=0)
-    return {"state": state, "lag": lag, "indexes": indexes}
+    return {"state": _worst(i["state"] for i in indexes.values()), "lag": lag,
+            "indexes": indexes}
 
 
 def _may_read(request: Request, settings: Settings) -> bool:
@@ -424,11 +424,11 @@ def _stats(name: str, coll: Collection) -> dict[str, Any]:
     raw = coll.stats()
     seq = raw["seq"]
     indexes = raw["indexes"]
-    open_ = [i for i in indexes.values() if i.get("applied_seq") is not None]
+    seqs = [i["applied_seq"] for i in indexes.values() if i.get("applied_seq") is not None]
     return {"name": name, "documents": raw["documents"], "seq": seq,
-            "applied_seq": min((i["applied_seq"] for i in open_), default=seq),
+            "applied_seq": min(seqs, default=seq),
             "lag": max((i.get("lag") or 0 for i in indexes.values()), default=0),
-            "state": _health(coll)["state"],
+            "state": _worst(i.get("state", "ready") for i in indexes.values()),
             "sync_error": coll.sync_error, "disk_bytes": raw.get("disk_bytes"),
             "store_bytes": raw.get("store_bytes"), "indexes": indexes}
 

@@ -141,39 +141,14 @@ class AuthMiddleware:
             await self.app(scope, receive, send)
             return
         need = required_scope(scope["method"], scope["path"], self.public)
+        scopes, problem = self._authenticate(scope)
         if need is None:  # public: a valid key, if one is sent, still shows its scopes
-            key = _header(scope, b"x-api-key")
-            auth = _header(scope, b"authorization") or ""
-            if auth.lower().startswith("bearer "):
-                key = auth[7:].strip()
-            found = self._scopes(key.strip()) if key else None
-            scope.setdefault("state", {})["scopes"] = found or frozenset()
+            scope.setdefault("state", {})["scopes"] = scopes or frozenset()
             await self.app(scope, receive, send)
             return
-        challenge = {"www-authenticate": 'Bearer realm="genseek"'}
-        presented = []  # every credential sent must be valid: no fallback past a bad one
-        auth = _header(scope, b"authorization")
-        if auth is not None:
-            kind, _, value = auth.strip().partition(" ")
-            if kind.lower() != "bearer" or not value.strip():
-                await send_error(send, 401, "the Authorization header must be 'Bearer KEY'",
-                                 "unauthorized", challenge)
-                return
-            presented.append(value.strip())
-        header_key = _header(scope, b"x-api-key")
-        if header_key is not None:
-            presented.append(header_key.strip())
-        if not presented:
-            await send_error(send, 401, "an API key is required: send 'Authorization: Bearer "
-                             "KEY' or 'X-API-Key: KEY'", "unauthorized", challenge)
-            return
-        if len(set(presented)) > 1:
-            await send_error(send, 401, "two different API keys were sent (Authorization and "
-                             "X-API-Key); send one", "unauthorized", challenge)
-            return
-        scopes = self._scopes(presented[0])
-        if scopes is None:
-            await send_error(send, 401, "unknown API key", "unauthorized", challenge)
+        if problem is not None or scopes is None:
+            await send_error(send, 401, problem or "unknown API key", "unauthorized",
+                             {"www-authenticate": 'Bearer realm="genseek"'})
             return
         if need not in scopes and "write" not in scopes:  # write implies read
             await send_error(send, 403, f"this API key lacks the '{need}' scope that "
@@ -181,6 +156,28 @@ class AuthMiddleware:
             return
         scope.setdefault("state", {})["scopes"] = scopes
         await self.app(scope, receive, send)
+
+    def _authenticate(self, scope: Scope) -> tuple[frozenset[str] | None, str | None]:
+        """``(scopes of the key sent, None)``, or ``(None, why it is refused)``. Every
+        credential sent must be valid: there is no fallback past a bad one."""
+        presented = []
+        auth = _header(scope, b"authorization")
+        if auth is not None:
+            kind, _, value = auth.strip().partition(" ")
+            if kind.lower() != "bearer" or not value.strip():
+                return None, "the Authorization header must be 'Bearer KEY'"
+            presented.append(value.strip())
+        header_key = _header(scope, b"x-api-key")
+        if header_key is not None:
+            presented.append(header_key.strip())
+        if not presented:
+            return None, ("an API key is required: send 'Authorization: Bearer KEY' or "
+                          "'X-API-Key: KEY'")
+        if len(set(presented)) > 1:
+            return None, ("two different API keys were sent (Authorization and X-API-Key); "
+                          "send one")
+        scopes = self._scopes(presented[0])
+        return (scopes, None) if scopes is not None else (None, "unknown API key")
 
 
 class TimeoutMiddleware:

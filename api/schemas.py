@@ -42,6 +42,8 @@ DocId = Annotated[str, Field(min_length=1, max_length=MAX_ID_CHARS,
 AnyDocId = Annotated[str, Field(min_length=1, max_length=4 * MAX_ID_CHARS), _rule(text_problem)]
 """An id to delete: any stored id (also one written before the id rule)."""
 Text = Annotated[str, _rule(text_problem)]
+LongText = Annotated[str, Field(max_length=1_000_000), _rule(text_problem)]
+"""An input text to encode or rerank (at most a million characters)."""
 Query = Annotated[str, Field(min_length=1, max_length=MAX_QUERY_CHARS,
                              description="non-blank text"), _rule(text_problem)]
 Metadata = Annotated[dict[str, Any], _rule(metadata_problem)]
@@ -295,9 +297,8 @@ class Schemas:
 
 def build(max_batch_docs: int, max_queries: int) -> Schemas:
     """Request models with ``max_batch_docs`` and ``max_queries`` as their list bounds."""
-    Texts = Annotated[list[Annotated[str, Field(max_length=1_000_000), _rule(text_problem)]],
-                      Field(min_length=1, max_length=max_batch_docs)]
-    Input = Annotated[str, Field(max_length=1_000_000), _rule(text_problem)] | Texts
+    Texts = Annotated[list[LongText], Field(min_length=1, max_length=max_batch_docs)]
+    Input = LongText | Texts
 
     class UpsertRequest(_In):
         documents: list[DocumentIn] = Field(min_length=1, max_length=max_batch_docs)
@@ -336,8 +337,7 @@ def build(max_batch_docs: int, max_queries: int) -> Schemas:
 
     class RerankRequest(_In):
         query: Query
-        documents: list[Annotated[str, Field(max_length=1_000_000), _rule(text_problem)]] = \
-            Field(min_length=1, max_length=max_batch_docs)
+        documents: list[LongText] = Field(min_length=1, max_length=max_batch_docs)
         top_n: int | None = Field(None, ge=1)
         model: str | None = Field(None, max_length=64, description="a configured reranker "
                                   "name (default: the first one)")

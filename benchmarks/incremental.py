@@ -138,7 +138,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     from genseek.data.readers import read_corpus
     from genseek.encoders import shared_encoder
     from genseek.evaluation import evaluate
-    from genseek.indexers.jvm import autoclass
+    from genseek.indexers.jvm import jclass
     from genseek.retrievers.fusion import RRFusion
 
     folder = C.dataset_dir(args.dataset)
@@ -161,7 +161,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     _log("loading the encoder and starting the JVM (not timed below)")
     encoder = shared_encoder("all-MiniLM-L6-v2", None)  # the dense index's cache key
     encoder.encode(queries[:32])
-    autoclass("java.lang.String")
+    jclass("java.lang.String")
 
     work = Path(args.work) if args.work else Path(tempfile.mkdtemp(prefix="genseek-incr-"))
     work.mkdir(parents=True, exist_ok=True)

@@ -342,10 +342,10 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         result["dense_overhead_ok"] = result["dense_overhead_ratio"] <= OVERHEAD_GOAL
 
         _log("starting the JVM")
-        from genseek.indexers.jvm import autoclass
+        from genseek.indexers.jvm import jclass
 
         with C.Phase() as jvm:
-            autoclass("java.lang.String")
+            jclass("java.lang.String")
         result["jvm_start_seconds"] = round(jvm.seconds, 2)
         _log("pipeline: bm25-only collection")
         bm25_coll, report, phase = build(work / "bm25", {"bm25": "bm25"}, folder, limit,

@@ -232,11 +232,9 @@ def cmd_search(args: argparse.Namespace) -> int:
     query = _check_query(args.query)
     k = _check_k(args.k)
     with _open(args.collection, False) as collection:
-        if not args.index:
-            for name, h in collection.health().items():
-                if h["state"] == "failed":
-                    print(f"genseek: warning: index {name!r} is unavailable and is left out: "
-                          f"{h['error']}", file=sys.stderr)
+        for name, error in sorted(collection.unavailable().items()) if not args.index else ():
+            print(f"genseek: warning: index {name!r} is unavailable and is left out: {error}",
+                  file=sys.stderr)
         hits = collection.search(query, k, index=args.index or None, fusion=args.fusion)
         docs = collection.get([h.doc_id for h in hits])
         why_empty = "" if hits else _why_no_results(collection, query, args.index)

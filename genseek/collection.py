@@ -300,16 +300,22 @@ class Collection:
         """
         first: Exception | None = None
         for name, index in list(self.indexes.items()):
-            try:
-                self._sync_index(name, index, progress, batch_ops)
-                self.sync_errors.pop(name, None)
-            except Exception as exc:
-                self.sync_errors[name] = _describe(exc)
-                log.error("collection %s, index %s: applying writes failed: %s", self.path,
-                          name, self.sync_errors[name])
-                first = first or exc
+            first = self._sync_recorded(name, index, progress, batch_ops) or first
         if first is not None and raise_errors:
             raise first
+
+    def _sync_recorded(self, name: str, index: Index, progress: Progress | None = None,
+                       batch_ops: int = 1000) -> Exception | None:
+        """:meth:`_sync_index`, its failure kept in :attr:`sync_errors` (and returned)."""
+        try:
+            self._sync_index(name, index, progress, batch_ops)
+        except Exception as exc:  # noqa: BLE001 - reported through health()
+            self.sync_errors[name] = _describe(exc)
+            log.error("collection %s, index %s: applying writes failed: %s", self.path, name,
+                      self.sync_errors[name])
+            return exc
+        self.sync_errors.pop(name, None)
+        return None
 
     def _sync_index(self, name: str, index: Index, progress: Progress | None = None,
                     batch_ops: int = 1000) -> None:
@@ -421,25 +427,19 @@ class Collection:
             index = self.indexes.get(name)
             if index is None:
                 return
-            try:
-                self._sync_index(name, index)
-                self.sync_errors.pop(name, None)
-                backoff = interval
-            except Exception as exc:  # noqa: BLE001 - keep serving; report through health()
-                self.sync_errors[name] = _describe(exc)
-                log.error("collection %s, index %s: applying writes failed: %s", self.path,
-                          name, self.sync_errors[name])
-                backoff = min(backoff * 2, 30.0)
+            failed = self._sync_recorded(name, index) is not None
+            backoff = min(backoff * 2, 30.0) if failed else interval
 
     def stop_background_sync(self) -> None:
-        """Stop the appliers after every acknowledged write has been applied."""
+        """Stop the appliers, then apply what they left (an index whose writes fail stays
+        behind, in :attr:`sync_errors`)."""
         if self._background is None:
             return
         self._stopping = True
         for name in list(self._workers):
             self._stop_worker(name)
         self._background = None
-        self.sync()
+        self.sync(raise_errors=False)
 
     def upsert(self, docs: Sequence[Document]) -> WriteResult:
         return self.write(upserts=docs)
@@ -515,14 +515,18 @@ class Collection:
                                    f"unavailable: applying writes fails ({error})", index=name)
         return index
 
+    def unavailable(self) -> dict[str, str]:
+        """The indexes that cannot serve (they could not open, or their writes fail) and why."""
+        return {**self.sync_errors, **self.failed}
+
     def default_indexes(self) -> list[str]:
         """The indexes a search that names none uses: every one that is serving. Raises
         :class:`IndexUnavailable` when indexes exist but none is serving."""
-        names = [n for n in self.indexes if n not in self.sync_errors]
-        if not names and (self.failed or self.sync_errors):
-            broken = ", ".join(sorted({*self.failed, *self.sync_errors}))
+        broken = self.unavailable()
+        names = [n for n in self.indexes if n not in broken]
+        if not names and broken:
             raise IndexUnavailable(f"no index of collection {self.path.name!r} is serving "
-                                   f"(failing: {broken})")
+                                   f"(failing: {', '.join(sorted(broken))})")
         return names
 
     def health(self) -> dict[str, dict[str, Any]]:
@@ -639,18 +643,14 @@ class Collection:
         store. :attr:`unapplied` then says which indexes were left behind the store (an index
         whose writes failed), by how many operations: the next open replays them."""
         errors: list[Exception] = []
-        try:
-            self.stop_background_sync()
-            if self.store is not None:
-                self.sync(raise_errors=False)  # a failing index stays behind (see unapplied)
-        except Exception as exc:  # noqa: BLE001 - still close everything
-            errors.append(exc)
         if self.store is not None:
             try:
-                seq = self.store.seq
-                self.unapplied = {name: seq - index.applied_seq
-                                  for name, index in self.indexes.items()
-                                  if index.applied_seq < seq}
+                if self._background is not None:
+                    self.stop_background_sync()  # applies what is left
+                else:
+                    self.sync(raise_errors=False)
+                self.unapplied = {name: h["lag"] for name, h in self.health().items()
+                                  if h["lag"]}
             except Exception as exc:  # noqa: BLE001 - still close everything
                 errors.append(exc)
         for index in self.indexes.values():

@@ -47,7 +47,7 @@ class ModelCache:
         self._values: dict[Hashable, Any] = {}
         self._lock = threading.Lock()  # guards the dicts below, never held while loading
         self._loading: dict[Hashable, float] = {}  # key -> start (monotonic)
-        self._loads: dict[Hashable, int] = {}  # key -> completed loads (1 unless evicted)
+        self._loads: dict[Hashable, int] = {}  # key -> completed loads (stays 1)
         self._seconds: dict[Hashable, float] = {}
 
     def get(self, key: Hashable, load: Callable[[], T]) -> T:
@@ -73,23 +73,14 @@ class ModelCache:
                 self._seconds[key] = time.monotonic() - start
             return value
 
-    def loads(self, key: Hashable) -> int:
-        """How many times ``key`` was loaded (a test checks it is 1)."""
-        with self._lock:
-            return self._loads.get(key, 0)
-
     def status(self) -> dict[str, Any]:
-        """``{"loaded": {key: seconds}, "loading": {key: seconds so far}}`` (keys as text)."""
+        """``{"loaded": {key: seconds the load took}, "loading": {key: seconds so far},
+        "loads": {key: loads done}}`` (keys as text)."""
         now = time.monotonic()
         with self._lock:
             return {"loaded": {_label(k): round(s, 3) for k, s in self._seconds.items()},
-                    "loading": {_label(k): round(now - t, 3) for k, t in self._loading.items()}}
-
-    def clear(self) -> None:
-        """Forget every cached value (tests; models in use stay alive with their users)."""
-        with _LOAD_LOCK, self._lock:
-            self._values.clear()
-            self._seconds.clear()
+                    "loading": {_label(k): round(now - t, 3) for k, t in self._loading.items()},
+                    "loads": {_label(k): n for k, n in self._loads.items()}}
 
 
 def _label(key: Hashable) -> str:

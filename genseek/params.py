@@ -58,6 +58,12 @@ class Params(BaseModel):
         """:meth:`check`, as a plain dict with every default filled in."""
         return cls.check(params).model_dump()
 
+    @classmethod
+    def overrides(cls, params: dict[str, Any] | None) -> dict[str, Any]:
+        """:meth:`check`, as the values given (a search schema's fields default to None:
+        the index's own spec value)."""
+        return {name: value for name, value in cls.resolve(params).items() if value is not None}
+
 
 def describe(schema: type[BaseModel], exc: ValidationError) -> str:
     """One line for the first error (and how many more there are)."""
@@ -133,7 +139,6 @@ class ImpactSearchParams(NoSearchParams):
 
 # -- vectors ------------------------------------------------------------------------------------
 
-_FACTORY_PART = re.compile(r"[A-Za-z_]+\d*(x\d+)?(fs|np|r)?|\d+")
 
 
 def check_factory(factory: str) -> str:
@@ -152,7 +157,8 @@ def check_factory(factory: str) -> str:
         if lists > MAX_IVF_LISTS:
             raise ValueError(f"asks for {lists:,} inverted lists; at most {MAX_IVF_LISTS:,} "
                              "(faiss suggests 4-16 x sqrt(N) lists for N vectors)")
-    if re.search(r"IMI\d*x(\d+)", text) and int(re.search(r"IMI\d*x(\d+)", text).group(1)) > 12:
+    imi = re.search(r"IMI\d*x(\d+)", text)
+    if imi and int(imi.group(1)) > 12:
         raise ValueError("IMI2xN with N > 12 makes more than 16 M lists")
     for m in re.finditer(r"HNSW(\d+)", text):
         if int(m.group(1)) > 256:

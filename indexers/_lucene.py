@@ -181,22 +181,19 @@ class LuceneFolder:
         ldoc.add(j.StringField("id", doc_id, j.Store.YES))
         ldoc.add(j.BinaryDocValuesField("id", j.BytesRef(doc_id.encode("utf-8"))))
         ldoc.add(contents)
-        term = j.Term("id", doc_id)
-        self.writer.updateDocument(term, ldoc)
+        self.writer.updateDocument(j.Term("id", doc_id), ldoc)
 
     def delete(self, doc_id: str) -> None:
         """Delete the document ``doc_id`` (if present)."""
         j = self._j
         # deleteDocuments(Term...) and (Query...) are ambiguous to pyjnius: use the latter.
-        query = j.TermQuery(j.Term("id", doc_id))
-        self.writer.deleteDocuments(query)
+        self.writer.deleteDocuments(j.TermQuery(j.Term("id", doc_id)))
 
     def _commit_data(self, seq: int) -> None:
         data = self._j.HashMap()
         data.put(SEQ_KEY, str(seq))
-        entries = data.entrySet()
         writer = self.writer
-        writer.setLiveCommitData(entries)
+        writer.setLiveCommitData(data.entrySet())
         writer.commit()
 
     def commit(self, seq: int, expunge_deletes: bool = False) -> None:

@@ -217,7 +217,7 @@ class DenseIndex:
         return self.search_vectors(self.encode_queries(queries), k, search_params)
 
     def _search_params(self, params: dict[str, Any]) -> faiss.SearchParameters | None:
-        params = {n: v for n, v in DenseSearchParams.resolve(params).items() if v is not None}
+        params = DenseSearchParams.overrides(params)
         if not params or self._fallback:
             return None
         inner = faiss.downcast_index(self._index.index)

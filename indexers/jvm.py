@@ -165,11 +165,6 @@ class Shared(Generic[T]):
         return view
 
 
-def autoclass(name: str) -> Any:
-    """The calling thread's proxy class of ``name`` (an alias of :func:`jclass`)."""
-    return jclass(name)
-
-
 def java_exception() -> type[BaseException]:
     """The exception type pyjnius raises for Java exceptions."""
     return _start().JavaException

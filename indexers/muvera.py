@@ -415,8 +415,8 @@ class MuveraIndex:
         return self.search_token_vectors(tokens, k, candidates=candidates)
 
     def _candidates(self, params: dict[str, Any]) -> int:
-        value = MuveraSearchParams.check(params).candidates
-        return int(self.params["candidates"] if value is None else value)
+        return int(MuveraSearchParams.overrides(params).get("candidates",
+                                                             self.params["candidates"]))
 
     def query_fdes(self, queries: Sequence[np.ndarray]) -> np.ndarray:
         """Query FDEs ``[n, D]`` of token sets ``[n_i, dim]``."""

@@ -1135,7 +1135,7 @@ class SpannIndex:
 
     def search(self, queries: Sequence[str], k: int, **params: Any) -> list[list[Hit]]:
         """Top-``k`` per query; ``nprobe``, ``eps``, ``rerank`` override the spec."""
-        params = {n: v for n, v in SpannSearchParams.resolve(params).items() if v is not None}
+        params = SpannSearchParams.overrides(params)
         if k <= 0 or not queries:
             return [[] for _ in queries]
         return self.search_vectors(self.encode_queries(queries), k, **params)

@@ -298,9 +298,8 @@ class KeyTableIndex:
 
     def _search_params(self, params: dict[str, Any]) -> dict[str, Any]:
         """The spec's values of the ``SearchParams`` fields with this request's overrides."""
-        overrides = self.SearchParams.check(params).model_dump()
-        return {name: self.params[name] if value is None else value
-                for name, value in overrides.items()}
+        spec = {name: self.params[name] for name in self.SearchParams.model_fields}
+        return {**spec, **self.SearchParams.overrides(params)}
 
     def close(self) -> None:
         with self._lock:
