@@ -373,15 +373,19 @@ def register(es: Any, opts: EndpointOptions, task_types: Sequence[str] = TASK_TY
 
 def _add_es_options(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("Elasticsearch connection")
-    g.add_argument("--es", required=True, metavar="URL", help="e.g. http://localhost:9200")
-    g.add_argument("--es-api-key", metavar="KEY", help="an Elasticsearch API key (or "
+    g.add_argument("--es", required=True, metavar="URL",
+                   help="the Elasticsearch URL, e.g. http://localhost:9200")
+    g.add_argument("--es-api-key", metavar="KEY", help="an Elasticsearch API key (default: "
                    "$ES_API_KEY)")
-    g.add_argument("--es-user", metavar="USER", help="basic auth user (or $ES_USER)")
+    g.add_argument("--es-user", metavar="USER", help="basic auth user (default: $ES_USER)")
     g.add_argument("--es-password", metavar="PASSWORD", help="basic auth password "
-                   "(or $ES_PASSWORD)")
-    g.add_argument("--es-ca-certs", metavar="PEM", help="CA certificates for https")
-    g.add_argument("--es-insecure", action="store_true", help="do not verify certificates")
-    p.add_argument("--json", action="store_true", help="print a JSON summary")
+                   "(default: $ES_PASSWORD)")
+    g.add_argument("--es-ca-certs", metavar="PEM",
+                   help="CA certificates file for https (default: the Python client's own)")
+    g.add_argument("--es-insecure", action="store_true",
+                   help="do not verify the server's TLS certificate")
+    p.add_argument("--json", action="store_true",
+                   help="print a JSON summary instead of lines of text")
 
 
 def _es_from_args(args: argparse.Namespace):
@@ -394,14 +398,19 @@ def _es_from_args(args: argparse.Namespace):
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from genseek.cliutil import HelpFormatter, positive
+
     parser = argparse.ArgumentParser(
-        prog="genseek es", description="Use genseek from Elasticsearch: register genseek's "
-        "encoders and rerankers as Elasticsearch inference endpoints, and mirror an "
-        "Elasticsearch index into a genseek collection.")
-    sub = parser.add_subparsers(dest="action", required=True, metavar="ACTION")
+        prog="genseek es", formatter_class=HelpFormatter,
+        description="Use genseek from Elasticsearch: register genseek's encoders and "
+        "rerankers as Elasticsearch inference endpoints, and mirror an Elasticsearch index "
+        "into a genseek collection. 'genseek es ACTION --help' lists an action's options.")
+    sub = parser.add_subparsers(dest="action", required=True, metavar="ACTION",
+                                help="register or sync")
 
     p = sub.add_parser(
         "register", help="create ES inference endpoints that call genseek's /v1 routes",
+        formatter_class=HelpFormatter,
         description="Create Elasticsearch inference endpoints (custom service; ES 8.19, 9.1 "
         "or later) for text_embedding (/v1/embeddings), sparse_embedding "
         "(/v1/sparse-embeddings) and rerank (/v1/rerank), named PREFIX-dense, PREFIX-sparse "
@@ -410,36 +419,43 @@ def build_parser() -> argparse.ArgumentParser:
     _add_es_options(p)
     p.add_argument("--genseek", required=True, metavar="URL",
                    help="genseek's base URL as Elasticsearch reaches it, e.g. http://genseek:8080")
-    p.add_argument("--api-key", metavar="KEY", help="a genseek API key with the read scope "
-                   "(or $GENSEEK_API_KEY); stored by ES as a secret parameter")
-    p.add_argument("--prefix", default="genseek", help="endpoint id prefix (default genseek)")
+    p.add_argument("--api-key", metavar="KEY", help="a genseek API key with the read scope, "
+                   "stored by ES as a secret parameter (default: $GENSEEK_API_KEY, else none)")
+    p.add_argument("--prefix", default="genseek",
+                   help="endpoint id prefix: lowercase letters, digits, '_', '-', '.'")
     p.add_argument("--task", action="append", choices=TASK_TYPES, dest="tasks",
-                   help="a task type to register (repeatable; default all three)")
+                   help="a task type to register; repeatable (default: all three)")
     p.add_argument("--reranker", metavar="NAME", help="a reranker configured on the genseek "
                    "server, e.g. first (default: the server's first reranker)")
-    p.add_argument("--dims", type=int, help="dense dimension (default: asked from genseek)")
+    p.add_argument("--dims", type=positive, metavar="N",
+                   help="dense vector dimension (default: asked from genseek)")
     p.add_argument("--similarity", default="cosine", choices=("cosine", "dot_product",
-                                                             "l2_norm"))
+                                                             "l2_norm"),
+                   help="the dense_vector similarity of the endpoint and the mapping")
     p.add_argument("--sparse-token-format", default="auto", choices=SPARSE_TOKEN_FORMATS,
                    help="elasticsearch: ask genseek for dot-free feature names ('.' -> %%2E); "
-                   "raw: genseek's tokens as they are; auto (default): elasticsearch if the "
-                   "genseek server supports it")
-    p.add_argument("--sparse-top-k", type=int, help="keep only the heaviest K sparse terms")
-    p.add_argument("--top-n", type=int, default=DEFAULT_TOP_N,
-                   help=f"rerank top_n when a query gives none (default {DEFAULT_TOP_N})")
-    p.add_argument("--batch-size", type=int, help="texts per embeddings call (ES default 10)")
+                   "raw: genseek's tokens as they are; auto: elasticsearch if the genseek "
+                   "server supports it, else raw")
+    p.add_argument("--sparse-top-k", type=positive, metavar="K",
+                   help="keep only the heaviest K sparse terms (default: every term)")
+    p.add_argument("--top-n", type=positive, default=DEFAULT_TOP_N, metavar="N",
+                   help="rerank top_n when a query gives none")
+    p.add_argument("--batch-size", type=positive, metavar="N",
+                   help="texts per embeddings call (default: Elasticsearch's, 10)")
     p.add_argument("--index", metavar="NAME", help="also create this index with a mapping "
-                   "that uses the endpoints")
+                   "that uses the endpoints (default: none)")
     p.add_argument("--mapping", default="semantic_text", choices=("semantic_text", "vectors"),
-                   help="semantic_text fields (default), or dense_vector + sparse_vector "
-                   "fields filled by an ingest pipeline")
+                   help="--index fields: semantic_text, or dense_vector + sparse_vector "
+                   "fields filled by an ingest pipeline (vectors)")
     p.add_argument("--replace", action="store_true", help="delete endpoints of the same id "
                    "first (forced: indexes that use them keep working with the new ones)")
-    p.add_argument("--no-probe", action="store_true", help="do not call genseek first")
+    p.add_argument("--no-probe", action="store_true",
+                   help="do not call genseek first (to learn --dims and the token format)")
     p.add_argument("--dry-run", action="store_true", help="print the requests, send nothing")
 
     s = sub.add_parser(
         "sync", help="mirror an ES index into a genseek collection (incremental, resumable)",
+        formatter_class=HelpFormatter,
         description="Copy the documents of an Elasticsearch index into a genseek collection "
         "(created with --create-index specs if absent), reading a point in time with "
         "search_after in timestamp order. Each batch is committed with its checkpoint in one "
@@ -448,30 +464,36 @@ def build_parser() -> argparse.ArgumentParser:
         "from a deleted flag field and/or a tombstone index (documents whose _id is the "
         "deleted id).")
     _add_es_options(s)
-    s.add_argument("collection", help="the genseek collection folder")
-    s.add_argument("--index", required=True, help="the Elasticsearch index (or alias)")
-    s.add_argument("--timestamp-field", default="updated_at",
-                   help="a date or numeric field set on every write (default updated_at)")
-    s.add_argument("--title-field", default="title", help="default title ('' for none)")
-    s.add_argument("--text-field", default="text", help="default text")
+    s.add_argument("collection", metavar="COLLECTION", help="the genseek collection folder")
+    s.add_argument("--index", required=True, metavar="NAME",
+                   help="the Elasticsearch index (or alias) to read")
+    s.add_argument("--timestamp-field", default="updated_at", metavar="FIELD",
+                   help="a date or numeric field set on every write")
+    s.add_argument("--title-field", default="title", metavar="FIELD",
+                   help="the _source field of the title ('' for none)")
+    s.add_argument("--text-field", default="text", metavar="FIELD",
+                   help="the _source field of the text")
     s.add_argument("--metadata-field", action="append", dest="metadata_fields", metavar="F",
-                   help="copy this _source field into metadata (repeatable; default: every "
-                   "field but title and text)")
-    s.add_argument("--deleted-field", default="deleted", help="documents with this field "
-                   "true are deleted from the collection ('' to disable; default deleted)")
+                   help="copy this _source field into metadata; repeatable (default: every "
+                   "field but the title and text fields)")
+    s.add_argument("--deleted-field", default="deleted", metavar="FIELD",
+                   help="documents with this field true are deleted from the collection ('' "
+                   "to disable)")
     s.add_argument("--tombstone-index", metavar="NAME", help="an index of deletion records "
-                   "(_id = the deleted document's id, with the timestamp field)")
-    s.add_argument("--query", metavar="JSON", help="an extra filter query (ES query DSL)")
-    s.add_argument("--batch-size", type=int, default=500, help="documents per page and "
-                   "commit (default 500)")
-    s.add_argument("--overlap", type=float, default=0, help="re-read this much before the "
-                   "checkpoint (timestamp units: ms for date fields) for late-visible writes")
+                   "(_id = the deleted document's id, with the timestamp field; default: none)")
+    s.add_argument("--query", metavar="JSON",
+                   help="an extra filter query, ES query DSL (default: every document)")
+    s.add_argument("--batch-size", type=positive, default=500, metavar="N",
+                   help="documents per page and commit (at most 10000)")
+    s.add_argument("--overlap", type=float, default=0, metavar="AMOUNT",
+                   help="re-read this much before the checkpoint, in timestamp units (ms for "
+                   "date fields), for late-visible writes; >= 0 (default: %(default)s)")
     s.add_argument("--create-index", action="append", dest="create_indexes",
-                   metavar="[NAME=]SPEC", help="index specs for a new collection "
-                   "(default bm25 and dense)")
+                   metavar="[NAME=]SPEC", help="an index spec for a new collection; "
+                   "repeatable (default: bm25 and dense)")
     s.add_argument("--full", action="store_true", help="ignore the checkpoint: read everything "
                    "and delete collection documents no longer in the index")
-    s.add_argument("--no-progress", action="store_true", help="no progress bar")
+    s.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
     return parser
 
 

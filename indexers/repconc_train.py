@@ -286,35 +286,71 @@ def train(doc_vecs: np.ndarray, query_vecs: np.ndarray, positives: list[dict[int
             "seconds": round(time.monotonic() - start, 1)}
 
 
+def _parser() -> argparse.ArgumentParser:
+    """The parser of ``genseek train repconc``."""
+    from genseek.cliutil import HelpFormatter, positive
+
+    parser = argparse.ArgumentParser(
+        prog="genseek train repconc", formatter_class=HelpFormatter,
+        description="RepCONC recipe: train product-quantisation codebooks and a query-side "
+                    "projection for retrieval (Zhan et al., WSDM 2022) on a dense index's "
+                    "stored document vectors (never re-encoded) and a BEIR dataset's train "
+                    "qrels, on CPU: an OPQ warm start, then per epoch a uniform-clustering "
+                    "assignment (Sinkhorn) and a contrastive loss over the whole corpus plus "
+                    "--mse-weight times the reconstruction error. The epoch with the best "
+                    "nDCG@10 on held-out train queries is kept; repconc(model=OUT) names the "
+                    "result.",
+        epilog="example:\n"
+               "  genseek train repconc --vectors COLLECTION/indexes/dense/vectors.sqlite \\\n"
+               "      --dataset ../shared/datasets/scifact --out repconc-48")
+    parser.add_argument("--vectors", required=True, type=Path, metavar="FILE",
+                        help="a dense index's vectors.sqlite (document vectors, reused)")
+    parser.add_argument("--dataset", required=True, type=Path, metavar="DIR",
+                        help="BEIR folder with queries.jsonl and qrels/SPLIT.tsv")
+    parser.add_argument("--split", default="train", help="qrels split to train on")
+    parser.add_argument("--out", required=True, type=Path, metavar="OUT",
+                        help="model folder to write")
+    parser.add_argument("--model", default="all-MiniLM-L6-v2",
+                        help="query encoder (must be the one that encoded the documents)")
+    parser.add_argument("--bytes", type=positive, default=48, metavar="M",
+                        help="bytes per document = PQ subspaces (8-bit codes); must divide "
+                             "the vector dimension")
+    parser.add_argument("--epochs", type=int, default=30, metavar="N",
+                        help="training epochs after the warm start (0: the OPQ warm start "
+                             "only)")
+    parser.add_argument("--lr", type=float, default=1e-3, help="Adam learning rate, > 0")
+    parser.add_argument("--tau", type=float, default=0.05,
+                        help="softmax temperature of the contrastive loss, > 0")
+    parser.add_argument("--mse-weight", type=float, default=1.0, metavar="WEIGHT",
+                        help="weight of the reconstruction error that keeps centroids near "
+                             "their members, >= 0")
+    parser.add_argument("--epsilon", type=float, default=0.05,
+                        help="entropy weight of the Sinkhorn assignment, > 0")
+    parser.add_argument("--opq-iters", type=positive, default=15, metavar="N",
+                        help="OPQ warm-start rounds")
+    parser.add_argument("--sinkhorn-iters", type=positive, default=10, metavar="N",
+                        help="Sinkhorn iterations per assignment")
+    parser.add_argument("--max-minutes", type=float, default=10.0, metavar="MIN",
+                        help="stop after the epoch that passes this wall time in minutes; > 0")
+    parser.add_argument("--seed", type=int, default=0,
+                        help="random seed of the warm start, the dev split and training "
+                             "(default: %(default)s)")
+    parser.add_argument("--json", action="store_true",
+                        help="print one JSON summary instead of a sentence")
+    return parser
+
+
 def main(argv: list[str]) -> int:
     """``genseek train repconc --vectors FILE --dataset DIR --out FOLDER [...]``."""
     if argv and argv[0] == "repconc":
         argv = argv[1:]
-    parser = argparse.ArgumentParser(
-        prog="genseek train repconc",
-        description="Train RepCONC PQ codebooks + a query projection on stored dense vectors "
-                    "and a BEIR dataset's train qrels (CPU).")
-    parser.add_argument("--vectors", required=True, type=Path,
-                        help="a dense index's vectors.sqlite (document vectors, reused)")
-    parser.add_argument("--dataset", required=True, type=Path,
-                        help="BEIR folder with queries.jsonl and qrels/<split>.tsv")
-    parser.add_argument("--split", default="train", help="qrels split to train on (train)")
-    parser.add_argument("--out", required=True, type=Path, help="model folder to write")
-    parser.add_argument("--model", default="all-MiniLM-L6-v2",
-                        help="query encoder (must be the documents' encoder)")
-    parser.add_argument("--bytes", type=int, default=48, help="bytes per document = PQ subspaces")
-    parser.add_argument("--epochs", type=int, default=30)
-    parser.add_argument("--lr", type=float, default=1e-3)
-    parser.add_argument("--tau", type=float, default=0.05, help="softmax temperature")
-    parser.add_argument("--mse-weight", type=float, default=1.0)
-    parser.add_argument("--epsilon", type=float, default=0.05, help="Sinkhorn entropy weight")
-    parser.add_argument("--opq-iters", type=int, default=15, help="OPQ warm-start rounds (15)")
-    parser.add_argument("--sinkhorn-iters", type=int, default=10)
-    parser.add_argument("--max-minutes", type=float, default=10.0,
-                        help="stop after the epoch that passes this time (10)")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--json", action="store_true", help="print one JSON summary")
+    parser = _parser()
     args = parser.parse_args(argv)
+    for name in ("lr", "tau", "epsilon", "max_minutes"):
+        if not getattr(args, name) > 0:
+            parser.error(f"--{name.replace('_', '-')} must be > 0, not {getattr(args, name):g}")
+    if args.epochs < 0 or args.mse_weight < 0:
+        parser.error("--epochs and --mse-weight must be >= 0")
 
     from genseek.data.readers import read_qrels, read_queries
     from genseek.encoders import shared_encoder

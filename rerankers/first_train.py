@@ -195,36 +195,63 @@ def _plain(model: Any) -> Any:
 
 
 def _parser() -> argparse.ArgumentParser:
+    from genseek.cliutil import HelpFormatter, positive
     from genseek.rerankers._llm import DEFAULT_MODEL
 
-    p = argparse.ArgumentParser(prog="genseek train first", description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--out", required=True, type=Path, help="model folder to write")
-    p.add_argument("--model", default=DEFAULT_MODEL, help="base causal LM (alias, path, name)")
-    p.add_argument("--dataset", type=Path, default=None,
-                   help="BEIR SciFact folder (default: $GENSEEK_DATASETS/scifact)")
-    p.add_argument("--collection", type=Path, default=DEFAULT_COLLECTION,
-                   help="genseek collection with bm25 + dense over the corpus")
-    p.add_argument("--cache", type=Path, default=DEFAULT_CACHE, help="first-stage run cache")
-    p.add_argument("--split", default="train")
-    p.add_argument("--window", type=int, default=10, help="passages per training window")
-    p.add_argument("--max-passage-tokens", type=int, default=48)
-    p.add_argument("--shuffle", type=float, default=0.0,
-                   help="probability of shuffling a training window (0: first-stage order)")
-    p.add_argument("--steps", type=int, default=60, help="optimiser steps (one window each)")
-    p.add_argument("--max-minutes", type=float, default=20.0, help="wall-time bound")
-    p.add_argument("--lr", type=float, default=3e-4)
-    p.add_argument("--ranknet-weight", type=float, default=10.0, help="lambda of the RankNet term")
-    p.add_argument("--lora-r", type=int, default=8)
-    p.add_argument("--lora-layers", type=int, default=8,
-                   help="adapt only the top N decoder layers (0 = all); the backward pass "
+    p = argparse.ArgumentParser(
+        prog="genseek train first", formatter_class=HelpFormatter,
+        description="FIRST recipe: fine-tune a causal LM as a FIRST listwise reranker "
+        "(Reddy et al., 2024), so that the logits of the first generated label already rank "
+        "a window of passages. The loss is the LM loss on the target permutation plus "
+        "lambda (--ranknet-weight) times a RankNet loss on those first-token label logits.\n"
+        "\n"
+        "    L = L_LM(target permutation) + lambda * L_RankNet(first-token label logits)\n"
+        "\n"
+        "Windows come from the first stage (RRF of bm25 + dense in --collection, cached "
+        "under --cache) over the judged --split queries; judged-relevant passages go first in "
+        "the target. LoRA adapters on the top --lora-layers layers are trained on CPU, then "
+        "merged: OUT is a plain transformers folder that first(model=OUT) loads.",
+        epilog="example:\n"
+        "  genseek train first --out $GENSEEK_CACHE/rerank/first-scifact --steps 60")
+    p.add_argument("--out", required=True, type=Path, metavar="OUT",
+                   help="model folder to write")
+    p.add_argument("--model", default=DEFAULT_MODEL,
+                   help="base causal LM: a genseek model alias, a folder or a Hugging Face name")
+    p.add_argument("--dataset", type=Path, default=None, metavar="DIR",
+                   help="BEIR SciFact folder (default: $GENSEEK_DATASETS/scifact, else "
+                        "shared/datasets/scifact beside the genseek checkout)")
+    p.add_argument("--collection", type=Path, default=DEFAULT_COLLECTION, metavar="DIR",
+                   help="genseek collection with bm25 and dense indexes over the corpus (the "
+                        "first stage)")
+    p.add_argument("--cache", type=Path, default=DEFAULT_CACHE, metavar="DIR",
+                   help="folder caching the first-stage runs as JSON")
+    p.add_argument("--split", default="train", help="the qrels split whose queries train")
+    p.add_argument("--window", type=int, default=10, metavar="N",
+                   help="passages per training window (2-26, one label letter each)")
+    p.add_argument("--max-passage-tokens", type=positive, default=48, metavar="TOKENS",
+                   help="each passage is cut to this many tokens in the prompt")
+    p.add_argument("--shuffle", type=float, default=0.0, metavar="P",
+                   help="probability in [0, 1] of shuffling a training window (default: "
+                        "%(default)s, first-stage order)")
+    p.add_argument("--steps", type=positive, default=60, metavar="N",
+                   help="optimiser steps (one window each)")
+    p.add_argument("--max-minutes", type=float, default=20.0, metavar="MIN",
+                   help="wall-time bound in minutes, > 0: the run stops there and saves")
+    p.add_argument("--lr", type=float, default=3e-4, help="AdamW learning rate, > 0")
+    p.add_argument("--ranknet-weight", type=float, default=10.0, metavar="LAMBDA",
+                   help="lambda, the weight of the RankNet term, >= 0")
+    p.add_argument("--lora-r", type=positive, default=8, metavar="R", help="LoRA rank")
+    p.add_argument("--lora-layers", type=int, default=8, metavar="N",
+                   help="adapt only the top N decoder layers (0: all); the backward pass "
                         "then stops there, which is what makes CPU training affordable")
     p.add_argument("--autocast", choices=["off", "bf16"], default="off",
                    help="bf16: forward and backward in bfloat16 autocast, fp32 master weights "
                         "(about 2x faster on CPUs with AMX/AVX512-BF16)")
-    p.add_argument("--seed", type=int, default=13)
+    p.add_argument("--seed", type=int, default=13,
+                   help="random seed of window sampling, shuffling and LoRA initialisation")
     p.add_argument("--overwrite", action="store_true", help="replace an existing --out folder")
-    p.add_argument("--json", action="store_true", help="print a JSON summary")
+    p.add_argument("--json", action="store_true",
+                   help="print a JSON summary instead of one sentence")
     return p
 
 
@@ -247,6 +274,12 @@ def main(argv: list[str]) -> int:
     args = parser.parse_args(argv)
     if not 0.0 <= args.shuffle <= 1.0:
         parser.error("--shuffle must be a probability in [0, 1]")
+    for name, value, strict in (("--max-minutes", args.max_minutes, True),
+                                ("--lr", args.lr, True), ("--ranknet-weight",
+                                args.ranknet_weight, False), ("--lora-layers",
+                                args.lora_layers, False)):
+        if not (value > 0 if strict else value >= 0):
+            parser.error(f"{name} must be {'>' if strict else '>='} 0, not {value:g}")
     try:
         summary = train(args)
     except GenseekError as exc:

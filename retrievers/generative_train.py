@@ -352,48 +352,110 @@ def assign_docids(lm: Any, docs: Sequence[Any], scheme: str, vectors: Any = None
 # command line
 
 
-def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="genseek train {genre,seal,dsi}",
-                                description=__doc__.split("\n\n")[0])
-    p.add_argument("recipe", choices=RECIPES)
-    p.add_argument("--dataset", required=True, type=Path, help="BEIR dataset folder")
-    p.add_argument("--out", required=True, type=Path, help="model folder to write")
-    p.add_argument("--model", default="smollm2", help="base model (name or folder)")
-    p.add_argument("--split", default="train")
-    p.add_argument("--steps", type=int, default=200)
-    p.add_argument("--batch", type=int, default=8)
+_ABOUT = {
+    "genre": "GENRE recipe: LoRA fine-tuning of a causal LM to generate the title of a relevant "
+             "document from a query (train qrels, plus pseudo-queries: spans of a document "
+             "-> its title). Index spec: genre(model=OUT).",
+    "seal": "SEAL recipe: LoRA fine-tuning of a causal LM to generate a span of a relevant "
+            "document from a query (spans sampled by their overlap with the query). Index "
+            "spec: seal(model=OUT).",
+    "dsi": "DSI recipe: LoRA fine-tuning of a causal LM to map a document's first tokens, a "
+           "train query or a pseudo-query to the document's docid. With --continue-from it is "
+           "DSI++: only the --new-docs documents are indexed, with replayed pseudo-queries of "
+           "earlier documents. Index spec: dsi(model=OUT).",
+}
+_EPILOG = """\
+DIR is a BEIR folder (corpus.jsonl, queries.jsonl, qrels/SPLIT.tsv). OUT must not exist or be
+empty; it receives a peft LoRA adapter and genseek_model.json (base model, recipe, steps,
+seconds), and for dsi docids.json. The run stops after --steps optimiser steps or
+--max-minutes of wall time, whichever comes first, and saves what it has.
+
+examples:
+  genseek train genre --dataset ../shared/datasets/scifact --out genre-scifact --steps 200
+  genseek train dsi --dataset DIR --out dsi-v1 --scheme semantic --vectors COLLECTION
+  genseek train dsi --dataset DIR --out dsi-v2 --continue-from dsi-v1 --new-docs new.txt
+"""
+
+
+def parser(recipe: str) -> argparse.ArgumentParser:
+    """The parser of ``genseek train RECIPE`` (RECIPE: genre, seal or dsi), without the recipe
+    argument itself: :func:`main` takes it from ``argv[0]``."""
+    from genseek.cliutil import HelpFormatter, positive
+
+    p = argparse.ArgumentParser(prog=f"genseek train {recipe}", description=_ABOUT[recipe],
+                                epilog=_EPILOG, formatter_class=HelpFormatter)
+    p.set_defaults(recipe=recipe)
+    p.add_argument("--dataset", required=True, type=Path, metavar="DIR",
+                   help="BEIR dataset folder to train on")
+    p.add_argument("--out", required=True, type=Path, metavar="OUT",
+                   help="model folder to write (new or empty)")
+    p.add_argument("--model", default="smollm2",
+                   help="base causal LM: a genseek model alias, a Hugging Face name or a folder")
+    p.add_argument("--split", default="train", help="the qrels split whose queries train")
+    p.add_argument("--steps", type=positive, default=200, metavar="N",
+                   help="optimiser steps")
+    p.add_argument("--batch", type=positive, default=8, metavar="N",
+                   help="examples per optimiser step")
     p.add_argument("--lr", type=float, default=None,
-                   help=f"learning rate (default 1e-3; {DSI_PLUS_LR:g} with --continue-from)")
-    p.add_argument("--max-len", type=int, default=96)
-    p.add_argument("--max-minutes", type=float, default=30.0)
-    p.add_argument("--lora-r", type=int, default=8)
-    p.add_argument("--pseudo", type=int, default=1, help="pseudo-queries per document")
-    p.add_argument("--index-docs", type=int, default=0,
-                   help="genre/seal: also an unsupervised example for N random corpus "
-                        "documents (-1: every document; 0: none): genre a span -> the title, "
-                        "seal a span -> another span of the document")
-    p.add_argument("--span-len", type=int, default=10, help="seal: target span tokens")
-    p.add_argument("--spans", type=int, default=2,
-                   help="seal: spans sampled per (query, relevant document) pair")
-    p.add_argument("--holdout", type=int, default=0,
-                   help="leave N random queries of --split out of training (a dev set; their "
-                        "ids are written to genseek_model.json)")
-    p.add_argument("--doc-len", type=int, default=48, help="dsi: document prefix tokens")
-    p.add_argument("--scheme", default="semantic", help="dsi: naive | atomic | semantic")
-    p.add_argument("--vectors", type=Path, help="dsi: collection whose dense vectors to reuse")
-    p.add_argument("--docs", type=Path, help="dsi: file of doc ids to index (default: all)")
-    p.add_argument("--continue-from", type=Path,
-                   help="a model folder to go on training (dsi++: the previous DSI model; "
-                        f"genre/seal: more steps on new data). Default lr then {DSI_PLUS_LR:g}")
-    p.add_argument("--new-docs", type=Path, help="dsi++: file of the new doc ids")
-    p.add_argument("--replay", type=float, default=DSI_PLUS_REPLAY,
-                   help=f"dsi++: replay ratio (0 = naive; default {DSI_PLUS_REPLAY:g})")
-    p.add_argument("--sam", type=float, default=0.0, help="SAM radius rho (0 = off)")
+                   help=f"AdamW learning rate, > 0 (default: 1e-3, or {DSI_PLUS_LR:g} with "
+                        "--continue-from)")
+    p.add_argument("--max-len", type=positive, default=96, metavar="TOKENS",
+                   help="prompt + target tokens per example (longer ones are cut)")
+    p.add_argument("--max-minutes", type=float, default=30.0, metavar="MIN",
+                   help="wall-time bound in minutes, > 0: the run stops early and saves")
+    p.add_argument("--lora-r", type=positive, default=8, metavar="R",
+                   help="LoRA rank (alpha is 2 R)")
+    p.add_argument("--pseudo", type=int, default=1, metavar="N",
+                   help="pseudo-queries (spans of the document's text) per judged document, "
+                        ">= 0")
+    p.add_argument("--holdout", type=int, default=0, metavar="N",
+                   help="leave N random queries of --split out of training, a dev set whose "
+                        "ids are written to genseek_model.json (default: %(default)s, none)")
+    p.add_argument("--continue-from", type=Path, metavar="MODEL",
+                   help="a model folder to go on training: for dsi the previous DSI model "
+                        "(DSI++), for genre and seal more steps on new data; the default "
+                        f"--lr is then {DSI_PLUS_LR:g} (default: start from --model)")
+    p.add_argument("--sam", type=float, default=0.0, metavar="RHO",
+                   help="sharpness-aware minimisation radius, >= 0; each step takes the "
+                        "gradient at w + RHO g/|g| (default: %(default)s, off)")
     p.add_argument("--autocast", choices=["off", "bf16"], default="off",
-                   help="bf16: bfloat16 autocast with fp32 master weights (about 2x faster on "
-                        "CPUs with AMX/AVX512-BF16)")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--json", action="store_true", help="print the summary as JSON")
+                   help="bf16: bfloat16 autocast with fp32 master weights (about 2x faster "
+                        "on CPUs with AMX/AVX512-BF16)")
+    p.add_argument("--seed", type=int, default=0,
+                   help="random seed of sampling, shuffling and LoRA initialisation "
+                        "(default: %(default)s)")
+    p.add_argument("--json", action="store_true",
+                   help="print the summary as one JSON object instead of key: value lines")
+
+    g = p.add_argument_group("genre and seal options")
+    g.add_argument("--index-docs", type=int, default=0, metavar="N",
+                   help="also one unsupervised example for N random corpus documents (-1: "
+                        "every document): genre a span -> the title, seal a span -> another "
+                        "span of the document (default: %(default)s, none)")
+    g = p.add_argument_group("seal options")
+    g.add_argument("--span-len", type=positive, default=10, metavar="TOKENS",
+                   help="target span length")
+    g.add_argument("--spans", type=positive, default=2, metavar="N",
+                   help="spans sampled per (query, relevant document) pair")
+    g = p.add_argument_group("dsi options")
+    g.add_argument("--doc-len", type=positive, default=48, metavar="TOKENS",
+                   help="document prefix tokens of an indexing example")
+    g.add_argument("--scheme", choices=("naive", "atomic", "semantic"), default="semantic",
+                   help="docids: the id string's tokens (naive), one new token per document "
+                        "(atomic), or hierarchical k-means paths over MiniLM vectors "
+                        "(semantic)")
+    g.add_argument("--vectors", type=Path, metavar="COLLECTION",
+                   help="semantic: reuse the dense vectors of this collection instead of "
+                        "encoding the documents (default: encode them)")
+    g.add_argument("--docs", type=Path, metavar="FILE",
+                   help="a file of document ids (one a line) to index (default: every "
+                        "corpus document)")
+    g.add_argument("--new-docs", type=Path, metavar="FILE",
+                   help="DSI++ (--continue-from): a file of the new document ids to index "
+                        "(default: none)")
+    g.add_argument("--replay", type=float, default=DSI_PLUS_REPLAY, metavar="R",
+                   help="DSI++: replayed pseudo-queries of earlier documents per new "
+                        "example, >= 0 (0: naive continual fine-tuning)")
     return p
 
 
@@ -512,10 +574,33 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def main(argv: list[str]) -> int:
+    """``genseek train RECIPE ...``: ``argv[0]`` is the recipe (genre, seal or dsi), the rest
+    its options; 0 on success (and for ``--help``), 2 with one line on a bad argument."""
+    argv = list(argv)
     try:
-        args = parser().parse_args(argv)
+        if not argv or argv[0] not in RECIPES:
+            from genseek.cliutil import HelpFormatter
+
+            pick = argparse.ArgumentParser(
+                prog="genseek train", formatter_class=HelpFormatter,
+                description="LoRA fine-tuning recipes for the generative retrievers; "
+                "'genseek train RECIPE --help' lists a recipe's options.")
+            pick.add_argument("recipe", choices=RECIPES, help="the recipe to run")
+            picked, rest = pick.parse_known_args(argv)  # --help, or no recipe, or unknown
+            return main([picked.recipe, *rest])
+        p = parser(argv[0])
+        args = p.parse_args(argv[1:])
+        for name, value, strict in (("--lr", args.lr, True), ("--max-minutes", args.max_minutes,
+                                    True), ("--pseudo", args.pseudo, False),
+                                    ("--holdout", args.holdout, False),
+                                    ("--sam", args.sam, False), ("--replay", args.replay, False)):
+            if value is not None and not (value > 0 if strict else value >= 0):
+                p.error(f"{name} must be {'>' if strict else '>='} 0, not {value:g}")
+        if args.index_docs < -1:
+            p.error(f"--index-docs must be -1 (every document), 0 or a count, not "
+                    f"{args.index_docs}")
     except SystemExit as exc:
-        return int(exc.code or 0)
+        return int(exc.code or 0) if isinstance(exc.code, (int, type(None))) else 2
     try:
         summary = run(args)
     except GenseekError as exc:
