@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import os
 import sys
 import time
@@ -38,15 +39,6 @@ def _quiet_libraries() -> None:
 # -- progress -------------------------------------------------------------------------------
 
 
-def _bar(total: int | None, desc: str, enabled: bool, unit: str = "doc"):
-    from tqdm import tqdm
-
-    # disable=None: no bar when stderr is not a terminal (logs, pipes, captured output)
-    return tqdm(total=total, desc=desc, unit=unit, disable=None if enabled else True,
-                dynamic_ncols=True,
-                smoothing=0.1, file=sys.stderr)
-
-
 def _count_lines(path: Path) -> int:
     count = 0
     with open(path, "rb") as fh:
@@ -56,64 +48,102 @@ def _count_lines(path: Path) -> int:
 
 
 class _SyncProgress:
-    """Progress bars for index catch-up, one per index, in operations."""
+    """Catch-up progress, one meter per index (in operations), shown from its first batch."""
 
     def __init__(self, enabled: bool):
+        from genseek.progress import Meter
+
         self.enabled = enabled
-        self.bars: dict[str, Any] = {}
+        self.meters: dict[str, Meter] = {}
 
     def __call__(self, name: str, seq: int, target: int) -> None:
-        bar = self.bars.get(name)
-        if bar is None:
-            bar = self.bars[name] = _bar(target, f"catch-up {name}", self.enabled, unit="op")
-            bar.n = 0
-        bar.total = target
-        bar.update(seq - bar.n)
+        from genseek.progress import Meter
+
+        meter = self.meters.get(name)
+        if meter is None:
+            meter = self.meters[name] = Meter(target, f"catch-up {name}", unit="op",
+                                              enabled=self.enabled, initial=seq)
+        meter.set(seq, target)
 
     def close(self) -> None:
-        for bar in self.bars.values():
-            bar.close()
+        for meter in self.meters.values():
+            meter.close()
+        self.meters = {}
+
+
+class _ApplyProgress:
+    """The indexing meter moving while the indexes apply a batch: a batch's documents count
+    as done in proportion to the share of the batch every index has applied."""
+
+    def __init__(self, meter: Any, indexes: int, batch_size: int):
+        self.meter, self.indexes, self.batch_size = meter, max(1, indexes), batch_size
+        self.next_batch()
+
+    def next_batch(self) -> None:
+        self.base = self.meter.n
+        left = (self.meter.total or 0) - self.base
+        self.docs = min(self.batch_size, left) if left > 0 else self.batch_size
+        self.starts: dict[str, int] = {}
+        self.done: dict[str, float] = {}
+
+    def __call__(self, name: str, seq: int, target: int) -> None:
+        start = self.starts.setdefault(name, seq)
+        self.done[name] = 1.0 if target <= start else (seq - start) / (target - start)
+        share = sum(self.done.values()) / self.indexes
+        self.meter.set(self.base + int(self.docs * share))
+
+    def batch_done(self, n: int) -> None:
+        self.meter.set(self.base + n)
+        self.next_batch()
 
 
 # -- commands -------------------------------------------------------------------------------
 
 
-def _open(path: str, progress: bool):
+def _open(path: str, progress: bool, lazy: bool = False):
+    """Open a collection; ``lazy``: each index opens (and catches up) when first used."""
     from genseek.collection import Collection
+    from genseek.progress import stage
 
     sync = _SyncProgress(progress)
+    if lazy:
+        return Collection.open(Path(path), progress=sync, lazy=True)
+    stage("opening %s", path)
     try:
         return Collection.open(Path(path), progress=sync)
     finally:
         sync.close()
 
 
-def _ingest(collection, source: Path, args: argparse.Namespace) -> dict[str, Any]:
+def _ingest(collection, source: Path, args: argparse.Namespace, started: float) -> dict[str, Any]:
     from genseek.data.readers import corpus_file, read_corpus
+    from genseek.progress import Meter, stage
 
     file = corpus_file(source)
     stat = file.stat()
     key = f"ingest:{file.resolve()}:{stat.st_size}:{stat.st_mtime_ns}"
     skip = collection.resume_point(key)
     total = _count_lines(file)
-    bar = _bar(total, "indexing", not args.no_progress)
-    bar.update(skip)
-    if skip:
-        bar.write(f"resuming {file} after line {skip:,} (committed by an earlier run)",
-                  file=sys.stderr)  # tqdm.write defaults to stdout, which --json owns
-    start = time.perf_counter()
+    stage("reading %s (%s lines)%s", file, f"{total:,}",
+          f"; resuming after line {skip:,}, committed by an earlier run" if skip else "")
+    meter = Meter(total, "indexing", enabled=not args.no_progress, initial=skip)
+    applying = _ApplyProgress(meter, len(collection.indexes), args.batch_size)
+    ingest_start = time.perf_counter()
     try:
         records = read_corpus(file, skip_lines=skip, max_doc_bytes=args.max_doc_bytes)
         report = collection.ingest(records, source_key=key, batch_size=args.batch_size,
-                                   on_batch=bar.update, skip_lines=skip)
+                                   on_batch=applying.batch_done, skip_lines=skip,
+                                   on_apply=applying)
     finally:
-        bar.close()
-    elapsed = time.perf_counter() - start
+        meter.close()
+    now = time.perf_counter()
+    elapsed = now - started  # the whole command: opening, catch-up and indexing
     return {
         "source": str(file), "read": report.read, "resumed_after_line": skip,
         "upserted": report.upserted, "unchanged": report.unchanged,
         "empty_documents": list(report.empty_ids[:20]), "empty_count": len(report.empty_ids),
         "documents": len(collection), "seq": report.seq, "seconds": round(elapsed, 2),
+        "indexing_seconds": round(now - ingest_start, 2),
         "docs_per_second": round(report.read / elapsed, 1) if elapsed > 0 else None,
     }
 
@@ -122,10 +152,18 @@ def _print_ingest(summary: dict[str, Any], as_json: bool) -> None:
     if as_json:
         print(json.dumps(summary))
         return
-    print(f"{summary['read']:,} documents read from {summary['source']} in "
-          f"{summary['seconds']:.1f}s ({summary['docs_per_second'] or 0:,.1f} docs/s): "
-          f"{summary['upserted']:,} written, {summary['unchanged']:,} unchanged; "
-          f"collection has {summary['documents']:,} documents (seq {summary['seq']:,})")
+    skip = summary["resumed_after_line"]
+    total = f"collection has {summary['documents']:,} documents (seq {summary['seq']:,})"
+    if skip and not summary["read"]:
+        print(f"nothing new in {summary['source']}: its {skip:,} lines were indexed by an "
+              f"earlier run; {total}")
+    else:
+        resumed = f" after line {skip:,} (the lines before were indexed by an earlier run)" \
+            if skip else ""
+        print(f"{summary['read']:,} documents read from {summary['source']}{resumed} in "
+              f"{summary['seconds']:.1f}s, opening and catch-up included "
+              f"({summary['docs_per_second'] or 0:,.1f} docs/s): "
+              f"{summary['upserted']:,} written, {summary['unchanged']:,} unchanged; {total}")
     if summary["empty_count"]:
         print(f"note: {summary['empty_count']} documents have neither title nor text and were "
               f"indexed as empty: {', '.join(summary['empty_documents'])}", file=sys.stderr)
@@ -135,6 +173,7 @@ def cmd_index(args: argparse.Namespace) -> int:
     from genseek.collection import Collection
     from genseek.spec import parse_named
 
+    started = time.perf_counter()
     named = [parse_named(s) for s in (args.index or [])]
     path = Path(args.collection)
     progress = not args.no_progress
@@ -156,10 +195,13 @@ def cmd_index(args: argparse.Namespace) -> int:
         from genseek.data.readers import corpus_file
 
         corpus_file(Path(args.source))  # a missing source fails before anything is created
+        from genseek.progress import stage
+
+        stage("creating %s with indexes %s", path, ", ".join(specs))
         collection = Collection.create(path, specs)
         created = True
     try:
-        summary = _ingest(collection, Path(args.source), args)
+        summary = _ingest(collection, Path(args.source), args, started)
     except GenseekError:
         nothing_written = created and collection.store.seq == 0
         collection.close()
@@ -177,8 +219,9 @@ def cmd_index(args: argparse.Namespace) -> int:
 
 
 def cmd_add(args: argparse.Namespace) -> int:
+    started = time.perf_counter()
     with _open(args.collection, not args.no_progress) as collection:
-        _print_ingest(_ingest(collection, Path(args.source), args), args.json)
+        _print_ingest(_ingest(collection, Path(args.source), args, started), args.json)
     return 0
 
 
@@ -198,17 +241,6 @@ def cmd_delete(args: argparse.Namespace) -> int:
     print(json.dumps(out) if args.json else
           f"deleted {result.deleted} documents ({result.missing} ids were not in the collection)")
     return 0
-
-
-def _positive(text: str) -> int:
-    """argparse type: an integer >= 1."""
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, not {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, not {value}")
-    return value
 
 
 def _check_query(query: str) -> str:
@@ -231,11 +263,17 @@ def _check_k(k: int) -> int:
 def cmd_search(args: argparse.Namespace) -> int:
     query = _check_query(args.query)
     k = _check_k(args.k)
-    with _open(args.collection, False) as collection:
+    fusion_params = {"weights": args.weights} if args.weights else {}
+    if args.weights and args.fusion != "linear":
+        raise GenseekError("--weights needs --fusion linear")
+    with _open(args.collection, False, lazy=True) as collection:
+        if args.fusion == "rrf":
+            fusion_params["rrf_k"] = args.rrf_k
+        retriever = collection.retriever(args.index or None, args.fusion, **fusion_params)
         for name, error in sorted(collection.unavailable().items()) if not args.index else ():
             print(f"genseek: warning: index {name!r} is unavailable and is left out: {error}",
                   file=sys.stderr)
-        hits = collection.search(query, k, index=args.index or None, fusion=args.fusion)
+        hits = retriever.search([query], k)[0]
         docs = collection.get([h.doc_id for h in hits])
         why_empty = "" if hits else _why_no_results(collection, query, args.index)
     rows = [{"rank": r, "doc_id": h.doc_id, "score": h.score,
@@ -258,7 +296,7 @@ def _why_no_results(collection: Any, query: str, names: list[str] | None) -> str
     """`` (why)`` for an empty result list, when it can be told; else ``""``."""
     if len(collection) == 0:
         return " (the collection is empty)"
-    searched = names or list(collection.indexes)
+    searched = names or collection.default_indexes()
     lexical = [n for n in searched if hasattr(collection.index(n), "analyze")]
     if lexical and lexical == searched and not collection.index(lexical[0]).analyze(query):
         return " (the query has only stop words, which bm25 does not index)"
@@ -285,10 +323,11 @@ def cmd_eval(args: argparse.Namespace) -> int:
         f"{dataset.name}-{args.split}")
     results: dict[str, dict[str, float]] = {}
     timings: dict[str, float] = {}
-    with _open(args.collection, not args.no_progress) as collection:
-        systems: dict[str, Any] = {name: collection.index(name) for name in collection.indexes}
+    with _open(args.collection, not args.no_progress, lazy=True) as collection:
+        names = args.index or collection.default_indexes()
+        systems: dict[str, Any] = {name: collection.serving(name) for name in names}
         if len(systems) > 1:
-            systems["rrf"] = RRFusion(list(collection.indexes.values()), rrf_k=args.rrf_k,
+            systems["rrf"] = RRFusion(list(systems.values()), rrf_k=args.rrf_k,
                                       depth=max(k, 100))
         for name, system in systems.items():
             start = time.perf_counter()
@@ -322,8 +361,13 @@ def _human(n: float | None) -> str:
 
 
 def cmd_stats(args: argparse.Namespace) -> int:
-    with _open(args.collection, False) as collection:
-        stats = collection.stats()
+    from genseek.collection import Collection
+
+    if args.open:
+        with _open(args.collection, not args.no_progress) as collection:
+            stats = collection.stats()
+    else:
+        stats = Collection.describe(Path(args.collection))
     if args.json:
         print(json.dumps(stats))
         return 0
@@ -339,7 +383,30 @@ def cmd_stats(args: argparse.Namespace) -> int:
               f"{_human(s.get('disk_bytes')):>11} {_human(s.get('memory_bytes')):>11}")
         if s.get("error"):
             print(f"  {name}: {s['error']}")
+    if any(s.get("open") is False for s in stats["indexes"].values()):
+        print("(read from what each index committed: docs as of its last close, memory only "
+              "with --open)")
     return 0
+
+
+def cmd_sync(args: argparse.Namespace) -> int:
+    start = time.perf_counter()
+    with _open(args.collection, not args.no_progress) as collection:
+        before = collection.health()
+        seq = collection.store.seq
+    out = {"seq": seq, "seconds": round(time.perf_counter() - start, 2),
+           "indexes": {name: h["state"] for name, h in before.items()},
+           "errors": {name: h["error"] for name, h in before.items() if h["error"]},
+           "unapplied": collection.unapplied}
+    if args.json:
+        print(json.dumps(out))
+    else:
+        states = ", ".join(f"{n}: {s}" for n, s in out["indexes"].items()) or "no indexes"
+        print(f"{args.collection}: seq {seq:,}; {states} ({out['seconds']:.1f}s)")
+        for name, error in out["errors"].items():
+            print(f"genseek: error: index {name!r}: {error}", file=sys.stderr)
+    return 1 if collection.unapplied or any(
+        s == "failed" for s in out["indexes"].values()) else 0
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
@@ -454,6 +521,9 @@ def _run_program(module: str, argv: list[str]) -> int:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
+    if args.recipe is None:
+        args.train_parser.print_help()
+        return 0
     module, _ = TRAIN_RECIPES[args.recipe]
     argv = list(args.args)
     if module.endswith("generative_train"):
@@ -466,110 +536,164 @@ def cmd_es(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from genseek import __version__
+    from genseek.cliutil import HelpFormatter, positive, weights
+
     parser = argparse.ArgumentParser(
-        prog="genseek", description="Index corpora into Lucene BM25 and faiss dense indexes, "
-        "search them alone or fused, and evaluate on BEIR datasets.",
-        epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
+        prog="genseek", description="Index corpora into BM25, learned-sparse, dense, "
+        "multi-vector and generative indexes at once, keep them current as documents change, "
+        "search them alone or fused, evaluate on BEIR datasets, and serve them over HTTP.",
+        epilog=EXAMPLES, formatter_class=HelpFormatter)
+    parser.add_argument("--version", action="version", version=f"genseek {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def command(name: str, about: str, description: str) -> argparse.ArgumentParser:
+        return sub.add_parser(name, help=about, description=description,
+                              formatter_class=HelpFormatter)
+
+    def collection_arg(p: argparse.ArgumentParser) -> None:
+        p.add_argument("collection", metavar="COLLECTION", help="the collection folder")
+
+    def json_flag(p: argparse.ArgumentParser, what: str = "print JSON instead of a table") -> None:
+        p.add_argument("--json", action="store_true", help=what)
+
+    def progress_flag(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--no-progress", action="store_true",
+                       help="no progress bars or progress lines on stderr")
 
     def ingest_options(p: argparse.ArgumentParser) -> None:
         p.add_argument("--from", dest="source", required=True, metavar="PATH",
                        help="a BEIR folder (corpus.jsonl), a .jsonl or a .tsv corpus")
-        p.add_argument("--batch-size", type=_positive, default=1000,
-                       help="documents per committed batch (default 1000)")
-        p.add_argument("--max-doc-bytes", type=_positive, default=16 * 1024 * 1024,
-                       help="reject a document larger than this (default 16 MiB)")
-        p.add_argument("--no-progress", action="store_true", help="no progress bar")
-        p.add_argument("--json", action="store_true", help="print a JSON summary")
+        p.add_argument("--batch-size", type=positive, default=1000, metavar="N",
+                       help="documents per committed batch (an interrupted run resumes after "
+                       "the last one)")
+        p.add_argument("--max-doc-bytes", type=positive, default=16 * 1024 * 1024,
+                       metavar="BYTES", help="refuse a document larger than this")
+        progress_flag(p)
+        json_flag(p, "print a JSON summary instead of a sentence")
 
-    p = sub.add_parser("index", help="create a collection if needed and index a corpus",
-                       description="Create COLLECTION (with --index specs, default bm25 and "
-                       "dense) if it does not exist, add any new --index, and index the corpus. "
-                       "Rerunning an interrupted command resumes after the last committed batch.")
-    p.add_argument("collection", help="collection folder")
+    p = command("index", "create a collection if needed and index a corpus",
+                "Create COLLECTION (with the --index specs; bm25 and dense when none is given) "
+                "if it does not exist, add any new --index to an existing one, and index the "
+                "corpus. Rerunning an interrupted command resumes after the last committed "
+                "batch; unchanged documents are not written again.")
+    collection_arg(p)
     p.add_argument("--index", action="append", metavar="[NAME=]SPEC",
                    help="an index spec, e.g. bm25, 'bm25(k1=1.2,b=0.75)', "
-                   "'hnsw=dense(factory=HNSW32)'; repeatable")
+                   "'hnsw=dense(factory=HNSW32)'; repeatable (default for a new collection: "
+                   "bm25 and dense)")
     ingest_options(p)
     p.set_defaults(func=cmd_index)
 
-    p = sub.add_parser("add", help="add or update documents in an existing collection",
-                       description="Upsert the documents of a corpus: new ids are added, "
-                       "existing ids replaced, identical documents skipped.")
-    p.add_argument("collection")
+    p = command("add", "add or update documents in an existing collection",
+                "Upsert the documents of a corpus into every index: new ids are added, "
+                "existing ids replaced, identical documents skipped.")
+    collection_arg(p)
     ingest_options(p)
     p.set_defaults(func=cmd_add)
 
-    p = sub.add_parser("delete", help="delete documents by id",
-                       description="Delete documents from the store and every index.")
-    p.add_argument("collection")
-    p.add_argument("ids", nargs="*", metavar="ID")
-    p.add_argument("--ids-file", help="a file with one id per line")
-    p.add_argument("--json", action="store_true")
+    p = command("delete", "delete documents by id",
+                "Delete documents from the store and every index.")
+    collection_arg(p)
+    p.add_argument("ids", nargs="*", metavar="ID", help="document ids")
+    p.add_argument("--ids-file", metavar="F", help="a file with one document id per line")
+    json_flag(p, "print a JSON summary")
     p.set_defaults(func=cmd_delete)
 
-    p = sub.add_parser("search", help="search a collection",
-                       description="Search one index, or fuse several (all by default).")
-    p.add_argument("collection")
-    p.add_argument("query")
-    p.add_argument("-k", type=int, default=10, help="results to return (default 10)")
+    p = command("search", "search a collection",
+                "Search one index, or fuse several (every index by default). Only the "
+                "indexes searched are opened: a bm25 search starts Java and loads no model. "
+                "Generative indexes (genre, seal, dsi) decode with a language model: on a "
+                "2-core CPU a query costs seconds (benchmarks/RESULTS.md), and the first "
+                "query of a model also converts it once into genseek's cache.")
+    collection_arg(p)
+    p.add_argument("query", help="the query text")
+    p.add_argument("-k", type=int, default=10, help="results to return (1-10000)")
     p.add_argument("--index", action="append", metavar="NAME",
-                   help="search only this index; repeat to fuse several (default: all)")
-    p.add_argument("--fusion", choices=("rrf", "linear"), default="rrf")
-    p.add_argument("--json", action="store_true")
+                   help="search only this index; repeat to fuse several (default: every "
+                   "index)")
+    p.add_argument("--fusion", choices=("rrf", "linear"), default="rrf",
+                   help="how several indexes are fused: reciprocal rank fusion, or a weighted "
+                   "sum of min-max normalised scores")
+    p.add_argument("--weights", type=weights, metavar="W1,W2,...",
+                   help="--fusion linear: one weight per fused index, in --index order (or "
+                   "the collection's order; default: equal weights)")
+    p.add_argument("--rrf-k", type=float, default=60.0, help="RRF constant")
+    json_flag(p)
     p.set_defaults(func=cmd_search)
 
-    p = sub.add_parser("eval", help="evaluate every index and their RRF fusion",
-                       description="nDCG@10, R@100 and RR@10 (ir-measures) for each index and "
-                       "for the RRF fusion of all of them (named rrf); writes TREC run files.")
-    p.add_argument("collection")
-    p.add_argument("--dataset", required=True, help="BEIR folder with queries.jsonl and qrels/")
-    p.add_argument("--split", default="test")
-    p.add_argument("-k", type=int, default=100, help="depth of each run (default 100)")
-    p.add_argument("--rrf-k", type=float, default=60.0, help="RRF constant (default 60)")
-    p.add_argument("--runs", help="folder for the run files (default COLLECTION/runs/DATASET-SPLIT)")
-    p.add_argument("--no-progress", action="store_true")
-    p.add_argument("--json", action="store_true",
-                   help='print {"name": {"nDCG@10": ..., "R@100": ..., "RR@10": ...}, ...}')
+    p = command("eval", "evaluate indexes and their RRF fusion on a BEIR dataset",
+                "nDCG@10, R@100 and RR@10 (ir-measures) for each index and for the RRF fusion "
+                "of all of them (named rrf); writes one TREC run file per system.")
+    collection_arg(p)
+    p.add_argument("--dataset", required=True, metavar="DIR",
+                   help="BEIR folder with queries.jsonl and qrels/SPLIT.tsv")
+    p.add_argument("--split", default="test", help="the qrels split to evaluate")
+    p.add_argument("--index", action="append", metavar="NAME",
+                   help="evaluate only this index; repeatable (default: every index)")
+    p.add_argument("-k", type=int, default=100, help="depth of each run")
+    p.add_argument("--rrf-k", type=float, default=60.0, help="RRF constant")
+    p.add_argument("--runs", metavar="DIR",
+                   help="folder for the run files (default: COLLECTION/runs/DATASET-SPLIT)")
+    progress_flag(p)
+    json_flag(p, 'print {"system": {"nDCG@10": ..., "R@100": ..., "RR@10": ...}, ...}')
     p.set_defaults(func=cmd_eval)
 
-    p = sub.add_parser("stats", help="documents, sizes and memory of a collection",
-                       description="Documents, sequence numbers, disk and memory per index.")
-    p.add_argument("collection")
-    p.add_argument("--json", action="store_true")
+    p = command("stats", "documents, sequence numbers and sizes of a collection",
+                "Documents, sequence numbers, state and disk size per index, read from what "
+                "the collection has committed: no index is opened (no Java, no model), and it "
+                "works while a server has the collection open. --open opens every index "
+                "(catching it up) and also reports memory.")
+    collection_arg(p)
+    p.add_argument("--open", action="store_true",
+                   help="open every index, catch it up, and report its memory too")
+    progress_flag(p)
+    json_flag(p)
     p.set_defaults(func=cmd_stats)
 
-    p = sub.add_parser("serve", help="serve a folder of collections over HTTP",
-                       description="Serve every collection under --root over HTTP (routes and "
-                       "docs at /docs). API keys come from GENSEEK_API_KEYS ('key1:read,"
-                       "key2:write') and/or --api-keys-file; without any, the server only "
-                       "binds to loopback. SIGTERM or Ctrl-C shuts it down gracefully.")
+    p = command("sync", "bring every index of a collection up to date",
+                "Open every index and apply the store operations it has not applied (an "
+                "index catches up by itself when it is next used; this does all of them now, "
+                "and records their state for 'genseek stats').")
+    collection_arg(p)
+    progress_flag(p)
+    json_flag(p)
+    p.set_defaults(func=cmd_sync)
+
+    p = command("serve", "serve a folder of collections over HTTP",
+                "Serve every collection under --root over HTTP (routes and docs at /docs). "
+                "API keys come from GENSEEK_API_KEYS ('key1:read,key2:write') and/or "
+                "--api-keys-file; without any, the server only binds to loopback. At start it "
+                "opens the collections and loads the models they need in the background (/ready "
+                "says which are loaded); a request's time limit (GENSEEK_REQUEST_TIMEOUT_S, "
+                "default 30 s) never counts a model load. SIGTERM or Ctrl-C shuts it down "
+                "gracefully.")
     p.add_argument("--root", required=True, metavar="DIR",
                    help="the folder holding the collections (created if missing)")
-    p.add_argument("--host", help="address to bind (default 127.0.0.1)")
-    p.add_argument("--port", type=int, help="port (default 8080)")
+    p.add_argument("--host", help="address to bind (default: 127.0.0.1, or GENSEEK_HOST)")
+    p.add_argument("--port", type=int, help="port (default: 8080, or GENSEEK_PORT)")
     p.add_argument("--api-keys-file", metavar="F",
                    help='JSON {"keys": [{"key": "...", "scopes": ["read"|"write"]}]}')
     p.add_argument("--cors-origin", action="append", metavar="O",
                    help="allow browser requests from this origin; repeatable (default: none)")
     p.set_defaults(func=cmd_serve)
 
-    p = sub.add_parser("train", help="train a model with one of the recipes",
-                       description="Run a training recipe; each writes a model folder that an "
-                       "index or reranker spec can name. Recipes: " + "; ".join(
-                           f"{name}: {about}" for name, (_, about) in TRAIN_RECIPES.items())
-                       + ". 'genseek train RECIPE --help' lists a recipe's options.")
-    p.add_argument("recipe", choices=sorted(TRAIN_RECIPES), metavar="RECIPE",
+    recipes = "\n".join(f"  {name:<8} {about}" for name, (_, about) in TRAIN_RECIPES.items())
+    p = command("train", "train a model with one of the recipes",
+                "Run a training recipe; each writes a model folder that an index or reranker "
+                "spec can name.")
+    p.epilog = f"recipes:\n{recipes}\n\n'genseek train RECIPE --help' lists a recipe's options."
+    p.add_argument("recipe", nargs="?", choices=sorted(TRAIN_RECIPES), metavar="RECIPE",
                    help="one of: " + ", ".join(sorted(TRAIN_RECIPES)))
     p.add_argument("args", nargs=argparse.REMAINDER, help="the recipe's own options")
-    p.set_defaults(func=cmd_train)
+    p.set_defaults(func=cmd_train, train_parser=p)
 
-    p = sub.add_parser("es", help="Elasticsearch: register inference endpoints, sync an index",
-                       description="'genseek es register ...' creates Elasticsearch inference "
-                       "endpoints backed by a genseek server; 'genseek es sync ...' mirrors an "
-                       "Elasticsearch index into a collection. 'genseek es ACTION --help' for "
-                       "options.")
-    p.add_argument("args", nargs=argparse.REMAINDER, metavar="ACTION ...")
+    p = command("es", "Elasticsearch: register inference endpoints, sync an index",
+                "'genseek es register ...' creates Elasticsearch inference endpoints backed by "
+                "a genseek server; 'genseek es sync ...' mirrors an Elasticsearch index into a "
+                "collection. 'genseek es ACTION --help' lists an action's options.")
+    p.add_argument("args", nargs=argparse.REMAINDER, metavar="ACTION ...",
+                   help="register or sync, and its options")
     p.set_defaults(func=cmd_es)
     return parser
 
@@ -577,6 +701,18 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     _quiet_libraries()
+    from genseek.progress import STAGE_LOGGER, stage_lines
+
+    handler = stage_lines(not getattr(args, "no_progress", False) and args.command != "serve")
+    try:
+        return _run(args)
+    finally:
+        if handler is not None:
+            handler.close()
+            logging.getLogger(STAGE_LOGGER).removeHandler(handler)
+
+
+def _run(args: argparse.Namespace) -> int:
     try:
         return int(args.func(args) or 0)
     except GenseekError as exc:

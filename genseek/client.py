@@ -29,6 +29,7 @@ import httpx
 
 from genseek.errors import GenseekError
 from genseek.pipeline import Pipeline, Result
+from genseek.registry import check_spec
 from genseek.types import Document
 
 DocumentLike = Document | Mapping[str, Any]
@@ -155,13 +156,28 @@ class GenseekClient:
 
     # -- collections ----------------------------------------------------------------------
 
-    def create_collection(self, name: str,
-                          indexes: Mapping[str, str] | None = None) -> dict[str, Any]:
-        """Create ``name`` with ``{index name: spec}`` (server default: bm25 and dense)."""
+    def create_collection(self, name: str, indexes: Mapping[str, str] | None = None,
+                          exist_ok: bool = False) -> dict[str, Any]:
+        """Create ``name`` with ``{index name: spec}`` (server default: bm25 and dense).
+
+        With ``exist_ok``, an existing collection with the same indexes is no error (its
+        stats are returned), so a script can be run twice; different indexes still are (409).
+        """
         body: dict[str, Any] = {"name": name}
         if indexes is not None:
             body["indexes"] = dict(indexes)
-        return self.request("POST", "/collections", body, expect=(201,))
+        try:
+            return self.request("POST", "/collections", body, expect=(201,))
+        except GenseekClientError as exc:
+            if not exist_ok or exc.status != 409:
+                raise
+            stats = self.collection_stats(name)
+            have = {n: s["spec"] for n, s in stats["indexes"].items()}
+            want = None if indexes is None else {n: str(check_spec(s)) for n, s in indexes.items()}
+            if want is not None and have != want:
+                raise GenseekClientError(409, f"collection {name!r} exists with indexes "
+                                         f"{have}, not {want}", "conflict") from None
+            return stats
 
     def list_collections(self) -> list[str]:
         return list(self.request("GET", "/collections")["collections"])

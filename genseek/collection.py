@@ -6,16 +6,22 @@ Layout::
       collection.json      manifest: format version and the index specs by name
       docs.sqlite          document store + operation log (genseek.store)
       indexes/NAME/        one folder per index, owned by its index type
+      index-state.json     what each index last committed (sequence number, documents), so
+                           :meth:`Collection.describe` reports without opening any index
       collection.lock      held (flock) by the one process that has it open
 
 Write path: :meth:`Collection.write` commits a batch to the store (the
 acknowledgement point), then brings every index up to the store's sequence
 number. Opening a collection does the same catch-up, so a crash between the
-store's commit and an index's commit loses nothing.
+store's commit and an index's commit loses nothing. ``Collection.open(path, lazy=True)``
+opens no index until it is used: each one is opened and caught up on its first use, so a
+command pays only for the indexes it touches (a bm25 search starts the JVM and loads no
+model).
 """
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import json
 import logging
@@ -45,6 +51,7 @@ from genseek.types import Document, Hit
 log = logging.getLogger("genseek.collection")
 
 MANIFEST = "collection.json"
+STATE = "index-state.json"
 CREATING = "creating"
 """The manifest's ``state`` while :meth:`Collection.create` has not finished."""
 FORMAT = "genseek-collection"
@@ -69,7 +76,8 @@ class IngestReport:
 class Collection:
     """Open with :meth:`open` or :meth:`create`; use as a context manager."""
 
-    def __init__(self, path: Path, manifest: dict[str, Any], lock_fd: int, strict: bool = True):
+    def __init__(self, path: Path, manifest: dict[str, Any], lock_fd: int, strict: bool = True,
+                 lazy: bool = False, progress: Progress | None = None):
         self.path = path
         self.manifest = manifest
         self._lock_fd: int | None = lock_fd
@@ -86,9 +94,17 @@ class Collection:
         self.sync_errors: dict[str, str] = {}  # index name -> its applier's last failure
         self.unapplied: dict[str, int] = {}  # after close: index -> operations not applied
         self.failed: dict[str, str] = {}  # index name -> why it could not open
+        # lazy: indexes of the manifest not opened yet (opened on first use, see index())
+        self._unopened: set[str] = set(manifest["indexes"]) if lazy else set()
+        self._open_lock = threading.Lock()
+        self._progress = progress
+        self._state_lock = threading.Lock()
+        self._state: dict[str, dict[str, Any]] = _read_state(path)
         try:
             self.store = DocStore(path / "docs.sqlite")
             for name, spec in manifest["indexes"].items():
+                if lazy:
+                    break
                 try:
                     self.indexes[name] = self._open_index(name, IndexSpec.parse(spec))
                 except Exception as exc:
@@ -161,12 +177,18 @@ class Collection:
         return manifest
 
     @classmethod
-    def open(cls, path: Path, progress: Progress | None = None) -> Collection:
+    def open(cls, path: Path, progress: Progress | None = None, *,
+             lazy: bool = False) -> Collection:
         """Open an existing collection and bring every index up to date.
 
         An index that cannot open, or cannot apply the stored writes, does not stop the others:
         it is reported by :meth:`health` and answers with
         :class:`~genseek.errors.IndexUnavailable` until the collection is opened again.
+
+        With ``lazy``, no index is opened now: each one is opened, and caught up with the
+        store, when it is first used (:meth:`index`, a search); :meth:`stats` reports the others from
+        what they last committed. Writes apply to the indexes that are open; the others catch
+        up when they open.
         """
         path = cls._check_dir(path)
         manifest = cls._read_manifest(path)
@@ -175,7 +197,8 @@ class Collection:
         if manifest.get("state") == CREATING:
             raise NotFoundError(f"{path}: its creation was interrupted; run the same create "
                                 "command again (same indexes) to finish it")
-        collection = cls(path, manifest, cls._lock(path), strict=False)
+        collection = cls(path, manifest, cls._lock(path), strict=False, lazy=lazy,
+                         progress=progress)
         try:
             collection.sync(progress, raise_errors=False)
         except BaseException:
@@ -185,8 +208,12 @@ class Collection:
 
     @classmethod
     def create(cls, path: Path, indexes: dict[str, str | IndexSpec] | None = None,
-               progress: Progress | None = None) -> Collection:
+               progress: Progress | None = None, *, exist_ok: bool = False) -> Collection:
         """Create a collection (the folder may exist but must be empty) with ``indexes``.
+
+        With ``exist_ok``, a collection that already exists with the same indexes is opened
+        instead (a script can run twice); one with other indexes is a
+        :class:`~genseek.errors.ConflictError`.
 
         Creation is recognisably incomplete until it has finished: the manifest is written
         first, marked ``creating``, and the mark is dropped once every index has opened. A
@@ -199,7 +226,12 @@ class Collection:
         existing = cls._read_manifest(path)
         resuming = existing is not None and existing.get("state") == CREATING
         if existing is not None and not resuming:
-            raise ConflictError(f"{path} is already a collection")
+            if not exist_ok:
+                raise ConflictError(f"{path} is already a collection")
+            if existing["indexes"] != specs:
+                have = ", ".join(f"{n}={s}" for n, s in existing["indexes"].items()) or "none"
+                raise ConflictError(f"{path} is already a collection with indexes {have}")
+            return cls.open(path, progress)
         if resuming and existing["indexes"] != specs:
             have = ", ".join(f"{n}={s}" for n, s in existing["indexes"].items()) or "none"
             raise ConflictError(f"{path}: an interrupted creation with indexes {have}; run it "
@@ -274,8 +306,9 @@ class Collection:
         """Remove an index from the manifest and delete its folder."""
         import shutil
 
-        if name in self.failed:  # it never opened: nothing to close
+        if name in self.failed or name in self._unopened:  # never opened: nothing to close
             self.failed = {n: e for n, e in self.failed.items() if n != name}
+            self._unopened.discard(name)
         else:
             index = self.index(name)
             self._stop_worker(name)
@@ -286,6 +319,7 @@ class Collection:
         self.manifest = {**self.manifest, "indexes": {
             n: s for n, s in self.manifest["indexes"].items() if n != name}}
         atomic_write_json(self.path / MANIFEST, self.manifest)
+        self._record(name, None)
         shutil.rmtree(self.path / "indexes" / name, ignore_errors=True)
 
     # -- keeping indexes current ------------------------------------------------------------
@@ -326,6 +360,8 @@ class Collection:
             if seq > target:
                 raise ServerError(f"index {name!r} is ahead of the document store "
                                    f"({seq} > {target}): the collection folder was mixed up")
+            if progress and seq < target:
+                progress(name, seq, target)  # at once: the bar exists before the first batch
             while seq < target:
                 changes = self.store.changes(seq, batch_ops)
                 index.apply(changes)
@@ -333,6 +369,8 @@ class Collection:
                 seq = changes.upto_seq
                 if progress:
                     progress(name, seq, target)
+            if self._state.get(name, {}).get("applied_seq") != seq:
+                self._record(name, {"applied_seq": seq})
         with self._synced:
             self._synced.notify_all()
 
@@ -358,17 +396,19 @@ class Collection:
         return min(seqs) if seqs else self.store.seq
 
     def write(self, upserts: Sequence[Document] = (), deletes: Iterable[str] = (),
-              meta: dict[str, str] | None = None, *, sync: bool = True) -> WriteResult:
+              meta: dict[str, str] | None = None, *, sync: bool = True,
+              progress: Progress | None = None, batch_ops: int = 1000) -> WriteResult:
         """Commit a batch to the store, then apply it to every index.
 
         The batch is acknowledged (durable) once the store has committed it; if the
         process dies before the indexes have applied it, the next open replays it.
         With ``sync=False`` the indexes are left to the background applier (see
-        :meth:`start_background_sync`); :meth:`wait_for` waits for them.
+        :meth:`start_background_sync`); :meth:`wait_for` waits for them. ``progress`` and
+        ``batch_ops`` are :meth:`sync`'s.
         """
         result = self.store.write(upserts, deletes, meta)
         if sync:
-            self.sync()
+            self.sync(progress, batch_ops)
         else:
             for wake in list(self._wakes.values()):
                 wake.set()
@@ -449,11 +489,13 @@ class Collection:
 
     def ingest(self, records: Iterator[tuple[int, Document]], source_key: str | None = None,
                batch_size: int = 1000, on_batch: Callable[[int], None] | None = None,
-               skip_lines: int = 0) -> IngestReport:
+               skip_lines: int = 0, on_apply: Progress | None = None) -> IngestReport:
         """Write ``(line_number, Document)`` records in batches.
 
         With ``source_key``, each batch also records the last line it committed under
         that key, so an interrupted import resumes there (see :meth:`resume_point`).
+        ``on_batch(n)`` follows each committed batch; ``on_apply`` is the indexes' progress
+        within a batch (they apply it in steps of at most 250 operations, so it moves).
         """
         read = upserted = unchanged = 0
         empty: list[str] = []
@@ -464,7 +506,8 @@ class Collection:
         def flush() -> None:
             nonlocal upserted, unchanged, seq
             meta = {source_key: json.dumps({"line": last_line})} if source_key else None
-            result = self.write(upserts=batch, meta=meta)
+            result = self.write(upserts=batch, meta=meta, progress=on_apply,
+                                batch_ops=250 if on_apply else 1000)
             upserted += result.upserted
             unchanged += result.unchanged
             seq = result.seq
@@ -497,6 +540,8 @@ class Collection:
         try:
             return self.indexes[name]
         except KeyError:
+            if name in self._unopened:
+                return self._open_lazily(name)
             if name in self.failed:
                 raise IndexUnavailable(f"index {name!r} of collection {self.path.name!r} is "
                                        f"unavailable: it could not open ({self.failed[name]})",
@@ -504,6 +549,34 @@ class Collection:
             known = ", ".join(self.manifest["indexes"]) or "none"
             raise NotFoundError(f"no index named {name!r} in {self.path} (indexes: {known})") \
                 from None
+
+    @property
+    def names(self) -> list[str]:
+        """Every index of the manifest (open or not yet opened), in manifest order."""
+        return list(self.manifest["indexes"])
+
+    def _open_lazily(self, name: str) -> Index:
+        """Open a not-yet-opened index of a lazy collection, catch it up, and serve it."""
+        with self._open_lock:
+            if name in self.indexes:
+                return self.indexes[name]
+            if name not in self._unopened:  # it failed meanwhile, or was dropped
+                return self.index(name)
+            try:
+                index = self._open_index(name, IndexSpec.parse(self.manifest["indexes"][name]))
+            except Exception as exc:
+                self.failed[name] = _describe(exc)
+                self._unopened.discard(name)
+                log.error("collection %s: index %s cannot open: %s", self.path, name,
+                          self.failed[name])
+                return self.index(name)  # IndexUnavailable naming the reason
+            self._sync_recorded(name, index, self._progress)
+            opened = {**self.indexes, name: index}  # kept in manifest order (linear weights)
+            self.indexes = {n: opened[n] for n in self.manifest["indexes"] if n in opened}
+            self._unopened.discard(name)
+            if self._background is not None:
+                self._start_worker(name)
+            return index
 
     def serving(self, name: str) -> Index:
         """The index ``name`` for a search: :meth:`index`, and :class:`IndexUnavailable` while
@@ -522,8 +595,12 @@ class Collection:
     def default_indexes(self) -> list[str]:
         """The indexes a search that names none uses: every one that is serving. Raises
         :class:`IndexUnavailable` when indexes exist but none is serving."""
+        for name in [n for n in self.manifest["indexes"] if n in self._unopened]:
+            # a default search uses them all: open them now
+            with contextlib.suppress(IndexUnavailable):
+                self.index(name)
         broken = self.unavailable()
-        names = [n for n in self.indexes if n not in broken]
+        names = [n for n in self.manifest["indexes"] if n in self.indexes and n not in broken]
         if not names and broken:
             raise IndexUnavailable(f"no index of collection {self.path.name!r} is serving "
                                    f"(failing: {', '.join(sorted(broken))})")
@@ -531,13 +608,17 @@ class Collection:
 
     def health(self) -> dict[str, dict[str, Any]]:
         """Per index: ``state`` (``ready``: current; ``catching_up``: behind the store;
-        ``failed``: it could not open, or applying writes fails), ``lag`` (operations behind,
-        None if it never opened) and ``error``."""
+        ``failed``: it could not open, or applying writes fails; ``not_open``: a lazy
+        collection has not opened it yet), ``lag`` (operations behind, None if it is not open)
+        and ``error``."""
         seq = self.store.seq if self.store is not None else 0
         out: dict[str, dict[str, Any]] = {}
         for name in self.manifest["indexes"]:
             if name in self.failed:
                 out[name] = {"state": "failed", "lag": None, "error": self.failed[name]}
+                continue
+            if name in self._unopened:
+                out[name] = {"state": "not_open", "lag": None, "error": None}
                 continue
             index = self.indexes.get(name)
             if index is None:  # being added or dropped right now
@@ -580,6 +661,11 @@ class Collection:
         if fusion == "rrf":
             return RRFusion(stages, **fusion_params)
         if fusion == "linear":
+            weights = fusion_params.get("weights")
+            if weights is not None and len(weights) != len(stages):
+                raise InvalidParameter(f"linear fusion of {len(stages)} indexes "
+                                       f"({', '.join(chosen)}) needs {len(stages)} weights, "
+                                       f"not {len(weights)}")
             return LinearFusion(stages, **fusion_params)
         raise GenseekError(f"unknown fusion {fusion!r}: use rrf or linear")
 
@@ -621,20 +707,77 @@ class Collection:
         """Each index's stats with its health (``state``, ``lag``, ``error``); an index that
         failed, or whose stats fail, still has an entry."""
         health = self.health()
+        seq = self.store.seq
         out: dict[str, dict[str, Any]] = {}
         for name, spec in self.manifest["indexes"].items():
             entry: dict[str, Any] = {"spec": spec}
             index = self.indexes.get(name)
+            if index is None and name in self._unopened:
+                entry.update(_recorded_stats(self.path, name, self._state.get(name), seq))
             if index is not None:
                 try:
                     entry.update(index.stats())
                 except Exception as exc:  # noqa: BLE001 - report it, keep the others
                     entry["stats_error"] = _describe(exc)
                     entry.setdefault("applied_seq", index.applied_seq)
-            if name in health:
+            if name in health and name not in self._unopened:
                 entry.update(health[name])
             out[name] = entry
         return out
+
+    # -- what each index committed, readable without opening it -------------------------------
+
+    def _record(self, name: str, entry: dict[str, Any] | None, replace: bool = False) -> None:
+        """Update index ``name``'s entry of ``index-state.json`` (None removes it)."""
+        with self._state_lock:
+            state = dict(self._state)
+            if entry is None:
+                state.pop(name, None)
+            else:
+                state[name] = entry if replace else {**state.get(name, {}), **entry}
+            self._state = state
+            _write_state(self.path, state)
+
+    def _record_stats(self) -> None:
+        """Record every open index's counts (what :meth:`describe` reports for it)."""
+        for name, index in list(self.indexes.items()):
+            try:
+                stats = index.stats()
+            except Exception:  # noqa: BLE001 - only a report; the index reports it when open
+                continue
+            entry = {k: v for k, v in stats.items() if k in _RECORDED and v is not None}
+            entry["applied_seq"] = index.applied_seq
+            entry["counted_at_seq"] = index.applied_seq
+            self._record(name, entry, replace=True)
+
+    @classmethod
+    def describe(cls, path: Path) -> dict[str, Any]:
+        """:meth:`stats` of a collection without opening it: the store's counts and what each
+        index last recorded (its sequence number, and its counts as of the last close). Takes
+        no lock, starts no JVM and loads no model, so it works while another process (a
+        server) has the collection open. Memory is reported only by :meth:`stats` of an open
+        collection."""
+        from genseek.protocols import dir_bytes, file_bytes
+
+        path = cls._check_dir(path)
+        manifest = cls._read_manifest(path)
+        if manifest is None:
+            raise NotFoundError(f"{path} is not a genseek collection (no {MANIFEST})")
+        if manifest.get("state") == CREATING:
+            raise NotFoundError(f"{path}: its creation was interrupted; run the same create "
+                                "command again (same indexes) to finish it")
+        seq, documents = DocStore.peek(path / "docs.sqlite")
+        state = _read_state(path)
+        return {
+            "path": str(path),
+            "documents": documents,
+            "seq": seq,
+            "disk_bytes": dir_bytes(path),
+            "store_bytes": file_bytes(path.glob("docs.sqlite*")),
+            "process_rss_bytes": None,
+            "indexes": {name: {"spec": spec, **_recorded_stats(path, name, state.get(name), seq)}
+                        for name, spec in manifest["indexes"].items()},
+        }
 
     # -- closing ----------------------------------------------------------------------------
 
@@ -651,6 +794,7 @@ class Collection:
                     self.sync(raise_errors=False)
                 self.unapplied = {name: h["lag"] for name, h in self.health().items()
                                   if h["lag"]}
+                self._record_stats()
             except Exception as exc:  # noqa: BLE001 - still close everything
                 errors.append(exc)
         for index in self.indexes.values():
@@ -672,6 +816,54 @@ class Collection:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+_RECORDED = ("type", "documents", "max_doc", "vectors", "dim", "terms")
+"""Fields of an index's ``stats()`` that ``index-state.json`` keeps."""
+
+
+def _read_state(path: Path) -> dict[str, dict[str, Any]]:
+    """``index-state.json`` of a collection folder; {} when it is missing or unreadable (it
+    is a report, never the source of truth: each index commits its own sequence number)."""
+    try:
+        state = json.loads((path / STATE).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+    if not isinstance(state, dict):
+        return {}
+    return {str(k): v for k, v in state.items() if isinstance(v, dict)}
+
+
+def _write_state(path: Path, state: dict[str, dict[str, Any]]) -> None:
+    """Replace ``index-state.json`` atomically. Not fsynced: the file is a report written
+    after every catch-up, and a crash can only leave it behind what the indexes committed
+    (their own commits carry the truth)."""
+    tmp = path / f".{STATE}.{os.getpid()}.{threading.get_ident()}.tmp"
+    try:
+        tmp.write_text(json.dumps(state, sort_keys=True), encoding="utf-8")
+        os.replace(tmp, path / STATE)
+    except OSError as exc:
+        tmp.unlink(missing_ok=True)
+        log.warning("collection %s: cannot record index state: %s", path, exc)
+
+
+def _recorded_stats(path: Path, name: str, entry: dict[str, Any] | None,
+                    seq: int) -> dict[str, Any]:
+    """The stats of a closed index from its recorded state: ``state`` is ``ready`` or
+    ``catching_up`` by its recorded sequence number (``unknown`` if none was recorded)."""
+    from genseek.protocols import dir_bytes
+
+    folder = path / "indexes" / name
+    out: dict[str, Any] = {"disk_bytes": dir_bytes(folder) if folder.is_dir() else None,
+                           "memory_bytes": None, "open": False}
+    if not entry or not isinstance(entry.get("applied_seq"), int):
+        return {**out, "applied_seq": None, "state": "unknown", "lag": None,
+                "error": "nothing recorded yet: 'genseek sync' opens it and records it"}
+    applied = entry["applied_seq"]
+    out.update({k: v for k, v in entry.items() if k in _RECORDED or k == "counted_at_seq"})
+    lag = max(0, seq - applied)
+    return {**out, "applied_seq": applied, "state": "catching_up" if lag else "ready",
+            "lag": lag, "error": None}
 
 
 def _describe(exc: BaseException) -> str:

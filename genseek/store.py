@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from genseek.errors import InputError
+from genseek.errors import GenseekError, InputError
 from genseek.types import ChangeSet, Document, text_problem
 
 SCHEMA_VERSION = 1
@@ -217,6 +217,28 @@ class DocStore:
         return WriteResult(seq, upserted, unchanged, deleted, missing)
 
     # -- reads ------------------------------------------------------------------------
+
+    @staticmethod
+    def peek(path: Path) -> tuple[int, int]:
+        """``(seq, documents)`` of a store, read without opening it for writing (no schema
+        set-up, no lock beyond SQLite's own): what ``genseek stats`` reports while another
+        process may be writing."""
+        uri = Path(path).resolve().as_uri() + "?mode=ro"
+        try:
+            db = sqlite3.connect(uri, uri=True)
+        except sqlite3.Error as exc:
+            raise GenseekError(f"{path}: cannot read the document store: {exc}") from None
+        try:
+            db.execute("PRAGMA busy_timeout=30000")
+            db.execute("BEGIN DEFERRED")
+            seq = DocStore._last_seq(db)
+            documents = db.execute("SELECT COUNT(*) FROM docs").fetchone()[0]
+            db.execute("COMMIT")
+        except sqlite3.Error as exc:
+            raise GenseekError(f"{path}: cannot read the document store: {exc}") from None
+        finally:
+            db.close()
+        return int(seq), int(documents)
 
     @staticmethod
     def _last_seq(db: sqlite3.Connection) -> int:

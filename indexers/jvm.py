@@ -40,6 +40,7 @@ methods and fields need no care (they have no receiver).
 
 from __future__ import annotations
 
+import logging
 import os
 import shlex
 import threading
@@ -85,6 +86,8 @@ def _start() -> Any:
         import jnius_config
 
         if not jnius_config.vm_running:
+            logging.getLogger("genseek.progress").info("starting Java (Lucene, for bm25 and "
+                                                       "impact indexes)")
             jnius_config.set_classpath(str(anserini_jar()))
             opts = shlex.split(os.environ.get("GENSEEK_JVM_OPTS", "-Xms256m -Xmx4g"))
             jnius_config.add_options(*opts)
