@@ -16,15 +16,35 @@ encode fails with ``NotImplementedError: Cannot copy out of meta tensor``. So:
   training).
 
 :meth:`ModelCache.status` says which models are loaded and which are loading (for readiness).
+
+Also here, so that both LLM users (:mod:`genseek.rerankers._llm`, :mod:`genseek.retrievers._lm`)
+share one copy:
+
+- :func:`quiet_third_party`: third-party progress bars and warnings the user cannot act on
+  are off (every loader calls it through :func:`cached_model`); genseek's own are untouched;
+- :func:`cache_kwarg` / :func:`output_cache`: how a model takes and returns its KV cache
+  (``cache`` from transformers 5.24 on, ``past_key_values`` before; always a ``Cache``
+  object, never legacy tuples);
+- :func:`gguf_source`: a ``.gguf`` checkpoint's de-quantised weights, saved once as a
+  safetensors model folder in genseek's cache and loaded from there afterwards.
 """
 
 from __future__ import annotations
 
 import functools
+import hashlib
+import inspect
+import json
+import logging
+import os
+import shutil
+import tempfile
 import threading
 import time
+import warnings
 from collections.abc import Callable, Hashable, Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
+from pathlib import Path
 from typing import Any, ParamSpec, TypeVar
 
 P = ParamSpec("P")
@@ -102,14 +122,312 @@ def cached_model(kind: str) -> Callable[[Callable[P, T]], Callable[P, T]]:
         @functools.wraps(fn)
         def uncached(*args: P.args, **kwargs: P.kwargs) -> T:
             with _LOAD_LOCK:
+                quiet_third_party()
                 return fn(*args, **kwargs)
 
         @functools.wraps(fn)
         def cached(*args: P.args, **kwargs: P.kwargs) -> T:
             key = (kind, *args, *sorted(kwargs.items()))
-            return MODELS.get(key, lambda: fn(*args, **kwargs))
+
+            def load() -> T:
+                quiet_third_party()
+                return fn(*args, **kwargs)
+
+            return MODELS.get(key, load)
 
         cached.__wrapped__ = uncached  # type: ignore[attr-defined]
         return cached
 
     return decorate
+
+
+# ---------------------------------------------------------------------------------------------
+# third-party noise
+
+_QUIET = False
+
+
+def quiet_third_party() -> None:
+    """Turn off third-party progress bars and log warnings the user cannot act on (idempotent).
+
+    - transformers' logger at ``error`` (unless ``$TRANSFORMERS_VERBOSITY`` says otherwise) and
+      its progress bars off (``Loading weights`` of every ``from_pretrained``);
+    - the GGUF reader's own tqdm bar (``Converting and de-quantizing GGUF tensors...``, drawn
+      with plain tqdm, so not behind transformers' switch) off: that module's ``tqdm`` is
+      replaced by a disabled one;
+    - Hugging Face hub bars off (``$HF_HUB_DISABLE_PROGRESS_BARS`` is read at its import, so
+      it is switched off by its function too);
+    - one ``warnings`` filter, for the one deprecation genseek cannot fix (peft, when training,
+      reads a property transformers 5 deprecates).
+
+    genseek's loggers, warnings and its own tqdm bars (the CLI's) are not touched; genseek's
+    own use of transformers is kept free of deprecations (tests turn them into errors).
+    """
+    global _QUIET
+    # peft reads ``model.is_gradient_checkpointing``, which transformers 5 deprecates (training);
+    # set at every call: ``warnings.catch_warnings`` blocks (pytest's) drop it on exit
+    warnings.filterwarnings("ignore", message=r"`is_gradient_checkpointing` is deprecated",
+                            category=FutureWarning)
+    if _QUIET:
+        return
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    try:
+        from huggingface_hub.utils import disable_progress_bars
+
+        disable_progress_bars()
+    except ImportError:
+        pass
+    try:
+        from transformers.utils import logging as hf_logging
+    except ImportError:
+        return
+    if not os.environ.get("TRANSFORMERS_VERBOSITY"):
+        hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
+    try:
+        import transformers.modeling_gguf_pytorch_utils as gguf_utils
+    except Exception:  # noqa: BLE001 - an optional module of some transformers versions
+        gguf_utils = None
+    bar = getattr(gguf_utils, "tqdm", None)
+    if bar is not None and not getattr(bar, "_genseek_quiet", False):
+        quiet_bar = functools.partial(bar, disable=True)
+        quiet_bar._genseek_quiet = True  # type: ignore[attr-defined]
+        gguf_utils.tqdm = quiet_bar
+    _QUIET = True
+
+
+# ---------------------------------------------------------------------------------------------
+# the KV cache calling convention
+
+
+def cache_kwarg(model: Any) -> str:
+    """The keyword a model's forward takes its KV cache by.
+
+    transformers 5.24 renamed ``past_key_values`` to ``cache`` (the old name warns, and goes
+    in 5.40); older versions know only ``past_key_values``. The model's own signature decides
+    (a stub or remote code may take either), else the installed version.
+    """
+    fn = getattr(model, "forward", model)
+    try:
+        params = inspect.signature(fn).parameters
+    except (TypeError, ValueError):
+        params = {}
+    if "cache" in params:
+        return "cache"
+    if "past_key_values" in params:
+        return "past_key_values"
+    return "cache" if _transformers_at_least(5, 24) else "past_key_values"
+
+
+def output_cache(out: Any) -> Any:
+    """The KV cache (a transformers ``Cache``) a model call returned: ``out.cache``
+    (transformers >= 5.24; reading ``out.past_key_values`` there warns), else
+    ``out.past_key_values``."""
+    try:
+        return out.cache
+    except AttributeError:
+        return out.past_key_values
+
+
+@functools.lru_cache(maxsize=1)
+def _transformers_version() -> tuple[int, int]:
+    import transformers
+
+    major, minor = (transformers.__version__.split(".") + ["0"])[:2]
+    return int(major), int("".join(ch for ch in minor if ch.isdigit()) or 0)
+
+
+def _transformers_at_least(major: int, minor: int) -> bool:
+    return _transformers_version() >= (major, minor)
+
+
+# ---------------------------------------------------------------------------------------------
+# GGUF checkpoints, de-quantised once
+
+log = logging.getLogger("genseek.models")
+
+GGUF_MARKER = "genseek_gguf.json"
+"""Written last into a de-quantised GGUF folder: its presence (and matching source facts)
+is what makes the folder usable."""
+_GGUF_FORMAT = 1  # bump when the folder's layout changes: older folders are then ignored
+
+
+def gguf_cache_dir() -> Path:
+    """Where de-quantised GGUF checkpoints are kept: ``cache_root()/models``."""
+    from genseek.cache import cache_root
+
+    return cache_root() / "models"
+
+
+def _gguf_facts(gguf: Path) -> dict[str, Any]:
+    import transformers
+
+    st = gguf.stat()
+    return {"format": _GGUF_FORMAT, "name": gguf.name, "size": st.st_size,
+            "mtime_ns": st.st_mtime_ns, "transformers": transformers.__version__}
+
+
+def gguf_cache_path(gguf: Path) -> Path:
+    """The cache folder of ``gguf`` as it is now: keyed by its name, size and modification
+    time and the transformers version (which does the de-quantisation), so a changed file
+    (or converter) gets a new folder and a stale one is never served."""
+    facts = _gguf_facts(gguf)
+    digest = hashlib.sha256(json.dumps(facts, sort_keys=True).encode()).hexdigest()[:16]
+    return gguf_cache_dir() / f"{gguf.stem}-{digest}"
+
+
+def _gguf_ready(folder: Path, facts: dict[str, Any]) -> bool:
+    try:
+        marker = json.loads((folder / GGUF_MARKER).read_text())
+    except (OSError, ValueError):
+        return False
+    return marker.get("facts") == facts and (folder / "config.json").is_file() and any(
+        folder.glob("*.safetensors"))
+
+
+def gguf_source(gguf: str | os.PathLike[str]) -> tuple[str, dict[str, Any]]:
+    """``(target, kwargs)`` for ``from_pretrained`` of the tokenizer, config and model of a
+    ``.gguf`` checkpoint: its de-quantised safetensors folder in :func:`gguf_cache_dir`
+    (``kwargs``: ``use_safetensors=True`` for the model; never a pickle), made on the first
+    call; where that folder cannot be written, the GGUF itself (``gguf_file=...``).
+
+    Building: the GGUF is de-quantised once (transformers, float32), the model, config and
+    tokenizer are saved into a temporary folder beside the final one, :data:`GGUF_MARKER` is
+    written last, and the folder is renamed into place (atomic). A folder without a valid
+    marker (a crash, a half copy) is never used: it is replaced. Two processes loading at once
+    wait for each other (a lock file), so the GGUF is de-quantised once; without the lock
+    (no ``fcntl``) both build and the first rename wins.
+    """
+    gguf = Path(gguf)
+    facts = _gguf_facts(gguf)
+    final = gguf_cache_path(gguf)
+    if _gguf_ready(final, facts):
+        return str(final), {"use_safetensors": True}
+    with _LOAD_LOCK:
+        try:
+            final.parent.mkdir(parents=True, exist_ok=True)
+            with _file_lock(final.parent / f".{final.name}.lock"):
+                if not _gguf_ready(final, facts):
+                    _build_gguf_folder(gguf, facts, final)
+        except OSError as exc:
+            log.warning("cannot cache the de-quantised %s in %s (%s): loading the GGUF",
+                        gguf.name, final.parent, exc)
+            return str(gguf.parent), {"gguf_file": gguf.name}
+        except _StaysPacked:
+            return str(gguf.parent), {"gguf_file": gguf.name}
+    return str(final), {"use_safetensors": True}
+
+
+def _build_gguf_folder(gguf: Path, facts: dict[str, Any], final: Path) -> None:
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForSeq2SeqLM, AutoTokenizer
+
+    quiet_third_party()
+    _sweep(final.parent)
+    tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{final.name}-", dir=final.parent))
+    try:
+        kw: dict[str, Any] = {"gguf_file": gguf.name, "local_files_only": True}
+        src = str(gguf.parent)
+        tok = AutoTokenizer.from_pretrained(src, **kw)
+        config = AutoConfig.from_pretrained(src, **kw)
+        cls = AutoModelForSeq2SeqLM if getattr(config, "is_encoder_decoder", False) else (
+            AutoModelForCausalLM)
+        model = cls.from_pretrained(src, dtype="float32", **kw)
+        _drop_gguf_quantizer(model)
+        model.save_pretrained(tmp)
+        tok.save_pretrained(tmp)
+        del model
+        for file in (f for f in tmp.iterdir() if f.is_file()):  # data on disk before the marker
+            with open(file, "rb") as fh:
+                os.fsync(fh.fileno())
+        marker = {"facts": facts, "source": str(gguf.resolve()), "built": time.time()}
+        with open(tmp / GGUF_MARKER, "w", encoding="utf-8") as fh:
+            json.dump(marker, fh, indent=1)
+            fh.flush()
+            os.fsync(fh.fileno())
+        if _gguf_ready(final, facts):  # another process (no lock) was first: use its folder
+            shutil.rmtree(tmp, ignore_errors=True)
+            return
+        if final.exists():  # an unusable folder (no or stale marker): out of the way first
+            _remove(final)
+        os.rename(tmp, final)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        if _gguf_ready(final, facts):  # another process (no lock) won the rename
+            return
+        raise
+    _prune_stale(final, marker["source"])
+
+
+class _StaysPacked(Exception):
+    """The GGUF loaded with its weights still in GGUF blocks: nothing to de-quantise once."""
+
+
+def _drop_gguf_quantizer(model: Any) -> None:
+    """Make a de-quantised GGUF model a plain one that ``save_pretrained`` writes.
+
+    transformers >= 5 keeps a GGUF "quantizer" on the model even when every weight was
+    de-quantised to float (and refuses to save such a model); older versions keep none.
+    A model whose weights stay packed (GGUF kernels) raises :class:`_StaysPacked`.
+    """
+    quantizer = getattr(model, "hf_quantizer", None)
+    packed = bool(getattr(quantizer, "packed_modules", None)) or any(
+        not t.is_floating_point() for t in model.parameters())
+    if packed:
+        raise _StaysPacked
+    if quantizer is not None:
+        quantizer.remove_quantization_config(model)
+
+
+def _remove(folder: Path) -> None:
+    """Delete ``folder`` by first renaming it aside (so no reader sees it half deleted)."""
+    aside = folder.with_name(f".old-{folder.name}-{os.getpid()}-{time.monotonic_ns()}")
+    os.rename(folder, aside)
+    shutil.rmtree(aside, ignore_errors=True)
+
+
+def _sweep(root: Path, age_s: float = 3600.0) -> None:
+    """Remove temporary folders of builds that died more than ``age_s`` ago."""
+    now = time.time()
+    for entry in root.glob(".tmp-*"):
+        try:
+            if entry.is_dir() and now - entry.stat().st_mtime > age_s:
+                shutil.rmtree(entry, ignore_errors=True)
+        except OSError:
+            pass
+    for entry in root.glob(".old-*"):
+        shutil.rmtree(entry, ignore_errors=True)
+
+
+def _prune_stale(final: Path, source: str) -> None:
+    """Remove the folders of earlier versions of the same GGUF file (same path, other size or
+    time) made by the same transformers version: nothing would load them again."""
+    mine = json.loads((final / GGUF_MARKER).read_text())
+    for other in final.parent.glob(f"{final.name.rsplit('-', 1)[0]}-*"):
+        if other == final or not other.is_dir():
+            continue
+        try:
+            marker = json.loads((other / GGUF_MARKER).read_text())
+        except (OSError, ValueError):
+            continue
+        if marker.get("source") == source and (
+                marker.get("facts", {}).get("transformers") == mine["facts"]["transformers"]):
+            with suppress(OSError):
+                _remove(other)
+                (other.parent / f".{other.name}.lock").unlink(missing_ok=True)
+
+
+@contextmanager
+def _file_lock(path: Path) -> Iterator[None]:
+    """An exclusive lock between processes (``fcntl.flock``); a no-op where there is none."""
+    try:
+        import fcntl
+    except ImportError:
+        yield
+        return
+    with open(path, "a+") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)

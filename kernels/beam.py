@@ -14,6 +14,11 @@ max_new_tokens, ...)`` decodes ``B`` queries x ``K = num_beams`` beams as one te
    new beams (rows with no valid candidate get score ``-inf``);
 5. the KV cache rows are reordered by the chosen parents (``Cache.reorder_cache``).
 
+The KV cache is a transformers ``Cache`` object (``DynamicCache``, ``EncoderDecoderCache``;
+legacy tuples are not supported), passed as ``cache`` (transformers >= 5.24) or
+``past_key_values`` (older), whichever the model's forward takes
+(:func:`genseek.models.cache_kwarg`).
+
 There is no Python loop over beams and no per-beam host<->device copy: finished and partial
 hypotheses stay on the device until the search ends; a step syncs a single scalar (the
 early-stopping test) plus whatever the provider needs for its fan-out ``F``.
@@ -50,6 +55,7 @@ import torch
 
 from genseek.kernels.constraints import ConstraintProvider
 from genseek.kernels.triton_topk import candidate_topk
+from genseek.models import cache_kwarg, output_cache
 
 NEG_INF = float("-inf")
 
@@ -89,30 +95,6 @@ class BeamSearchResult:
     timings: dict[str, Any] = field(default_factory=dict)
 
 
-def _reorder_past(past: Any, idx: torch.Tensor) -> Any:
-    """Select rows ``idx`` (``[N]``) of a KV cache (a transformers Cache or nested tuples)."""
-    if past is None:
-        return None
-    if hasattr(past, "reorder_cache"):
-        past.reorder_cache(idx)
-        return past
-    if isinstance(past, torch.Tensor):
-        return past.index_select(0, idx.to(past.device))
-    return type(past)(_reorder_past(p, idx) for p in past)
-
-
-def _repeat_past(past: Any, k: int) -> Any:
-    """Each cache row repeated ``k`` times in place (``[B, ...]`` -> ``[B * k, ...]``)."""
-    if past is None or k == 1:
-        return past
-    if hasattr(past, "batch_repeat_interleave"):
-        past.batch_repeat_interleave(k)
-        return past
-    if isinstance(past, torch.Tensor):
-        return past.repeat_interleave(k, dim=0)
-    return type(past)(_repeat_past(p, k) for p in past)
-
-
 def _accepts(model: Any, name: str) -> bool:
     try:
         params = inspect.signature(model.forward).parameters
@@ -135,7 +117,8 @@ class _Decoder:
         config = getattr(model, "config", None)
         self.seq2seq = bool(getattr(config, "is_encoder_decoder", False))
         self.use_pos = (not self.seq2seq) and _accepts(model, "position_ids")
-        self.past: Any = None
+        self.cache_kw = cache_kwarg(model)
+        self.past: Any = None  # the model's Cache
         self.mask = attention_mask.repeat_interleave(k, dim=0)
         if self.seq2seq:
             start = decoder_start_token_id
@@ -160,7 +143,7 @@ class _Decoder:
         if self.seq2seq:
             out = self.model(encoder_outputs=self.encoder_outputs, attention_mask=self.mask,
                              decoder_input_ids=self.first, use_cache=True, return_dict=True)
-            self.past = out.past_key_values
+            self.past = output_cache(out)
             self.dec_len = 1
             return torch.log_softmax(out.logits[:, -1, :].float(), dim=-1)
         kwargs: dict[str, Any] = {}
@@ -169,28 +152,30 @@ class _Decoder:
             kwargs["position_ids"] = pos
         out = self.model(input_ids=self.input_ids, attention_mask=self.prompt_mask,
                          use_cache=True, return_dict=True, **kwargs)
-        self.past = _repeat_past(out.past_key_values, self.k)
+        self.past = output_cache(out)
+        if self.k > 1:
+            self.past.batch_repeat_interleave(self.k)  # each query's row, once per beam
         logits = out.logits[:, -1, :].float().repeat_interleave(self.k, dim=0)
         return torch.log_softmax(logits, dim=-1)
 
     @torch.no_grad()
     def next(self, tokens: torch.Tensor, parents: torch.Tensor) -> torch.Tensor:
         """Log-probs ``[N, V]`` after appending ``tokens`` (``[N]``) to rows ``parents``."""
-        self.past = _reorder_past(self.past, parents)
+        self.past.reorder_cache(parents)
         ones = torch.ones((tokens.shape[0], 1), dtype=self.mask.dtype, device=self.mask.device)
         if self.seq2seq:
             out = self.model(encoder_outputs=self.encoder_outputs, attention_mask=self.mask,
-                             decoder_input_ids=tokens.view(-1, 1), past_key_values=self.past,
-                             use_cache=True, return_dict=True)
+                             decoder_input_ids=tokens.view(-1, 1), use_cache=True,
+                             return_dict=True, **{self.cache_kw: self.past})
         else:
             self.mask = torch.cat([self.mask, ones], dim=1)
             kwargs: dict[str, Any] = {}
             if self.use_pos:
                 kwargs["position_ids"] = (self.mask.long().sum(-1, keepdim=True) - 1)
             out = self.model(input_ids=tokens.view(-1, 1), attention_mask=self.mask,
-                             past_key_values=self.past, use_cache=True, return_dict=True,
+                             use_cache=True, return_dict=True, **{self.cache_kw: self.past},
                              **kwargs)
-        self.past = out.past_key_values
+        self.past = output_cache(out)
         return torch.log_softmax(out.logits[:, -1, :].float(), dim=-1)
 
 
@@ -222,8 +207,10 @@ def constrained_beam_search(
     """Constrained beam search (see the module docstring for the exact semantics).
 
     model:          an HF-style module: ``model(input_ids=[N, T], attention_mask=[N, L],
-                    past_key_values=..., use_cache=True)`` returning ``.logits [N, T, V]``
-                    and ``.past_key_values``; seq2seq when ``model.config.is_encoder_decoder``.
+                    cache=..., use_cache=True)`` returning ``.logits [N, T, V]`` and
+                    ``.cache``, a ``Cache`` (``reorder_cache``, ``batch_repeat_interleave``;
+                    ``past_key_values`` in and out with transformers < 5.24); seq2seq when
+                    ``model.config.is_encoder_decoder``.
     input_ids:      int64 ``[B, L]`` prompts, left-padded for causal LMs.
     attention_mask: ``[B, L]`` (``None``: all ones).
     provider:       a ConstraintProvider (trie, FM-index, or a UnionProvider of segments).

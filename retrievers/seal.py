@@ -42,6 +42,8 @@ parameters tuned on held-out train queries (benchmarks/RESULTS.md, section 9) ar
 
 from __future__ import annotations
 
+import copy
+import inspect
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -217,19 +219,17 @@ def first_step_and_rescore(model: Any, prompts: list[list[int]], conts: list[lis
     cache); continuations reuse the cache rows of their prompt (``[R, Lc - 1]`` tokens per
     chunk of ``R`` rows), so a key costs its own length, not the prompt's.
     """
-    from transformers import DynamicCache
-
+    from genseek.models import cache_kwarg, output_cache
     from genseek.retrievers._lm import left_pad
 
     ids, mask = left_pad(prompts, pad_id)
     pos = (mask.cumsum(-1) - 1).clamp(min=0)
-    import inspect
-
     keep = {"logits_to_keep": 1} if "logits_to_keep" in inspect.signature(
         model.forward).parameters else {}  # the prompt's other positions need no logits
     out = model(input_ids=ids, attention_mask=mask, position_ids=pos, use_cache=True, **keep)
     first = torch.log_softmax(out.logits[:, -1, :].float(), dim=-1)  # [B, V]
-    layers = [(lay.keys, lay.values) for lay in out.past_key_values.layers]
+    prompt_cache = output_cache(out)  # a Cache of the B prompts, copied per chunk below
+    cache_kw = cache_kwarg(model)
     scores: list[list[float]] = [[0.0] * len(c) for c in conts]
     flat = [(b, j, c) for b, cs in enumerate(conts) for j, c in enumerate(cs) if c]
     plen = mask.sum(-1)  # [B]
@@ -245,11 +245,12 @@ def first_step_and_rescore(model: Any, prompts: list[list[int]], conts: list[lis
             for i, (_, _, c) in enumerate(part):
                 tok[i, :len(c) - 1] = torch.tensor(c[:-1])
                 cmask[i, :len(c) - 1] = 1
-            cache = DynamicCache(ddp_cache_data=[(k[rows], v[rows]) for k, v in layers])
+            cache = copy.deepcopy(prompt_cache)
+            cache.batch_select_indices(rows)  # each continuation's prompt row
             am = torch.cat([mask[rows], cmask], dim=1)
             cpos = plen[rows].unsqueeze(1) + torch.arange(width).unsqueeze(0)
-            o = model(input_ids=tok, attention_mask=am, position_ids=cpos,
-                      past_key_values=cache, use_cache=True)
+            o = model(input_ids=tok, attention_mask=am, position_ids=cpos, use_cache=True,
+                      **{cache_kw: cache})
             lp = torch.log_softmax(o.logits.float(), dim=-1)  # [R, width, V]
             for i, (_, _, c) in enumerate(part):
                 nxt = torch.tensor(c[1:], dtype=torch.long)

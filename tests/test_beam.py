@@ -9,6 +9,7 @@ from typing import Any
 import numpy as np
 import pytest
 import torch
+from _synth import strict_transformers
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -19,16 +20,30 @@ from genseek.kernels.trie import TrieConstraint, build_trie
 NEG_INF = float("-inf")
 
 
+class HashCache:
+    """The stub's KV cache: the running hash of each row, with the two ``Cache`` methods the
+    search calls (a real ``DynamicCache`` has them too)."""
+
+    def __init__(self, h: torch.Tensor):
+        self.h = h
+
+    def reorder_cache(self, beam_idx: torch.Tensor) -> None:
+        self.h = self.h.index_select(0, beam_idx.to(self.h.device))
+
+    def batch_repeat_interleave(self, repeats: int) -> None:
+        self.h = self.h.repeat_interleave(repeats, dim=0)
+
+
 @dataclass
 class _Out:
     logits: torch.Tensor
-    past_key_values: Any
+    cache: HashCache
 
 
 class HashLM(torch.nn.Module):
     """Stub causal LM with controlled logits: a running hash of every token seen so far picks
     a row of a fixed random table, so each prefix has its own next-token distribution.
-    The KV cache is the hash state, a tuple ``(h [N],)`` reordered like a real cache."""
+    The KV cache is the hash state (:class:`HashCache`), reordered like a real cache."""
 
     def __init__(self, vocab: int, seed: int, buckets: int = 997):
         super().__init__()
@@ -38,21 +53,20 @@ class HashLM(torch.nn.Module):
         self.calls = 0
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
-                past_key_values: Any = None, use_cache: bool = True, return_dict: bool = True,
-                **kwargs: Any) -> _Out:
+                cache: HashCache | None = None, use_cache: bool = True,
+                return_dict: bool = True, **kwargs: Any) -> _Out:
         self.calls += 1
         # a real embedding table rejects ids outside [0, V): so must the stub (dead beams too)
         assert bool(((input_ids >= 0) & (input_ids < self.table.shape[1])).all()), input_ids
-        h = past_key_values[0] if past_key_values is not None else torch.zeros(
-            input_ids.shape[0], dtype=torch.long)
+        h = cache.h if cache is not None else torch.zeros(input_ids.shape[0], dtype=torch.long)
         rows = []
         for j in range(input_ids.shape[1]):
             tok = input_ids[:, j]
-            pad = attention_mask is not None and past_key_values is None
+            pad = attention_mask is not None and cache is None
             keep = attention_mask[:, j].bool() if pad else torch.ones_like(tok, dtype=torch.bool)
             h = torch.where(keep, (h * 31 + tok + 1) % self.buckets, h)
             rows.append(self.table[h])
-        return _Out(torch.stack(rows, dim=1), (h,))
+        return _Out(torch.stack(rows, dim=1), HashCache(h))
 
 
 @torch.no_grad()
@@ -283,6 +297,27 @@ def test_tiny_llama_kv_cache_path_matches_uncached_scores() -> None:
         assert [h.tokens for h in got] == [x[0] for x in brute]
         assert np.allclose([h.score for h in got], [x[1] for x in brute], atol=1e-4)
     assert res.timings["model"] > 0
+
+
+def test_real_models_emit_no_transformers_deprecation() -> None:
+    """The search passes and reads the KV cache the current way (``cache``, a Cache object):
+    transformers' deprecation warnings are errors here, its deprecation log lines counted."""
+    from transformers import BartConfig, BartForConditionalGeneration
+
+    corpus = [[5, 6, 7], [5, 8], [9, 10, 11, 12], [13]]
+    trie = TrieConstraint(build_trie(corpus, 40))
+    torch.manual_seed(0)
+    bart = BartForConditionalGeneration(BartConfig(
+        vocab_size=40, d_model=16, encoder_layers=1, decoder_layers=1, encoder_attention_heads=2,
+        decoder_attention_heads=2, encoder_ffn_dim=32, decoder_ffn_dim=32,
+        max_position_embeddings=32, pad_token_id=1, eos_token_id=2, bos_token_id=0,
+        decoder_start_token_id=2, forced_eos_token_id=None)).eval()
+    with strict_transformers() as logged:
+        _run(_tiny_llama(40), [[3, 4, 8], [22]], trie, num_beams=3, max_new_tokens=5,
+             eos_token_id=2)
+        constrained_beam_search(bart, torch.tensor([[0, 14, 2]]), None, trie, num_beams=3,
+                                max_new_tokens=5, eos_token_id=2)
+    assert logged == []
 
 
 def test_tiny_seq2seq_path() -> None:

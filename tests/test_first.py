@@ -12,6 +12,7 @@ from types import SimpleNamespace
 
 import pytest
 import torch
+from _synth import strict_transformers
 
 from genseek.errors import GenseekError
 from genseek.pipeline import Pipeline, Rerank, Stage, run_pipeline
@@ -151,16 +152,20 @@ class StubLM:
             out[yes], out[no] = float(m.group(1)), 0.0
         return out
 
-    def __call__(self, input_ids, attention_mask=None, position_ids=None, past_key_values=None,
+    def __call__(self, input_ids, attention_mask=None, position_ids=None, cache=None,
                  use_cache=False, logits_to_keep=0):
+        from transformers import DynamicCache
+
         b, length = input_ids.shape
-        if past_key_values is None:  # the shared prefix
+        if cache is None:  # the shared prefix
             self.prefix_len = length
             kv = torch.zeros(1, 1, length, 1)
+            prefix = DynamicCache()
+            prefix.update(kv, kv, 0)
             return SimpleNamespace(logits=torch.zeros(1, 1, self.config.vocab_size),
-                                   past_key_values=SimpleNamespace(
-                                       layers=[SimpleNamespace(keys=kv, values=kv)]))
-        assert past_key_values.get_seq_length() == attention_mask.shape[1] - length
+                                   cache=prefix)
+        assert cache.get_seq_length() == attention_mask.shape[1] - length
+        assert cache.layers[0].keys.shape[0] == b  # the prefix, repeated to the batch
         if length > 1:  # a new batch: prefix cache of P columns + left-padded suffixes
             self.calls.append((b, length))
             self.step = 0
@@ -181,9 +186,8 @@ class StubLM:
             else:
                 rows.append(self._logits(text))
         self.step += 1
-        past_key_values.update(torch.zeros(b, 1, length, 1), torch.zeros(b, 1, length, 1), 0)
-        return SimpleNamespace(logits=torch.stack(rows).unsqueeze(1),
-                               past_key_values=past_key_values)
+        cache.update(torch.zeros(b, 1, length, 1), torch.zeros(b, 1, length, 1), 0)
+        return SimpleNamespace(logits=torch.stack(rows).unsqueeze(1), cache=cache)
 
 
 def stub_loaded(tok, script=None) -> LoadedLM:
@@ -285,6 +289,17 @@ def test_prefix_cache_and_padding_match_plain_forward(tiny_llama):
         with torch.inference_mode():
             ref = tiny_llama.model(input_ids=torch.tensor([runner.prefix_ids + s])).logits[0, -1]
         torch.testing.assert_close(got[i], ref, atol=1e-4, rtol=1e-4)
+
+
+def test_prefix_runner_emits_no_transformers_deprecation(tiny_llama):
+    """The shared prefix cache is a Cache object passed as ``cache``: no deprecated keyword
+    or output field (transformers' deprecation warnings are errors here)."""
+    with strict_transformers() as logged:
+        runner = PrefixRunner(tiny_llama, list(range(10, 20)))
+        runner.last_logits([[30, 31], [40]], batch_size=2)
+        runner.generate([[30, 31], [40]], 3, stop_ids=set(), batch_size=2)
+        PrefixRunner(tiny_llama, []).last_logits([[30, 31]])  # no prefix: no cache at all
+    assert logged == []
 
 
 def test_batched_generation_matches_unbatched_greedy(tiny_llama):

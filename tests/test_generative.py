@@ -12,7 +12,7 @@ import random
 from pathlib import Path
 
 import pytest
-from _synth import make_tiny
+from _synth import make_tiny, strict_transformers
 
 from genseek.errors import GenseekError
 from genseek.types import ChangeSet, Document
@@ -154,6 +154,25 @@ def test_seal_keyset_merge_keeps_best_logprob_and_prefixes():
     assert ks.merged(1, 0) == {(1, 2): -1.0, (3,): -2.0}  # the unigram's higher log-prob
     assert ks.merged(2, 1) == {(1, 2): -1.0, (3,): -2.0, (4,): -3.0, (9, 9): -5.0}
     assert ks.merged(-1, 5)[(1, 2)] == -0.5
+
+
+def test_genre_and_seal_decoding_emit_no_transformers_deprecation(tiny, tmp_path):
+    """Beam search, SEAL's prompt-cache rescoring and the loaders use the current cache API:
+    transformers' deprecation warnings are errors here, its deprecation log lines counted."""
+    from genseek.retrievers.genre import GenreIndex
+    from genseek.retrievers.seal import SealIndex
+
+    docs = tuple(Document(d.doc_id, d.title, d.text, version=i + 1)
+                 for i, d in enumerate(corpus(12)))
+    with strict_transformers() as logged:
+        for cls in (GenreIndex, SealIndex):
+            ix = cls.open(tmp_path / cls.kind, {"model": tiny, "num_beams": 3,
+                                                "max_new_tokens": 12})
+            ix.apply(ChangeSet(0, len(docs), docs))
+            hits = ix.search([docs[2].title, "w5 w7"], 5)
+            assert len(hits) == 2 and (hits[0] or cls is SealIndex)
+            ix.close()
+    assert logged == []
 
 
 def test_seal_search_is_decode_then_rank(tiny, tmp_path):
