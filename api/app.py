@@ -25,7 +25,7 @@ from starlette.responses import Response
 
 from genseek.api import errors, schemas
 from genseek.api.errors import JSON
-from genseek.api.manager import CollectionManager, ModelHub
+from genseek.api.manager import CollectionManager, ModelHub, Preloader
 from genseek.api.metrics import CONTENT_TYPE, Metrics
 from genseek.api.middleware import (
     PUBLIC_PATHS,
@@ -38,6 +38,7 @@ from genseek.api.schemas import NAME_PATTERN
 from genseek.api.settings import Settings
 from genseek.collection import Collection
 from genseek.errors import GenseekError, NotFoundError
+from genseek.models import MODELS
 from genseek.pipeline import Pipeline, Result, run_pipeline
 from genseek.types import Document
 
@@ -82,14 +83,18 @@ _COMMON = (400, 401, 403, 413, 422, 504)
 def create_app(settings: Settings) -> FastAPI:
     """The ASGI app serving the collections under ``settings.root``."""
     manager = CollectionManager(settings.root, drain_timeout=settings.request_timeout_s)
+    hub = ModelHub(settings)
+    preloader = Preloader(manager, hub, settings.preload)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
         manager.reopen()
         log.info("serving collections in %s", manager.root)
+        preloader.start()
         try:
             yield
         finally:
+            await anyio.to_thread.run_sync(preloader.stop)
             await anyio.to_thread.run_sync(manager.close)
             log.info("closed every collection")
 
@@ -97,7 +102,7 @@ def create_app(settings: Settings) -> FastAPI:
                   description="Search collections of bm25 and dense indexes: pipelines with "
                   "fusion, filters and reranking; embeddings and reranking endpoints.",
                   lifespan=lifespan, default_response_class=JSON)
-    st = ApiState(settings, manager, ModelHub(settings), Metrics(manager))
+    st = ApiState(settings, manager, hub, Metrics(manager))
     app.state.genseek = st
     s = schemas.build(settings.max_batch_docs, settings.max_queries)
     errors.install(app)
@@ -145,6 +150,10 @@ def create_app(settings: Settings) -> FastAPI:
         body: dict[str, Any] = {"status": "degraded" if worst == "failed" else worst}
         if _may_read(request, settings):
             body["collections"] = collections
+            loads = MODELS.status()
+            body["models"] = {"loaded": sorted(loads["loaded"]),
+                              "loading": sorted(loads["loading"]),
+                              "preload": preloader.status()}
         return JSON(body)
 
     @app.get("/metrics", tags=["service"], response_class=Response,

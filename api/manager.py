@@ -14,12 +14,13 @@ from worker threads, never on the event loop.
 from __future__ import annotations
 
 import fcntl
+import functools
 import logging
 import os
 import shutil
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -267,6 +268,66 @@ class CollectionManager:
                 log.warning("collection %s closed with writes not yet applied: %s",
                             handle.name, collection.unapplied)
             handle.collection = None
+
+
+class Preloader:
+    """Opens every collection, then loads the models of the /v1 routes and rerankers, in one
+    background thread started with the server (``Settings.preload``), so the first requests
+    do not wait for them. Failures are logged and reported by :meth:`status` (a model whose
+    package is missing is simply not preloaded); nothing here stops the server."""
+
+    def __init__(self, manager: CollectionManager, hub: ModelHub, what: str):
+        self.manager, self.hub, self.what = manager, hub, what
+        self.state = "off" if what == "none" else "pending"
+        self.failed: dict[str, str] = {}
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def start(self) -> None:
+        if self.what == "none" or self._thread is not None:
+            return
+        self._stop.clear()
+        self._thread = threading.Thread(target=self._run, name="genseek-preload", daemon=True)
+        self._thread.start()
+
+    def _steps(self) -> Iterator[tuple[str, Callable[[], object]]]:
+        for name in self.manager.names():
+            yield f"collection {name}", functools.partial(self._open, name)
+        if self.what == "all":
+            yield "embeddings", self.hub.encoder
+            yield "sparse embeddings", self.hub.sparse
+            for name in self.hub.reranker_names():
+                yield f"reranker {name}", functools.partial(self.hub.reranker, name)
+
+    def _open(self, name: str) -> None:
+        with self.manager.use(name) as coll:
+            for index, error in coll.unavailable().items():
+                self.failed[f"collection {name}, index {index}"] = error
+
+    def _run(self) -> None:
+        self.state = "running"
+        started = time.monotonic()
+        for label, step in self._steps():
+            if self._stop.is_set() or self.manager.closed:
+                break
+            try:
+                step()
+            except Exception as exc:  # noqa: BLE001 - reported; the server serves anyway
+                self.failed[label] = " ".join(str(exc).split())[:300] or type(exc).__name__
+                log.warning("preload: %s not loaded: %s", label, self.failed[label])
+        self.state = "done"
+        log.info("preload finished in %.1fs (%d failed)", time.monotonic() - started,
+                 len(self.failed))
+
+    def status(self) -> dict[str, object]:
+        return {"state": self.state, "failed": dict(self.failed)}
+
+    def stop(self, timeout: float = 5.0) -> None:
+        """Ask the thread to stop after its current step (a model load cannot be cut)."""
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout)
+            self._thread = None
 
 
 class ModelHub:

@@ -8,13 +8,14 @@ preflights need no key), :class:`AuthMiddleware`, :class:`TimeoutMiddleware`,
 
 from __future__ import annotations
 
+import asyncio
 import hmac
 import json
 import logging
 import re
 import time
 import uuid
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import anyio
@@ -181,16 +182,42 @@ class AuthMiddleware:
 
 
 class TimeoutMiddleware:
-    """Answers 504 when a request runs past ``timeout`` seconds.
+    """Answers 504 when a request runs past ``timeout`` seconds, not counting the time while
+    a model (or the JVM) is being loaded in the process (``busy()``, by default
+    :meth:`genseek.models.ModelCache.busy`): a request that waits for a model load gets its
+    deadline moved on by as long as the load ran.
 
     The deadline is put in ``scope["state"]["deadline"]`` (``anyio.current_time()``
     clock) so routes can bound their own waits (``refresh``) below it. Work already
-    handed to a thread keeps running to its end; only the answer is given up.
+    handed to a thread keeps running to its end; only the answer is given up. The 504 says
+    whether the request was a read (nothing changed) or a write (it may have been applied).
     """
 
-    def __init__(self, app: ASGIApp, *, timeout: float):
+    TICK_S = 0.25  # how often the deadlines of running requests are checked against loads
+
+    def __init__(self, app: ASGIApp, *, timeout: float,
+                 busy: Callable[[], bool] | None = None):
         self.app = app
         self.timeout = timeout
+        if busy is None:
+            from genseek.models import MODELS
+
+            busy = MODELS.busy
+        self.busy = busy
+        self._running: set[anyio.CancelScope] = set()
+        self._watcher: asyncio.Task[None] | None = None
+
+    async def _watch(self) -> None:
+        """While any request runs: move their deadlines on by each tick spent loading."""
+        last = anyio.current_time()
+        while self._running:
+            await anyio.sleep(self.TICK_S)
+            now = anyio.current_time()
+            if self.busy():
+                for scope in list(self._running):
+                    scope.deadline += now - last
+            last = now
+        self._watcher = None
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http" or scope["path"] in PUBLIC_PATHS - {"/ready"}:
@@ -204,15 +231,30 @@ class TimeoutMiddleware:
                 started = True
             await send(message)
 
-        scope.setdefault("state", {})["deadline"] = anyio.current_time() + self.timeout
-        with anyio.move_on_after(self.timeout) as cancel:
-            await self.app(scope, receive, send_wrapper)
+        begun = anyio.current_time()
+        scope.setdefault("state", {})["deadline"] = begun + self.timeout
+        with anyio.CancelScope(deadline=begun + self.timeout) as cancel:
+            self._running.add(cancel)
+            loop = asyncio.get_running_loop()
+            if self._watcher is None or self._watcher.done() or self._watcher.get_loop() \
+                    is not loop:
+                self._watcher = loop.create_task(self._watch())
+            try:
+                await self.app(scope, receive, send_wrapper)
+            finally:
+                self._running.discard(cancel)
         if cancel.cancelled_caught and not started:
+            waited = anyio.current_time() - begun
             log.warning("request %s %s timed out after %.1fs", scope["method"], scope["path"],
-                        self.timeout)
+                        waited)
+            read = scope["method"] in ("GET", "HEAD") or (
+                scope["method"] == "POST" and _READ_POSTS.match(scope["path"]) is not None)
+            outcome = ("it was a read: nothing was changed, retry it or ask for less" if read
+                       else "it was a write: it may still have been applied (writes are "
+                       "idempotent: retry it)")
             await send_error(send, 504, f"the request took longer than the server's "
-                             f"{self.timeout:g}s limit; a write may still have been applied "
-                             "(writes are idempotent: retry it)", "timeout")
+                             f"{self.timeout:g}s limit (GENSEEK_REQUEST_TIMEOUT_S; model loads "
+                             f"not counted); {outcome}", "timeout")
 
 
 class BodyLimitMiddleware:

@@ -108,6 +108,9 @@ class ReadyOut(_Out):
     status: Literal["ready", "catching_up", "degraded", "shutting_down"]
     collections: dict[str, CollectionHealth] | None = Field(
         None, description="per collection and index (needs the read scope when keys are set)")
+    models: dict[str, Any] | None = Field(
+        None, description="models (and the JVM) loaded and loading in the process, and the "
+        "start-up preload's state and failures (needs the read scope when keys are set)")
 
 
 # -- collections -----------------------------------------------------------------------------

@@ -149,6 +149,9 @@ def _env_float(env: Mapping[str, str], name: str) -> float | None:
         raise GenseekError(f"{name}: expected a number, not {raw!r}") from None
 
 
+PRELOAD = ("all", "collections", "none")
+
+
 @dataclass(frozen=True)
 class Settings:
     """Everything :func:`~genseek.api.app.create_app` needs; immutable."""
@@ -167,6 +170,9 @@ class Settings:
     rerankers: Mapping[str, str] = field(default_factory=lambda: {
         "biencoder": "biencoder", "first": "first", "pointwise": "pointwise"})
     public_metrics: bool = False  # /metrics without a key (a scraper on a private network)
+    # what the server loads in the background at start: "all" (every collection and the
+    # models of the /v1 routes and rerankers), "collections" (their indexes' models), "none"
+    preload: str = "none"
 
     def __post_init__(self) -> None:
         set_ = object.__setattr__  # frozen: normalise once, here
@@ -193,6 +199,9 @@ class Settings:
                 and 0 < self.request_timeout_s <= 86400):
             raise GenseekError(f"request_timeout_s must be a number of seconds in (0, 86400], "
                                f"not {self.request_timeout_s!r}")
+        if self.preload not in PRELOAD:
+            raise GenseekError(f"preload must be one of {', '.join(PRELOAD)}, not "
+                               f"{self.preload!r}")
         for origin in self.cors_origins:
             if not isinstance(origin, str) or not origin:
                 raise GenseekError(f"bad CORS origin {origin!r}")
@@ -251,6 +260,8 @@ class Settings:
             values["public_metrics"] = flag in ("1", "true", "yes")
         if env.get("GENSEEK_RERANKERS", "").strip():
             values["rerankers"] = parse_rerankers(env["GENSEEK_RERANKERS"])
+        # a served process preloads everything unless told otherwise
+        values["preload"] = env.get("GENSEEK_PRELOAD", "").strip() or "all"
         values.update({k: v for k, v in overrides.items() if v is not None})
         if "root" not in values:
             raise GenseekError("no collections folder: give --root DIR or set GENSEEK_ROOT")

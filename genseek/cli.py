@@ -307,6 +307,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     from genseek.data.readers import read_qrels, read_queries
     from genseek.data.trec import write_run
     from genseek.evaluation import evaluate
+    from genseek.progress import Meter
     from genseek.retrievers.fusion import RRFusion
 
     k = _check_k(args.k)
@@ -332,8 +333,11 @@ def cmd_eval(args: argparse.Namespace) -> int:
         for name, system in systems.items():
             start = time.perf_counter()
             hits: list = []
-            for i in range(0, len(texts), 64):
-                hits += system.search(texts[i:i + 64], k)
+            with Meter(len(texts), f"eval {name}", unit="query",
+                       enabled=not args.no_progress) as meter:
+                for i in range(0, len(texts), 64):
+                    hits += system.search(texts[i:i + 64], k)
+                    meter.update(len(texts[i:i + 64]))
             timings[name] = time.perf_counter() - start
             run = dict(zip(qids, hits, strict=True))
             write_run(run_dir / f"{name}.trec", run, tag=f"genseek-{name}")

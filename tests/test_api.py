@@ -620,7 +620,65 @@ def test_slow_request_is_504(tmp_path):
         e = error_of(c.post("/v1/embeddings", json={"input": "x"}), 504, "timeout")
         assert time.monotonic() - start < 2.5
         assert "0.5s" in e["message"]
+        assert "it was a read: nothing was changed" in e["message"]
         assert c.get("/health").status_code == 200
+
+
+def test_a_model_load_does_not_count_against_the_timeout(tmp_path):
+    from genseek.models import MODELS
+
+    app = create_app(Settings(root=tmp_path / "slow", request_timeout_s=0.5))
+
+    class FirstLoad:  # the first request pays for a model load, as a real one does
+        def encode(self, texts):
+            with MODELS.track(("test", "slow-model")):
+                time.sleep(1.5)
+            return np.zeros((len(texts), 4), dtype=np.float32)
+
+    app.state.genseek.models.encoder = lambda: FirstLoad()
+    with TestClient(app) as c:
+        r = c.post("/v1/embeddings", json={"input": "x"})
+        assert r.status_code == 200, r.text
+    assert "(test, slow-model)" in MODELS.status()["loaded"]
+
+
+def test_a_slow_write_is_504_saying_it_was_a_write(tmp_path):
+    Collection.create(tmp_path / "root" / "w", {"bm25": "bm25"}).close()
+    app = create_app(Settings(root=tmp_path / "root", request_timeout_s=1.0))
+    with TestClient(app) as c:
+        with app.state.genseek.manager.use("w") as coll:  # opened here, outside any request
+            real = coll.write
+
+            def slow(*args, **kwargs):
+                time.sleep(4)
+                return real(*args, **kwargs)
+
+            coll.write = slow
+        e = error_of(c.post("/collections/w/documents",
+                            json={"documents": [{"id": "a", "text": "wing"}]}), 504, "timeout")
+        assert "it was a write: it may still have been applied" in e["message"]
+
+
+def test_preload_opens_collections_and_loads_models_at_start(tmp_path):
+    root = tmp_path / "root"
+    with Collection.create(root / "pre", {"bm25": "bm25"}) as c:
+        c.write(make_docs(5))
+    app = create_app(Settings(root=root, preload="all", rerankers={
+        "biencoder": "biencoder", "broken": "first(model=/nonexistent/llm)"}))
+    with TestClient(app) as client:
+        deadline = time.monotonic() + 300
+        while True:
+            models = client.get("/ready").json()["models"]
+            if models["preload"]["state"] == "done" or time.monotonic() > deadline:
+                break
+            time.sleep(0.2)
+        body = client.get("/ready").json()
+    assert body["models"]["preload"]["state"] == "done"
+    assert "pre" in body["collections"]  # opened with no request naming it
+    failed = body["models"]["preload"]["failed"]
+    assert list(failed) == ["reranker broken"] and "nonexistent" in failed["reranker broken"]
+    assert "java" in body["models"]["loaded"]
+    assert any("all-MiniLM-L6-v2" in m for m in body["models"]["loaded"])
 
 
 def test_metrics(client, coll):

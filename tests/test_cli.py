@@ -257,6 +257,26 @@ def test_index_defaults_to_bm25_and_dense(indexed):
     assert "bm25" in out and "dense" in out
 
 
+def test_search_linear_weights(indexed, beir):
+    _, docs = beir
+    query = f"{unique_token(3)} wing"
+
+    def top(*extra):
+        rc, out, err = run("search", indexed, query, "-k", "5", "--json", *extra)
+        assert rc == 0, err
+        return [(h["doc_id"], round(h["score"], 6)) for h in json.loads(out)["hits"]]
+
+    bm25_only = top("--fusion", "linear", "--weights", "1,0")
+    assert bm25_only[0][0] == docs[3].doc_id
+    assert top("--fusion", "linear", "--weights", "0,1") != bm25_only  # the weights count
+    rc, _, err = run("search", indexed, query, "--fusion", "linear", "--weights", "1,2,3")
+    assert_one_line_error(rc, err, "needs 2 weights, not 3")
+    rc, _, err = run("search", indexed, query, "--weights", "1,2")
+    assert_one_line_error(rc, err, "--weights needs --fusion linear")
+    rc, _, err = run("search", indexed, query, "--fusion", "linear", "--weights", "a,b")
+    assert rc == 2 and "comma-separated numbers" in err
+
+
 def test_search_json(indexed, beir):
     _, docs = beir
     target = docs[3]
