@@ -49,6 +49,192 @@ def dataset_dir(name: str) -> Path:
     return folder
 
 
+def log(msg: str) -> None:
+    """A progress line on stderr (stdout is kept for tables and ``--json``)."""
+    print(f"[{time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
+
+
+# -- cached collections ----------------------------------------------------------------------
+#
+# Every benchmark that reads a collection of a BEIR dataset (bm25 + dense, what ``genseek index``
+# builds by default) reads $GENSEEK_CACHE/collections/NAME, and builds it there with the CLI
+# when it is absent or incomplete. Benchmarks copy it (or open it read-only), never write to it.
+
+#: The CLI's default indexes: what every cached collection holds.
+DEFAULT_INDEXES = ("bm25", "dense")
+
+
+def _last_line(file: Path) -> int:
+    """The number of the last non-blank line of ``file``: where a complete ingest stopped."""
+    last = 0
+    with open(file, "rb") as fh:
+        for number, raw in enumerate(fh, start=1):
+            if raw.strip():
+                last = number
+    return last
+
+
+def _ingested_line(path: Path, corpus: Path) -> int:
+    """The last line of ``corpus`` that an ingest (``genseek index``) committed into the
+    collection at ``path`` (0: none), from the resume point its store records."""
+    import sqlite3
+
+    stat = corpus.stat()
+    prefix = f"ingest:{corpus.resolve()}:{stat.st_size}:"  # any mtime: the same file's bytes
+    try:
+        con = sqlite3.connect((path / "docs.sqlite").resolve().as_uri() + "?mode=ro", uri=True)
+        try:
+            rows = con.execute("SELECT key, value FROM meta WHERE key LIKE 'ingest:%'").fetchall()
+        finally:
+            con.close()
+    except sqlite3.Error:
+        return 0
+    lines = [int(json.loads(v).get("line", 0)) for k, v in rows if k.startswith(prefix)]
+    return max(lines, default=0)
+
+
+def collection_gaps(path: Path, folder: Path | None,
+                    indexes: Sequence[str] = DEFAULT_INDEXES, states: bool = True) -> list[str]:
+    """What keeps ``path`` from being a complete collection with ``indexes`` (empty: nothing).
+
+    Read without opening it (no lock, no JVM, no model): the manifest, the store's counts,
+    with ``states`` the state each index recorded (an index behind the store catches up when
+    it is opened), and with ``folder`` (the BEIR dataset) whether the ingest of its corpus
+    reached the last line.
+    """
+    from genseek.collection import Collection
+    from genseek.errors import GenseekError
+
+    path = Path(path)
+    if not (path / "collection.json").is_file():
+        return ["absent"]
+    try:
+        desc = Collection.describe(path)
+    except GenseekError as exc:
+        return [f"unusable ({exc})"]
+    have = desc["indexes"]
+    gaps = [f"no {n} index" for n in indexes if n not in have]
+    gaps += [f"index {n} is {have[n]['state']}" for n in indexes
+             if states and n in have and have[n]["state"] != "ready"]
+    if not desc["documents"]:
+        gaps.append("no documents")
+    if folder is not None:
+        corpus = Path(folder) / "corpus.jsonl"
+        done, last = _ingested_line(path, corpus), _last_line(corpus)
+        if done < last:
+            gaps.append(f"{corpus} indexed up to line {done:,} of {last:,}")
+    return gaps
+
+
+class _FileLock:
+    """An exclusive ``flock`` on ``path`` for a ``with`` block (two builds never overlap)."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def __enter__(self) -> _FileLock:
+        import fcntl
+
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        fcntl.flock(self.fd, fcntl.LOCK_EX)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        os.close(self.fd)  # releases the lock
+
+
+def build_collection(name: str = "scifact", indexes: Sequence[str] = DEFAULT_INDEXES,
+                     path: Path | None = None) -> dict[str, Any]:
+    """Make ``path`` (default ``$GENSEEK_CACHE/collections/NAME``) a complete collection of
+    the BEIR dataset ``name`` with ``indexes``, and say what it took.
+
+    Nothing runs when it already is one. Otherwise ``genseek index PATH --from DATASET
+    [--index ...]`` (the CLI, in a child process; its progress lines on stderr) creates it,
+    resumes an interrupted build, adds the missing indexes or lets them catch up; the result is
+    checked again afterwards. Returns ``{"path", "built", "gaps", "documents", "seconds",
+    "cpu_seconds", "other_cpu_share", "cli"}`` (``cli``: ``genseek index --json``'s summary).
+    """
+    import resource
+    import subprocess
+
+    from genseek.collection import Collection
+
+    folder = dataset_dir(name)
+    path = Path(path) if path is not None else cache("collections", name)
+    with _FileLock(path.parent / f".{path.name}.build.lock"):
+        gaps = collection_gaps(path, folder, indexes)
+        out: dict[str, Any] = {"path": str(path), "built": bool(gaps), "gaps": gaps,
+                               "seconds": 0.0, "cpu_seconds": 0.0, "other_cpu_share": None,
+                               "cli": None}
+        if gaps:
+            pending = Collection.interrupted(path)
+            if pending is not None:  # finish the interrupted creation with its own specs
+                specs = [f"{n}={s}" for n, s in pending.items()]
+            elif Collection.exists(path):  # add only what is missing (others are untouched)
+                have = Collection.describe(path)["indexes"]
+                specs = [n for n in indexes if n not in have]
+            else:
+                specs = list(indexes)
+            cmd = [sys.executable, "-m", "genseek.cli", "index", str(path), "--from",
+                   str(folder), *(a for s in specs for a in ("--index", s)), "--json"]
+            log(f"collection {name}: {'; '.join(gaps)}; building it (once, then reused) with "
+                f"`genseek {' '.join(cmd[3:])}`")
+            busy, load = busy_cpu_seconds(), os.getloadavg()[0]
+            child = resource.getrusage(resource.RUSAGE_CHILDREN)
+            started = time.perf_counter()
+            proc = subprocess.run(cmd, stdout=subprocess.PIPE, text=True)
+            seconds = time.perf_counter() - started
+            after = resource.getrusage(resource.RUSAGE_CHILDREN)
+            cpu = (after.ru_utime + after.ru_stime) - (child.ru_utime + child.ru_stime)
+            if proc.returncode != 0:
+                sys.exit(f"error: `genseek index` exited with {proc.returncode} while building "
+                         f"{path} from {folder} (see above); run the benchmark again to resume")
+            left = collection_gaps(path, folder, indexes)
+            if left:
+                sys.exit(f"error: {path} is still incomplete after `genseek index`: "
+                         f"{'; '.join(left)}")
+            lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("{")]
+            busy_after = busy_cpu_seconds()
+            other = None
+            if busy is not None and busy_after is not None and seconds > 0:
+                other = max(0.0, busy_after - busy - cpu) / (seconds * (os.cpu_count() or 1))
+            out.update(seconds=round(seconds, 2), cpu_seconds=round(cpu, 2),
+                       other_cpu_share=None if other is None else round(other, 3),
+                       load1_before=round(load, 2), load1_after=round(os.getloadavg()[0], 2),
+                       cli=json.loads(lines[-1]) if lines else None)
+            log(f"collection {name}: ready in {seconds:.0f} s ({path})")
+        out["documents"] = Collection.describe(path)["documents"]
+    return out
+
+
+def collection(name: str = "scifact", indexes: Sequence[str] = DEFAULT_INDEXES) -> Path:
+    """``$GENSEEK_CACHE/collections/NAME``, complete with ``indexes``: built (or completed)
+    from the BEIR dataset ``name`` first when it is not (see :func:`build_collection`)."""
+    return Path(build_collection(name, indexes)["path"])
+
+
+def scifact_collection(indexes: Sequence[str] = DEFAULT_INDEXES) -> Path:
+    """The SciFact collection most benchmarks copy (bm25 + dense), built when missing."""
+    return collection("scifact", indexes)
+
+
+def collection_option(given: Path | None, name: str = "scifact",
+                      needs: Sequence[str] = DEFAULT_INDEXES,
+                      flag: str = "--collection") -> Path:
+    """The collection a benchmark reads: ``given`` (a ``flag`` value; checked for the indexes
+    it ``needs``, never built or modified: one clear line and exit 2 when it lacks something),
+    else the cached collection of ``name`` (bm25 + dense), built when missing."""
+    if given is None:
+        return collection(name)
+    gaps = collection_gaps(Path(given), None, needs, states=False)
+    if gaps:
+        print(f"error: {flag} {given}: {'; '.join(gaps)} (leave {flag} out to use "
+              f"{cache('collections', name)}, built there when missing)", file=sys.stderr)
+        sys.exit(2)
+    return Path(given)
+
+
 def judged_queries(folder: Path, split: str = "test") -> tuple[list[str], list[str], dict]:
     """``(query ids, query texts, qrels)`` for the judged queries of ``split``, in file order."""
     from genseek.data.readers import read_qrels, read_queries

@@ -20,13 +20,29 @@ import numpy as np
 
 from genseek.cache import cache_root
 
-CACHE_ROOT = Path(os.environ.get("GENSEEK_SPARSE_CACHE") or cache_root() / "sparse")
+CACHE_ROOT = cache_root() / "sparse"
 PART = 256
 
 
 def cache_key(model: str, max_length: int, dataset: str, windows: int = 1) -> str:
     name = Path(model).name if os.sep in model else model
     return f"{dataset}-{name}-L{max_length}" + (f"-W{windows}" if windows > 1 else "")
+
+
+def corpus_idf_table(model: str, dataset: str, docs: Sequence) -> Path:
+    """``CACHE_ROOT/<dataset>-<model>-idf.json``: the corpus IDF of ``docs`` (``Document``s)
+    under ``model``'s tokenizer (``genseek.encoders.corpus_idf``, the table ``genseek train
+    sparse`` starts from), computed once."""
+    from genseek.encoders import corpus_idf, save_idf, shared_sparse_encoder
+
+    name = Path(model).name if os.sep in model else model
+    path = CACHE_ROOT / f"{dataset}-{name}-idf.json"
+    if not path.is_file():
+        print(f"computing the corpus IDF table {path} ({len(docs):,} documents)",
+              file=sys.stderr, flush=True)
+        enc = shared_sparse_encoder(model)
+        save_idf(path, enc.vocab, corpus_idf(enc.tokenizer, [d.contents for d in docs]))
+    return path
 
 
 def _save_part(path: Path, doc_ids: Sequence[str],

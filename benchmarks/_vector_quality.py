@@ -7,7 +7,8 @@ list of result rows) and runnable on its own::
 
 RepCONC: nDCG@10 on SciFact test of faiss Flat (exact MiniLM), plain PQ and OPQ of the same
 size and RepCONC (trained by ``genseek train repconc`` on SciFact *train*; trained here once
-and cached when the model folder is missing), all from the same stored MiniLM document vectors.
+and cached when the model folder is missing), all from the same stored MiniLM document vectors
+(the dense index of ``$GENSEEK_CACHE/collections/scifact``, built there when missing).
 
 MUVERA: MiniLM token vectors of SciFact (cached once as fp16 .npy + offsets under
 ``$GENSEEK_CACHE/muvera/scifact``); per candidate count, recall of the
@@ -35,7 +36,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import _common  # noqa: E402
 
 CACHE = cache_root()
-SCIFACT_VECTORS = CACHE / "collections" / "scifact" / "indexes" / "dense" / "vectors.sqlite"
 TOKEN_CACHE = CACHE / "muvera" / "scifact"
 REPCONC_MODEL = CACHE / "repconc" / "scifact48"
 FLAT_REFERENCE = 0.6451  # SciFact test nDCG@10 of MiniLM Flat (RULES.md)
@@ -43,12 +43,18 @@ FLAT_REFERENCE = 0.6451  # SciFact test nDCG@10 of MiniLM Flat (RULES.md)
 
 # -- shared data -------------------------------------------------------------------------------
 
+def scifact_vectors() -> Path:
+    """The stored MiniLM vectors of SciFact (the cached collection, built when missing)."""
+    path = _common.scifact_collection() / "indexes" / "dense" / "vectors.sqlite"
+    if not path.is_file():
+        sys.exit(f"error: no stored SciFact MiniLM vectors at {path}")
+    return path
+
+
 def _doc_vectors() -> tuple[list[str], np.ndarray]:
     from genseek.indexers.repconc_train import read_vectors
 
-    if not SCIFACT_VECTORS.is_file():
-        sys.exit(f"error: no stored SciFact MiniLM vectors at {SCIFACT_VECTORS}")
-    return read_vectors(SCIFACT_VECTORS)
+    return read_vectors(scifact_vectors())
 
 
 def _test_queries() -> tuple[list[str], list[str], dict]:
@@ -87,7 +93,7 @@ def _hits(doc_ids: list[str], scores: np.ndarray, ids: np.ndarray) -> list:
 def _train_repconc(max_minutes: float) -> dict[str, Any]:
     from genseek.indexers import repconc_train
 
-    argv = ["--vectors", str(SCIFACT_VECTORS), "--dataset", str(_common.dataset_dir("scifact")),
+    argv = ["--vectors", str(scifact_vectors()), "--dataset", str(_common.dataset_dir("scifact")),
             "--out", str(REPCONC_MODEL), "--max-minutes", str(max_minutes), "--json"]
     started = time.perf_counter()
     if repconc_train.main(argv) != 0:

@@ -41,7 +41,6 @@ import signal
 import socket
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -713,9 +712,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--write-seconds", type=float, help="seconds per write-phase cell (10)")
     p.add_argument("--concurrency", default="1,8,32")
     p.add_argument("--systems", default=",".join(SYSTEMS))
-    p.add_argument("--work", default=str(Path(tempfile.gettempdir()) / "genseek-bench" /
-                                         "api-load"),
-                   help="folder holding the collection (reused when present) and the "
+    p.add_argument("--work", default=str(C.cache("api-load")),
+                   help="folder holding the collection (reused when present; the write phase "
+                   "changes it, so it is not the shared $GENSEEK_CACHE/collections) and the "
                    "server log (default: %(default)s)")
     p.add_argument("--wait-quiet", type=float, default=0.0, metavar="S",
                    help="before each measurement, wait up to S seconds until other "

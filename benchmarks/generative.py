@@ -2,12 +2,13 @@
 and RRF-fused with bm25 and dense, plus query latency.
 
 Side by side in one process, on the same queries: bm25 and dense (from a copy of the cached
-collection $GENSEEK_CACHE/collections/scifact), GENRE and SEAL over the *whole* SciFact corpus
-(5,183 documents; title trie / FM-index of ~1.7 M SmolLM2 tokens), each alone and in RRF
-fusions. Because SmolLM2-135M decodes slowly on a shared 2-core CPU, only the first
-``--queries`` judged test queries are evaluated (every figure, baselines included, is on
-that subset; the subset size is printed and stored). ``--train-steps N`` also fine-tunes SEAL
-(LoRA, SciFact train qrels, query -> overlapping span) in-process and evaluates it.
+collection $GENSEEK_CACHE/collections/scifact, built with ``genseek index`` when missing),
+GENRE and SEAL over the *whole* SciFact corpus (5,183 documents; title trie / FM-index of
+~1.7 M SmolLM2 tokens), each alone and in RRF fusions. Because SmolLM2-135M decodes slowly on
+a shared 2-core CPU, only the first ``--queries`` judged test queries are evaluated (every
+figure, baselines included, is on that subset; the subset size is printed and stored).
+``--train-steps N`` also fine-tunes SEAL (LoRA, SciFact train qrels, query -> overlapping
+span) in-process and evaluates it.
 
     python benchmarks/generative.py --quick --json      # 16 queries, beams 5
     python benchmarks/generative.py --queries 100        # the documented larger run
@@ -125,10 +126,15 @@ def main(argv: list[str] | None = None) -> int:
                     default=C.REPO / "benchmarks" / "results" / "generative_dsi.json",
                     help="where the DSI++ result JSON is written")
     ap.add_argument("--skip-ir", action="store_true", help="only the DSI++ experiment")
-    ap.add_argument("--collection", type=Path, default=CACHED,
+    ap.add_argument("--collection", type=Path, default=None,
                     help=f"SciFact collection with bm25 + dense, copied, never modified "
-                    f"(default {CACHED})")
+                    f"(default {CACHED}, built there with genseek index when missing)")
     args = ap.parse_args(argv)
+    for flag, path in (("--seal-model", args.seal_model), ("--genre-model", args.genre_model),
+                       ("--dsi-model", args.dsi_model), ("--dev-fusion", args.dev_fusion)):
+        if path is not None and not path.exists():
+            print(f"error: {flag} {path}: no such file or folder", file=sys.stderr)
+            return 2
     dev_fusion = None
     if args.dev_fusion is not None:
         try:
@@ -164,12 +170,13 @@ def main(argv: list[str] | None = None) -> int:
         if args.json:
             C.dump_json(result)
         return 0
+    collection = C.collection_option(args.collection)
     runs: dict[str, dict[str, list[Hit]]] = {}
     timings: dict[str, Any] = {}
     tmp = Path(tempfile.mkdtemp(prefix="genseek-generative-"))
     try:
         # 1. baselines from a copy of the cached collection
-        shutil.copytree(args.collection, tmp / "scifact", ignore=shutil.ignore_patterns("collection.lock"))
+        shutil.copytree(collection, tmp / "scifact", ignore=shutil.ignore_patterns("collection.lock"))
         with Collection.open(tmp / "scifact") as coll:
             for name in ("bm25", "dense"):
                 with C.Phase() as ph:

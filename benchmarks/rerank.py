@@ -1,13 +1,15 @@
 """Listwise LLM reranking on SciFact: FIRST single-token vs full generation vs pointwise.
 
 1. First stage: RRF(bm25, dense) top 100 of every judged test query, from the cached
-   genseek collection (``--collection``, default $GENSEEK_CACHE/collections/scifact; its
-   indexes are copied and opened read-only), cached as JSON under ``--cache``.
+   genseek collection (``--collection``, default $GENSEEK_CACHE/collections/scifact, built
+   there with ``genseek index`` when missing; its indexes are copied and opened read-only),
+   cached as JSON under ``--cache``.
 2. The first ``--queries`` judged test queries (file order) have their top
    ``--depth`` reranked by each method, one query at a time (so the time is the
    latency per query): ``first`` (single-token, zero-shot), ``listwise-gen`` (full
    generation at the same windows), ``pointwise`` (yes/no log-odds) and
-   ``first-ft`` (single-token with the fine-tuned model from ``genseek train first``).
+   ``first-ft`` (single-token with the fine-tuned model from ``genseek train first``,
+   ``--finetuned``; skipped, with the reason printed, when the default folder has none).
 3. nDCG@10 of the first stage and of each reranked run over the same queries (the
    reranked top ``depth`` followed by the rest of the first-stage top 100), with the
    per-query wins/ties/losses against the first stage and the p-value of a paired
@@ -143,6 +145,7 @@ def measure(args) -> dict[str, Any]:
     torch.set_num_threads(args.threads)
     info = C.machine()
     dataset = C.dataset_dir("scifact")
+    args.collection = C.collection_option(args.collection)
     _log("first stage (RRF of bm25 + dense, top 100)")
     run = first_stage_run(args.collection, dataset, "test", 100, args.cache)
     qrels = read_qrels(dataset, "test")
@@ -165,9 +168,12 @@ def measure(args) -> dict[str, Any]:
         config["dtype"] = args.dtype
     key = hashlib.sha1(json.dumps(config, sort_keys=True, default=str).encode()).hexdigest()[:10]
     results: dict[str, Any] = {}
+    skipped: dict[str, str] = {}
     for method in args.methods:
         if method == "first-ft" and not (Path(args.finetuned) / "config.json").is_file():
-            _log(f"skip first-ft: no fine-tuned model at {args.finetuned}")
+            skipped[method] = (f"no fine-tuned model at {args.finetuned} (--finetuned DIR: a "
+                               "`genseek train first` output)")
+            _log(f"skip first-ft: {skipped[method]}")
             continue
         cached = args.cache / f"bench_{key}_{method}.json"
         if cached.is_file() and not args.fresh:
@@ -196,7 +202,8 @@ def measure(args) -> dict[str, Any]:
                            "machine": info, "dataset": "scifact test",
                            "first_stage": "rrf(bm25,dense) top 100",
                            "first_stage_ndcg10_all_300": round(full_first, 4),
-                           "first_stage_ndcg10_subset": round(base, 4), "methods": {}}
+                           "first_stage_ndcg10_subset": round(base, 4), "methods": {},
+                           "skipped": skipped}
     for m, r in results.items():
         out["methods"][m] = {k: v for k, v in r.items() if k not in ("orders",)}
         out["methods"][m]["delta_vs_first_stage"] = round(r["nDCG@10"] - base, 4)
@@ -230,6 +237,8 @@ def report(res: dict[str, Any]) -> None:
                      r["phase"]["cpu_ratio"]])
     C.table(["method", "nDCG@10", "delta", "p (paired)", "win/tie/loss", "s/query",
              "cpu ratio"], rows)
+    for m, reason in (res.get("skipped") or {}).items():
+        print(f"{m}: skipped, {reason}")
     for k in ("speedup_first_vs_gen", "speedup_first_vs_pointwise", "kendall_tau_first_vs_gen"):
         if k in res:
             print(f"{k}: {res[k]}")
@@ -251,9 +260,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--dtype", default=None,
                    help="model dtype: auto (default: float32 on CPU, bfloat16 on GPU), "
                         "float32, bfloat16 (fast on CPUs with AMX/AVX512-BF16)")
-    p.add_argument("--finetuned", type=Path, default=FINETUNED)
+    p.add_argument("--finetuned", type=Path, default=None,
+                   help=f"first-ft's model, a genseek train first output (default {FINETUNED}; "
+                        "first-ft is skipped when that has none)")
     p.add_argument("--methods", default=",".join(METHODS))
-    p.add_argument("--collection", type=Path, default=COLLECTION)
+    p.add_argument("--collection", type=Path, default=None,
+                   help=f"SciFact collection with bm25 + dense (default {COLLECTION}, built "
+                        "there when missing)")
     p.add_argument("--cache", type=Path, default=CACHE)
     p.add_argument("--fresh", action="store_true", help="ignore cached method results")
     args = C.parse_args(p, argv, report)
@@ -264,6 +277,10 @@ def main(argv: list[str] | None = None) -> int:
     for k, v in (quick if args.quick else full).items():
         if getattr(args, k) is None:
             setattr(args, k, v)
+    if args.finetuned is None:
+        args.finetuned = FINETUNED
+    elif not (args.finetuned / "config.json").is_file():
+        p.error(f"--finetuned {args.finetuned}: no model there (no config.json)")
     args.methods = [m for m in args.methods.split(",") if m]
     bad = set(args.methods) - set(METHODS)
     if bad:
@@ -271,6 +288,7 @@ def main(argv: list[str] | None = None) -> int:
     C.quiet_libraries()
     res = measure(args)
     name = "rerank_quick.json" if args.quick else "rerank.json"
+    (C.REPO / "benchmarks" / "results").mkdir(parents=True, exist_ok=True)
     (C.REPO / "benchmarks" / "results" / name).write_text(json.dumps(res, indent=1) + "\n")
     return C.emit(res, args.json, report)
 

@@ -94,8 +94,9 @@ def main(argv: list[str] | None = None) -> int:
                          "defaults); with --rounds 0 the setting that is scored and fused")
     ap.add_argument("--keys", type=Path, default=None,
                     help="decoded keys cache (default: MODEL/dev_keys_b{beams}.json)")
-    ap.add_argument("--collection", type=Path, default=CACHED,
-                    help=f"SciFact collection with bm25 + dense (copied; default {CACHED})")
+    ap.add_argument("--collection", type=Path, default=None,
+                    help=f"SciFact collection with bm25 + dense (copied; default {CACHED}, "
+                         "built there when missing)")
     ap.add_argument("--out", type=Path,
                     default=C.REPO / "benchmarks" / "results" / "seal_dev.json")
     ap.add_argument("--json", action="store_true", help="print the JSON result last")
@@ -113,7 +114,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         split, dev = holdout(args.model)
     except GenseekError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        print(f"error: --model {exc}", file=sys.stderr)
         return 2
     info = C.machine()
     C.print_machine(info)
@@ -131,11 +132,12 @@ def main(argv: list[str] | None = None) -> int:
     qtexts = [texts[q] for q in qids]
     qrels = {q: qrels_all[q] for q in qids}
     keys_file = args.keys or args.model / f"dev_keys_b{args.beams}.json"
+    collection = C.collection_option(args.collection)
     tmp = Path(tempfile.mkdtemp(prefix="genseek-seal-dev-"))
     runs: dict[str, dict[str, list[Hit]]] = {}
     timings: dict[str, Any] = {}
     try:
-        shutil.copytree(args.collection, tmp / "scifact",
+        shutil.copytree(collection, tmp / "scifact",
                         ignore=shutil.ignore_patterns("collection.lock"))
         with Collection.open(tmp / "scifact") as coll:
             for name in ("bm25", "dense"):

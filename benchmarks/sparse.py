@@ -3,14 +3,19 @@ Lucene impact indexes, their RRF fusion with bm25 and dense, latency, size, thro
 
 Every system runs in this one process on the same Lucene (Anserini's fat jar):
 
-- ``bm25``, ``dense``: a copy of the genseek collection at ``--collection`` (built by
-  ``benchmarks/beir_eval.py``; copied to a temporary folder, never modified).
+- ``bm25``, ``dense``: a copy of the genseek collection at ``--collection`` (default
+  ``$GENSEEK_CACHE/collections/DATASET``, built there with ``genseek index`` when missing;
+  copied to a temporary folder, never modified).
 - ``splade``: ``impact(model=splade-tiny)``: documents and queries through SPLADE-tiny.
 - ``inference-free``: ``impact(model=--if-model,mode=inference-free)``: documents through
   the trained encoder (``genseek train sparse``), queries = tokens weighted by the model's
   ``idf.json`` table (IDF or learned), no model.
 - ``splade-docs+idf``: SPLADE-tiny documents with inference-free queries (the IDF table of
-  ``--if-model``): what training adds over the starting point.
+  ``--if-model``, or ``--idf``): what training adds over the starting point. Without either,
+  the table is the corpus IDF (training's starting point), computed once into the sparse cache.
+
+Without a trained model (``--if-model``, default ``$GENSEEK_CACHE/sparse/if-scifact``) the
+``inference-free`` row is skipped and the reason printed; everything else is built when missing.
 
 Document vectors come from ``$GENSEEK_CACHE/sparse`` (``_sparse_cache.py``): a corpus is encoded
 once, ever; the impact indexes are built from the cached vectors (quantised x100, unpruned).
@@ -124,8 +129,9 @@ def run_all(args: argparse.Namespace) -> dict[str, Any]:
                               "documents": len(docs), "quick": args.quick, "systems": {},
                               "fusions": {}, "latency": {}, "indexes": {}}
     try:
-        _log("copying the bm25 + dense collection")
-        shutil.copytree(args.collection, work / "coll",
+        source = C.collection_option(args.collection, args.dataset)
+        _log(f"copying the bm25 + dense collection {source}")
+        shutil.copytree(source, work / "coll",
                         ignore=shutil.ignore_patterns("collection.lock"))
         coll = Collection.open(work / "coll")
         systems: dict[str, Any] = {"bm25": coll.indexes["bm25"], "dense": coll.indexes["dense"]}
@@ -138,8 +144,14 @@ def run_all(args: argparse.Namespace) -> dict[str, Any]:
         systems["splade"], result["indexes"]["splade"] = build_impact(
             work / "splade", {"model": "splade-tiny", "windows": w}, docs, splade_cache,
             "splade-tiny")
-        idf = args.idf or Path(if_model) / "idf.json"
         has_if = (Path(if_model) / "idf.json").is_file() and not args.no_trained
+        if args.idf is not None:
+            idf, result["idf_source"] = args.idf, "--idf"
+        elif (Path(if_model) / "idf.json").is_file():
+            idf, result["idf_source"] = Path(if_model) / "idf.json", "the trained model"
+        else:
+            idf = SC.corpus_idf_table("splade-tiny", args.dataset, docs)
+            result["idf_source"] = "corpus IDF (no trained model)"
         if idf.is_file():
             _log("impact index: splade-tiny documents + inference-free queries")
             systems["splade-docs+idf"], result["indexes"]["splade-docs+idf"] = build_impact(
@@ -156,8 +168,11 @@ def run_all(args: argparse.Namespace) -> dict[str, Any]:
             if train_info.is_file():
                 result["training"] = json.loads(train_info.read_text())
         else:
-            _log("trained encoder skipped: " + ("--no-trained" if args.no_trained
-                                                 else f"no model at {if_model}"))
+            reason = ("--no-trained" if args.no_trained else
+                      f"no trained model at {if_model} (--if-model DIR: a `genseek train "
+                      "sparse` output)")
+            result["skipped"] = {"inference-free": reason}
+            _log(f"trained encoder skipped: {reason}")
         result["indexes"]["bm25"] = {"disk_bytes": coll.indexes["bm25"].stats()["disk_bytes"]}
 
         # effectiveness
@@ -249,7 +264,7 @@ def run_all(args: argparse.Namespace) -> dict[str, Any]:
 
 def report(r: dict[str, Any]) -> None:
     C.print_machine(r["machine"])
-    print(f"\nSciFact test, {r['queries']} judged queries, {r['documents']} documents, depth {K}, "
+    print(f"\n{r.get('dataset', 'scifact')} test, {r['queries']} judged queries, {r['documents']} documents, depth {K}, "
           f"{r.get('windows', 1)} window(s) of 256 tokens per document")
     bm = r["systems"]["bm25"]["nDCG@10"]
     rows = [(n, m["nDCG@10"], m["R@100"], m["nDCG@10"] / bm, REFERENCE.get(n))
@@ -257,6 +272,10 @@ def report(r: dict[str, Any]) -> None:
     rows += [(n, m["nDCG@10"], m["R@100"], m["nDCG@10"] / bm, REFERENCE.get(n))
              for n, m in r["fusions"].items()]
     C.table(["system", "nDCG@10", "R@100", "vs bm25", "reference"], rows)
+    if r.get("idf_table"):
+        print(f"splade-docs+idf queries: {r.get('idf_source') or 'IDF table'} {r['idf_table']}")
+    for name, reason in (r.get("skipped") or {}).items():
+        print(f"{name}: skipped, {reason}")
     print("\nquery latency (one query at a time, k=10, query encoding included)")
     C.table(["system", "mean ms", "p50 ms", "p95 ms", "vs bm25"],
             [(n, v["mean_ms"], v["p50_ms"], v["p95_ms"], v["vs_bm25"])
@@ -286,12 +305,14 @@ def main() -> int:
     p.add_argument("--quick", action="store_true",
                    help="latency on 50 queries, throughput on 32 documents")
     p.add_argument("--dataset", default="scifact")
-    p.add_argument("--collection", type=Path, default=C.cache("collections", "scifact"),
-                   help="genseek collection with bm25 + dense of the dataset")
+    p.add_argument("--collection", type=Path, default=None,
+                   help="genseek collection with bm25 + dense of the dataset (default "
+                        "$GENSEEK_CACHE/collections/DATASET, built there when missing)")
     p.add_argument("--if-model", type=Path, default=SC.CACHE_ROOT / "if-scifact",
                    help="trained inference-free model folder (genseek train sparse)")
     p.add_argument("--idf", type=Path, default=None,
-                   help="IDF table for splade-docs+idf (default: IF_MODEL/idf.json)")
+                   help="IDF table for splade-docs+idf (default: IF_MODEL/idf.json, else the "
+                        "corpus IDF, computed once)")
     p.add_argument("--windows", type=int, default=1,
                    help="256-token windows per document, max-pooled (1 = cut at 256 tokens)")
     p.add_argument("--tune-fusion", metavar="SPLIT", default=None,
@@ -302,9 +323,12 @@ def main() -> int:
     args = C.parse_args(p, None, report)
     if args is None:
         return 0
+    if args.idf is not None and not args.idf.is_file():
+        p.error(f"--idf {args.idf}: no such file")
     C.quiet_libraries()
     result = run_all(args)
     out = C.REPO / "benchmarks" / "results" / f"sparse{'_quick' if args.quick else ''}.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result) + "\n")  # one line: --report reads it back
     return C.emit(result, args.json, report)
 

@@ -4,9 +4,10 @@ Indexes: faiss Flat (exact), HNSW32, IVF-PQ (48 bytes), genseek SPANN (a sweep o
 search settings) and Microsoft SPTAG's SPANN (Debian ``python3-sptag``; skipped with
 the reason printed when it cannot be imported), on
 
-(a) ``real``: the MiniLM vectors of every shared dataset, read from
-    ``$GENSEEK_CACHE/collections/*/indexes/dense/vectors.sqlite`` (never re-encoded);
-    queries are all the datasets' queries, encoded once and cached under
+(a) ``real``: the MiniLM vectors of every shared dataset (``--datasets``), read from
+    ``$GENSEEK_CACHE/collections/NAME/indexes/dense/vectors.sqlite``: a collection that is
+    missing is built there first (``genseek index``, bm25 + dense, once; never re-encoded
+    afterwards); queries are all the datasets' queries, encoded once and cached under
     ``$GENSEEK_CACHE/vectors/``; and
 (b) ``synthetic``: clustered 384-d vectors (three-level Gaussian mixture) generated
     with numpy — 1,000,000 by default, 100,000 with ``--quick``.
@@ -32,6 +33,7 @@ import sqlite3
 import sys
 import tempfile
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -41,7 +43,6 @@ import numpy as np
 from genseek.cache import cache_root
 
 CACHE = cache_root() / "vectors"
-COLLECTIONS = cache_root() / "collections"
 DATASETS = ("scifact", "cisi", "cranfield", "cacm", "npl")
 DIM = 384
 
@@ -49,19 +50,29 @@ DIM = 384
 # -- data ----------------------------------------------------------------------------------
 
 
-def real_vectors() -> tuple[np.ndarray, list[str]]:
-    """All datasets' stored MiniLM document vectors ``[n, 384]`` and the datasets found."""
+def real_vectors(datasets: Sequence[str] = DATASETS) -> tuple[np.ndarray, list[str]]:
+    """The stored MiniLM document vectors ``[n, 384]`` of ``datasets`` (each collection built
+    in the cache first when it is missing) and the datasets used: those in the datasets
+    folder; the others are left out with a note, and none at all is an error."""
     parts, names = [], []
-    for name in DATASETS:
-        db = COLLECTIONS / name / "indexes" / "dense" / "vectors.sqlite"
-        if not db.exists():
-            print(f"note: {db} missing; dataset {name} left out", file=sys.stderr)
+    for name in datasets:
+        if not (_common.datasets_root() / name / "corpus.jsonl").is_file():
+            print(f"note: no dataset {name} in {_common.datasets_root()}; left out",
+                  file=sys.stderr)
             continue
+        db = _common.collection(name) / "indexes" / "dense" / "vectors.sqlite"
+        if not db.is_file():
+            sys.exit(f"error: {db} missing: the dense index of {name} stores no vectors")
         con = sqlite3.connect(f"file:{db}?mode=ro", uri=True)
         rows = con.execute("SELECT vec FROM vectors ORDER BY label").fetchall()
         con.close()
+        if not rows:
+            sys.exit(f"error: {db} holds no vectors")
         parts.append(np.frombuffer(b"".join(r[0] for r in rows), np.float32).reshape(-1, DIM))
         names.append(name)
+    if not parts:
+        sys.exit(f"error: none of the datasets {', '.join(datasets)} is in "
+                 f"{_common.datasets_root()} (set GENSEEK_DATASETS, or choose --datasets)")
     return np.ascontiguousarray(np.concatenate(parts)), names
 
 
@@ -373,11 +384,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--no-quality", action="store_true",
                         help="leave out the MUVERA / RepCONC rows of _vector_quality.py")
     parser.add_argument("--workdir", default=None, help="where indexes are built (a temp dir)")
+    parser.add_argument("--datasets", default=",".join(DATASETS),
+                        help="datasets whose MiniLM vectors make the real set (each collection "
+                             "is built in $GENSEEK_CACHE/collections when missing)")
     _common.add_output_options(parser)
     args = parser.parse_args(argv)
     if args.report:
         return _common.emit(_common.load_json(args.report), False, report)
     _common.quiet_libraries()
+    datasets = [d.strip() for d in args.datasets.split(",") if d.strip()]
     n_syn = args.synthetic or (100_000 if args.quick else 1_000_000)
     nq_syn = args.queries or (200 if args.quick else 500)
     result: dict[str, Any] = {"machine": _common.machine(), "command": " ".join(sys.argv),
@@ -386,7 +401,7 @@ def main(argv: list[str] | None = None) -> int:
     work = Path(tmp.name)
     t0 = time.perf_counter()
     if args.only in (None, "real"):
-        x, names = real_vectors()
+        x, names = real_vectors(datasets)
         q = real_queries(names)
         if args.real_queries or args.quick:
             q = q[np.random.default_rng(0).permutation(len(q))[:args.real_queries or 400]]
@@ -428,7 +443,7 @@ def main(argv: list[str] | None = None) -> int:
         result["updates"].append(update_rows("synthetic", x[:n_upd], q, work, 32, 1.0))
         del x
     if args.only == "updates":
-        x, names = real_vectors()
+        x, names = real_vectors(datasets)
         q = real_queries(names)
         if args.real_queries or args.quick:
             q = q[np.random.default_rng(0).permutation(len(q))[:args.real_queries or 400]]
@@ -447,6 +462,7 @@ def main(argv: list[str] | None = None) -> int:
     tmp.cleanup()
     out = _common.REPO / "benchmarks" / "results" / \
         f"vector_indexes{'_quick' if args.quick else ''}{'_' + args.only if args.only else ''}.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=1) + "\n")
     return _common.emit(result, args.json, report)
 
