@@ -38,6 +38,7 @@ import json
 import logging
 import os
 import shutil
+import sys
 import tempfile
 import threading
 import time
@@ -212,16 +213,23 @@ def quiet_third_party() -> None:
     if not os.environ.get("TRANSFORMERS_VERBOSITY"):
         hf_logging.set_verbosity_error()
     hf_logging.disable_progress_bar()
+    if "transformers.modeling_gguf_pytorch_utils" in sys.modules:
+        quiet_gguf_reader()
+    _QUIET = True
+
+
+def quiet_gguf_reader() -> None:
+    """The GGUF reader's own bar off. Called only where a GGUF file is about to be read: the
+    module takes about 3 s to import, which a load from the converted cache must not pay."""
     try:
         import transformers.modeling_gguf_pytorch_utils as gguf_utils
     except Exception:  # noqa: BLE001 - an optional module of some transformers versions
-        gguf_utils = None
+        return
     bar = getattr(gguf_utils, "tqdm", None)
     if bar is not None and not getattr(bar, "_genseek_quiet", False):
         quiet_bar = functools.partial(bar, disable=True)
         quiet_bar._genseek_quiet = True  # type: ignore[attr-defined]
         gguf_utils.tqdm = quiet_bar
-    _QUIET = True
 
 
 # ---------------------------------------------------------------------------------------------
@@ -340,8 +348,10 @@ def gguf_source(gguf: str | os.PathLike[str]) -> tuple[str, dict[str, Any]]:
         except OSError as exc:
             log.warning("cannot cache the de-quantised %s in %s (%s): loading the GGUF",
                         gguf.name, final.parent, exc)
+            quiet_gguf_reader()
             return str(gguf.parent), {"gguf_file": gguf.name}
         except _StaysPacked:
+            quiet_gguf_reader()
             return str(gguf.parent), {"gguf_file": gguf.name}
     return str(final), {"use_safetensors": True}
 
@@ -350,6 +360,7 @@ def _build_gguf_folder(gguf: Path, facts: dict[str, Any], final: Path) -> None:
     from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForSeq2SeqLM, AutoTokenizer
 
     quiet_third_party()
+    quiet_gguf_reader()
     _sweep(final.parent)
     tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{final.name}-", dir=final.parent))
     try:

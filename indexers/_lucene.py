@@ -136,22 +136,51 @@ class LuceneFolder:
         self._open_searcher = open_searcher
         j.IndexSearcher.setMaxClauseCount(MAX_CLAUSES)
         self.directory = j.FSDirectory.open(j.Paths.get(str(path.resolve())))
-        try:
-            self._writer = Shared(j.IndexWriter(self.directory, config))
-        except j.JavaException as exc:
-            raise ServerError(f"{kind}: cannot open the Lucene index at {path}: "
-                               f"{exc}") from exc
-        self.applied_seq = self._read_seq()
+        self._config = Shared(config)
+        # The writer opens on first use: a folder that is only searched (a CLI search) never
+        # pays for it (about a fifth of a bm25 open) nor takes Lucene's write lock.
+        self._writer: Shared | None = None
+        self._writer_lock = threading.Lock()
         self.pending_deletes = False  # set by the index: a commit may expunge them
         self._lock = threading.Lock()
         self._current: _Generation | None = None
-        if self.applied_seq == 0 and self.writer.getDocStats().numDocs == 0:
+        if not j.DirectoryReader.indexExists(self.directory):
             self._commit_data(0)  # an empty commit, so a reader can open the folder
+        self.applied_seq = self._read_seq()
 
     @property
     def writer(self) -> Any:
-        """The ``IndexWriter``, seen from the calling thread."""
+        """The ``IndexWriter`` (opened now if it is not yet), seen from the calling thread."""
+        if self._writer is None:
+            with self._writer_lock:
+                if self._writer is None:
+                    j = self._j
+                    try:
+                        self._writer = Shared(j.IndexWriter(self.directory, self._config.here()))
+                    except j.JavaException as exc:
+                        raise ServerError(f"{self.kind}: cannot open the Lucene index at "
+                                          f"{self.path}: {exc}") from exc
         return self._writer.here()
+
+    def _commit_infos(self) -> list[Any]:
+        """The segments of the latest commit (``SegmentCommitInfo``, this thread's view)."""
+        infos = here(self._j.SegmentInfos.readLatestCommit(self.directory))
+        return [here(infos.info(i)) for i in range(int(infos.size()))]
+
+    def doc_counts(self) -> tuple[int, int]:
+        """``(live documents, maxDoc)``: the writer's when it is open, else the last commit's."""
+        if self._writer is not None:
+            stats = self.writer.getDocStats()
+            return int(stats.numDocs), int(stats.maxDoc)
+        infos = self._commit_infos()
+        max_doc = sum(int(here(info.info).maxDoc()) for info in infos)
+        return max_doc - sum(int(info.getDelCount()) for info in infos), max_doc
+
+    def has_deletions(self) -> bool:
+        """Whether deleted documents are still in the index (not merged away)."""
+        if self._writer is not None:
+            return bool(self.writer.hasDeletions())
+        return any(int(info.getDelCount()) > 0 for info in self._commit_infos())
 
     # -- state ------------------------------------------------------------------------
 
@@ -169,8 +198,8 @@ class LuceneFolder:
         Lucene reads its files through mmap (the page cache), which is not counted.
         """
         runtime = here(self._j.Runtime.getRuntime())
-        return int(self.writer.ramBytesUsed()) + int(runtime.totalMemory()
-                                                     - runtime.freeMemory())
+        buffered = int(self.writer.ramBytesUsed()) if self._writer is not None else 0
+        return buffered + int(runtime.totalMemory() - runtime.freeMemory())
 
     # -- writes -----------------------------------------------------------------------
 
@@ -220,6 +249,8 @@ class LuceneFolder:
 
         Also run at open: a process killed after a commit but before its merge leaves deleted
         documents that no later catch-up would touch."""
+        if not self.has_deletions():  # the usual case: no writer needed to know it
+            return
         writer = self.writer
         for _ in range(3):  # a merge may leave deletes that arrived during it
             if not writer.hasDeletions():
@@ -269,5 +300,5 @@ class LuceneFolder:
             gen, self._current = self._current, None
         if gen is not None:
             self._release(gen, retire=True)
-        if self.writer.isOpen():
+        if self._writer is not None and self.writer.isOpen():
             self.writer.rollback()  # closes; drops anything applied but not committed

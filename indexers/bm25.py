@@ -97,12 +97,12 @@ class BM25Index:
         return list(here(self._j.AnalyzerUtils.analyze(self._analyzer, text)).toArray())
 
     def stats(self) -> dict[str, Any]:
-        doc_stats = self._lucene.writer.getDocStats()
+        live, max_doc = self._lucene.doc_counts()
         return {
             "type": "bm25",
-            "documents": int(doc_stats.numDocs),  # live documents
+            "documents": live,
             # with deleted ones not merged away yet (they still count in BM25's statistics)
-            "max_doc": int(doc_stats.maxDoc),
+            "max_doc": max_doc,
             "applied_seq": self.applied_seq,
             "disk_bytes": dir_bytes(self.path),
             "memory_bytes": self._lucene.memory_bytes(),

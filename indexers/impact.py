@@ -251,7 +251,7 @@ class ImpactIndex:
 
     def stats(self) -> dict[str, Any]:
         # live documents (maxDoc counts deleted)
-        docs = int(self._lucene.writer.getDocStats().numDocs)
+        docs = self._lucene.doc_counts()[0]
         return {
             "type": "impact",
             "documents": docs,
