@@ -608,8 +608,11 @@ def build_parser() -> argparse.ArgumentParser:
                 "Search one index, or fuse several (every index by default). Only the "
                 "indexes searched are opened: a bm25 search starts Java and loads no model. "
                 "Generative indexes (genre, seal, dsi) decode with a language model: on a "
-                "2-core CPU a query costs seconds (benchmarks/RESULTS.md), and the first "
-                "query of a model also converts it once into genseek's cache.")
+                "2-core CPU one GENRE query from the command line takes about 9 s (4 s to "
+                "import torch and transformers and load the model, 4 s to decode with 10 "
+                "beams); the first query of a GGUF model also converts it once into "
+                "genseek's cache (about 20 s, 540 MB). A server keeps the model loaded "
+                "(benchmarks/RESULTS.md, section 15).")
     collection_arg(p)
     p.add_argument("query", help="the query text")
     p.add_argument("-k", type=int, default=10, help="results to return (1-10000)")

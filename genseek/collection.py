@@ -111,6 +111,7 @@ class Collection:
                     if strict:
                         raise
                     self.failed[name] = _describe(exc)
+                    self._record(name, {"error": self.failed[name]})
                     log.error("collection %s: index %s cannot open: %s", path, name,
                               self.failed[name])
         except BaseException:
@@ -347,8 +348,11 @@ class Collection:
             self.sync_errors[name] = _describe(exc)
             log.error("collection %s, index %s: applying writes failed: %s", self.path, name,
                       self.sync_errors[name])
+            self._record(name, {"error": self.sync_errors[name]})
             return exc
         self.sync_errors.pop(name, None)
+        if self._state.get(name, {}).get("error"):
+            self._record(name, {"error": None})
         return None
 
     def _sync_index(self, name: str, index: Index, progress: Progress | None = None,
@@ -567,6 +571,7 @@ class Collection:
             except Exception as exc:
                 self.failed[name] = _describe(exc)
                 self._unopened.discard(name)
+                self._record(name, {"error": self.failed[name]})
                 log.error("collection %s: index %s cannot open: %s", self.path, name,
                           self.failed[name])
                 return self.index(name)  # IndexUnavailable naming the reason
@@ -748,6 +753,8 @@ class Collection:
             entry = {k: v for k, v in stats.items() if k in _RECORDED and v is not None}
             entry["applied_seq"] = index.applied_seq
             entry["counted_at_seq"] = index.applied_seq
+            if name in self.sync_errors:
+                entry["error"] = self.sync_errors[name]
             self._record(name, entry, replace=True)
 
     @classmethod
@@ -856,12 +863,18 @@ def _recorded_stats(path: Path, name: str, entry: dict[str, Any] | None,
     folder = path / "indexes" / name
     out: dict[str, Any] = {"disk_bytes": dir_bytes(folder) if folder.is_dir() else None,
                            "memory_bytes": None, "open": False}
+    if entry and entry.get("error") and not isinstance(entry.get("applied_seq"), int):
+        return {**out, "applied_seq": None, "state": "failed", "lag": None,
+                "error": entry["error"]}
     if not entry or not isinstance(entry.get("applied_seq"), int):
         return {**out, "applied_seq": None, "state": "unknown", "lag": None,
                 "error": "nothing recorded yet: 'genseek sync' opens it and records it"}
     applied = entry["applied_seq"]
     out.update({k: v for k, v in entry.items() if k in _RECORDED or k == "counted_at_seq"})
     lag = max(0, seq - applied)
+    if entry.get("error"):  # it could not open, or apply writes, when it was last used
+        return {**out, "applied_seq": applied, "state": "failed", "lag": lag,
+                "error": entry["error"]}
     return {**out, "applied_seq": applied, "state": "catching_up" if lag else "ready",
             "lag": lag, "error": None}
 
