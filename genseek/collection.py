@@ -357,7 +357,10 @@ class Collection:
 
     def _sync_index(self, name: str, index: Index, progress: Progress | None = None,
                     batch_ops: int = 1000) -> None:
-        """Bring one index up to the store's current sequence number."""
+        """Bring one index up to the store's current sequence number (in steps of at most
+        250 operations when someone watches the ``progress``, so it moves)."""
+        if progress is not None:
+            batch_ops = min(batch_ops, 250)
         with self._index_locks[name]:
             target = self.store.seq
             seq = index.applied_seq
@@ -499,7 +502,7 @@ class Collection:
         With ``source_key``, each batch also records the last line it committed under
         that key, so an interrupted import resumes there (see :meth:`resume_point`).
         ``on_batch(n)`` follows each committed batch; ``on_apply`` is the indexes' progress
-        within a batch (they apply it in steps of at most 250 operations, so it moves).
+        within a batch (watched, they apply it in steps of at most 250 operations).
         """
         read = upserted = unchanged = 0
         empty: list[str] = []
@@ -510,8 +513,7 @@ class Collection:
         def flush() -> None:
             nonlocal upserted, unchanged, seq
             meta = {source_key: json.dumps({"line": last_line})} if source_key else None
-            result = self.write(upserts=batch, meta=meta, progress=on_apply,
-                                batch_ops=250 if on_apply else 1000)
+            result = self.write(upserts=batch, meta=meta, progress=on_apply)
             upserted += result.upserted
             unchanged += result.unchanged
             seq = result.seq
