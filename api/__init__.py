@@ -12,7 +12,8 @@ route                                      scope   does
 GET  /health                               none    the process is up: ``{"status": "ok"}``
 GET  /ready                                none    200 while serving: ``status`` ready, catching_up
                                                    or degraded (an index failed); 503 shutting
-                                                   down; per-index details with the read scope
+                                                   down; with the read scope per-index details
+                                                   and ``models`` (loaded, loading, preload)
 GET  /metrics                              read    Prometheus text format (none with
                                                    ``GENSEEK_PUBLIC_METRICS=1``)
 GET  /collections                          read    ``{"collections": [names]}``
@@ -52,6 +53,11 @@ expensive one (dense encoding). ``"refresh": true`` makes the request wait (boun
 the request timeout) until every index has applied the write, so the client reads
 its own writes. The pipeline is :class:`genseek.pipeline.Pipeline` in JSON form;
 when omitted, the default is RRF over all indexes of the collection, k = 10.
+
+Time: a request gets ``GENSEEK_REQUEST_TIMEOUT_S`` (30 s) or a 504 that says whether it was
+a read or a write; time while a model or the JVM is being loaded is not counted. At start the
+server opens every collection and loads the ``/v1`` models and the configured rerankers in
+the background (``GENSEEK_PRELOAD``: ``all``, ``collections`` or ``none``).
 
 Security: API keys with ``read`` and ``write`` scopes (``write`` implies read),
 from ``GENSEEK_API_KEYS`` (``key1:read,key2:write``) or a JSON file
