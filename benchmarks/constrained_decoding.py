@@ -342,6 +342,8 @@ def smollm2_step(args: argparse.Namespace) -> tuple[Any, dict[str, Any]]:
     """Load SmolLM2 and time its decoding step for batch x beams rows with KV cache."""
     from transformers import AutoModelForCausalLM
 
+    from genseek.models import cache_kwarg, output_cache
+
     folder, name = smollm2_path()
     t0 = time.perf_counter()
     model = AutoModelForCausalLM.from_pretrained(folder, gguf_file=name,
@@ -355,15 +357,15 @@ def smollm2_step(args: argparse.Namespace) -> tuple[Any, dict[str, Any]]:
         t0 = CLOCK[0]()
         out = model(input_ids=prompts, use_cache=True)
         prompt_s = CLOCK[0]() - t0
-        past = out.past_key_values
+        past = output_cache(out)
         past.batch_repeat_interleave(k)
         tok = torch.from_numpy(rng.integers(3, VOCAB, size=(b * k, 1)))
         for _ in range(args.smol_reps):
             t0 = CLOCK[0]()
-            out = model(input_ids=tok, past_key_values=past, use_cache=True)
+            out = model(input_ids=tok, use_cache=True, **{cache_kwarg(model): past})
             torch.log_softmax(out.logits[:, -1].float(), -1)
             times.append(CLOCK[0]() - t0)
-            past = out.past_key_values
+            past = output_cache(out)
     info = {"file": name, "load_s": round(load_s, 1), "prompt_s": round(prompt_s, 3),
             "step_s_median": round(statistics.median(times), 4),
             "step_s": [round(x, 4) for x in times], "rows": b * k}

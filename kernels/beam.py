@@ -153,7 +153,7 @@ class _Decoder:
         out = self.model(input_ids=self.input_ids, attention_mask=self.prompt_mask,
                          use_cache=True, return_dict=True, **kwargs)
         self.past = output_cache(out)
-        if self.k > 1:
+        if self.k > 1 and self.past is not None:  # None: a model without a KV cache
             self.past.batch_repeat_interleave(self.k)  # each query's row, once per beam
         logits = out.logits[:, -1, :].float().repeat_interleave(self.k, dim=0)
         return torch.log_softmax(logits, dim=-1)
@@ -161,7 +161,8 @@ class _Decoder:
     @torch.no_grad()
     def next(self, tokens: torch.Tensor, parents: torch.Tensor) -> torch.Tensor:
         """Log-probs ``[N, V]`` after appending ``tokens`` (``[N]``) to rows ``parents``."""
-        self.past.reorder_cache(parents)
+        if self.past is not None:
+            self.past.reorder_cache(parents)
         ones = torch.ones((tokens.shape[0], 1), dtype=self.mask.dtype, device=self.mask.device)
         if self.seq2seq:
             out = self.model(encoder_outputs=self.encoder_outputs, attention_mask=self.mask,

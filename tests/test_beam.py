@@ -248,6 +248,27 @@ def test_union_provider_decoding_matches_single_trie() -> None:
         assert np.allclose([h.score for h in ha], [h.score for h in hb])
 
 
+class NoCacheLM(torch.nn.Module):
+    """A model that keeps no KV cache (returns ``cache=None``), like a stand-in or a model
+    run with ``use_cache`` off: its logits depend on the last token only."""
+
+    def __init__(self, vocab: int, seed: int):
+        super().__init__()
+        g = torch.Generator().manual_seed(seed)
+        self.table = torch.randn(vocab, vocab, generator=g) * 3.0
+
+    def forward(self, input_ids: torch.Tensor, **kwargs: Any) -> _Out:
+        return _Out(self.table[input_ids[:, -1]].unsqueeze(1), None)  # type: ignore[arg-type]
+
+
+def test_a_model_without_a_cache_still_decodes_under_the_constraint() -> None:
+    corpus = [[1, 2, 3], [1, 2, 4], [1, 5], [6, 1], [6, 2, 2]]
+    res = _run(NoCacheLM(9, 5), [[1], [2, 3]], TrieConstraint(build_trie(corpus, 9)),
+               num_beams=3, max_new_tokens=4, eos_token_id=8)
+    for hyps in res.hypotheses:
+        assert hyps and all(list(h.tokens) in corpus for h in hyps)
+
+
 def test_early_stopping_saves_steps_without_changing_result() -> None:
     corpus = [[1, 2], [3], [4, 5, 6, 7, 1, 2, 3]]
     model = HashLM(9, 3)
