@@ -48,7 +48,8 @@ def _count_lines(path: Path) -> int:
 
 
 class _SyncProgress:
-    """Catch-up progress, one meter per index (in operations), shown from its first batch."""
+    """Catch-up progress, one meter per index (in operations), shown from its first batch and
+    closed when the index has caught up (also when a lazy collection opens it later)."""
 
     def __init__(self, enabled: bool):
         from genseek.progress import Meter
@@ -64,6 +65,8 @@ class _SyncProgress:
             meter = self.meters[name] = Meter(target, f"catch-up {name}", unit="op",
                                               enabled=self.enabled, initial=seq)
         meter.set(seq, target)
+        if seq >= target:
+            self.meters.pop(name).close()
 
     def close(self) -> None:
         for meter in self.meters.values():

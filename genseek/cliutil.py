@@ -5,6 +5,7 @@ that refuse a bad value with one line."""
 from __future__ import annotations
 
 import argparse
+import math
 import textwrap
 
 
@@ -64,6 +65,6 @@ def weights(text: str) -> list[float]:
     except ValueError:
         raise argparse.ArgumentTypeError(
             f"expected comma-separated numbers such as 0.3,0.7, not {text!r}") from None
-    if any(v < 0 or v != v or v == float("inf") for v in values):
+    if any(v < 0 or not math.isfinite(v) for v in values):
         raise argparse.ArgumentTypeError(f"weights must be finite and >= 0, not {text!r}")
     return values

@@ -160,6 +160,18 @@ class Collection:
         except GenseekError:
             return None
 
+    @classmethod
+    def _complete_manifest(cls, path: Path) -> dict[str, Any]:
+        """The manifest of a complete collection; :class:`NotFoundError` for a folder that is
+        none, or whose creation was interrupted."""
+        manifest = cls._read_manifest(path)
+        if manifest is None:
+            raise NotFoundError(f"{path} is not a genseek collection (no {MANIFEST})")
+        if manifest.get("state") == CREATING:
+            raise NotFoundError(f"{path}: its creation was interrupted; run the same create "
+                                "command again (same indexes) to finish it")
+        return manifest
+
     @staticmethod
     def _read_manifest(path: Path) -> dict[str, Any] | None:
         manifest_path = path / MANIFEST
@@ -192,12 +204,7 @@ class Collection:
         up when they open.
         """
         path = cls._check_dir(path)
-        manifest = cls._read_manifest(path)
-        if manifest is None:
-            raise NotFoundError(f"{path} is not a genseek collection (no {MANIFEST})")
-        if manifest.get("state") == CREATING:
-            raise NotFoundError(f"{path}: its creation was interrupted; run the same create "
-                                "command again (same indexes) to finish it")
+        manifest = cls._complete_manifest(path)
         collection = cls(path, manifest, cls._lock(path), strict=False, lazy=lazy,
                          progress=progress)
         try:
@@ -404,18 +411,18 @@ class Collection:
 
     def write(self, upserts: Sequence[Document] = (), deletes: Iterable[str] = (),
               meta: dict[str, str] | None = None, *, sync: bool = True,
-              progress: Progress | None = None, batch_ops: int = 1000) -> WriteResult:
+              progress: Progress | None = None) -> WriteResult:
         """Commit a batch to the store, then apply it to every index.
 
         The batch is acknowledged (durable) once the store has committed it; if the
         process dies before the indexes have applied it, the next open replays it.
         With ``sync=False`` the indexes are left to the background applier (see
-        :meth:`start_background_sync`); :meth:`wait_for` waits for them. ``progress`` and
-        ``batch_ops`` are :meth:`sync`'s.
+        :meth:`start_background_sync`); :meth:`wait_for` waits for them. ``progress`` is
+        :meth:`sync`'s.
         """
         result = self.store.write(upserts, deletes, meta)
         if sync:
-            self.sync(progress, batch_ops)
+            self.sync(progress)
         else:
             for wake in list(self._wakes.values()):
                 wake.set()
@@ -556,11 +563,6 @@ class Collection:
             raise NotFoundError(f"no index named {name!r} in {self.path} (indexes: {known})") \
                 from None
 
-    @property
-    def names(self) -> list[str]:
-        """Every index of the manifest (open or not yet opened), in manifest order."""
-        return list(self.manifest["indexes"])
-
     def _open_lazily(self, name: str) -> Index:
         """Open a not-yet-opened index of a lazy collection, catch it up, and serve it."""
         with self._open_lock:
@@ -692,23 +694,14 @@ class Collection:
         return len(self.store)
 
     def stats(self) -> dict[str, Any]:
-        from genseek.protocols import dir_bytes, file_bytes
-
         try:
             import psutil
 
             rss = psutil.Process().memory_info().rss
         except ImportError:  # pragma: no cover
             rss = None
-        return {
-            "path": str(self.path),
-            "documents": len(self.store),
-            "seq": self.store.seq,
-            "disk_bytes": dir_bytes(self.path),
-            "store_bytes": file_bytes(self.path.glob("docs.sqlite*")),
-            "process_rss_bytes": rss,
-            "indexes": self._index_stats(),
-        }
+        return _stats_record(self.path, len(self.store), self.store.seq, rss,
+                             self._index_stats())
 
     def _index_stats(self) -> dict[str, dict[str, Any]]:
         """Each index's stats with its health (``state``, ``lag``, ``error``); an index that
@@ -719,9 +712,9 @@ class Collection:
         for name, spec in self.manifest["indexes"].items():
             entry: dict[str, Any] = {"spec": spec}
             index = self.indexes.get(name)
-            if index is None and name in self._unopened:
+            if name in self._unopened:
                 entry.update(_recorded_stats(self.path, name, self._state.get(name), seq))
-            if index is not None:
+            elif index is not None:
                 try:
                     entry.update(index.stats())
                 except Exception as exc:  # noqa: BLE001 - report it, keep the others
@@ -734,30 +727,34 @@ class Collection:
 
     # -- what each index committed, readable without opening it -------------------------------
 
-    def _record(self, name: str, entry: dict[str, Any] | None, replace: bool = False) -> None:
+    def _record(self, name: str, entry: dict[str, Any] | None) -> None:
         """Update index ``name``'s entry of ``index-state.json`` (None removes it)."""
         with self._state_lock:
             state = dict(self._state)
             if entry is None:
                 state.pop(name, None)
             else:
-                state[name] = entry if replace else {**state.get(name, {}), **entry}
+                state[name] = {**state.get(name, {}), **entry}
             self._state = state
             _write_state(self.path, state)
 
     def _record_stats(self) -> None:
-        """Record every open index's counts (what :meth:`describe` reports for it)."""
+        """Record every open index's counts (what :meth:`describe` reports for it), in one
+        write of ``index-state.json``."""
+        counted: dict[str, dict[str, Any]] = {}
         for name, index in list(self.indexes.items()):
             try:
                 stats = index.stats()
             except Exception:  # noqa: BLE001 - only a report; the index reports it when open
                 continue
             entry = {k: v for k, v in stats.items() if k in _RECORDED and v is not None}
-            entry["applied_seq"] = index.applied_seq
-            entry["counted_at_seq"] = index.applied_seq
+            entry.update(applied_seq=index.applied_seq, counted_at_seq=index.applied_seq)
             if name in self.sync_errors:
                 entry["error"] = self.sync_errors[name]
-            self._record(name, entry, replace=True)
+            counted[name] = entry
+        with self._state_lock:
+            self._state = {**self._state, **counted}
+            _write_state(self.path, self._state)
 
     @classmethod
     def describe(cls, path: Path) -> dict[str, Any]:
@@ -766,27 +763,13 @@ class Collection:
         no lock, starts no JVM and loads no model, so it works while another process (a
         server) has the collection open. Memory is reported only by :meth:`stats` of an open
         collection."""
-        from genseek.protocols import dir_bytes, file_bytes
-
         path = cls._check_dir(path)
-        manifest = cls._read_manifest(path)
-        if manifest is None:
-            raise NotFoundError(f"{path} is not a genseek collection (no {MANIFEST})")
-        if manifest.get("state") == CREATING:
-            raise NotFoundError(f"{path}: its creation was interrupted; run the same create "
-                                "command again (same indexes) to finish it")
+        manifest = cls._complete_manifest(path)
         seq, documents = DocStore.peek(path / "docs.sqlite")
         state = _read_state(path)
-        return {
-            "path": str(path),
-            "documents": documents,
-            "seq": seq,
-            "disk_bytes": dir_bytes(path),
-            "store_bytes": file_bytes(path.glob("docs.sqlite*")),
-            "process_rss_bytes": None,
-            "indexes": {name: {"spec": spec, **_recorded_stats(path, name, state.get(name), seq)}
-                        for name, spec in manifest["indexes"].items()},
-        }
+        return _stats_record(path, documents, seq, None, {
+            name: {"spec": spec, **_recorded_stats(path, name, state.get(name), seq)}
+            for name, spec in manifest["indexes"].items()})
 
     # -- closing ----------------------------------------------------------------------------
 
@@ -865,20 +848,28 @@ def _recorded_stats(path: Path, name: str, entry: dict[str, Any] | None,
     folder = path / "indexes" / name
     out: dict[str, Any] = {"disk_bytes": dir_bytes(folder) if folder.is_dir() else None,
                            "memory_bytes": None, "open": False}
-    if entry and entry.get("error") and not isinstance(entry.get("applied_seq"), int):
-        return {**out, "applied_seq": None, "state": "failed", "lag": None,
-                "error": entry["error"]}
-    if not entry or not isinstance(entry.get("applied_seq"), int):
-        return {**out, "applied_seq": None, "state": "unknown", "lag": None,
-                "error": "nothing recorded yet: 'genseek sync' opens it and records it"}
-    applied = entry["applied_seq"]
+    entry = entry or {}
+    applied = entry.get("applied_seq")
+    applied = applied if isinstance(applied, int) else None
     out.update({k: v for k, v in entry.items() if k in _RECORDED or k == "counted_at_seq"})
-    lag = max(0, seq - applied)
+    lag = None if applied is None else max(0, seq - applied)
     if entry.get("error"):  # it could not open, or apply writes, when it was last used
-        return {**out, "applied_seq": applied, "state": "failed", "lag": lag,
-                "error": entry["error"]}
-    return {**out, "applied_seq": applied, "state": "catching_up" if lag else "ready",
-            "lag": lag, "error": None}
+        state, error = "failed", entry["error"]
+    elif applied is None:
+        state, error = "unknown", "nothing recorded yet: 'genseek sync' opens it and records it"
+    else:
+        state, error = ("catching_up" if lag else "ready"), None
+    return {**out, "applied_seq": applied, "state": state, "lag": lag, "error": error}
+
+
+def _stats_record(path: Path, documents: int, seq: int, rss: int | None,
+                  indexes: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    """The stats of a collection folder (:meth:`Collection.stats`, :meth:`Collection.describe`)."""
+    from genseek.protocols import dir_bytes, file_bytes
+
+    return {"path": str(path), "documents": documents, "seq": seq,
+            "disk_bytes": dir_bytes(path), "store_bytes": file_bytes(path.glob("docs.sqlite*")),
+            "process_rss_bytes": rss, "indexes": indexes}
 
 
 def _describe(exc: BaseException) -> str:
