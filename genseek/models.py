@@ -45,6 +45,7 @@ import time
 import warnings
 from collections.abc import Callable, Hashable, Iterator
 from contextlib import contextmanager, suppress
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ParamSpec, TypeVar
 
@@ -167,6 +168,110 @@ def cached_model(kind: str) -> Callable[[Callable[P, T]], Callable[P, T]]:
         return cached
 
     return decorate
+
+
+# ---------------------------------------------------------------------------------------------
+# where a model runs: one device and dtype policy
+
+DTYPES = ("float32", "bfloat16", "float16")
+_DTYPE_ALIASES = {"float32": "float32", "fp32": "float32", "bfloat16": "bfloat16",
+                  "bf16": "bfloat16", "float16": "float16", "fp16": "float16"}
+
+
+@dataclass(frozen=True, slots=True)
+class Placement:
+    """Where a model runs: ``device`` (``cuda``, ``cuda:N``, ``mps`` or ``cpu``) and the
+    ``dtype`` of its weights and activations (``float32``, ``bfloat16`` or ``float16``)."""
+
+    device: str
+    dtype: str
+
+    @property
+    def device_type(self) -> str:
+        """``cuda``, ``mps`` or ``cpu`` (what ``torch.autocast`` takes)."""
+        return self.device.split(":", 1)[0]
+
+    def torch_device(self) -> Any:
+        import torch
+
+        return torch.device(self.device)
+
+    def torch_dtype(self) -> Any:
+        import torch
+
+        return getattr(torch, self.dtype)
+
+
+def cpu_flags() -> frozenset[str]:
+    """The CPU's feature flags (``/proc/cpuinfo``; empty where it cannot be read)."""
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as fh:
+            for line in fh:
+                if line.startswith("flags"):
+                    return frozenset(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    return frozenset()
+
+
+def cpu_bf16() -> bool:
+    """Whether the CPU computes in bfloat16 natively (AMX or AVX512-BF16). On a CPU with only
+    AVX2, bfloat16 was 5.5x *slower* than float32 for MiniLM on this project's machines."""
+    return bool({"amx_bf16", "avx512_bf16"} & cpu_flags())
+
+
+def placement(device: str | None = None, dtype: str | None = None) -> Placement:
+    """The device and dtype a model loads with: the one policy of every loader and of
+    training.
+
+    ``device`` None or ``"auto"``: ``$GENSEEK_DEVICE`` if set, else ``cuda`` when a CUDA GPU is
+    present, else ``mps`` (Apple), else ``cpu``. ``dtype`` None or ``"auto"``: ``bfloat16`` on a
+    GPU that supports it (``float16`` on an older one), ``float32`` on ``mps`` and on the CPU
+    (where bfloat16 helps only with AMX or AVX512-BF16 and changes the scores: ask for it).
+    A bad name is a one-line :class:`~genseek.errors.GenseekError`.
+    """
+    import torch
+
+    from genseek.errors import GenseekError
+
+    wanted = device if device not in (None, "", "auto") else os.environ.get("GENSEEK_DEVICE")
+    if wanted in (None, "", "auto"):
+        if torch.cuda.is_available():
+            wanted = "cuda"
+        elif getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+            wanted = "mps"
+        else:
+            wanted = "cpu"
+    try:
+        dev = torch.device(str(wanted))
+    except RuntimeError as exc:
+        raise GenseekError(f"bad device {wanted!r}: {exc}") from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise GenseekError(f"device {wanted!r}: no CUDA GPU is available here")
+    name = str(dev) if dev.index is not None or dev.type != "cuda" else "cuda"
+    if dtype in (None, "", "auto"):
+        if dev.type == "cuda":
+            kind = "bfloat16" if torch.cuda.is_bf16_supported() else "float16"
+        else:
+            kind = "float32"
+    else:
+        kind = _DTYPE_ALIASES.get(str(dtype).lower(), "")
+        if not kind:
+            raise GenseekError(f"bad dtype {dtype!r}: use auto or one of "
+                               f"{', '.join(sorted(_DTYPE_ALIASES))}")
+    return Placement(name, kind)
+
+
+@contextmanager
+def autocast(where: Placement, enabled: bool = True) -> Iterator[None]:
+    """Mixed precision for training on ``where``: the forward (and backward) passes in
+    ``where.dtype`` with float32 master weights; off for float32 or ``enabled=False``."""
+    import torch
+
+    on = enabled and where.dtype != "float32"
+    with torch.autocast(where.device_type, dtype=where.torch_dtype() if on else None,
+                        enabled=on):
+        yield
 
 
 # ---------------------------------------------------------------------------------------------

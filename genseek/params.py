@@ -59,9 +59,16 @@ class Params(BaseModel):
         return cls.check(params).model_dump()
 
     @classmethod
-    def overrides(cls, params: dict[str, Any] | None) -> dict[str, Any]:
-        """:meth:`check`, as the values given (a search schema's fields default to None:
-        the index's own spec value)."""
+    def overrides(cls, params: Params | dict[str, Any] | None) -> dict[str, Any]:
+        """The values given, as a dict (a search schema's fields default to None: the index's
+        own spec value). ``params`` is an instance of this schema (what
+        :meth:`genseek.protocols.Retriever.search` receives, already validated), a dict
+        (validated here: :meth:`check`) or None."""
+        if isinstance(params, cls):
+            return params.model_dump(exclude_none=True)
+        if isinstance(params, Params):
+            raise InvalidParameter(f"{cls.kind}: given {type(params).__name__} "
+                                   f"({params.kind}), expected {cls.__name__}")
         return {name: value for name, value in cls.resolve(params).items() if value is not None}
 
 

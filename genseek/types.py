@@ -149,3 +149,33 @@ class ChangeSet:
 
     def __bool__(self) -> bool:
         return bool(self.upserts or self.removed or self.deleted_ids)
+
+
+@dataclass(frozen=True, slots=True)
+class IndexStats:
+    """What every index's ``stats()`` returns: the facts the CLI, the HTTP API and the
+    collection read by name, plus the type's own facts in ``details`` (JSON values).
+
+    ``memory_bytes`` is None where the index cannot tell (a JVM-side structure); ``params`` is
+    the index's resolved spec parameters (None values left out).
+    """
+
+    type: str
+    documents: int
+    applied_seq: int
+    disk_bytes: int
+    memory_bytes: int | None = None
+    params: Mapping[str, Any] = field(default_factory=dict)
+    details: Mapping[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        """The JSON form: the named fields, then ``details`` beside them (flat)."""
+        out: dict[str, Any] = {"type": self.type, "documents": self.documents,
+                               "applied_seq": self.applied_seq, "disk_bytes": self.disk_bytes,
+                               "memory_bytes": self.memory_bytes,
+                               "params": {k: v for k, v in self.params.items() if v is not None}}
+        for key, value in self.details.items():
+            if key in out:
+                raise ValueError(f"IndexStats.details may not redefine {key!r}")
+            out[key] = value
+        return out

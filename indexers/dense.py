@@ -39,7 +39,7 @@ import numpy as np
 from genseek.atomic import atomic_write, atomic_write_json
 from genseek.encoders import TextEncoder, shared_encoder
 from genseek.errors import GenseekError
-from genseek.indexers._labelstore import VectorStore
+from genseek.indexers.labelstore import VectorStore
 from genseek.params import DenseParams, DenseSearchParams
 from genseek.protocols import dir_bytes
 from genseek.types import ChangeSet, Hit

@@ -42,7 +42,7 @@ import numpy as np
 from genseek.atomic import atomic_write, atomic_write_json
 from genseek.encoders import DEFAULT_MODEL, resolve_model
 from genseek.errors import GenseekError, ModelUnavailable
-from genseek.indexers._labelstore import LabelStore
+from genseek.indexers.labelstore import LabelStore
 from genseek.kernels import chamfer as ch
 from genseek.kernels import muvera as fde
 from genseek.models import loading

@@ -42,7 +42,7 @@ import numpy as np
 from genseek.atomic import atomic_write, atomic_write_json
 from genseek.encoders import TextEncoder, shared_encoder
 from genseek.errors import GenseekError
-from genseek.indexers._labelstore import VectorStore, select_vectors
+from genseek.indexers.labelstore import VectorStore, select_vectors
 from genseek.indexers.repconc_train import load_model, opq_warm_start
 from genseek.params import RepconcParams, RepconcSearchParams
 from genseek.protocols import dir_bytes

@@ -96,7 +96,7 @@ import numpy as np
 from genseek.atomic import atomic_write
 from genseek.encoders import TextEncoder, shared_encoder
 from genseek.errors import GenseekError
-from genseek.indexers._labelstore import VectorStore
+from genseek.indexers.labelstore import VectorStore
 from genseek.kernels import spann as K
 from genseek.params import SpannEngineParams, SpannParams, SpannSearchParams
 from genseek.protocols import dir_bytes

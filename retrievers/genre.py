@@ -48,7 +48,7 @@ from typing import Any
 import numpy as np
 
 from genseek.errors import GenseekError
-from genseek.indexers._labelstore import LabelStore
+from genseek.indexers.labelstore import LabelStore
 from genseek.params import (
     DsiParams,
     GenreParams,
