@@ -295,13 +295,12 @@ def create_app(settings: Settings) -> FastAPI:
                     p = pipeline
                 # a named index that does not exist is a 404, one that is failing a 503
                 indexes = {stage.index: coll.serving(stage.index) for stage in p.retrieve}
-                for stage in p.retrieve:
-                    coll.check_search_params(stage.index, dict(stage.params))
                 rerankers = None
                 if p.rerank is not None:
                     rerankers = {p.rerank.reranker: st.models.reranker(p.rerank.reranker)}
                 timed = {n: st.metrics.timed(name, n, index) for n, index in indexes.items()}
-                return run_pipeline(p, queries, timed, coll.get, rerankers), warnings
+                return run_pipeline(p, queries, timed, coll.get, rerankers,
+                                    coll.search_params), warnings
 
         start = time.perf_counter()
         results, warnings = await blocking(work)

@@ -25,6 +25,7 @@ from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
 from prometheus_client.registry import Collector
 
+from genseek.params import Params
 from genseek.types import Hit
 
 log = logging.getLogger("genseek.api")
@@ -100,9 +101,10 @@ class TimedRetriever:
         self.index = index
         self.histogram = histogram
 
-    def search(self, queries: Sequence[str], k: int, **params: Any) -> list[list[Hit]]:
+    def search(self, queries: Sequence[str], k: int,
+               params: Params | None = None) -> list[list[Hit]]:
         start = time.perf_counter()
         try:
-            return self.index.search(queries, k, **params)
+            return self.index.search(queries, k, params)
         finally:
             self.histogram.observe(time.perf_counter() - start)

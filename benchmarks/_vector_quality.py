@@ -197,7 +197,7 @@ def ensure_token_cache() -> Path:
     from tqdm import tqdm
 
     from genseek.data.readers import read_queries
-    from genseek.indexers.muvera import TokenEncoder
+    from genseek.encoders import TokenEncoder
 
     folder = _common.dataset_dir("scifact")
     TOKEN_CACHE.mkdir(parents=True, exist_ok=True)

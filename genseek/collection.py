@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import functools
 import json
 import logging
 import os
@@ -30,7 +31,7 @@ import threading
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from genseek.atomic import atomic_write_json
 from genseek.errors import (
@@ -42,11 +43,14 @@ from genseek.errors import (
     NotFoundError,
     ServerError,
 )
-from genseek.protocols import Index, Retriever
+from genseek.protocols import Index, Retriever, UsesSiblings
 from genseek.registry import check_spec, index_schemas, resolve
 from genseek.spec import IndexSpec, validate_name
 from genseek.store import DocStore, WriteResult
-from genseek.types import Document, Hit
+from genseek.types import Document, Hit, IndexStats
+
+if TYPE_CHECKING:
+    from genseek.params import Params
 
 log = logging.getLogger("genseek.collection")
 
@@ -96,7 +100,7 @@ class Collection:
         self.failed: dict[str, str] = {}  # index name -> why it could not open
         # lazy: indexes of the manifest not opened yet (opened on first use, see index())
         self._unopened: set[str] = set(manifest["indexes"]) if lazy else set()
-        self._open_lock = threading.Lock()
+        self._open_lock = threading.RLock()  # re-entrant: an index opening may open a sibling
         self._progress = progress
         self._state_lock = threading.Lock()
         self._state: dict[str, dict[str, Any]] = _read_state(path)
@@ -290,7 +294,20 @@ class Collection:
     def _open_index(self, name: str, spec: IndexSpec) -> Index:
         index = resolve(spec).open(self.path / "indexes" / name, dict(spec.params))
         self._index_locks.setdefault(name, threading.RLock())
+        if isinstance(index, UsesSiblings):
+            index.bind_siblings(functools.partial(self._sibling, name))
         return index
+
+    def _sibling(self, asking: str, name: str) -> Index | None:
+        """Index ``name`` for index ``asking`` (:data:`genseek.protocols.Siblings`): opened if
+        it is lazily unopened; None where there is none, it is ``asking`` itself, or it cannot
+        serve."""
+        if name == asking or name not in self.manifest["indexes"] or name in self.failed:
+            return None
+        try:
+            return self.index(name)
+        except GenseekError:
+            return None
 
     def add_index(self, name: str, spec: str | IndexSpec, progress: Progress | None = None) -> Index:
         """Add an index and build it from the stored documents."""
@@ -638,45 +655,53 @@ class Collection:
             out[name] = {"state": state, "lag": lag, "error": error}
         return out
 
-    def check_search_params(self, name: str, params: dict[str, Any]) -> None:
-        """Refuse per-request search ``params`` that index ``name`` does not take
-        (:class:`~genseek.errors.InvalidParameter` naming the index)."""
+    def search_params(self, name: str, params: dict[str, Any]) -> Params | None:
+        """Per-request search ``params`` for index ``name``, validated by its type's
+        ``SearchParams`` schema (what :meth:`Retriever.search <genseek.protocols.Retriever.search>`
+        takes); None for none. Refused with one line naming the index
+        (:class:`~genseek.errors.InvalidParameter`)."""
         self.index(name)
         _, schema = index_schemas(IndexSpec.parse(self.manifest["indexes"][name]).type)
-        if schema is not None:
-            try:
-                schema.check(params)
-            except InvalidParameter as exc:
-                raise InvalidParameter(f"index {name!r}: {exc}") from None
-        elif {"k", "queries"} & set(params):
-            raise InvalidParameter(f"index {name!r}: 'k' and 'queries' are not search "
-                                   "parameters (k is the stage's own field)")
+        if schema is None:
+            if params:
+                raise InvalidParameter(f"index {name!r} takes no search parameters "
+                                       f"(got {', '.join(map(repr, params))})")
+            return None
+        try:
+            return schema.check(params)
+        except InvalidParameter as exc:
+            raise InvalidParameter(f"index {name!r}: {exc}") from None
 
     def retriever(self, names: Sequence[str] | str | None = None, fusion: str = "rrf",
                   **fusion_params: Any) -> Retriever:
-        """One index, or a fusion (``rrf`` or ``linear``) of several (by default every index
-        that is serving: a failed one is left out, see :meth:`default_indexes`). A named index
-        that is failing raises :class:`IndexUnavailable`."""
-        from genseek.retrievers.fusion import LinearFusion, RRFusion
+        """One index, or a fusion of several (by default every index that is serving: a failed
+        one is left out, see :meth:`default_indexes`), built by :func:`genseek.pipeline.fuse`.
+        ``fusion`` is ``rrf`` (``rrf_k``, ``weights``, ``depth``) or ``linear`` (``weights``,
+        ``normalization``, ``depth``). A named index that is failing raises
+        :class:`IndexUnavailable`."""
+        from pydantic import ValidationError
+
+        from genseek.params import describe
+        from genseek.pipeline import Fusion, fuse
 
         if isinstance(names, str):
             return self.serving(names)
+        if fusion not in ("rrf", "linear"):
+            raise GenseekError(f"unknown fusion {fusion!r}: use rrf or linear")
         chosen = list(names) if names else self.default_indexes()
         if not chosen:
             raise GenseekError(f"collection {self.path} has no indexes")
-        stages = [self.serving(n) for n in chosen]
-        if len(stages) == 1:
-            return stages[0]
-        if fusion == "rrf":
-            return RRFusion(stages, **fusion_params)
-        if fusion == "linear":
-            weights = fusion_params.get("weights")
-            if weights is not None and len(weights) != len(stages):
-                raise InvalidParameter(f"linear fusion of {len(stages)} indexes "
-                                       f"({', '.join(chosen)}) needs {len(stages)} weights, "
-                                       f"not {len(weights)}")
-            return LinearFusion(stages, **fusion_params)
-        raise GenseekError(f"unknown fusion {fusion!r}: use rrf or linear")
+        params = dict(fusion_params)
+        depth = int(params.pop("depth", 100))
+        if "rrf_k" in params:
+            params["k"] = float(params.pop("rrf_k"))
+        if params.get("weights") is not None:
+            params["weights"] = [float(w) for w in params["weights"]]
+        try:
+            spec = Fusion(method=fusion, **params)  # type: ignore[arg-type]
+        except ValidationError as exc:
+            raise InvalidParameter(f"{fusion} fusion: {describe(Fusion, exc)}") from None
+        return fuse([self.serving(n) for n in chosen], spec, depth=depth, names=chosen)
 
     def search(self, queries: Sequence[str] | str, k: int = 10,
                index: Sequence[str] | str | None = None, fusion: str = "rrf",
@@ -716,7 +741,7 @@ class Collection:
                 entry.update(_recorded_stats(self.path, name, self._state.get(name), seq))
             elif index is not None:
                 try:
-                    entry.update(index.stats())
+                    entry.update(stats_dict(index))
                 except Exception as exc:  # noqa: BLE001 - report it, keep the others
                     entry["stats_error"] = _describe(exc)
                     entry.setdefault("applied_seq", index.applied_seq)
@@ -744,7 +769,7 @@ class Collection:
         counted: dict[str, dict[str, Any]] = {}
         for name, index in list(self.indexes.items()):
             try:
-                stats = index.stats()
+                stats = stats_dict(index)
             except Exception:  # noqa: BLE001 - only a report; the index reports it when open
                 continue
             entry = {k: v for k, v in stats.items() if k in _RECORDED and v is not None}
@@ -812,6 +837,17 @@ class Collection:
 
 _RECORDED = ("type", "documents", "max_doc", "vectors", "dim", "terms")
 """Fields of an index's ``stats()`` that ``index-state.json`` keeps."""
+
+
+def stats_dict(index: Index) -> dict[str, Any]:
+    """``index.stats()`` (an :class:`~genseek.types.IndexStats`) in its JSON form."""
+    stats = index.stats()
+    if isinstance(stats, IndexStats):
+        return stats.to_dict()
+    if isinstance(stats, dict):  # an index type written before IndexStats
+        return dict(stats)
+    raise TypeError(f"{type(index).__name__}.stats() returned {type(stats).__name__}, "
+                    "not IndexStats")
 
 
 def _read_state(path: Path) -> dict[str, dict[str, Any]]:

@@ -41,7 +41,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from genseek.collection import Collection
-from genseek.types import Document, Hit
+from genseek.types import Document, Hit, IndexStats
 
 _TEXT = ("wing lift drag airflow pressure boundary layer shock nozzle thrust velocity cell "
          "protein gene enzyme membrane receptor tissue immune library catalog index citation "
@@ -94,7 +94,10 @@ def assert_only_live(results: list[list[Hit]], live: set[str], what: str) -> Non
 
 
 def _documents(coll: Collection) -> int | None:
-    return coll.index(INDEX).stats().get("documents")
+    stats = coll.index(INDEX).stats()
+    assert isinstance(stats, IndexStats), (
+        f"stats() returned {type(stats).__name__}, not genseek.types.IndexStats")
+    return stats.documents
 
 
 def rebuilt(spec: str, folder: Path, docs: Sequence[Document]) -> Collection:

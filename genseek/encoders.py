@@ -10,11 +10,12 @@ from __future__ import annotations
 import importlib.util
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 from genseek.errors import GenseekError, ModelUnavailable
-from genseek.models import MODELS, cached_model, loading
+from genseek.models import MODELS, cached_model, loading, placement
 
 DEFAULT_MODEL = "all-MiniLM-L6-v2"
 _EMBEDDED = {
@@ -35,34 +36,55 @@ def resolve_model(name: str) -> str:
     return name
 
 
+def _load_error(what: str, model: str, source: str, exc: Exception) -> ModelUnavailable:
+    return ModelUnavailable(f"cannot load {what} {model!r} ({source}): "
+                            f"{type(exc).__name__}: {str(exc).splitlines()[0][:200]}")
+
+
+@cached_model("sentence-transformer")
+def load_sentence_transformer(source: str, device: str, dtype: str = "float32") -> Any:
+    """A ``SentenceTransformer`` from a folder or name, on ``device`` in ``dtype``, once per
+    process per arguments (the dense encoder and MUVERA's token encoder share it). Callers
+    must not change it (``max_seq_length``): one that needs to loads a private copy through
+    ``load_sentence_transformer.__wrapped__``."""
+    from sentence_transformers import SentenceTransformer
+
+    st = SentenceTransformer(source, device=device)
+    if dtype != "float32":
+        st.to(getattr(__import__("torch"), dtype))
+    return st.eval()
+
+
 class TextEncoder:
     """Encodes texts to L2-normalised float32 vectors.
 
-    ``encode(texts)`` returns an array of shape ``[len(texts), dim]``.
+    ``encode(texts)`` returns an array of shape ``[len(texts), dim]``. ``device`` and
+    ``dtype`` follow :func:`genseek.models.placement` (a GPU when present, float32 on a CPU).
     """
 
     def __init__(self, model: str = DEFAULT_MODEL, max_length: int | None = None,
-                 device: str | None = None, normalize: bool = True):
-        from sentence_transformers import SentenceTransformer
-        from transformers.utils import logging as hf_logging
-
-        hf_logging.disable_progress_bar()
-
+                 device: str | None = None, normalize: bool = True, dtype: str | None = None):
         self.name = model
         source = resolve_model(model)
+        where = placement(device, dtype)
+        self.placement = where
         try:
-            with loading():
-                self._model = SentenceTransformer(source, device=device)
+            st = load_sentence_transformer(source, where.device, where.dtype)
+            if max_length is not None and int(max_length) != int(st.max_seq_length):
+                with loading():  # a private copy: its max_seq_length is set below
+                    st = load_sentence_transformer.__wrapped__(source, where.device,
+                                                               where.dtype)
+                st.max_seq_length = int(max_length)
+        except ModelUnavailable:
+            raise
         except Exception as exc:  # noqa: BLE001 - any loader failure is a user error here
-            raise ModelUnavailable(f"cannot load encoder {model!r} ({source}): "
-                               f"{type(exc).__name__}: {str(exc).splitlines()[0][:200]}") from None
-        if max_length is not None:
-            self._model.max_seq_length = int(max_length)
+            raise _load_error("encoder", model, source, exc) from None
+        self._model = st
         self.normalize = normalize
-        get_dim = getattr(self._model, "get_embedding_dimension", None) or self._model.get_sentence_embedding_dimension
+        get_dim = getattr(st, "get_embedding_dimension", None) or st.get_sentence_embedding_dimension
         dim = get_dim()
         if dim is None:
-            dim = int(self._model.encode(["x"]).shape[1])
+            dim = int(st.encode(["x"]).shape[1])
         self.dim = int(dim)
 
     @property
@@ -76,6 +98,71 @@ class TextEncoder:
         vecs = self._model.encode(list(texts), batch_size=batch_size,
                                   normalize_embeddings=self.normalize,
                                   convert_to_numpy=True, show_progress_bar=False)
+        return np.ascontiguousarray(vecs, dtype=np.float32)
+
+
+class TokenEncoder:
+    """Per-token embeddings of a sentence-transformers model (the dense encoder's MiniLM, the
+    same loaded copy: :func:`load_sentence_transformer`).
+
+    ``encode(texts)`` returns one float32 array per text, shape ``[n_tokens_i, dim]``: the
+    transformer's last hidden states of the non-padding tokens ([CLS] and [SEP] included, as
+    in ColBERT), each L2-normalised, optionally multiplied by a fixed random Gaussian
+    projection ``[model_dim, proj_dim]`` (drawn from ``seed``) and re-normalised.
+    """
+
+    def __init__(self, model: str = DEFAULT_MODEL, max_length: int | None = 256,
+                 proj_dim: int | None = None, seed: int = 0, device: str | None = None,
+                 dtype: str | None = None):
+        import torch
+
+        source = resolve_model(model)
+        where = placement(device, dtype)
+        self.placement = where
+        try:
+            st = load_sentence_transformer(source, where.device, where.dtype)
+        except ModelUnavailable:
+            raise
+        except Exception as exc:  # noqa: BLE001 - any loader failure is a user error here
+            raise _load_error("encoder", model, source, exc) from None
+        self._torch = torch
+        self.name = model
+        self._tokenizer = st.tokenizer
+        self._model = st[0].auto_model
+        self.max_length = int(max_length or st.max_seq_length)
+        self.model_dim = int(self._model.config.hidden_size)
+        self.proj: np.ndarray | None = None
+        if proj_dim is not None:
+            rng = np.random.default_rng(seed)
+            self.proj = (rng.standard_normal((self.model_dim, int(proj_dim)))
+                         / np.sqrt(int(proj_dim))).astype(np.float32)
+        self.dim = int(proj_dim) if proj_dim is not None else self.model_dim
+
+    def encode(self, texts: Sequence[str], batch_size: int = 16) -> list[np.ndarray]:
+        """Token vectors per text: float32 arrays of shape ``[n_tokens_i, dim]``."""
+        torch = self._torch
+        device = self.placement.torch_device()
+        out: list[np.ndarray | None] = [None] * len(texts)
+        order = sorted(range(len(texts)), key=lambda i: len(texts[i]))  # similar lengths batch
+        for start in range(0, len(order), batch_size):
+            idx = order[start:start + batch_size]
+            enc = self._tokenizer([texts[i] for i in idx], padding=True, truncation=True,
+                                  max_length=self.max_length, return_tensors="pt")
+            with torch.inference_mode():
+                hidden = self._model(**{k: v.to(device) for k, v in enc.items()}
+                                     ).last_hidden_state  # [batch, seq, model_dim]
+            hidden_np = hidden.float().cpu().numpy()
+            lengths = enc["attention_mask"].sum(dim=1).tolist()
+            for row, i in enumerate(idx):
+                out[i] = self.finish(hidden_np[row, :int(lengths[row])])
+        return [o if o is not None else np.zeros((0, self.dim), np.float32) for o in out]
+
+    def finish(self, vecs: np.ndarray) -> np.ndarray:
+        """Normalise ``[n, model_dim]`` token vectors, then project to ``[n, dim]``."""
+        vecs = vecs / np.maximum(np.linalg.norm(vecs, axis=1, keepdims=True), 1e-12)
+        if self.proj is not None:
+            vecs = vecs @ self.proj
+            vecs = vecs / np.maximum(np.linalg.norm(vecs, axis=1, keepdims=True), 1e-12)
         return np.ascontiguousarray(vecs, dtype=np.float32)
 
 
@@ -213,9 +300,7 @@ class SparseEncoder:
     def __init__(self, model: str = SPLADE_DEFAULT, max_length: int = 256,
                  device: str | None = None, idf: str | Path | None = None, windows: int = 1):
         from transformers import AutoTokenizer
-        from transformers.utils import logging as hf_logging
 
-        hf_logging.disable_progress_bar()
         source = resolve_sparse_model(model)
         self._source = source
         try:
@@ -225,7 +310,8 @@ class SparseEncoder:
             raise ModelUnavailable(f"cannot load sparse encoder {model!r} ({source}): "
                                f"{type(exc).__name__}: {str(exc).splitlines()[0][:200]}") from None
         self._model = None
-        self._device = device or "cpu"
+        self.placement = placement(device)  # float32: SPLADE weights are thresholded
+        self._device = self.placement.device
         self.name = model
         self.max_length = max_length
         if isinstance(windows, bool) or not isinstance(windows, int) or windows < 1:

@@ -22,7 +22,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from genseek.errors import NotFoundError
+from genseek.errors import InvalidParameter, NotFoundError
+from genseek.params import Params
 from genseek.protocols import Reranker, Retriever
 from genseek.types import Document, Hit
 
@@ -125,48 +126,96 @@ class Result:
 
 
 @dataclass(frozen=True)
-class _StageSearch:
-    """An index searched to a fixed depth with per-request parameters."""
+class StageSearch:
+    """An index searched to a fixed depth with per-request parameters (an instance of the
+    index type's ``SearchParams``, already validated, or None): a stage of a fusion."""
 
     index: Retriever
     depth: int
-    params: dict[str, Any]
+    params: Params | None = None
 
-    def search(self, queries: Sequence[str], k: int) -> list[list[Hit]]:
-        if self.params:
-            return self.index.search(queries, self.depth, **self.params)  # type: ignore[call-arg]
-        return self.index.search(queries, self.depth)
+    def search(self, queries: Sequence[str], k: int,
+               params: Params | None = None) -> list[list[Hit]]:
+        if params is not None:
+            raise InvalidParameter("a pipeline stage takes its search parameters from the "
+                                   "pipeline, not from the fusion")
+        return self.index.search(queries, self.depth, self.params)
 
 
-def build_retriever(pipeline: Pipeline, indexes: Mapping[str, Retriever]) -> Retriever:
-    """The retrieval and fusion part of ``pipeline`` as one Retriever."""
+def fuse(stages: Sequence[Retriever], fusion: Fusion | None = None, depth: int = 100,
+         names: Sequence[str] | None = None) -> Retriever:
+    """The one fusion builder (:meth:`Collection.search <genseek.collection.Collection.search>`,
+    :func:`build_retriever` and the Elasticsearch hybrid use it): one stage is returned as it is;
+    several are fused as ``fusion`` says (RRF by default), each searched to at least ``depth``.
+    ``names`` (one per stage) go into the message of a weights mismatch."""
     from genseek.retrievers.fusion import LinearFusion, RRFusion
 
-    check_indexes(pipeline, list(indexes))
-    stages = [_StageSearch(indexes[s.index], s.k, dict(s.params)) for s in pipeline.retrieve]
+    f = fusion if fusion is not None else Fusion()
+    if not stages:
+        raise InvalidParameter("a fusion needs at least one stage")
+    if f.weights is not None and len(f.weights) != len(stages):
+        listed = f" ({', '.join(names)})" if names else ""
+        raise InvalidParameter(f"{f.method} fusion of {len(stages)} stages{listed} needs "
+                               f"{len(stages)} weights, not {len(f.weights)}")
     if len(stages) == 1:
         return stages[0]
-    f = pipeline.fusion
     if f.method == "rrf":
-        return RRFusion(stages, rrf_k=f.k, depth=1, weights=f.weights)
-    return LinearFusion(stages, weights=f.weights, normalization=f.normalization, depth=1)
+        return RRFusion(list(stages), rrf_k=f.k, depth=depth, weights=f.weights)
+    return LinearFusion(list(stages), weights=f.weights, normalization=f.normalization,
+                        depth=depth)
+
+
+def build_retriever(pipeline: Pipeline, indexes: Mapping[str, Retriever],
+                    search_params: Callable[[str, dict[str, Any]], Params | None] | None = None,
+                    ) -> Retriever:
+    """The retrieval and fusion part of ``pipeline`` as one Retriever.
+
+    ``search_params(index_name, params)`` validates a stage's ``params`` into the index
+    type's ``SearchParams`` (:meth:`Collection.search_params
+    <genseek.collection.Collection.search_params>`); without it, a stage's params are checked
+    by the ``SearchParams`` class of the index object.
+    """
+    check_indexes(pipeline, list(indexes))
+    def check(name: str, params: dict[str, Any]) -> Params | None:
+        if search_params is not None:
+            return search_params(name, params)
+        return _schema_of_index(indexes[name], name, params)
+
+    stages = [StageSearch(indexes[s.index], s.k,
+                          check(s.index, dict(s.params)) if s.params else None)
+              for s in pipeline.retrieve]
+    return fuse(stages, pipeline.fusion, depth=1, names=[s.index for s in pipeline.retrieve])
+
+
+def _schema_of_index(index: Retriever, name: str, params: dict[str, Any]) -> Params | None:
+    schema = getattr(type(index), "SearchParams", None)
+    if schema is None:
+        raise InvalidParameter(f"index {name!r} takes no search parameters")
+    try:
+        return schema.check(params)
+    except InvalidParameter as exc:
+        raise InvalidParameter(f"index {name!r}: {exc}") from None
 
 
 def run_pipeline(pipeline: Pipeline, queries: Sequence[str], indexes: Mapping[str, Retriever],
                  fetch: Callable[[Sequence[str]], Mapping[str, Document]],
-                 rerankers: Mapping[str, Reranker] | None = None) -> list[list[Result]]:
+                 rerankers: Mapping[str, Reranker] | None = None,
+                 search_params: Callable[[str, dict[str, Any]], Params | None] | None = None,
+                 ) -> list[list[Result]]:
     """Run ``pipeline`` for a batch of queries.
 
     1. each stage searches its index to its own depth; 2. the lists are fused;
     3. the metadata filter drops candidates (so a selective filter can leave fewer
     than ``k``: raise the stages' ``k`` to search deeper); 4. the top ``depth``
     candidates are reranked; 5. the top ``k`` get the requested stored fields.
-    ``fetch(ids)`` returns the live documents among ``ids`` (the collection's store).
+    ``fetch(ids)`` returns the live documents among ``ids`` (the collection's store);
+    ``search_params`` validates a stage's params (see :func:`build_retriever`). Every stage's
+    params are validated before any index is searched.
     """
     if pipeline.rerank is not None and pipeline.rerank.reranker not in (rerankers or {}):
         known = ", ".join(sorted(rerankers or {})) or "none"
         raise NotFoundError(f"no reranker named {pipeline.rerank.reranker!r} (rerankers: {known})")
-    fused = build_retriever(pipeline, indexes).search(queries, MAX_K)
+    fused = build_retriever(pipeline, indexes, search_params).search(queries, MAX_K)
     need_docs = bool(pipeline.filter or pipeline.rerank or pipeline.fields)
     kept: list[tuple[list[Hit], Mapping[str, Document]]] = []
     for hits in fused:
@@ -196,21 +245,16 @@ def _rerank(reranker: Reranker, depth: int, queries: Sequence[str],
             kept: list[tuple[list[Hit], Mapping[str, Document]]],
             ) -> list[tuple[list[Hit], Mapping[str, Document]]]:
     """Reorder each query's top ``depth`` hits by the reranker's scores (ties: input order).
-
-    A reranker with ``rank_batch(queries, texts_lists)`` (the listwise LLM rerankers)
-    gets every query at once, so its windows are batched across queries; otherwise
-    ``score(query, texts)`` is called per query.
-    """
+    Every query goes to :meth:`Reranker.rank_batch` at once, so a listwise LLM batches its
+    windows across queries."""
     heads = [hits[:depth] for hits, _ in kept]
     texts = [[docs[h.doc_id].contents if h.doc_id in docs else "" for h in head]
              for head, (_, docs) in zip(heads, kept, strict=True)]
-    batch = getattr(reranker, "rank_batch", None)
-    if callable(batch):
-        all_scores = batch(list(queries), texts)
-    else:
-        all_scores = [reranker.score(q, t) for q, t in zip(queries, texts, strict=True)]
+    all_scores = reranker.rank_batch(list(queries), texts)
     out = []
     for head, scores, (hits, docs) in zip(heads, all_scores, kept, strict=True):
+        if len(scores) != len(head):
+            raise ValueError(f"reranker returned {len(scores)} scores for {len(head)} texts")
         order = sorted(range(len(head)), key=lambda i: (-scores[i], i))
         out.append(([Hit(head[i].doc_id, float(scores[i])) for i in order] + hits[depth:], docs))
     return out

@@ -19,13 +19,15 @@ What differs per index stays in it: the analyzer, similarity and merge policy (g
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 from genseek.errors import ServerError, UnavailableError
 from genseek.indexers.jvm import Shared, here, java_exception, jclass
+from genseek.protocols import dir_bytes
+from genseek.types import IndexStats
 
 SEQ_KEY = "genseek.seq"
 """The commit user-data key of the applied sequence number."""
@@ -175,6 +177,15 @@ class LuceneFolder:
         infos = self._commit_infos()
         max_doc = sum(int(here(info.info).maxDoc()) for info in infos)
         return max_doc - sum(int(info.getDelCount()) for info in infos), max_doc
+
+    def index_stats(self, type_name: str, applied_seq: int, folder: Path,
+                    params: Mapping[str, Any]) -> IndexStats:
+        """The :class:`~genseek.types.IndexStats` of a Lucene-backed index in ``folder``:
+        live documents, and ``max_doc`` (with deleted ones not merged away yet: they still
+        count in BM25's statistics)."""
+        live, max_doc = self.doc_counts()
+        return IndexStats(type_name, live, applied_seq, dir_bytes(folder), self.memory_bytes(),
+                          dict(params), {"max_doc": max_doc})
 
     def has_deletions(self) -> bool:
         """Whether deleted documents are still in the index (not merged away)."""

@@ -25,8 +25,7 @@ from typing import Any
 from genseek.indexers._lucene import LuceneClasses, LuceneFolder, batch_search, writer_config
 from genseek.indexers.jvm import here
 from genseek.params import BM25Params, BM25SearchParams
-from genseek.protocols import dir_bytes
-from genseek.types import ChangeSet, Hit
+from genseek.types import ChangeSet, Hit, IndexStats
 
 
 class BM25Index:
@@ -81,8 +80,9 @@ class BM25Index:
 
     # -- reads ------------------------------------------------------------------------
 
-    def search(self, queries: Sequence[str], k: int, **params: Any) -> list[list[Hit]]:
-        BM25SearchParams.check(params)  # none: k1 and b are set in the spec
+    def search(self, queries: Sequence[str], k: int,
+               params: BM25SearchParams | None = None) -> list[list[Hit]]:
+        BM25SearchParams.overrides(params)  # none: k1 and b are set in the spec
         if k <= 0 or not queries:
             return [[] for _ in queries]
         with self._lucene.searcher() as s:
@@ -96,18 +96,8 @@ class BM25Index:
         """The terms Lucene indexes for ``text`` (empty for stop-word-only text)."""
         return list(here(self._j.AnalyzerUtils.analyze(self._analyzer, text)).toArray())
 
-    def stats(self) -> dict[str, Any]:
-        live, max_doc = self._lucene.doc_counts()
-        return {
-            "type": "bm25",
-            "documents": live,
-            # with deleted ones not merged away yet (they still count in BM25's statistics)
-            "max_doc": max_doc,
-            "applied_seq": self.applied_seq,
-            "disk_bytes": dir_bytes(self.path),
-            "memory_bytes": self._lucene.memory_bytes(),
-            "params": dict(self.params),
-        }
+    def stats(self) -> IndexStats:
+        return self._lucene.index_stats("bm25", self.applied_seq, self.path, self.params)
 
     def close(self) -> None:
         self._lucene.close()

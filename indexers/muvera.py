@@ -40,8 +40,8 @@ import faiss
 import numpy as np
 
 from genseek.atomic import atomic_write, atomic_write_json
-from genseek.encoders import DEFAULT_MODEL, resolve_model
-from genseek.errors import GenseekError, ModelUnavailable
+from genseek.encoders import TokenEncoder, resolve_model
+from genseek.errors import GenseekError
 from genseek.indexers.labelstore import LabelStore
 from genseek.kernels import chamfer as ch
 from genseek.kernels import muvera as fde
@@ -54,68 +54,6 @@ _FDE_KEYS = ("k_sim", "d_proj", "r_reps", "d_final", "seed", "proj_dim", "model"
 _SEGMENT = re.compile(r"^(\d{6})\.npy$")
 _DOC_COLUMNS = ("label INTEGER PRIMARY KEY", "doc_id TEXT NOT NULL", "segment INTEGER NOT NULL",
                 "start INTEGER NOT NULL", "length INTEGER NOT NULL")
-
-
-class TokenEncoder:
-    """Per-token embeddings of a sentence-transformers model (the dense encoder's MiniLM).
-
-    ``encode(texts)`` returns one float32 array per text, shape ``[n_tokens_i, dim]``: the
-    transformer's last hidden states of the non-padding tokens ([CLS] and [SEP] included, as
-    in ColBERT), each L2-normalised, optionally multiplied by a fixed random Gaussian
-    projection ``[model_dim, proj_dim]`` (drawn from ``seed``) and re-normalised.
-    """
-
-    def __init__(self, model: str = DEFAULT_MODEL, max_length: int | None = 256,
-                 proj_dim: int | None = None, seed: int = 0):
-        import torch
-        from sentence_transformers import SentenceTransformer
-        from transformers.utils import logging as hf_logging
-
-        hf_logging.disable_progress_bar()
-        source = resolve_model(model)
-        try:
-            with loading():
-                st = SentenceTransformer(source, device="cpu")
-        except Exception as exc:  # noqa: BLE001 - any loader failure is a user error here
-            raise ModelUnavailable(f"cannot load encoder {model!r} ({source}): "
-                               f"{type(exc).__name__}: {str(exc).splitlines()[0][:200]}") from None
-        self._torch = torch
-        self.name = model
-        self._tokenizer = st.tokenizer
-        self._model = st[0].auto_model.eval()
-        self.max_length = int(max_length or st.max_seq_length)
-        self.model_dim = int(self._model.config.hidden_size)
-        self.proj: np.ndarray | None = None
-        if proj_dim is not None:
-            rng = np.random.default_rng(seed)
-            self.proj = (rng.standard_normal((self.model_dim, int(proj_dim)))
-                         / np.sqrt(int(proj_dim))).astype(np.float32)
-        self.dim = int(proj_dim) if proj_dim is not None else self.model_dim
-
-    def encode(self, texts: Sequence[str], batch_size: int = 16) -> list[np.ndarray]:
-        """Token vectors per text: float32 arrays of shape ``[n_tokens_i, dim]``."""
-        torch = self._torch
-        out: list[np.ndarray | None] = [None] * len(texts)
-        order = sorted(range(len(texts)), key=lambda i: len(texts[i]))  # similar lengths batch
-        for start in range(0, len(order), batch_size):
-            idx = order[start:start + batch_size]
-            enc = self._tokenizer([texts[i] for i in idx], padding=True, truncation=True,
-                                  max_length=self.max_length, return_tensors="pt")
-            with torch.inference_mode():
-                hidden = self._model(**enc).last_hidden_state  # [batch, seq, model_dim]
-            hidden_np = hidden.float().numpy()
-            lengths = enc["attention_mask"].sum(dim=1).tolist()
-            for row, i in enumerate(idx):
-                out[i] = self.finish(hidden_np[row, :int(lengths[row])])
-        return [o if o is not None else np.zeros((0, self.dim), np.float32) for o in out]
-
-    def finish(self, vecs: np.ndarray) -> np.ndarray:
-        """Normalise ``[n, model_dim]`` token vectors, then project to ``[n, dim]``."""
-        vecs = vecs / np.maximum(np.linalg.norm(vecs, axis=1, keepdims=True), 1e-12)
-        if self.proj is not None:
-            vecs = vecs @ self.proj
-            vecs = vecs / np.maximum(np.linalg.norm(vecs, axis=1, keepdims=True), 1e-12)
-        return np.ascontiguousarray(vecs, dtype=np.float32)
 
 
 def _write_npy(path: Path, array: np.ndarray) -> None:
@@ -497,4 +435,4 @@ class MuveraIndex:
         self._store.close()
 
 
-__all__ = ["MuveraIndex", "TokenEncoder"]
+__all__ = ["MuveraIndex"]

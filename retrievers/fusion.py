@@ -1,16 +1,24 @@
-"""Fusion stages: combine any retrievers into one (and are retrievers themselves)."""
+"""Fusion stages: combine any retrievers into one (and are retrievers themselves).
+
+Build them with :func:`genseek.pipeline.fuse` (the one builder the collection, the pipelines and
+the Elasticsearch hybrid share); the classes are public for code that fuses its own stages."""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from genseek.errors import InvalidParameter
 from genseek.kernels import fusion as F
+from genseek.params import Params
 from genseek.protocols import Retriever
 from genseek.types import Hit
 
 
-def _gather(stages: Sequence[Retriever], queries: Sequence[str], depth: int):
+def _gather(stages: Sequence[Retriever], queries: Sequence[str], depth: int,
+            params: Params | None):
+    if params is not None:
+        raise InvalidParameter("a fusion takes no search parameters (its stages do)")
     per_stage = [stage.search(queries, depth) for stage in stages]
     for qi in range(len(queries)):
         yield [[(h.doc_id, h.score) for h in hits[qi]] for hits in per_stage]
@@ -25,11 +33,12 @@ class RRFusion:
     depth: int = 100
     weights: Sequence[float] | None = None
 
-    def search(self, queries: Sequence[str], k: int) -> list[list[Hit]]:
+    def search(self, queries: Sequence[str], k: int,
+               params: Params | None = None) -> list[list[Hit]]:
         depth = max(self.depth, k)
         return [
             [Hit(d, s) for d, s in F.rrf(lists, k, self.rrf_k, self.weights)]
-            for lists in _gather(self.stages, queries, depth)
+            for lists in _gather(self.stages, queries, depth, params)
         ]
 
 
@@ -42,9 +51,10 @@ class LinearFusion:
     normalization: str = "minmax"
     depth: int = 100
 
-    def search(self, queries: Sequence[str], k: int) -> list[list[Hit]]:
+    def search(self, queries: Sequence[str], k: int,
+               params: Params | None = None) -> list[list[Hit]]:
         depth = max(self.depth, k)
         return [
             [Hit(d, s) for d, s in F.linear(lists, k, self.weights, self.normalization)]
-            for lists in _gather(self.stages, queries, depth)
+            for lists in _gather(self.stages, queries, depth, params)
         ]

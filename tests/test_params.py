@@ -85,9 +85,9 @@ def test_search_params_schema_with_overrides():
 
 def test_collection_checks_search_params_per_index(tmp_path):
     with Collection.create(tmp_path / "c", {"bm25": "bm25"}) as coll:
-        coll.check_search_params("bm25", {})
+        coll.search_params("bm25", {})
         with pytest.raises(InvalidParameter, match="index 'bm25'"):
-            coll.check_search_params("bm25", {"k": 5})
+            coll.search_params("bm25", {"k": 5})
 
 
 def test_readme_parameter_tables_are_the_schemas():
