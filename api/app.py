@@ -381,7 +381,8 @@ def create_app(settings: Settings) -> FastAPI:
         if name is None:
             raise NotFoundError("no reranker is configured on this server")
         docs = list(body.documents)
-        scores = await blocking(lambda: st.models.reranker(name).score(body.query, docs))
+        scores = await blocking(
+            lambda: st.models.reranker(name).rank_batch([body.query], [docs])[0])
         order = sorted(range(len(docs)), key=lambda i: (-scores[i], i))[:body.top_n]
         results = []
         for i in order:

@@ -105,6 +105,8 @@ class TimedRetriever:
                params: Params | None = None) -> list[list[Hit]]:
         start = time.perf_counter()
         try:
+            if params is None:
+                return self.index.search(queries, k)
             return self.index.search(queries, k, params)
         finally:
             self.histogram.observe(time.perf_counter() - start)

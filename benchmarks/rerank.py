@@ -86,7 +86,7 @@ def run_method(method: str, args, queries: list[str], texts: list[list[str]],
                partial: Path | None = None) -> dict[str, Any]:
     """Rerank every query with ``method``; with ``partial``, the orders so far are saved
     there after each query and a rerun resumes after the last saved one."""
-    from genseek.rerankers._llm import load_lm
+    from genseek.models import load_lm
     from genseek.rerankers.first import FirstReranker, GenerationReranker
     from genseek.rerankers.pointwise import PointwiseReranker
 

