@@ -99,8 +99,10 @@ def create_app(settings: Settings) -> FastAPI:
             log.info("closed every collection")
 
     app = FastAPI(title="genseek", version=_version(),
-                  description="Search collections of bm25 and dense indexes: pipelines with "
-                  "fusion, filters and reranking; embeddings and reranking endpoints.",
+                  description="Search collections of lexical (bm25, learned-sparse), vector "
+                  "(dense, SPANN, RepCONC, MUVERA) and generative (GENRE, SEAL, DSI) indexes: "
+                  "pipelines with fusion, filters and reranking; embeddings and reranking "
+                  "endpoints.",
                   lifespan=lifespan, default_response_class=JSON)
     st = ApiState(settings, manager, hub, Metrics(manager))
     app.state.genseek = st
@@ -119,12 +121,29 @@ def create_app(settings: Settings) -> FastAPI:
                            expose_headers=["X-Request-ID"], max_age=600)
     app.add_middleware(ObserveMiddleware, routes=app.router.routes, metrics=st.metrics)
 
-    async def blocking(fn: Callable[[], T], limiter: anyio.CapacityLimiter | None = None) -> T:
-        # abandon_on_cancel: a request past its timeout answers 504 at once; the thread
-        # finishes on its own (holding its collection reference until then).
-        return await anyio.to_thread.run_sync(fn, abandon_on_cancel=True, limiter=limiter)
+    _service_routes(app, st, preloader)
+    _collections_routes(app, st)
+    _documents_routes(app, st, s)
+    _search_routes(app, st, s)
+    _models_routes(app, st, s)
+    _install_openapi(app)
+    return app
 
-    # -- service ------------------------------------------------------------------------
+
+# -- routes -------------------------------------------------------------------------------
+
+
+async def blocking(fn: Callable[[], T], limiter: anyio.CapacityLimiter | None = None) -> T:
+    """Run blocking ``fn`` in a worker thread (the store, Lucene, faiss, torch)."""
+    # abandon_on_cancel: a request past its timeout answers 504 at once; the thread
+    # finishes on its own (holding its collection reference until then).
+    return await anyio.to_thread.run_sync(fn, abandon_on_cancel=True, limiter=limiter)
+
+
+def _service_routes(app: FastAPI, st: ApiState, preloader: Preloader) -> None:
+    """Routes: health, readiness and metrics."""
+    settings, manager = st.settings, st.manager
+
 
     @app.get("/health", response_model=schemas.HealthOut, tags=["service"])
     async def health() -> Response:
@@ -163,7 +182,11 @@ def create_app(settings: Settings) -> FastAPI:
         body = await blocking(st.metrics.render)
         return Response(body, media_type=CONTENT_TYPE)
 
-    # -- collections --------------------------------------------------------------------
+
+def _collections_routes(app: FastAPI, st: ApiState) -> None:
+    """Routes: create, list, describe, check and drop collections."""
+    settings, manager = st.settings, st.manager
+
 
     @app.get("/collections", response_model=schemas.CollectionList, tags=["collections"],
              responses=_err(401, 403, 504))
@@ -215,7 +238,11 @@ def create_app(settings: Settings) -> FastAPI:
         await blocking(lambda: manager.drop(name))
         return JSON({"name": name, "dropped": True})
 
-    # -- documents ------------------------------------------------------------------------
+
+def _documents_routes(app: FastAPI, st: ApiState, s: Any) -> None:
+    """Routes: write, delete and read documents."""
+    settings, manager = st.settings, st.manager
+
 
     async def _refresh(request: Request, name: str, seq: int, wait: bool) -> bool:
         def check() -> bool:
@@ -280,7 +307,11 @@ def create_app(settings: Settings) -> FastAPI:
         return JSON({"id": doc.doc_id, "title": doc.title, "text": doc.text,
                      "metadata": dict(doc.metadata), "version": doc.version})
 
-    # -- search ---------------------------------------------------------------------------
+
+def _search_routes(app: FastAPI, st: ApiState, s: Any) -> None:
+    """Routes: one query or a batch through a pipeline."""
+    manager = st.manager
+
 
     async def _search(name: str, queries: list[str], pipeline: Pipeline | None
                       ) -> tuple[list[list[Result]], float, list[str]]:
@@ -327,7 +358,11 @@ def create_app(settings: Settings) -> FastAPI:
         results, took, warnings = await _search(name, list(body.queries), body.pipeline)
         return JSON(_search_body([[r.to_dict() for r in rs] for rs in results], took, warnings))
 
-    # -- models ---------------------------------------------------------------------------
+
+def _models_routes(app: FastAPI, st: ApiState, s: Any) -> None:
+    """Routes: the OpenAI/Cohere-shaped model endpoints: embeddings, sparse embeddings, rerank."""
+    settings = st.settings
+
 
     @app.post("/v1/embeddings", response_model=schemas.EmbeddingsOut, tags=["models"],
               responses=_err(*_COMMON, 404))
@@ -391,9 +426,6 @@ def create_app(settings: Settings) -> FastAPI:
                 item["document"] = {"text": docs[i]}
             results.append(item)
         return JSON({"results": results, "model": name})
-
-    _install_openapi(app)
-    return app
 
 
 # -- helpers ------------------------------------------------------------------------------

@@ -55,8 +55,8 @@ class _IndexCollector(Collector):
                 seq = collection.store.seq
                 for index_name, index in list(collection.indexes.items()):
                     stats = index.stats()
-                    docs.add_metric([name, index_name], float(stats.get("documents", 0)))
-                    disk.add_metric([name, index_name], float(stats.get("disk_bytes") or 0))
+                    docs.add_metric([name, index_name], float(stats.documents))
+                    disk.add_metric([name, index_name], float(stats.disk_bytes))
                     lag.add_metric([name, index_name], float(seq - index.applied_seq))
             except Exception:  # noqa: BLE001 - a scrape never fails because of one collection
                 log.exception("collecting metrics of collection %s", name)

@@ -1,9 +1,12 @@
 """genseek: generative and dense retrieval behind one collection API.
 
-The import root. The design card's folders are its subpackages:
-``genseek.indexers`` (index types), ``genseek.retrievers`` (fusion and pipelines),
-``genseek.rerankers``, ``genseek.api``, ``genseek.kernels`` (pure functions) and
-``genseek.data`` (readers and writers).
+The import root; its subpackages are the repository's top-level folders:
+``genseek.indexers`` (index types: lexical, vector and docid stores), ``genseek.retrievers``
+(fusion, the generative retrievers, Elasticsearch as a stage), ``genseek.rerankers``
+(biencoder and the LLM rerankers), ``genseek.api`` (the HTTP service), ``genseek.kernels``
+(pure numeric functions) and ``genseek.data`` (readers, writers, Elasticsearch sync). The core
+(collection, store, protocols, registry, parameter schemas, models, pipeline, evaluation,
+training, CLI) is ``genseek`` itself; ARCHITECTURE.md describes how they fit.
 """
 
 from genseek.collection import Collection

@@ -1,6 +1,8 @@
-"""Rerankers: pipeline stages that reorder a first stage's candidates.
+"""Rerankers: the stage that reorders a pipeline's fused candidates.
 
-A reranker is a :class:`genseek.protocols.Retriever` wrapping another one, so
-``Rerank(first_stage, model, depth)`` composes like any other stage. The listwise
-LLM rerankers (FIRST) land here (issue 8).
+Each implements :class:`genseek.protocols.Reranker` (``rank_batch(queries, texts)``: one score
+per candidate) and is named in a pipeline's ``rerank`` stage: ``biencoder`` (embedding cosine),
+``first`` and ``listwise-gen`` (listwise LLM ranking: FIRST's single-token logits or generated
+permutations, ``first.py``), ``pointwise`` (an LLM's yes/no log-odds). The LLM rerankers share
+``_llm.py`` (prompt prefix cache, batched forward passes); ``first_train.py`` trains FIRST.
 """

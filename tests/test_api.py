@@ -723,9 +723,9 @@ def test_searches_are_served_while_a_request_blocks_a_thread(client, coll, app):
     gate = threading.Event()
 
     class Blocking:
-        def score(self, query, texts):
+        def rank_batch(self, queries, texts):
             gate.wait(10)
-            return [0.0] * len(texts)
+            return [[0.0] * len(t) for t in texts]
 
     models.reranker = lambda name: Blocking()
     try:
@@ -880,10 +880,10 @@ def test_drop_waits_for_running_searches(client, app):
     gate, entered = threading.Event(), threading.Event()
 
     class Blocking:
-        def score(self, query, texts):
+        def rank_batch(self, queries, texts):
             entered.set()
             gate.wait(10)
-            return [1.0] * len(texts)
+            return [[1.0] * len(t) for t in texts]
 
     models.reranker = lambda n: Blocking()
     out = {}

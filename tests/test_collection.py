@@ -413,7 +413,7 @@ def test_dense_index_standalone_replay_is_idempotent(tmp_path, docs):
         index.apply(cs)  # a replay after a crash
         index.commit(cs.upto_seq)
         assert index.applied_seq == store.seq
-        assert index.stats()["documents"] == 19
+        assert index.stats().documents == 19
         hits = index.search(["new"], 100)[0]
         assert len(hits) == 19 and hits[0].doc_id == docs[0].doc_id
     finally:

@@ -99,7 +99,7 @@ def test_two_bm25_indexes_written_by_two_threads_stay_isolated(tmp_path, fast_sw
         total = batches * 50
         for tag, other in (("a", "b"), ("b", "a")):
             index = indexes[tag]
-            assert index.stats()["documents"] == total
+            assert index.stats().documents == total
             own = index.search([f"{tag}only"], total + 10)[0]
             assert len(own) == total and all(h.doc_id.startswith(f"{tag}-") for h in own)
             assert index.search([f"{other}only"], 10)[0] == []  # nothing of the other index
