@@ -244,7 +244,7 @@ def spann_rows(dataset: str, x: np.ndarray, q: np.ndarray, truth: np.ndarray, wo
 
 def sptag_rows(dataset: str, x: np.ndarray, q: np.ndarray, truth: np.ndarray, workdir: Path,
                flat_ram: int, max_n: int) -> tuple[list[dict], str | None]:
-    from genseek.indexers import sptag
+    import _sptag as sptag
 
     ok, reason = sptag.available()
     if not ok:

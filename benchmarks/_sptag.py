@@ -1,7 +1,7 @@
 """Optional backend: Microsoft SPTAG's SPANN through Debian's ``python3-sptag``.
 
-Used for side-by-side comparisons (``benchmarks/vector_indexes.py``), not as a
-collection index type. Install with ``apt-get install -y python3-sptag`` (Debian
+The baseline of the side-by-side comparison in ``benchmarks/vector_indexes.py``: not a
+collection index type and not part of the installed package (it edits ``sys.path``). Install with ``apt-get install -y python3-sptag`` (Debian
 bookworm ships SPTAG git 2023-03-01 built for the system Python 3.11); the module is
 found by adding ``/usr/lib/python3/dist-packages`` to ``sys.path`` here only.
 
