@@ -5,9 +5,9 @@ For each dataset, a collection with the CLI's default indexes (``bm25`` and
 collections the other benchmarks read) by ``genseek index`` (the CLI, in a child process,
 its progress on stderr), or reused (and resumed, without re-encoding anything already
 stored) when it already exists. Evaluation follows
-``genseek eval`` exactly: judged test queries in ``queries.jsonl`` order, searched
-in batches of 64 to depth k=100 by each index and by ``RRFusion`` of all indexes
-(rrf_k 60, depth 100), scored with ``genseek.evaluation.evaluate``. With
+``genseek eval`` exactly (both run ``genseek.evaluation.experiment``): judged test queries
+in ``queries.jsonl`` order, searched in batches of 64 to depth k=100 by each index and by
+the RRF of all indexes (``Collection.retriever``: rrf_k 60, depth 100). With
 ``--check-cli`` the CLI itself (``genseek eval --json``) is run too and its
 numbers must be identical.
 
@@ -85,27 +85,18 @@ def build_or_reuse(path: Path, name: str) -> dict[str, Any]:
 def evaluate_collection(path: Path, folder: Path, split: str) -> dict[str, Any]:
     """What ``genseek eval`` computes, plus the search time of each system."""
     from genseek.collection import Collection
-    from genseek.evaluation import evaluate
-    from genseek.retrievers.fusion import RRFusion
+    from genseek.evaluation import experiment
 
     qids, texts, qrels = C.judged_queries(folder, split)
-    results: dict[str, dict[str, float]] = {}
-    seconds: dict[str, float] = {}
     with Collection.open(path) as collection:
         systems: dict[str, Any] = {name: collection.index(name) for name in collection.indexes}
         if len(systems) > 1:
-            systems["rrf"] = RRFusion(list(collection.indexes.values()), rrf_k=RRF_K,
-                                      depth=max(K, 100))
-        for name, system in systems.items():
-            start = time.perf_counter()
-            hits: list = []
-            for i in range(0, len(texts), QUERY_BATCH):
-                hits += system.search(texts[i:i + QUERY_BATCH], K)
-            seconds[name] = time.perf_counter() - start
-            results[name] = evaluate(dict(zip(qids, hits, strict=True)), qrels)
-    return {"judged_queries": len(qids), "qrels_queries": len(qrels), "metrics": results,
-            "search_seconds": {n: round(s, 2) for n, s in seconds.items()},
-            "queries_per_s": {n: round(len(qids) / s, 1) for n, s in seconds.items() if s > 0}}
+            systems["rrf"] = collection.retriever(list(systems), rrf_k=RRF_K, depth=max(K, 100))
+        result = experiment(systems, dict(zip(qids, texts, strict=True)), qrels, k=K,
+                            batch_size=QUERY_BATCH)
+    return {"judged_queries": len(qids), "qrels_queries": len(qrels), "metrics": result.metrics,
+            "search_seconds": {n: round(s, 2) for n, s in result.seconds.items()},
+            "queries_per_s": {n: round(q, 1) for n, q in result.queries_per_s().items()}}
 
 
 def cli_eval(path: Path, folder: Path, split: str, runs: Path) -> dict[str, Any]:

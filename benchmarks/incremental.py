@@ -137,9 +137,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     from genseek.collection import Collection
     from genseek.data.readers import read_corpus
     from genseek.encoders import shared_encoder
-    from genseek.evaluation import evaluate
+    from genseek.evaluation import experiment
     from genseek.indexers.jvm import jclass
-    from genseek.retrievers.fusion import RRFusion
 
     folder = C.dataset_dir(args.dataset)
     records = read_corpus(folder)
@@ -206,21 +205,18 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 
         # -- compare ----------------------------------------------------------------------
         assert out["a_documents"] == out["b_documents"] == len(p["final"])
-        comparisons: dict[str, Any] = {}
-        metrics: dict[str, Any] = {}
-        for name in ("bm25", "dense", "rrf"):
-            _log(f"comparing {name}")
-            runs = []
-            for coll in (a, b):
-                system = (RRFusion([coll.index("bm25"), coll.index("dense")], depth=100)
-                          if name == "rrf" else coll.index(name))
-                hits: list = []
-                for i in range(0, len(queries), 64):
-                    hits += system.search(queries[i:i + 64], K)
-                runs.append(hits)
-            comparisons[name] = compare(*runs)
-            metrics[name] = {label: evaluate(dict(zip(qids, hits, strict=True)), qrels)
-                             for label, hits in zip("AB", runs, strict=True)}
+        names = ("bm25", "dense", "rrf")
+        results = {}
+        for label, coll in (("A", a), ("B", b)):
+            _log(f"searching {label}")
+            systems = {"bm25": coll.index("bm25"), "dense": coll.index("dense"),
+                       "rrf": coll.retriever(["bm25", "dense"], depth=100)}
+            results[label] = experiment(systems, dict(zip(qids, queries, strict=True)), qrels,
+                                        k=K)
+        comparisons = {name: compare(*(list(r.runs[name].values()) for r in results.values()))
+                       for name in names}
+        metrics = {name: {label: r.metrics[name] for label, r in results.items()}
+                   for name in names}
         out["comparison"] = comparisons
         out["metrics"] = metrics
         out["stats"] = {"A": a.stats(), "B": b.stats()}

@@ -309,9 +309,7 @@ def _why_no_results(collection: Any, query: str, names: list[str] | None) -> str
 def cmd_eval(args: argparse.Namespace) -> int:
     from genseek.data.readers import read_qrels, read_queries
     from genseek.data.trec import write_run
-    from genseek.evaluation import evaluate
-    from genseek.progress import Meter
-    from genseek.retrievers.fusion import RRFusion
+    from genseek.evaluation import experiment
 
     k = _check_k(args.k)
     dataset = Path(args.dataset)
@@ -321,39 +319,27 @@ def cmd_eval(args: argparse.Namespace) -> int:
     if missing:
         raise GenseekError(f"{dataset}: {len(missing)} judged queries are missing from "
                            f"queries.jsonl (e.g. {missing[0]!r})")
-    qids = [q for q in queries if q in qrels]
-    texts = [queries[q] for q in qids]
+    topics = {q: text for q, text in queries.items() if q in qrels}
     run_dir = Path(args.runs) if args.runs else Path(args.collection) / "runs" / (
         f"{dataset.name}-{args.split}")
-    results: dict[str, dict[str, float]] = {}
-    timings: dict[str, float] = {}
     with _open(args.collection, not args.no_progress, lazy=True) as collection:
         names = args.index or collection.default_indexes()
-        systems: dict[str, Any] = {name: collection.serving(name) for name in names}
+        systems = {name: collection.serving(name) for name in names}
         if len(systems) > 1:
-            systems["rrf"] = RRFusion(list(systems.values()), rrf_k=args.rrf_k,
-                                      depth=max(k, 100))
-        for name, system in systems.items():
-            start = time.perf_counter()
-            hits: list = []
-            with Meter(len(texts), f"eval {name}", unit="query",
-                       enabled=not args.no_progress) as meter:
-                for i in range(0, len(texts), 64):
-                    hits += system.search(texts[i:i + 64], k)
-                    meter.update(len(texts[i:i + 64]))
-            timings[name] = time.perf_counter() - start
-            run = dict(zip(qids, hits, strict=True))
-            write_run(run_dir / f"{name}.trec", run, tag=f"genseek-{name}")
-            results[name] = evaluate(run, qrels)
+            systems["rrf"] = collection.retriever(list(systems), rrf_k=args.rrf_k,
+                                                  depth=max(k, 100))
+        result = experiment(systems, topics, qrels, k=k, progress=not args.no_progress)
+    for name, run in result.runs.items():
+        write_run(run_dir / f"{name}.trec", run, tag=f"genseek-{name}")
     if args.json:
-        print(json.dumps(results))
+        print(json.dumps(result.metrics))
         return 0
-    measures = list(next(iter(results.values())))
-    print(f"{dataset.name} {args.split}: {len(qids)} judged queries; runs in {run_dir}")
-    print(f"{'system':<12}" + "".join(f"{m:>10}" for m in measures) + f"{'q/s':>9}")
-    for name, values in results.items():
-        qps = len(qids) / timings[name] if timings[name] > 0 else 0.0
-        print(f"{name:<12}" + "".join(f"{values[m]:>10.4f}" for m in measures) + f"{qps:>9.1f}")
+    qps = result.queries_per_s()
+    print(f"{dataset.name} {args.split}: {len(topics)} judged queries; runs in {run_dir}")
+    print(f"{'system':<12}" + "".join(f"{m:>10}" for m in result.measures) + f"{'q/s':>9}")
+    for name, values in result.metrics.items():
+        print(f"{name:<12}" + "".join(f"{values[m]:>10.4f}" for m in result.measures)
+              + f"{qps.get(name, 0.0):>9.1f}")
     return 0
 
 

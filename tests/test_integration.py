@@ -13,8 +13,7 @@ import pytest
 
 from genseek import Collection
 from genseek.data.readers import read_corpus, read_qrels, read_queries
-from genseek.evaluation import evaluate
-from genseek.retrievers.fusion import RRFusion
+from genseek.evaluation import experiment
 
 pytestmark = pytest.mark.integration
 
@@ -29,18 +28,10 @@ def build(path, dataset, specs):
     return coll, report
 
 
-def judged_queries(dataset):
+def judged_topics(dataset):
     qrels = read_qrels(dataset, "test")
     queries = read_queries(dataset)
-    qids = [q for q in queries if q in qrels and qrels[q]]
-    return qids, [queries[q] for q in qids], qrels
-
-
-def run_system(system, qids, texts, k=100):
-    hits = []
-    for i in range(0, len(texts), 64):
-        hits += system.search(texts[i:i + 64], k)
-    return dict(zip(qids, hits, strict=True))
+    return {q: text for q, text in queries.items() if qrels.get(q)}, qrels
 
 
 @pytest.mark.parametrize("name, floor", [("cranfield", 0.33), ("cisi", 0.33)])
@@ -51,8 +42,8 @@ def test_bm25_effectiveness(beir_dataset, tmp_path, name, floor):
         raw = (dataset / "corpus.jsonl").read_bytes().splitlines()
         lines = sum(1 for line in raw if line.strip())
         assert report.read == lines == len(coll)
-        qids, texts, qrels = judged_queries(dataset)
-        result = evaluate(run_system(coll.index("bm25"), qids, texts), qrels)
+        topics, qrels = judged_topics(dataset)
+        result = experiment({"bm25": coll.index("bm25")}, topics, qrels).metrics["bm25"]
     assert result["nDCG@10"] >= floor, result
     assert result["R@100"] >= result["nDCG@10"] * 0.5  # sanity: recall is not broken
 
@@ -61,13 +52,15 @@ def test_cisi_fusion_is_no_worse_than_the_weaker_system(beir_dataset, tmp_path):
     dataset = beir_dataset("cisi")
     coll, _ = build(tmp_path / "cisi", dataset, {"bm25": "bm25", "dense": "dense"})
     with coll:
-        qids, texts, qrels = judged_queries(dataset)
-        scores = {name: evaluate(run_system(coll.index(name), qids, texts), qrels)
-                  for name in ("bm25", "dense")}
-        fused = RRFusion(list(coll.indexes.values()), depth=100)
-        scores["rrf"] = evaluate(run_system(fused, qids, texts), qrels)
+        topics, qrels = judged_topics(dataset)
+        systems = {"bm25": coll.index("bm25"), "dense": coll.index("dense"),
+                   "rrf": coll.retriever(["bm25", "dense"], depth=100)}
+        result = experiment(systems, topics, qrels, baseline="bm25", trials=1000)
+    scores = result.metrics
     assert scores["bm25"]["nDCG@10"] >= 0.33, scores
     assert scores["dense"]["nDCG@10"] > 0.1, scores  # a working encoder, far above random
     for measure in ("nDCG@10", "R@100"):
         weaker = min(scores["bm25"][measure], scores["dense"][measure])
         assert scores["rrf"][measure] >= weaker, (measure, scores)
+    assert set(result.significance) == {"dense", "rrf"}
+    assert 0 < result.significance["rrf"]["nDCG@10"]["p_value"] <= 1
