@@ -30,7 +30,9 @@ changes. genseek applies it when the sparse request carries
 understands that field and otherwise registers the raw-token template (and says so).
 
 ``sync`` mirrors an Elasticsearch index into a genseek collection; see
-:mod:`genseek.data.es_sync`.
+:mod:`genseek.data.es_sync`. The client and its error messages are
+:mod:`genseek.data.elastic`'s: this module (endpoint registration and the ``genseek es``
+command) imports ``data/``, and nothing in ``data/`` or ``retrievers/`` imports ``api/``.
 """
 
 from __future__ import annotations
@@ -44,6 +46,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from genseek.data.elastic import connect, es_call, es_error
 from genseek.errors import GenseekError
 
 TASK_TYPES = ("text_embedding", "sparse_embedding", "rerank")
@@ -291,38 +294,6 @@ def probe_genseek(genseek_url: str, api_key: str | None, task_types: Sequence[st
     return found
 
 
-def _es_client(url: str, api_key: str | None, user: str | None, password: str | None,
-               verify_certs: bool = True, ca_certs: str | None = None, timeout: float = 120):
-    from elasticsearch import Elasticsearch
-
-    kwargs: dict[str, Any] = {"request_timeout": timeout, "verify_certs": verify_certs}
-    if ca_certs:
-        kwargs["ca_certs"] = ca_certs
-    if api_key:
-        kwargs["api_key"] = api_key
-    elif user:
-        kwargs["basic_auth"] = (user, password or "")
-    try:
-        return Elasticsearch(url, **kwargs)
-    except ValueError as exc:
-        raise GenseekError(f"--es {url!r}: {exc}") from None
-
-
-def es_error(exc: Exception, what: str) -> GenseekError:
-    """One line for an Elasticsearch client error."""
-    from elasticsearch import ApiError, TransportError
-
-    if isinstance(exc, ApiError):
-        info = exc.info if isinstance(exc.info, dict) else {}
-        err = info.get("error") if isinstance(info.get("error"), dict) else {}
-        reason = err.get("reason") or exc.message or str(exc)
-        return GenseekError(f"{what}: Elasticsearch answered {exc.status_code} "
-                            f"{err.get('type', '')}: {reason}".replace(" : ", ": "))
-    if isinstance(exc, TransportError):
-        return GenseekError(f"{what}: cannot reach Elasticsearch: {exc.message}")
-    return GenseekError(f"{what}: {type(exc).__name__}: {exc}")
-
-
 def register(es: Any, opts: EndpointOptions, task_types: Sequence[str] = TASK_TYPES, *,
              replace: bool = False, index: str | None = None, mapping: str = "semantic_text",
              dry_run: bool = False) -> RegisterReport:
@@ -359,12 +330,10 @@ def register(es: Any, opts: EndpointOptions, task_types: Sequence[str] = TASK_TY
             report.pipeline = f"{opts.prefix}-embeddings"
             body.setdefault("settings", {})["index.default_pipeline"] = report.pipeline
         if not dry_run:
-            try:
+            with es_call(f"creating index {index!r}"):
                 if report.pipeline:
                     es.ingest.put_pipeline(id=report.pipeline, **ingest_pipeline(dense, sparse))
                 es.indices.create(index=index, **body)
-            except (ApiError, TransportError) as exc:
-                raise es_error(exc, f"creating index {index!r}") from None
     return report
 
 
@@ -391,10 +360,10 @@ def _add_es_options(p: argparse.ArgumentParser) -> None:
 def _es_from_args(args: argparse.Namespace):
     import os
 
-    return _es_client(args.es, args.es_api_key or os.environ.get("ES_API_KEY"),
-                      args.es_user or os.environ.get("ES_USER"),
-                      args.es_password or os.environ.get("ES_PASSWORD"),
-                      verify_certs=not args.es_insecure, ca_certs=args.es_ca_certs)
+    return connect(args.es, args.es_api_key or os.environ.get("ES_API_KEY"),
+                   args.es_user or os.environ.get("ES_USER"),
+                   args.es_password or os.environ.get("ES_PASSWORD"),
+                   verify_certs=not args.es_insecure, ca_certs=args.es_ca_certs)
 
 
 def build_parser() -> argparse.ArgumentParser:

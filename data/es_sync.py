@@ -44,7 +44,9 @@ from pathlib import Path
 from typing import Any
 
 from genseek.collection import Collection
+from genseek.data.elastic import es_call
 from genseek.errors import GenseekError
+from genseek.store import WriteResult
 from genseek.types import Document
 
 CHECKPOINT_VERSION = 1
@@ -103,26 +105,26 @@ class SyncReport:
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
+    def add(self, result: WriteResult) -> None:
+        """Count one store write of the sync."""
+        self.upserted += result.upserted
+        self.unchanged += result.unchanged
+        self.deleted += result.deleted
+        self.seq = result.seq
+
 
 # -- reading Elasticsearch -------------------------------------------------------------------
 
 
-def _wrap(exc: Exception, what: str) -> GenseekError:
-    from genseek.api.elastic import es_error
-
-    return es_error(exc, what)
-
-
 def field_type(es: Any, index: str, name: str) -> str | None:
     """The mapped type of ``name`` in ``index`` (None if unmapped); errors for a missing index."""
-    from elasticsearch import ApiError, NotFoundError, TransportError
+    from elasticsearch import NotFoundError
 
-    try:
-        mappings = es.indices.get_mapping(index=index).body
-    except NotFoundError:
-        raise GenseekError(f"Elasticsearch index {index!r} does not exist") from None
-    except (ApiError, TransportError) as exc:
-        raise _wrap(exc, f"reading the mapping of {index!r}") from None
+    with es_call(f"reading the mapping of {index!r}"):
+        try:
+            mappings = es.indices.get_mapping(index=index).body
+        except NotFoundError:
+            raise GenseekError(f"Elasticsearch index {index!r} does not exist") from None
     found = None
     for body in mappings.values():
         props = (body.get("mappings") or {}).get("properties") or {}
@@ -140,8 +142,6 @@ def scan(es: Any, index: str, ts_field: str, ts_type: str, since: float | None,
          extra: Mapping[str, Any] | None, size: int, keep_alive: str,
          ) -> Iterator[list[dict[str, Any]]]:
     """Pages of hits from a PIT over ``index``, by ``(ts_field, _shard_doc)`` ascending."""
-    from elasticsearch import ApiError, TransportError
-
     filters: list[dict[str, Any]] = []
     if since is not None:
         rng: dict[str, Any] = {"gte": since}
@@ -155,10 +155,8 @@ def scan(es: Any, index: str, ts_field: str, ts_type: str, since: float | None,
     sort_opts: dict[str, Any] = {"order": "asc"}
     if ts_type == "date_nanos":
         sort_opts["numeric_type"] = "date"
-    try:
+    with es_call(f"opening a point in time on {index!r}"):
         pit = es.open_point_in_time(index=index, keep_alive=keep_alive).body["id"]
-    except (ApiError, TransportError) as exc:
-        raise _wrap(exc, f"opening a point in time on {index!r}") from None
     after: list[Any] | None = None
     try:
         while True:
@@ -168,10 +166,8 @@ def scan(es: Any, index: str, ts_field: str, ts_type: str, since: float | None,
                 "track_total_hits": False}
             if after is not None:
                 body["search_after"] = after
-            try:
+            with es_call(f"reading {index!r}"):
                 res = es.search(body=body).body
-            except (ApiError, TransportError) as exc:
-                raise _wrap(exc, f"reading {index!r}") from None
             pit = res.get("pit_id", pit)
             hits = res["hits"]["hits"]
             if not hits:
@@ -285,9 +281,32 @@ def sync_index(es: Any, path: Path, cfg: SyncConfig, *,
                create_indexes: Mapping[str, str] | None = None, full: bool = False,
                progress: bool = False,
                on_page: Callable[[SyncReport], None] | None = None) -> SyncReport:
-    """Bring the collection at ``path`` up to date with ``cfg.index`` (see the module doc)."""
+    """Bring the collection at ``path`` up to date with ``cfg.index`` (see the module doc);
+    ``on_page(report)`` after each committed page."""
     start = time.perf_counter()
-    # 1. the index and its timestamp field, before anything is opened or written
+    ts_type, tomb_type = timestamp_types(es, cfg)  # 1. before anything is opened or written
+    coll = _open(Path(path), create_indexes)
+    report = SyncReport(cfg.index, str(path), full=full)
+    try:
+        run = _Run(coll, cfg, report, _start_state(coll, cfg, full, report), on_page)
+        seen = run.copy_index(es, ts_type, progress, track_seen=full)  # 2-3.
+        if cfg.tombstone_index:
+            run.apply_tombstones(es, cfg.tombstone_index, tomb_type or "date")  # 4.
+        if seen is not None:
+            run.delete_unseen(seen)  # 5.
+        run.state["done"] = True  # 6.
+        run.commit((), ())
+        report.checkpoint = run.state
+        coll.sync()
+    finally:
+        coll.close()
+    report.seconds = round(time.perf_counter() - start, 3)
+    return report
+
+
+def timestamp_types(es: Any, cfg: SyncConfig) -> tuple[str, str | None]:
+    """The mapped types of the timestamp field in ``cfg.index`` and in the tombstone index
+    (None without one); a GenseekError unless both are dates or numbers."""
     ts_type = field_type(es, cfg.index, cfg.timestamp_field)
     if ts_type is None:
         raise GenseekError(f"Elasticsearch index {cfg.index!r} has no mapped field "
@@ -302,86 +321,107 @@ def sync_index(es: Any, path: Path, cfg: SyncConfig, *,
         if tomb_type not in NUMERIC_TYPES:
             raise GenseekError(f"tombstone index {cfg.tombstone_index!r}: no date or numeric "
                                f"field {cfg.timestamp_field!r}")
-    key = checkpoint_key(cfg.index)
-    coll = _open(Path(path), create_indexes)
-    report = SyncReport(cfg.index, str(path), full=full)
-    bar = None
-    try:
-        ck = None if full else load_checkpoint(coll, cfg.index)
-        if ck and ck.get("timestamp_field") != cfg.timestamp_field:
-            raise GenseekError(f"{path}: {cfg.index!r} was synced by "
-                               f"{ck.get('timestamp_field')!r}, not {cfg.timestamp_field!r}; "
-                               "run with --full to start over")
-        report.resumed = bool(ck) and not ck.get("done", False)
-        state: dict[str, Any] = {"version": CHECKPOINT_VERSION, "index": cfg.index,
-                                 "timestamp_field": cfg.timestamp_field,
-                                 "ts": (ck or {}).get("ts"),
-                                 "tombstone_index": cfg.tombstone_index,
-                                 "tombstone_ts": (ck or {}).get("tombstone_ts"), "done": False}
-        since = None if state["ts"] is None else state["ts"] - cfg.overlap
-        report.since = since
-        seen: set[str] | None = set() if full else None
-        if progress:
-            from tqdm import tqdm
+    return ts_type, tomb_type
 
-            bar = tqdm(total=count(es, cfg.index, cfg.query) if since is None else None,
-                       unit="doc", desc=f"sync {cfg.index}", dynamic_ncols=True)
-        # 2-3. the index, page by page, each page committed with its checkpoint
-        for hits in scan(es, cfg.index, cfg.timestamp_field, ts_type, since, cfg.query,
-                         cfg.batch_size, cfg.keep_alive):
-            upserts, deletes, last = convert(hits, cfg, cfg.index)
-            if seen is not None:
-                seen.update(h["_id"] for h in hits if h["_id"] not in deletes)
-            state["ts"] = last
-            result = coll.write(upserts, deletes, meta={key: json.dumps(state)}, sync=False)
-            report.read += len(hits)
-            report.upserted += result.upserted
-            report.unchanged += result.unchanged
-            report.deleted += result.deleted
-            report.pages += 1
-            report.seq = result.seq
-            if bar is not None:
-                bar.update(len(hits))
-            if on_page is not None:
-                on_page(report)
-        # 4. tombstones
-        if cfg.tombstone_index:
-            t_since = None if state["tombstone_ts"] is None else \
-                state["tombstone_ts"] - cfg.overlap
-            for hits in scan(es, cfg.tombstone_index, cfg.timestamp_field, tomb_type or "date",
-                             t_since, None, cfg.batch_size, cfg.keep_alive):
-                stamps = {h["_id"]: _ts_value(h, cfg.timestamp_field,
-                                              f"{cfg.tombstone_index}/_doc/{h['_id']}")
-                          for h in hits}
-                stored = coll.get(list(stamps))
-                doomed = [i for i, t in stamps.items() if i in stored
-                          and _older_or_equal(stored[i].metadata.get("_es_ts"), t)]
-                state["tombstone_ts"] = max(stamps.values())
-                result = coll.write((), doomed, meta={key: json.dumps(state)}, sync=False)
-                report.tombstones += len(hits)
-                report.deleted += result.deleted
-                report.pages += 1
-                report.seq = result.seq
-                if on_page is not None:
-                    on_page(report)
-        # 5. full: what the index no longer has
-        if seen is not None:
-            stale = [d.doc_id for d in coll.store.iter_docs()
-                     if d.metadata.get("_es_index") == cfg.index and d.doc_id not in seen]
-            for i in range(0, len(stale), 1000):
-                result = coll.write((), stale[i:i + 1000], sync=False)
-                report.deleted += result.deleted
-        # 6. done; the indexes catch up
-        state["done"] = True
-        report.seq = coll.write((), (), meta={key: json.dumps(state)}, sync=False).seq
-        report.checkpoint = state
-        coll.sync()
-    finally:
-        if bar is not None:
-            bar.close()
-        coll.close()
-    report.seconds = round(time.perf_counter() - start, 3)
-    return report
+
+def _start_state(coll: Collection, cfg: SyncConfig, full: bool,
+                 report: SyncReport) -> dict[str, Any]:
+    """The checkpoint this run starts from and commits as it goes (from the stored one,
+    unless ``full``); sets ``report.resumed`` and ``report.since``."""
+    ck = None if full else load_checkpoint(coll, cfg.index)
+    if ck and ck.get("timestamp_field") != cfg.timestamp_field:
+        raise GenseekError(f"{coll.path}: {cfg.index!r} was synced by "
+                           f"{ck.get('timestamp_field')!r}, not {cfg.timestamp_field!r}; "
+                           "run with --full to start over")
+    report.resumed = bool(ck) and not ck.get("done", False)
+    state: dict[str, Any] = {"version": CHECKPOINT_VERSION, "index": cfg.index,
+                             "timestamp_field": cfg.timestamp_field,
+                             "ts": (ck or {}).get("ts"), "tombstone_index": cfg.tombstone_index,
+                             "tombstone_ts": (ck or {}).get("tombstone_ts"), "done": False}
+    report.since = _since(state["ts"], cfg)
+    return state
+
+
+def _since(ts: float | None, cfg: SyncConfig) -> float | None:
+    """Where a scan resumes: the checkpoint's timestamp minus the overlap (None: from the
+    start)."""
+    return None if ts is None else ts - cfg.overlap
+
+
+@dataclass
+class _Run:
+    """One sync in progress: the collection it writes, the checkpoint ``state`` that every
+    write commits with it, and the report it counts into."""
+
+    coll: Collection
+    cfg: SyncConfig
+    report: SyncReport
+    state: dict[str, Any]
+    on_page: Callable[[SyncReport], None] | None
+
+    def commit(self, upserts: Sequence[Document], deletes: Sequence[str]) -> None:
+        """One store transaction: the page's changes and the checkpoint together."""
+        meta = {checkpoint_key(self.cfg.index): json.dumps(self.state)}
+        self.report.add(self.coll.write(upserts, deletes, meta=meta, sync=False))
+
+    def page_done(self) -> None:
+        self.report.pages += 1
+        if self.on_page is not None:
+            self.on_page(self.report)
+
+    def copy_index(self, es: Any, ts_type: str, progress: bool, track_seen: bool,
+                   ) -> set[str] | None:
+        """Steps 2-3: every page of the index since the checkpoint, each committed with the
+        checkpoint at its last timestamp; with ``track_seen``, returns the ids read (and not
+        deleted)."""
+        cfg, since = self.cfg, self.report.since
+        seen: set[str] | None = set() if track_seen else None
+        with self._bar(es, progress) as bar:
+            for hits in scan(es, cfg.index, cfg.timestamp_field, ts_type, since, cfg.query,
+                             cfg.batch_size, cfg.keep_alive):
+                upserts, deletes, self.state["ts"] = convert(hits, cfg, cfg.index)
+                if seen is not None:
+                    seen.update(h["_id"] for h in hits if h["_id"] not in deletes)
+                self.commit(upserts, deletes)
+                self.report.read += len(hits)
+                if bar is not None:
+                    bar.update(len(hits))
+                self.page_done()
+        return seen
+
+    def _bar(self, es: Any, progress: bool) -> contextlib.AbstractContextManager[Any]:
+        """A tqdm bar over the documents to read (their count only for a scan from the
+        start), or a context giving None."""
+        if not progress:
+            return contextlib.nullcontext()
+        from tqdm import tqdm
+
+        total = count(es, self.cfg.index, self.cfg.query) if self.report.since is None else None
+        return tqdm(total=total, unit="doc", desc=f"sync {self.cfg.index}", dynamic_ncols=True)
+
+    def apply_tombstones(self, es: Any, index: str, ts_type: str) -> None:
+        """Step 4: each tombstone in ``index`` deletes its document, unless the stored copy
+        is newer than the tombstone."""
+        cfg = self.cfg
+        for hits in scan(es, index, cfg.timestamp_field, ts_type,
+                         _since(self.state["tombstone_ts"], cfg), None, cfg.batch_size,
+                         cfg.keep_alive):
+            stamps = {h["_id"]: _ts_value(h, cfg.timestamp_field, f"{index}/_doc/{h['_id']}")
+                      for h in hits}
+            stored = self.coll.get(list(stamps))
+            doomed = [i for i, t in stamps.items() if i in stored
+                      and _older_or_equal(stored[i].metadata.get("_es_ts"), t)]
+            self.state["tombstone_ts"] = max(stamps.values())
+            self.commit((), doomed)
+            self.report.tombstones += len(hits)
+            self.page_done()
+
+    def delete_unseen(self, seen: set[str]) -> None:
+        """Step 5 (``full``): delete the documents of this index that the scan did not see."""
+        stale = [d.doc_id for d in self.coll.store.iter_docs()
+                 if d.metadata.get("_es_index") == self.cfg.index and d.doc_id not in seen]
+        for i in range(0, len(stale), 1000):
+            self.report.add(self.coll.write((), stale[i:i + 1000], sync=False))
 
 
 def _older_or_equal(stored: Any, tombstone: Any) -> bool:

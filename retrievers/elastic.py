@@ -2,9 +2,11 @@
 
 :class:`ElasticRetriever` is a :class:`~genseek.protocols.Retriever`: it runs one
 Elasticsearch search per query and returns ``Hit(_id, _score)`` lists, so it fuses
-with any genseek index or pipeline through :class:`~genseek.retrievers.fusion.RRFusion`
-(ranks only; the two score scales never meet). Document ids are Elasticsearch
-``_id`` values, which is what ``genseek es sync`` stores as genseek ids::
+with any genseek index or pipeline (:func:`hybrid`: RRF built by
+:func:`genseek.pipeline.fuse`, ranks only; the two score scales never meet). Document ids
+are Elasticsearch ``_id`` values, which is what ``genseek es sync`` stores as genseek ids.
+The client and its errors come from :mod:`genseek.data.elastic` (nothing here imports
+``genseek.api``)::
 
     from elasticsearch import Elasticsearch
     from genseek import Collection
@@ -25,7 +27,9 @@ import json
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
-from genseek.errors import GenseekError
+from genseek.data.elastic import es_call
+from genseek.errors import GenseekError, InvalidParameter
+from genseek.params import Params
 from genseek.protocols import Retriever
 from genseek.types import Hit
 
@@ -71,19 +75,15 @@ class ElasticRetriever:
             return {"bool": {"must": [q], "filter": [self.filter]}}
         return q
 
-    def search(self, queries: Sequence[str], k: int) -> list[list[Hit]]:
-        from elasticsearch import ApiError, TransportError
-
-        from genseek.api.elastic import es_error
-
+    def search(self, queries: Sequence[str], k: int,
+               params: Params | None = None) -> list[list[Hit]]:
+        _no_params(params, "an Elasticsearch stage (its query says how to search)")
         out: list[list[Hit]] = []
         for text in queries:
-            try:
+            with es_call(f"searching {self.index!r}"):
                 res = self.es.search(index=self.index, query=self.query(text), size=k,
                                      source=False, track_total_hits=False,
                                      **({"timeout": f"{self.timeout}s"} if self.timeout else {}))
-            except (ApiError, TransportError) as exc:
-                raise es_error(exc, f"searching {self.index!r}") from None
             out.append([Hit(h["_id"], float(h["_score"] if h["_score"] is not None else 0.0))
                         for h in res.body["hits"]["hits"]])
         return out
@@ -103,9 +103,11 @@ class PipelineRetriever:
         self.collection = collection
         self.rerankers = rerankers
 
-    def search(self, queries: Sequence[str], k: int) -> list[list[Hit]]:
+    def search(self, queries: Sequence[str], k: int,
+               params: Params | None = None) -> list[list[Hit]]:
         from genseek.pipeline import MAX_K, run_pipeline
 
+        _no_params(params, "a pipeline stage (the pipeline's stages carry them)")
         p = self.pipeline.model_copy(update={"k": max(1, min(int(k), MAX_K)), "fields": []})
         results = run_pipeline(p, queries, self.collection.indexes, self.collection.get,
                                self.rerankers)
@@ -114,9 +116,23 @@ class PipelineRetriever:
 
 def hybrid(*stages: Retriever, rrf_k: float = 60.0, depth: int = 100,
            weights: Sequence[float] | None = None) -> Retriever:
-    """RRF over Elasticsearch retrievers and genseek indexes or pipelines."""
-    from genseek.retrievers.fusion import RRFusion
+    """RRF over Elasticsearch retrievers and genseek indexes or pipelines, each searched to
+    at least ``depth`` (:func:`genseek.pipeline.fuse`)."""
+    from pydantic import ValidationError
+
+    from genseek.params import describe
+    from genseek.pipeline import Fusion, fuse
 
     if len(stages) < 2:
         raise GenseekError("hybrid: give at least two retrievers to fuse")
-    return RRFusion(list(stages), rrf_k=rrf_k, depth=depth, weights=weights)
+    try:
+        fusion = Fusion(k=float(rrf_k),
+                        weights=None if weights is None else [float(w) for w in weights])
+    except ValidationError as exc:
+        raise InvalidParameter(f"hybrid: {describe(Fusion, exc)}") from None
+    return fuse(stages, fusion, depth=depth)
+
+
+def _no_params(params: Params | None, stage: str) -> None:
+    if params is not None:
+        raise InvalidParameter(f"{stage} takes no search parameters")

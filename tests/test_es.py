@@ -603,6 +603,71 @@ def test_es_query_fused_with_a_genseek_index(es, tmp_path):
         template_query({"match_all": {}})
 
 
+def test_hybrid_is_built_by_the_one_fusion_builder():
+    from genseek.errors import InvalidParameter
+    from genseek.retrievers.fusion import RRFusion
+
+    a, b = ElasticRetriever(object(), "x"), ElasticRetriever(object(), "y")  # never searched
+    fused = hybrid(a, b, rrf_k=10, depth=7, weights=(2, 1))
+    assert isinstance(fused, RRFusion)
+    assert (fused.rrf_k, fused.depth, fused.weights, list(fused.stages)) == (10.0, 7, [2.0, 1.0],
+                                                                            [a, b])
+    with pytest.raises(InvalidParameter, match="2 stages needs 2 weights, not 3"):
+        hybrid(a, b, weights=[1, 1, 1])
+    with pytest.raises(InvalidParameter, match="hybrid: "):
+        hybrid(a, b, rrf_k=-1)
+    with pytest.raises(GenseekError, match="at least two"):
+        hybrid(a)
+    with pytest.raises(InvalidParameter, match="takes no search parameters"):
+        a.search(["x"], 5, params=object())
+
+
+def test_elasticsearch_errors_are_one_line():
+    from elasticsearch import ConnectionError as ESConnectionError
+
+    from genseek.data.elastic import connect, es_call
+
+    down = connect("http://127.0.0.1:9", timeout=2)  # nothing listens on the discard port
+    with pytest.raises(GenseekError, match=r"^searching 'docs': cannot reach Elasticsearch"):
+        ElasticRetriever(down, "docs").search(["x"], 3)
+    with pytest.raises(GenseekError, match=r"^doing it: cannot reach Elasticsearch: boom"), \
+            es_call("doing it"):
+        raise ESConnectionError("boom")
+    with pytest.raises(ValueError, match="other errors pass"), es_call("doing it"):
+        raise ValueError("other errors pass")
+    with pytest.raises(GenseekError, match="--es 'not a url'"):
+        connect("not a url")
+
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def _imports(path: Path) -> set[str]:
+    import ast
+
+    found: set[str] = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.ImportFrom) and node.module:
+            found.add(node.module)
+        elif isinstance(node, ast.Import):
+            found.update(alias.name for alias in node.names)
+    return found
+
+
+def test_elasticsearch_code_layers_without_a_cycle():
+    """data/ and retrievers/ never import api/ (the ES client and its errors live in
+    genseek.data.elastic); api/elastic.py is the only ES module that imports the others."""
+    for folder in ("data", "retrievers"):
+        for path in sorted((ROOT / folder).glob("*.py")):
+            wrong = {m for m in _imports(path) if m == "genseek.api"
+                     or m.startswith("genseek.api.")}
+            assert not wrong, f"{folder}/{path.name} imports {sorted(wrong)}"
+    assert "genseek.data.elastic" in _imports(ROOT / "retrievers" / "elastic.py")
+    assert "genseek.data.elastic" in _imports(ROOT / "data" / "es_sync.py")
+    assert {"genseek.data.elastic", "genseek.data.es_sync"} <= _imports(ROOT / "api" /
+                                                                         "elastic.py")
+
+
 # -- end to end: Elasticsearch (stand-in) calls genseek over HTTP ----------------------------
 
 
