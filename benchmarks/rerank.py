@@ -13,7 +13,7 @@
 3. nDCG@10 of the first stage and of each reranked run over the same queries (the
    reranked top ``depth`` followed by the rest of the first-stage top 100), with the
    per-query wins/ties/losses against the first stage and the p-value of a paired
-   randomisation test (``genseek.evaluation.randomization_test``), latency
+   randomisation test (``genseek.evaluation.paired_comparison``), latency
    per query, the single-token speed-up over full generation, and Kendall's tau
    between the single-token and full-generation orderings.
 
@@ -138,7 +138,7 @@ def measure(args) -> dict[str, Any]:
 
     from genseek.atomic import atomic_write_json
     from genseek.data.readers import read_qrels, read_queries
-    from genseek.evaluation import evaluate, per_query, randomization_test
+    from genseek.evaluation import evaluate, paired_comparison, per_query
     from genseek.rerankers.first_train import first_stage_run, load_texts
     from genseek.types import Hit
 
@@ -192,11 +192,9 @@ def measure(args) -> dict[str, Any]:
                         ["nDCG@10"])["nDCG@10"]
         r["nDCG@10"] = sum(got.values()) / len(got)
         # paired randomisation test of the difference to the first stage, per query
-        r["p_vs_first_stage"] = round(randomization_test([got[q] for q in base_q],
-                                                         list(base_q.values())), 4)
-        r["wins_ties_losses"] = [sum(got[q] > base_q[q] for q in base_q),
-                                 sum(got[q] == base_q[q] for q in base_q),
-                                 sum(got[q] < base_q[q] for q in base_q)]
+        cmp = paired_comparison(got, base_q)
+        r["p_vs_first_stage"] = round(cmp["p_value"], 4)
+        r["wins_ties_losses"] = [cmp["wins"], cmp["ties"], cmp["losses"]]
         _log(f"{method}: nDCG@10 {r['nDCG@10']:.4f}, {r['mean_latency_s']:.2f} s/query")
     out: dict[str, Any] = {"benchmark": "rerank", "quick": args.quick, "config": config,
                            "machine": info, "dataset": "scifact test",

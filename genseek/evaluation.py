@@ -21,8 +21,9 @@ import random
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any
 
+from genseek.protocols import Retriever
 from genseek.types import Hit
 
 DEFAULT_MEASURES = ("nDCG@10", "R@100", "RR@10")
@@ -97,13 +98,6 @@ def paired_comparison(values: Mapping[str, float], baseline: Mapping[str, float]
             "losses": sum(d < 0 for d in diffs)}
 
 
-class Searcher(Protocol):
-    """What :func:`experiment` runs: one ranked list per query (any
-    :class:`~genseek.protocols.Retriever`: an index, a fusion, a pipeline)."""
-
-    def search(self, queries: Sequence[str], k: int) -> list[list[Hit]]: ...
-
-
 @dataclass
 class ExperimentResult:
     """What :func:`experiment` measured; every field is plain data (``runs`` holds
@@ -144,7 +138,7 @@ class ExperimentResult:
         return out
 
 
-def experiment(systems: Mapping[str, Searcher], topics: Mapping[str, str],
+def experiment(systems: Mapping[str, Retriever], topics: Mapping[str, str],
                qrels: Mapping[str, Mapping[str, int]],
                measures: Sequence[str] = DEFAULT_MEASURES, *, k: int = 100,
                batch_size: int = QUERY_BATCH, baseline: str | None = None,
