@@ -134,3 +134,67 @@ def test_simultaneous_first_loads_of_different_models_leave_the_process_healthy(
     assert out["dense"] == out["dense128"] == 384
     assert out["sparse"] > 0 and out["sparse64"] > 0 and out["after"] > 0
     assert all(n == 1 for n in out["loads"].values()), out["loads"]
+
+
+# -- the one device and dtype policy -----------------------------------------------------------
+
+
+def test_placement_on_this_machine_and_its_overrides(monkeypatch):
+    import torch
+
+    from genseek.errors import GenseekError
+    from genseek.models import placement
+
+    monkeypatch.delenv("GENSEEK_DEVICE", raising=False)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(torch.backends.mps, "is_available", lambda: False)
+    assert placement() == placement("auto", "auto") == placement(None, None)
+    assert (placement().device, placement().dtype) == ("cpu", "float32")
+    assert placement(dtype="bf16").dtype == "bfloat16"  # asked for: given, even on a CPU
+    monkeypatch.setenv("GENSEEK_DEVICE", "cpu:0")
+    assert placement().device == "cpu:0"
+    with pytest.raises(GenseekError, match="no CUDA GPU is available"):
+        placement("cuda")
+    with pytest.raises(GenseekError, match="bad dtype 'int3'"):
+        placement(dtype="int3")
+    with pytest.raises(GenseekError, match="bad device 'tpu-ish'"):
+        placement("tpu-ish")
+
+
+def test_placement_picks_the_gpu_and_bfloat16_where_there_is_one(monkeypatch):
+    """Without a GPU here: the policy's choices with torch's GPU queries answered as on one."""
+    import torch
+
+    from genseek.models import autocast, placement
+
+    monkeypatch.delenv("GENSEEK_DEVICE", raising=False)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: True)
+    assert (placement().device, placement().dtype) == ("cuda", "bfloat16")
+    assert placement("cuda:1").device == "cuda:1"
+    assert placement(dtype="float32").dtype == "float32"
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: False)
+    assert placement().dtype == "float16"  # an older GPU
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(torch.backends.mps, "is_available", lambda: True)
+    assert (placement().device, placement().dtype) == ("mps", "float32")
+    # autocast: bfloat16 matmuls on the CPU when asked, float32 otherwise
+    from genseek.models import Placement
+
+    with autocast(Placement("cpu", "bfloat16")):
+        assert (torch.ones(2, 2) @ torch.ones(2, 2)).dtype == torch.bfloat16
+    with autocast(Placement("cpu", "float32")):
+        assert (torch.ones(2, 2) @ torch.ones(2, 2)).dtype == torch.float32
+    with autocast(Placement("cpu", "bfloat16"), enabled=False):
+        assert (torch.ones(2, 2) @ torch.ones(2, 2)).dtype == torch.float32
+
+
+def test_cpu_bf16_reads_the_cpu_flags(monkeypatch):
+    from genseek import models
+
+    monkeypatch.setattr(models, "cpu_flags", lambda: frozenset({"avx2", "fma"}))
+    assert not models.cpu_bf16()
+    monkeypatch.setattr(models, "cpu_flags", lambda: frozenset({"avx2", "avx512_bf16"}))
+    assert models.cpu_bf16()
+    monkeypatch.setattr(models, "cpu_flags", lambda: frozenset({"amx_bf16"}))
+    assert models.cpu_bf16()
