@@ -19,8 +19,9 @@ stored MiniLM document vectors are reused, never re-encoded):
    ``query_proj.npy`` (+ ``training.json``), which ``repconc(model=FOLDER)`` names.
 
 Time is bounded by ``--max-minutes`` (default 10): training stops after the epoch that
-passes it. Typical SciFact run (809 train queries, 5,183 documents, 48 bytes): see
-benchmarks/RESULTS.md section 11.
+passes it. The loop is :mod:`genseek.training`'s (checkpoints in ``OUT/checkpoint``,
+``--resume``, ``--device auto``: a GPU when there is one). Typical SciFact run (809 train
+queries, 5,183 documents, 48 bytes): see benchmarks/RESULTS.md section 11.
 """
 
 from __future__ import annotations
@@ -32,11 +33,14 @@ import sqlite3
 import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from genseek.errors import GenseekError
+
+if TYPE_CHECKING:
+    from genseek.training import Checkpoint
 
 MODEL_FILES = ("config.json", "rotation.npy", "codebooks.npy", "query_proj.npy")
 
@@ -44,35 +48,27 @@ MODEL_FILES = ("config.json", "rotation.npy", "codebooks.npy", "query_proj.npy")
 # -- model folder ------------------------------------------------------------------------------
 
 def save_model(folder: Path, rotation: np.ndarray, codebooks: np.ndarray,
-               query_proj: np.ndarray, config: dict[str, Any]) -> None:
-    """Write a model folder atomically (files to a temp folder, then one rename).
+               query_proj: np.ndarray, config: dict[str, Any], *,
+               log: list[dict[str, Any]] | None = None, keep_checkpoint: bool = False) -> None:
+    """Write a model folder atomically (files to a temp folder, then one rename:
+    :func:`genseek.training.save_folder`).
 
     ``rotation``: ``[d, d]`` (document side, ``y = x @ rotation.T``); ``codebooks``:
-    ``[M, K, d / M]``; ``query_proj``: ``[d, d]`` (``q' = q @ query_proj.T``).
+    ``[M, K, d / M]``; ``query_proj``: ``[d, d]`` (``q' = q @ query_proj.T``); ``log``: the
+    training log, written as ``training.json``; ``keep_checkpoint``: keep the old folder's
+    checkpoint (a run its time budget stopped).
     """
-    import os
-    import shutil
-    import tempfile
+    from genseek.training import save_folder, write_meta
 
-    folder = Path(folder)
-    folder.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=folder.parent))
-    try:
+    def write(tmp: Path) -> None:
         np.save(tmp / "rotation.npy", rotation.astype(np.float32))
         np.save(tmp / "codebooks.npy", codebooks.astype(np.float32))
         np.save(tmp / "query_proj.npy", query_proj.astype(np.float32))
-        (tmp / "config.json").write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
-        if folder.exists():
-            old = folder.with_name(f".{folder.name}.old")
-            shutil.rmtree(old, ignore_errors=True)
-            os.replace(folder, old)
-            os.replace(tmp, folder)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(tmp, folder)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+        write_meta(tmp, "config.json", config)
+        if log is not None:
+            write_meta(tmp, "training.json", log)
+
+    save_folder(Path(folder), write, keep_checkpoint=keep_checkpoint)
 
 
 def load_model(folder: Path) -> dict[str, Any]:
@@ -163,7 +159,7 @@ def quantise(codes, codebooks):
     import torch
 
     m = codebooks.shape[0]
-    parts = codebooks[torch.arange(m)[None, :], codes]  # [n, M, dsub]
+    parts = codebooks[torch.arange(m, device=codes.device)[None, :], codes]  # [n, M, dsub]
     return parts.reshape(len(codes), -1)
 
 
@@ -205,93 +201,126 @@ def train(doc_vecs: np.ndarray, query_vecs: np.ndarray, positives: list[dict[int
           m: int = 48, epochs: int = 30, lr: float = 1e-3, tau: float = 0.05,
           mse_weight: float = 1.0, epsilon: float = 0.05, sinkhorn_iters: int = 10,
           batch_size: int = 64, dev_fraction: float = 0.15, max_seconds: float = 600.0,
-          seed: int = 0, progress: bool = True, opq_iters: int = 25) -> dict[str, Any]:
+          seed: int = 0, progress: bool = True, opq_iters: int = 25, device: str | None = None,
+          checkpoint: Checkpoint | None = None, every: int = 0) -> dict[str, Any]:
     """Train RepCONC on ``doc_vecs [n, d]``, ``query_vecs [nq, d]``, ``positives`` per query.
 
-    Returns ``{"rotation", "codebooks", "query_proj", "log", "best_epoch", "dev_ndcg10"}``;
-    epoch 0 is the OPQ warm start (its dev score is logged for comparison).
+    Returns ``{"rotation", "codebooks", "query_proj", "log", "best_epoch", "dev_ndcg10", ...,
+    "stopped_by"}``; epoch 0 is the OPQ warm start (its dev score is logged for comparison).
+    The loop is :class:`genseek.training.Trainer` (Adam: AdamW without weight decay), epoch
+    by epoch, on ``device`` (:func:`genseek.models.placement`; None: a GPU when present);
+    ``checkpoint`` / ``every``: resumable checkpoints. The dev queries are the first
+    ``dev_fraction`` of a permutation drawn from the training generator (seeded by ``seed``),
+    as this recipe has always drawn them, so its recorded results stay reproducible.
     """
     import torch
-    from tqdm import tqdm
 
+    from genseek.models import placement
+    from genseek.training import Batches, Trainer
+
+    where = placement(device, "float32")
+    dev_t = where.torch_device()
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
     start = time.monotonic()
     # 1. OPQ warm start
     rotation, codebooks0 = opq_warm_start(doc_vecs, m, seed, opq_iters)
-    y = torch.from_numpy(doc_vecs @ rotation.T).float()  # [n, d] rotated documents
-    q_all = torch.from_numpy(query_vecs).float()  # [nq, d]
+    y = torch.from_numpy(doc_vecs @ rotation.T).float().to(dev_t)  # [n, d] rotated documents
+    q_all = torch.from_numpy(query_vecs).float().to(dev_t)  # [nq, d]
     order = rng.permutation(len(query_vecs))
     n_dev = max(1, int(round(dev_fraction * len(order)))) if len(order) > 1 else 0
     dev, fit = order[:n_dev], order[n_dev:]
+    dev_rows = torch.as_tensor(dev, device=dev_t)
     pairs = [(int(qi), int(d)) for qi in fit for d in positives[qi]]  # (query, positive doc)
     if not pairs:
         raise GenseekError("repconc: no training pairs (queries with positive documents)")
-    codebooks = torch.nn.Parameter(torch.from_numpy(codebooks0.copy()))
-    query_proj = torch.nn.Parameter(torch.from_numpy(rotation.copy()))
-    opt = torch.optim.Adam([codebooks, query_proj], lr=lr)
+    codebooks = torch.nn.Parameter(torch.from_numpy(codebooks0.copy()).to(dev_t))
+    query_proj = torch.nn.Parameter(torch.from_numpy(rotation.copy()).to(dev_t))
 
     def dev_score() -> float:
         with torch.no_grad():
             recon = quantise(nearest_codes(y, codebooks.detach()), codebooks.detach())
-            scores = (q_all[dev] @ query_proj.detach().T) @ recon.T
-        return _ndcg10(scores.numpy(), [positives[i] for i in dev])
+            scores = (q_all[dev_rows] @ query_proj.detach().T) @ recon.T
+        return _ndcg10(scores.cpu().numpy(), [positives[i] for i in dev])
 
+    # the best epoch so far, this epoch's assignment, and the log: resumable with the loop
     best = {"epoch": 0, "dev": dev_score(), "codebooks": codebooks.detach().clone(),
             "query_proj": query_proj.detach().clone()}
+    now: dict[str, Any] = {"codes": None, "used": 0.0, "total": 0.0}
     log: list[dict[str, Any]] = [{"epoch": 0, "dev_ndcg10": round(best["dev"], 4),
                                   "seconds": round(time.monotonic() - start, 1)}]
-    bar = tqdm(range(1, epochs + 1), desc="repconc epochs", unit="epoch", disable=not progress)
-    for epoch in bar:
+
+    def epoch_start(epoch: int) -> None:
         # 2. constrained assignment for this epoch
         with torch.no_grad():
             codes = balanced_codes(y, codebooks.detach(), epsilon, sinkhorn_iters)  # [n, M]
-        used = float(torch.stack([torch.bincount(codes[:, j], minlength=256).gt(0).float().mean()
-                                  for j in range(m)]).mean())
+        now["codes"], now["total"] = codes, 0.0
+        now["used"] = float(torch.stack([torch.bincount(codes[:, j], minlength=256).gt(0)
+                                         .float().mean() for j in range(m)]).mean())
+
+    def loss(idx: list[int], step: int) -> tuple[Any, dict[str, float]]:
         # 3. contrastive + reconstruction updates
-        perm = rng.permutation(len(pairs))
-        total = 0.0
-        for lo in range(0, len(perm), batch_size):
-            batch = [pairs[i] for i in perm[lo:lo + batch_size]]
-            qi = torch.tensor([p[0] for p in batch])
-            pos = torch.tensor([p[1] for p in batch])
-            recon = quantise(codes, codebooks)  # [n, d]
-            logits = (q_all[qi] @ query_proj.T) @ recon.T / tau  # [b, n]
-            mask = torch.zeros_like(logits, dtype=torch.bool)  # other positives are not negatives
-            for row, (q, p) in enumerate(batch):
-                others = [d for d in positives[q] if d != p]
-                if others:
-                    mask[row, others] = True
-            logits = logits.masked_fill(mask, float("-inf"))
-            loss = torch.nn.functional.cross_entropy(logits, pos)
-            loss = loss + mse_weight * (y - recon).pow(2).sum(dim=1).mean()
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-            total += float(loss.detach()) * len(batch)
+        batch = [pairs[i] for i in idx]
+        qi = torch.tensor([p[0] for p in batch], device=dev_t)
+        pos = torch.tensor([p[1] for p in batch], device=dev_t)
+        recon = quantise(now["codes"], codebooks)  # [n, d]
+        logits = (q_all[qi] @ query_proj.T) @ recon.T / tau  # [b, n]
+        mask = torch.zeros_like(logits, dtype=torch.bool)  # other positives are not negatives
+        for row, (q, p) in enumerate(batch):
+            others = [d for d in positives[q] if d != p]
+            if others:
+                mask[row, others] = True
+        logits = logits.masked_fill(mask, float("-inf"))
+        value = torch.nn.functional.cross_entropy(logits, pos)
+        value = value + mse_weight * (y - recon).pow(2).sum(dim=1).mean()
+        now["total"] += float(value.detach()) * len(batch)
+        return value, {}
+
+    def epoch_end(epoch: int) -> None:
         # 4. model selection on held-out train queries
         score = dev_score()
-        log.append({"epoch": epoch, "loss": round(total / len(pairs), 4),
-                    "dev_ndcg10": round(score, 4), "centroids_used": round(used, 3),
+        log.append({"epoch": epoch, "loss": round(now["total"] / len(pairs), 4),
+                    "dev_ndcg10": round(score, 4), "centroids_used": round(now["used"], 3),
                     "seconds": round(time.monotonic() - start, 1)})
-        bar.set_postfix(loss=f"{total / len(pairs):.3f}", dev=f"{score:.4f}")
         if score > best["dev"]:
-            best = {"epoch": epoch, "dev": score, "codebooks": codebooks.detach().clone(),
-                    "query_proj": query_proj.detach().clone()}
-        if time.monotonic() - start > max_seconds:
-            break
-    return {"rotation": rotation, "codebooks": best["codebooks"].numpy(),
-            "query_proj": best["query_proj"].numpy(), "log": log, "best_epoch": best["epoch"],
-            "dev_ndcg10": best["dev"], "dev_queries": int(n_dev), "train_pairs": len(pairs),
-            "seconds": round(time.monotonic() - start, 1)}
+            best.update(epoch=epoch, dev=score, codebooks=codebooks.detach().clone(),
+                        query_proj=query_proj.detach().clone())
+
+    def get_state() -> tuple[dict[str, Any], dict[str, Any]]:
+        return ({"used": now["used"], "total": now["total"], "best_epoch": best["epoch"],
+                 "best_dev": best["dev"], "log": log},
+                {"codes": now["codes"].cpu(), "best_codebooks": best["codebooks"].cpu(),
+                 "best_query_proj": best["query_proj"].cpu()})
+
+    def set_state(saved: dict[str, Any], tensors: dict[str, Any]) -> None:
+        now.update(used=saved["used"], total=saved["total"],
+                   codes=tensors["codes"].to(dev_t))
+        best.update(epoch=saved["best_epoch"], dev=saved["best_dev"],
+                    codebooks=tensors["best_codebooks"].to(dev_t),
+                    query_proj=tensors["best_query_proj"].to(dev_t))
+        log[:] = saved["log"]
+
+    per_epoch = (len(pairs) + batch_size - 1) // batch_size
+    result = Trainer([codebooks, query_proj], steps=epochs * per_epoch, lr=lr, weight_decay=0.0,
+                     batches=Batches(len(pairs), batch_size, rng), where=where,
+                     max_seconds=max_seconds, started=start, per_epoch=True,
+                     checkpoint=checkpoint, every=every, on_epoch_start=epoch_start,
+                     on_epoch_end=epoch_end, extra_state=(get_state, set_state),
+                     desc="train repconc", progress=progress).run(loss)
+    return {"rotation": rotation, "codebooks": best["codebooks"].cpu().numpy(),
+            "query_proj": best["query_proj"].cpu().numpy(), "log": log,
+            "best_epoch": best["epoch"], "dev_ndcg10": best["dev"], "dev_queries": int(n_dev),
+            "train_pairs": len(pairs), "seconds": round(time.monotonic() - start, 1),
+            "stopped_by": result.stopped_by}
 
 
 def _parser() -> argparse.ArgumentParser:
     """The parser of ``genseek train repconc``."""
-    from genseek.cliutil import HelpFormatter, positive
+    from genseek.cliutil import positive
+    from genseek.training import add_options, recipe_parser
 
-    parser = argparse.ArgumentParser(
-        prog="genseek train repconc", formatter_class=HelpFormatter,
+    parser = recipe_parser(
+        "repconc",
         description="RepCONC recipe: train product-quantisation codebooks and a query-side "
                     "projection for retrieval (Zhan et al., WSDM 2022) on a dense index's "
                     "stored document vectors (never re-encoded) and a BEIR dataset's train "
@@ -305,11 +334,6 @@ def _parser() -> argparse.ArgumentParser:
                "      --dataset ../shared/datasets/scifact --out repconc-48")
     parser.add_argument("--vectors", required=True, type=Path, metavar="FILE",
                         help="a dense index's vectors.sqlite (document vectors, reused)")
-    parser.add_argument("--dataset", required=True, type=Path, metavar="DIR",
-                        help="BEIR folder with queries.jsonl and qrels/SPLIT.tsv")
-    parser.add_argument("--split", default="train", help="qrels split to train on")
-    parser.add_argument("--out", required=True, type=Path, metavar="OUT",
-                        help="model folder to write")
     parser.add_argument("--model", default="all-MiniLM-L6-v2",
                         help="query encoder (must be the one that encoded the documents)")
     parser.add_argument("--bytes", type=positive, default=48, metavar="M",
@@ -318,7 +342,6 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--epochs", type=int, default=30, metavar="N",
                         help="training epochs after the warm start (0: the OPQ warm start "
                              "only)")
-    parser.add_argument("--lr", type=float, default=1e-3, help="Adam learning rate, > 0")
     parser.add_argument("--tau", type=float, default=0.05,
                         help="softmax temperature of the contrastive loss, > 0")
     parser.add_argument("--mse-weight", type=float, default=1.0, metavar="WEIGHT",
@@ -330,13 +353,13 @@ def _parser() -> argparse.ArgumentParser:
                         help="OPQ warm-start rounds")
     parser.add_argument("--sinkhorn-iters", type=positive, default=10, metavar="N",
                         help="Sinkhorn iterations per assignment")
-    parser.add_argument("--max-minutes", type=float, default=10.0, metavar="MIN",
-                        help="stop after the epoch that passes this wall time in minutes; > 0")
-    parser.add_argument("--seed", type=int, default=0,
-                        help="random seed of the warm start, the dev split and training "
-                             "(default: %(default)s)")
-    parser.add_argument("--json", action="store_true",
-                        help="print one JSON summary instead of a sentence")
+    add_options(parser, dataset_help="BEIR folder with queries.jsonl and qrels/SPLIT.tsv",
+                max_minutes=10.0, lr=1e-3, lr_help="Adam learning rate, > 0",
+                split_help="qrels split to train on",
+                minutes_help="stop after the epoch that passes this wall time in minutes, "
+                             "> 0, save the best epoch and a checkpoint that --resume "
+                             "continues",
+                seed_help="random seed of the warm start, the dev split and training")
     return parser
 
 
@@ -346,7 +369,7 @@ def main(argv: list[str]) -> int:
         argv = argv[1:]
     parser = _parser()
     args = parser.parse_args(argv)
-    for name in ("lr", "tau", "epsilon", "max_minutes"):
+    for name in ("tau", "epsilon"):
         if not getattr(args, name) > 0:
             parser.error(f"--{name.replace('_', '-')} must be > 0, not {getattr(args, name):g}")
     if args.epochs < 0 or args.mse_weight < 0:
@@ -354,8 +377,12 @@ def main(argv: list[str]) -> int:
 
     from genseek.data.readers import read_qrels, read_queries
     from genseek.encoders import shared_encoder
+    from genseek.training import claim_out, run_config
 
     try:
+        # an existing OUT is replaced (as it always was), unless --resume continues it
+        checkpoint = claim_out(args.out, "repconc", run_config(args), resume=args.resume,
+                               replace=True)
         doc_ids, doc_vecs = read_vectors(args.vectors)
         row_of = {d: i for i, d in enumerate(doc_ids)}
         qrels = read_qrels(args.dataset, args.split)
@@ -377,7 +404,8 @@ def main(argv: list[str]) -> int:
                        lr=args.lr, tau=args.tau, mse_weight=args.mse_weight,
                        epsilon=args.epsilon, max_seconds=60 * args.max_minutes, seed=args.seed,
                        progress=not args.json, opq_iters=args.opq_iters,
-                       sinkhorn_iters=args.sinkhorn_iters)
+                       sinkhorn_iters=args.sinkhorn_iters, device=args.device,
+                       checkpoint=checkpoint, every=args.checkpoint_every)
         config = {"dim": int(doc_vecs.shape[1]), "bytes": args.bytes, "nbits": 8,
                   "encoder": args.model, "trained_on": str(args.dataset), "split": args.split,
                   "documents": len(doc_ids), "queries": len(qids),
@@ -388,8 +416,7 @@ def main(argv: list[str]) -> int:
                   "sinkhorn_iters": args.sinkhorn_iters, "epochs_run": len(result["log"]) - 1,
                   "format": "repconc-v1"}
         save_model(args.out, result["rotation"], result["codebooks"], result["query_proj"],
-                   config)
-        (args.out / "training.json").write_text(json.dumps(result["log"], indent=1) + "\n")
+                   config, log=result["log"], keep_checkpoint=result["stopped_by"] == "time")
     except GenseekError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

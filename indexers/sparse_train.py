@@ -35,9 +35,11 @@ Learned Sparse Retrievers"), starting from SPLADE-tiny:
    Sparse Representations"); ``idf.json`` then holds the learned table.
    ``--freeze-encoder`` trains that table (and ``c``) alone, so the documents keep the
    base model's vectors and an existing corpus encoding stays valid.
-5. The run stops after ``--epochs`` or ``--minutes`` (whichever comes first), and writes a
-   standard Hugging Face model folder (safetensors + tokenizer) plus ``idf.json`` and
-   ``train_info.json`` atomically (a temporary folder renamed into place).
+5. The run stops after ``--epochs`` or ``--max-minutes`` (alias ``--minutes``), whichever
+   comes first, and writes a standard Hugging Face model folder (safetensors + tokenizer)
+   plus ``idf.json`` and ``train_info.json`` atomically (a temporary folder renamed into
+   place). The loop is :mod:`genseek.training`'s: AdamW, checkpoints in ``OUT/checkpoint``
+   and ``--resume``, ``--device auto`` (a GPU when there is one).
 
 The defaults are the best recipe measured on SciFact (benchmarks/RESULTS.md section 12):
 4 epochs at lr 2e-5, FLOPS 1e-5, ``--ce 0.5`` and learned query weights, 920 steps in
@@ -67,10 +69,11 @@ from genseek.models import loading
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
-    from genseek.cliutil import HelpFormatter, positive
+    from genseek.cliutil import positive
+    from genseek.training import add_options, recipe_parser
 
-    p = argparse.ArgumentParser(
-        prog="genseek train sparse", formatter_class=HelpFormatter,
+    p = recipe_parser(
+        "sparse",
         description="Sparse recipe: train an inference-free sparse (SPLADE) document encoder on "
                     "CPU, with IDF-aware FLOPS regularisation and distillation from the "
                     "normalised bm25 + dense ensemble of a genseek collection. Queries stay "
@@ -81,19 +84,12 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
                "  genseek train sparse --dataset ../shared/datasets/scifact \\\n"
                "      --collection $GENSEEK_CACHE/collections/scifact "
                "--out $GENSEEK_CACHE/sparse/if-scifact")
-    p.add_argument("--dataset", required=True, type=Path, metavar="DIR",
-                   help="BEIR folder (corpus.jsonl, queries.jsonl, qrels/train.tsv)")
     p.add_argument("--collection", required=True, type=Path, metavar="DIR",
                    help="genseek collection of the same corpus with bm25 and dense indexes "
                         "(copied to a temporary folder, never modified)")
-    p.add_argument("--out", required=True, type=Path, metavar="OUT",
-                   help="output model folder")
     p.add_argument("--base", default="splade-tiny",
                    help="starting masked LM: a genseek model alias, a folder or a Hugging "
                         "Face name")
-    p.add_argument("--split", default="train", help="qrels split to train on")
-    p.add_argument("--minutes", type=float, default=12.0, metavar="MIN",
-                   help="wall-clock budget in minutes, > 0")
     p.add_argument("--epochs", type=float, default=4.0, metavar="N",
                    help="passes over the queries, > 0 (fractions allowed)")
     p.add_argument("--batch-queries", type=positive, default=4, metavar="N",
@@ -106,7 +102,6 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
                    help="negatives are sampled from the teacher's top N non-positives")
     p.add_argument("--doc-max-length", type=positive, default=192, metavar="TOKENS",
                    help="document tokens the encoder sees")
-    p.add_argument("--lr", type=float, default=2e-5, help="AdamW learning rate, > 0")
     p.add_argument("--beta", type=float, default=10.0,
                    help="teacher logits = beta * normalised ensemble score; > 0")
     p.add_argument("--flops", type=float, default=1e-5, metavar="WEIGHT",
@@ -134,12 +129,13 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--teacher-cache", type=Path, default=None, metavar="FILE",
                    help="JSON file to reuse or store the teacher's candidate lists (default: "
                         "none, the teacher runs every time)")
-    p.add_argument("--seed", type=int, default=0,
-                   help="random seed of sampling and initialisation (default: %(default)s)")
-    p.add_argument("--force", action="store_true", help="replace --out if it exists")
-    p.add_argument("--json", action="store_true", help="print the run summary as JSON")
+    add_options(p, dataset_help="BEIR folder (corpus.jsonl, queries.jsonl, qrels/train.tsv)",
+                max_minutes=12.0, minutes_alias="--minutes", lr=2e-5, seed=0,
+                replace="--force", out_help="output model folder",
+                split_help="qrels split to train on",
+                seed_help="random seed of sampling and initialisation")
     args = p.parse_args(argv)
-    for key in ("minutes", "epochs", "lr", "beta", "query_lr"):
+    for key in ("epochs", "beta", "query_lr"):
         if not getattr(args, key) > 0:
             p.error(f"--{key.replace('_', '-')} must be > 0")
     if args.scale != "learn":
@@ -272,7 +268,7 @@ def pool_for_training(model, input_ids, attention_mask):
         docs, terms = torch.nonzero(best_t > 0, as_tuple=True)  # active (doc, term) pairs
         rows = where_t[docs, terms]  # [active]
     values = (states[rows] * weight[terms]).sum(dim=1) + bias[terms]  # [active]
-    reps = torch.zeros(len(lengths), weight.shape[0], dtype=values.dtype)
+    reps = torch.zeros(len(lengths), weight.shape[0], dtype=values.dtype, device=values.device)
     return reps.index_put((docs, terms), torch.log1p(torch.relu(values)))
 
 
@@ -281,10 +277,11 @@ def main(argv: list[str]) -> int:
         argv = argv[1:]
     args = parse_args(argv)
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    if args.out.exists() and not args.force:
-        raise GenseekError(f"--out {args.out} exists (use --force to replace it)")
+    from genseek import training
+
+    checkpoint = training.claim_out(args.out, "sparse", training.run_config(args),
+                                    resume=args.resume, replace=args.force, flag="--force")
     import torch
-    from tqdm import tqdm
     from transformers import AutoModelForMaskedLM
 
     from genseek.data.readers import read_corpus, read_qrels, read_queries
@@ -293,6 +290,8 @@ def main(argv: list[str]) -> int:
     t_start = time.perf_counter()
     rng = random.Random(args.seed)
     torch.manual_seed(args.seed)
+    where = training.placement_for(args)
+    device = where.torch_device()
 
     # 1. data and the IDF table
     qrels = dict(read_qrels(args.dataset, args.split))
@@ -305,7 +304,7 @@ def main(argv: list[str]) -> int:
     tokenizer = base.tokenizer
     _log(f"IDF over {len(corpus)} documents")
     idf = corpus_idf(tokenizer, list(corpus.values()))
-    idf_t = torch.from_numpy(idf)
+    idf_t = torch.from_numpy(idf).to(device)
 
     # 2. the heterogeneous teacher
     n_judged = len(qids)
@@ -321,7 +320,7 @@ def main(argv: list[str]) -> int:
     examples = build_examples(qids, qrels, lists, args.negatives, args.neg_pool, rng)
     examples = [e for e in examples if e[1][0] in corpus]
     base.set_idf(idf)
-    qvec_ids = {q: ids for q, (ids, _) in
+    qvec_ids = {q: torch.from_numpy(ids).to(device) for q, (ids, _) in
                 zip(qids, base.query_ids_idf([queries[q] for q in qids]), strict=True)}
 
     # 3. the student
@@ -330,17 +329,19 @@ def main(argv: list[str]) -> int:
     with loading():
         model = AutoModelForMaskedLM.from_pretrained(resolve_sparse_model(args.base),
                                                      use_safetensors=True)
+    model.to(device)
 
     def encode(batch):
         """The batch's documents (each example's list, in order): ``[docs, vocab]``."""
         docs = [d for _, ds, _ in batch for d in ds]
         enc = tokenizer([corpus[d] for d in docs], padding=True, truncation=True,
                         max_length=args.doc_max_length, return_tensors="pt")
-        reps = pool_for_training(model, enc["input_ids"], enc["attention_mask"])
+        reps = pool_for_training(model, enc["input_ids"].to(device),
+                                 enc["attention_mask"].to(device))
         return reps[:, :len(idf)]
 
     # query term weights w_t = idf_t * exp(delta_t): delta = 0 (plain IDF) unless learned
-    delta = torch.zeros(len(idf))
+    delta = torch.zeros(len(idf), device=device)
     if args.query_weights == "learn":
         delta = torch.nn.Parameter(delta)
 
@@ -348,7 +349,7 @@ def main(argv: list[str]) -> int:
         """Per example, ``s(q, d) = sum_{t in q} w_t * d_t`` over its list: ``[len(ds)]``."""
         out, start = [], 0
         for q, ds, _ in batch:
-            ids = torch.from_numpy(qvec_ids[q])
+            ids = qvec_ids[q]
             weights = idf_t[ids] * delta[ids].exp()
             out.append((reps[start:start + len(ds)][:, ids] * weights).sum(dim=1))
             start += len(ds)
@@ -363,10 +364,10 @@ def main(argv: list[str]) -> int:
                                                               probe[b:b + 8])]))
         spread_t = float(np.mean([args.beta * float(np.std(t, ddof=1)) for _, _, t in probe]))
         scale0 = spread_t / spread_s if spread_s > 0 and spread_t > 0 else 1.0
-        log_scale = torch.nn.Parameter(torch.tensor(float(np.log(scale0))))
+        log_scale = torch.nn.Parameter(torch.tensor(float(np.log(scale0)), device=device))
     else:
         scale0 = float(args.scale)
-        log_scale = torch.tensor(float(np.log(scale0)))
+        log_scale = torch.tensor(float(np.log(scale0)), device=device)
     _log(f"student score scale c = {scale0:.4g} "
          f"({'learned' if args.scale == 'learn' else 'fixed'})")
     groups = []
@@ -380,29 +381,20 @@ def main(argv: list[str]) -> int:
         groups.append({"params": [log_scale], "lr": 1e-2, "weight_decay": 0.0})
     if args.query_weights == "learn":
         groups.append({"params": [delta], "lr": args.query_lr, "weight_decay": 0.0})
-    opt = torch.optim.AdamW(groups)
     per_epoch = (len(examples) + args.batch_queries - 1) // args.batch_queries
     total = max(1, int(per_epoch * args.epochs))
     warm = max(1, total // 3)
-    budget = args.minutes * 60.0
     _log(f"training on {len(examples)} (query, positive) pairs: up to {total} steps "
-         f"or {args.minutes:g} min")
-    losses: list[tuple[int, float, float]] = []
-    step = 0
-    t_train = time.perf_counter()
-    bar = tqdm(total=total, desc="train sparse", unit="step", file=sys.stderr)
-    order: list[int] = []
-    while step < total and time.perf_counter() - t_train < budget:
-        if not order:
-            order = list(range(len(examples)))
-            rng.shuffle(order)
-        batch = [examples[order.pop()] for _ in range(min(args.batch_queries, len(order)))]
+         f"or {args.max_minutes:g} min")
+
+    def loss(idx: list[int], step: int) -> tuple[Any, dict[str, float]]:
+        batch = [examples[i] for i in idx]
         reps = encode(batch)
-        kl = torch.zeros(())
-        ce = torch.zeros(())
+        kl = torch.zeros((), device=device)
+        ce = torch.zeros((), device=device)
         c = log_scale.exp()
         for (_, _, teacher), student in zip(batch, student_scores(reps, batch), strict=True):
-            target = torch.softmax(args.beta * torch.tensor(teacher), dim=0)
+            target = torch.softmax(args.beta * torch.tensor(teacher, device=device), dim=0)
             log_p = torch.log_softmax(c * student, dim=0)
             kl = kl + torch.nn.functional.kl_div(log_p, target, reduction="sum")
             ce = ce - log_p[0]  # the judged positive is first
@@ -411,49 +403,44 @@ def main(argv: list[str]) -> int:
         # 4. IDF-aware FLOPS on the batch's documents (nothing to regularise when frozen)
         flops = ((reps * idf_t).mean(dim=0) ** 2).sum()
         lam = 0.0 if args.freeze_encoder else args.flops * min(1.0, (step + 1) / warm) ** 2
-        loss = kl + args.ce * ce + lam * flops
-        opt.zero_grad()
-        loss.backward()
-        if not args.freeze_encoder:
-            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        opt.step()
-        step += 1
-        losses.append((step, float(kl.detach()), float(flops.detach())))
-        bar.update(1)
-        bar.set_postfix(kl=f"{float(kl.detach()):.3f}", flops=f"{float(flops.detach()):.1f}")
-    bar.close()
-    train_s = time.perf_counter() - t_train
+        return kl + args.ce * ce + lam * flops, {"kl": float(kl.detach()),
+                                                 "flops": float(flops.detach())}
+
+    # batches from the end of each shuffled order (the order this recipe has always used)
+    result = training.Trainer(
+        groups, steps=total, lr=args.lr, where=where,
+        batches=training.Batches(len(examples), args.batch_queries, rng, from_end=True),
+        clip=None if args.freeze_encoder else 1.0, clip_params=list(model.parameters()),
+        max_seconds=args.max_minutes * 60.0, checkpoint=checkpoint,
+        every=args.checkpoint_every, desc="train sparse").run(loss)
+    kls, flops_values = result.values("kl"), result.values("flops")
 
     # 5. save atomically
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{args.out.name}-", dir=args.out.parent))
     model.eval()
-    model.save_pretrained(tmp, safe_serialization=True)
-    tokenizer.save_pretrained(tmp)
-    table = (idf_t * delta.detach().exp()).numpy().astype(np.float32)
-    save_idf(tmp / IDF_FILE, base.vocab, table)
-    window = losses[-20:]
+    table = (idf_t * delta.detach().exp()).cpu().numpy().astype(np.float32)
     summary: dict[str, Any] = {
         "base": args.base, "dataset": str(args.dataset), "split": args.split,
         "queries": n_judged, "pseudo_queries": len(qids) - n_judged,
-        "examples": len(examples), "steps": step,
-        "planned_steps": total, "stopped_by": "time" if step < total else "steps",
-        "train_seconds": round(train_s, 1),
+        "examples": len(examples), **result.summary(),
         "total_seconds": round(time.perf_counter() - t_start, 1),
-        "kl_first": round(float(np.mean([x[1] for x in losses[:20]])), 4) if losses else None,
-        "kl_last": round(float(np.mean([x[1] for x in window])), 4) if window else None,
-        "flops_last": round(float(np.mean([x[2] for x in window])), 2) if window else None,
+        "kl_first": round(float(np.mean(kls[:20])), 4) if kls else None,
+        "kl_last": round(float(np.mean(kls[-20:])), 4) if kls else None,
+        "flops_last": round(float(np.mean(flops_values[-20:])), 2) if kls else None,
         "scale_first": round(scale0, 5), "scale_last": round(float(log_scale.detach().exp()), 5),
         "query_weights": args.query_weights,
         "query_weights_changed": int((delta.detach().abs() > 1e-6).sum()),
         "args": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
         "torch_threads": torch.get_num_threads(),
     }
-    (tmp / "train_info.json").write_text(json.dumps(summary, indent=2))
-    if args.out.exists():
-        shutil.rmtree(args.out)
-    os.replace(tmp, args.out)
-    _log(f"saved {args.out} after {step} steps ({train_s / 60:.1f} min)")
+
+    def write(tmp: Path) -> None:
+        model.save_pretrained(tmp, safe_serialization=True)
+        tokenizer.save_pretrained(tmp)
+        save_idf(tmp / IDF_FILE, base.vocab, table)
+        training.write_meta(tmp, "train_info.json", summary)
+
+    training.save_folder(args.out, write, keep_checkpoint=not result.complete)
+    _log(f"saved {args.out} after {result.steps} steps ({result.seconds / 60:.1f} min)")
     if args.json:
         print(json.dumps(summary))
     return 0

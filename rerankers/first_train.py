@@ -24,6 +24,8 @@ FIRST (Reddy et al., 2024) trains a listwise reranker so that the logits of the
    stops after ``--steps`` optimiser steps or ``--max-minutes`` wall time, whichever
    comes first, then merges the adapters and writes a plain transformers folder
    (safetensors + tokenizer + ``first_train.json``) that ``first(model=FOLDER)`` loads.
+   The loop is :mod:`genseek.training`'s (checkpoints in ``OUT/checkpoint``, ``--resume``,
+   ``--device auto``: a GPU when there is one).
 """
 
 from __future__ import annotations
@@ -195,11 +197,12 @@ def _plain(model: Any) -> Any:
 
 
 def _parser() -> argparse.ArgumentParser:
-    from genseek.cliutil import HelpFormatter, positive
+    from genseek.cliutil import positive
     from genseek.rerankers._llm import DEFAULT_MODEL
+    from genseek.training import add_options, recipe_parser
 
-    p = argparse.ArgumentParser(
-        prog="genseek train first", formatter_class=HelpFormatter,
+    p = recipe_parser(
+        "first",
         description="FIRST recipe: fine-tune a causal LM as a FIRST listwise reranker "
         "(Reddy et al., 2024), so that the logits of the first generated label already rank "
         "a window of passages. The loss is the LM loss on the target permutation plus "
@@ -213,19 +216,13 @@ def _parser() -> argparse.ArgumentParser:
         "merged: OUT is a plain transformers folder that first(model=OUT) loads.",
         epilog="example:\n"
         "  genseek train first --out $GENSEEK_CACHE/rerank/first-scifact --steps 60")
-    p.add_argument("--out", required=True, type=Path, metavar="OUT",
-                   help="model folder to write")
     p.add_argument("--model", default=DEFAULT_MODEL,
                    help="base causal LM: a genseek model alias, a folder or a Hugging Face name")
-    p.add_argument("--dataset", type=Path, default=None, metavar="DIR",
-                   help="BEIR SciFact folder (default: $GENSEEK_DATASETS/scifact, else "
-                        "shared/datasets/scifact beside the genseek checkout)")
     p.add_argument("--collection", type=Path, default=DEFAULT_COLLECTION, metavar="DIR",
                    help="genseek collection with bm25 and dense indexes over the corpus (the "
                         "first stage)")
     p.add_argument("--cache", type=Path, default=DEFAULT_CACHE, metavar="DIR",
                    help="folder caching the first-stage runs as JSON")
-    p.add_argument("--split", default="train", help="the qrels split whose queries train")
     p.add_argument("--window", type=int, default=10, metavar="N",
                    help="passages per training window (2-26, one label letter each)")
     p.add_argument("--max-passage-tokens", type=positive, default=48, metavar="TOKENS",
@@ -233,25 +230,19 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--shuffle", type=float, default=0.0, metavar="P",
                    help="probability in [0, 1] of shuffling a training window (default: "
                         "%(default)s, first-stage order)")
-    p.add_argument("--steps", type=positive, default=60, metavar="N",
-                   help="optimiser steps (one window each)")
-    p.add_argument("--max-minutes", type=float, default=20.0, metavar="MIN",
-                   help="wall-time bound in minutes, > 0: the run stops there and saves")
-    p.add_argument("--lr", type=float, default=3e-4, help="AdamW learning rate, > 0")
     p.add_argument("--ranknet-weight", type=float, default=10.0, metavar="LAMBDA",
                    help="lambda, the weight of the RankNet term, >= 0")
     p.add_argument("--lora-r", type=positive, default=8, metavar="R", help="LoRA rank")
     p.add_argument("--lora-layers", type=int, default=8, metavar="N",
                    help="adapt only the top N decoder layers (0: all); the backward pass "
                         "then stops there, which is what makes CPU training affordable")
-    p.add_argument("--autocast", choices=["off", "bf16"], default="off",
-                   help="bf16: forward and backward in bfloat16 autocast, fp32 master weights "
-                        "(about 2x faster on CPUs with AMX/AVX512-BF16)")
-    p.add_argument("--seed", type=int, default=13,
-                   help="random seed of window sampling, shuffling and LoRA initialisation")
-    p.add_argument("--overwrite", action="store_true", help="replace an existing --out folder")
-    p.add_argument("--json", action="store_true",
-                   help="print a JSON summary instead of one sentence")
+    add_options(p, dataset_required=False,
+                dataset_help="BEIR SciFact folder (default: $GENSEEK_DATASETS/scifact, else "
+                             "shared/datasets/scifact beside the genseek checkout)",
+                max_minutes=20.0, lr=3e-4, seed=13, steps=60,
+                steps_help="optimiser steps (one window each)", autocast=True,
+                replace="--overwrite",
+                seed_help="random seed of window sampling, shuffling and LoRA initialisation")
     return p
 
 
@@ -274,12 +265,10 @@ def main(argv: list[str]) -> int:
     args = parser.parse_args(argv)
     if not 0.0 <= args.shuffle <= 1.0:
         parser.error("--shuffle must be a probability in [0, 1]")
-    for name, value, strict in (("--max-minutes", args.max_minutes, True),
-                                ("--lr", args.lr, True), ("--ranknet-weight",
-                                args.ranknet_weight, False), ("--lora-layers",
-                                args.lora_layers, False)):
-        if not (value > 0 if strict else value >= 0):
-            parser.error(f"{name} must be {'>' if strict else '>='} 0, not {value:g}")
+    for name, value in (("--ranknet-weight", args.ranknet_weight),
+                        ("--lora-layers", args.lora_layers)):
+        if not value >= 0:
+            parser.error(f"{name} must be >= 0, not {value:g}")
     try:
         summary = train(args)
     except GenseekError as exc:
@@ -296,30 +285,32 @@ def main(argv: list[str]) -> int:
 def train(args: argparse.Namespace) -> dict[str, Any]:
     import torch
     from peft import LoraConfig, get_peft_model
-    from tqdm import tqdm
 
+    from genseek import training
     from genseek.data.readers import read_qrels, read_queries
     from genseek.rerankers._llm import load_lm
     from genseek.rerankers.first import PromptBuilder, label_token_ids
 
     out = Path(args.out)
-    if out.exists() and not args.overwrite:
-        raise GenseekError(f"--out {out} exists (pass --overwrite to replace it)")
+    checkpoint = training.claim_out(out, "first", training.run_config(args),
+                                    resume=args.resume, replace=args.overwrite,
+                                    flag="--overwrite")
     if not 2 <= args.window <= 26:
         raise GenseekError("--window must be between 2 and 26")
     dataset = _dataset(args.dataset)
     if not (dataset / "qrels" / f"{args.split}.tsv").is_file():
         raise GenseekError(f"no qrels/{args.split}.tsv under {dataset} (give --dataset)")
-    t0 = time.perf_counter()
+    t0 = time.monotonic()
     torch.manual_seed(args.seed)
+    where = training.placement_for(args)
     # 1. targets from qrels and the first stage
     run = first_stage_run(args.collection, dataset, args.split, 100, args.cache)
     qrels = read_qrels(dataset, args.split)
     queries = read_queries(dataset)
     examples = build_examples(run, qrels, args.window, args.seed, args.shuffle)
     texts = load_texts(args.collection, [d for _, docs, _ in examples for d in docs])
-    # 2. model + LoRA (fresh copy: not the process-wide cached one)
-    lm = load_lm.__wrapped__(args.model, "cpu", "float32")
+    # 2. model + LoRA (fresh copy: not the process-wide cached one), float32 master weights
+    lm = load_lm.__wrapped__(args.model, where.device, "float32")
     tok = lm.tokenizer
     builder = PromptBuilder.for_tokenizer(tok)
     labels = label_token_ids(tok, args.window)
@@ -334,46 +325,38 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
         target_modules=["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj",
                         "down_proj"], layers_to_transform=top))
     model.train()
-    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=args.lr)
-    history: list[dict[str, float]] = []
-    deadline = t0 + 60.0 * args.max_minutes
-    steps = min(args.steps, len(examples))
-    bar = tqdm(range(steps), desc="first-train", unit="step")
-    for step in bar:
-        if time.perf_counter() > deadline:
-            break
-        qid, docs, target = examples[step]
+    device = where.torch_device()
+
+    def loss(batch: list[int], step: int) -> tuple[Any, dict[str, float]]:
+        qid, docs, target = examples[batch[0]]
         # 3. prompt + target ids; LM loss only on the target tokens
         passages = builder.passages([texts.get(d, "") for d in docs], args.max_passage_tokens)
         prompt = builder.prefix_ids + builder.suffix(queries[qid], passages)
         assert prompt[-1] == close
         tgt = builder.encode(target_text(target)) + end_ids
-        ids = torch.tensor([prompt + tgt])
+        ids = torch.tensor([prompt + tgt], device=device)
         lm_labels = torch.full_like(ids, -100)
-        lm_labels[0, len(prompt):] = torch.tensor(tgt)
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=args.autocast == "bf16"):
-            res = model(input_ids=ids, labels=lm_labels)
+        lm_labels[0, len(prompt):] = torch.tensor(tgt, device=device)
+        res = model(input_ids=ids, labels=lm_labels)
         # 4. RankNet on the first-token label logits (at the seeded "[")
         first = res.logits[0, len(prompt) - 1, labels[:len(docs)]].float()  # (n,)
         rank = ranknet_loss(first, target)
-        loss = res.loss + args.ranknet_weight * rank
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
         top_ok = float(int(first.argmax()) == target[0])
-        history.append({"step": step, "loss": loss.item(), "lm": res.loss.item(),
-                        "ranknet": rank.item(), "top1": top_ok})
-        recent = history[-20:]
-        bar.set_postfix(lm=f"{res.loss.item():.3f}", rn=f"{rank.item():.3f}",
-                        top1=f"{sum(h['top1'] for h in recent) / len(recent):.2f}")
-    bar.close()
+        return res.loss + args.ranknet_weight * rank, {"lm": res.loss.item(),
+                                                       "ranknet": rank.item(), "top1": top_ok}
+
+    # one window a step, in the (already shuffled) order of the examples
+    result = training.Trainer(
+        [p for p in model.parameters() if p.requires_grad], steps=min(args.steps, len(examples)),
+        batches=training.Batches(len(examples), 1), lr=args.lr, where=where,
+        autocast=args.autocast == "bf16", max_seconds=60.0 * args.max_minutes, started=t0,
+        checkpoint=checkpoint, every=args.checkpoint_every, desc="first-train").run(loss)
+    history = result.history
     # 5. merge the adapters and write a plain checkpoint atomically (temp folder + rename)
     merged = _plain(model.merge_and_unload())
     merged.eval()
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent if out.parent.exists()
-                                else None))
-    seconds = time.perf_counter() - t0
-    summary = {"out": str(out), "base_model": args.model, "steps": len(history),
+    seconds = time.monotonic() - t0
+    summary = {"out": str(out), "base_model": args.model, **result.summary(),
                "seconds": round(seconds, 1), "examples": len(examples),
                "window": args.window, "max_passage_tokens": args.max_passage_tokens,
                "shuffle": args.shuffle,
@@ -382,17 +365,13 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
                "final_loss": float(sum(h["loss"] for h in history[-10:]) /
                                    max(len(history[-10:]), 1)) if history else math.nan,
                "history": history}
-    try:
+
+    def write(tmp: Path) -> None:
         merged.save_pretrained(tmp, safe_serialization=True)
         tok.save_pretrained(tmp)
-        atomic_write_json(tmp / "first_train.json", summary)
-        if out.exists():
-            shutil.rmtree(out)
-        out.parent.mkdir(parents=True, exist_ok=True)
-        tmp.replace(out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+        training.write_meta(tmp, "first_train.json", summary)
+
+    training.save_folder(out, write, keep_checkpoint=not result.complete)
     return {k: v for k, v in summary.items() if k != "history"}
 
 

@@ -36,7 +36,9 @@ cross-entropy only; prompts are the ones the index types use at query time):
   applies it at ``w``. Without replay this is naive continual fine-tuning.
 
 Bounded CPU time: ``--steps`` optimiser steps, at most ``--max-minutes`` of wall time (the run
-stops early and saves), short sequences (``--max-len``), LoRA rank ``--lora-r``.
+stops early and saves), short sequences (``--max-len``), LoRA rank ``--lora-r``. The loop,
+its checkpoints and ``--resume`` are :mod:`genseek.training`'s; ``--device auto`` trains on a
+GPU when there is one.
 ``--holdout N`` keeps N random queries of the split out of training as a dev set; their ids
 are written to ``genseek_model.json`` (``benchmarks/seal_dev.py`` tunes SEAL's scoring on them).
 """
@@ -47,12 +49,14 @@ import argparse
 import json
 import random
 import sys
-import time
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from genseek.errors import GenseekError
+
+if TYPE_CHECKING:
+    from genseek.training import Checkpoint
 
 RECIPES = ("genre", "seal", "dsi")
 Example = tuple[list[int], list[int]]
@@ -169,67 +173,41 @@ DSI_PLUS_LR = 3e-4
 def train_examples(model: Any, examples: Sequence[Example], *, pad_id: int, steps: int,
                    batch: int = 8, lr: float = 1e-3, max_len: int = 96, sam: float = 0.0,
                    seed: int = 0, max_seconds: float | None = None,
-                   progress: bool = True, autocast: bool = False) -> dict[str, Any]:
-    """AdamW (optionally SAM) on the trainable parameters for ``steps`` steps (or time out).
+                   progress: bool = True, autocast: bool = False,
+                   checkpoint: Checkpoint | None = None, every: int = 0) -> dict[str, Any]:
+    """AdamW (optionally SAM) on the trainable parameters for ``steps`` steps (or time out),
+    on the device the model is on (:class:`genseek.training.Trainer`).
 
-    ``autocast`` runs the forward passes in bfloat16 autocast on the CPU (fp32 master
-    weights and optimiser state): about 2x faster where the CPU has AMX/AVX512-BF16.
+    ``autocast`` runs the forward passes in bfloat16 autocast (fp32 master weights and
+    optimiser state): about 2x faster where the CPU has AMX/AVX512-BF16, and on a GPU.
+    ``checkpoint`` / ``every``: resumable checkpoints (see :mod:`genseek.training`).
 
-    Returns ``{"steps", "seconds", "loss_first", "loss_last"}``.
+    Returns ``{"steps", "seconds", "loss_first", "loss_last", "planned_steps", "stopped_by",
+    "train_seconds"}``.
     """
-    import torch
-    from tqdm import tqdm
+    from genseek.models import placement
+    from genseek.training import Batches, Trainer
 
     if not examples:
         raise GenseekError("train: no training examples")
-    rng = random.Random(seed)
-    params = [p for p in model.parameters() if p.requires_grad]
-    opt = torch.optim.AdamW(params, lr=lr)
+    device = next(model.parameters()).device
+    where = placement(str(device), "bfloat16" if autocast else "float32")
 
-    def forward(inputs: dict[str, Any]) -> Any:
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
-            return model(**inputs).loss
+    def loss(idx: list[int], step: int) -> tuple[Any, dict[str, float]]:
+        inputs = collate([examples[i] for i in idx], pad_id, max_len)
+        return model(**{k: v.to(device) for k, v in inputs.items()}).loss, {}
 
     model.train()
-    order: list[int] = []
-    losses: list[float] = []
-    t0 = time.perf_counter()
-    done = 0
-    bar = tqdm(total=steps, desc="train", unit="step", disable=not progress, file=sys.stderr)
-    for _ in range(steps):
-        if not order:
-            order = list(range(len(examples)))
-            rng.shuffle(order)
-        idx, order = order[:batch], order[batch:]
-        inputs = collate([examples[i] for i in idx], pad_id, max_len)
-        loss = forward(inputs)
-        loss.backward()
-        if sam > 0:
-            # sharpness-aware minimisation: gradient at w + rho * g / |g|, applied at w
-            with torch.no_grad():
-                norm = torch.sqrt(sum((p.grad ** 2).sum() for p in params if p.grad is not None))
-                eps = [None if p.grad is None else p.grad * (sam / (norm + 1e-12)) for p in params]
-                for p, e in zip(params, eps, strict=True):
-                    if e is not None:
-                        p.add_(e)
-            opt.zero_grad(set_to_none=True)
-            forward(inputs).backward()
-            with torch.no_grad():
-                for p, e in zip(params, eps, strict=True):
-                    if e is not None:
-                        p.sub_(e)
-        opt.step()
-        opt.zero_grad(set_to_none=True)
-        losses.append(float(loss.detach()))
-        done += 1
-        bar.update(1)
-        bar.set_postfix(loss=f"{losses[-1]:.3f}")
-        if max_seconds is not None and time.perf_counter() - t0 > max_seconds:
-            break
-    bar.close()
+    trainer = Trainer([p for p in model.parameters() if p.requires_grad], steps=steps,
+                      batches=Batches(len(examples), batch, random.Random(seed)), lr=lr,
+                      where=where, autocast=autocast, sam=sam, max_seconds=max_seconds,
+                      checkpoint=checkpoint, every=every, desc="train", progress=progress)
+    result = trainer.run(loss)
     model.eval()
-    return {"steps": done, "seconds": round(time.perf_counter() - t0, 1),
-            "loss_first": losses[0], "loss_last": sum(losses[-10:]) / len(losses[-10:])}
+    losses = result.values("loss")
+    return {"steps": result.steps, "seconds": round(result.seconds, 1),
+            "loss_first": losses[0], "loss_last": sum(losses[-10:]) / len(losses[-10:]),
+            **result.summary()}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -368,7 +346,9 @@ _EPILOG = """\
 DIR is a BEIR folder (corpus.jsonl, queries.jsonl, qrels/SPLIT.tsv). OUT must not exist or be
 empty; it receives a peft LoRA adapter and genseek_model.json (base model, recipe, steps,
 seconds), and for dsi docids.json. The run stops after --steps optimiser steps or
---max-minutes of wall time, whichever comes first, and saves what it has.
+--max-minutes of wall time, whichever comes first, and saves what it has. It checkpoints into
+OUT/checkpoint every --checkpoint-every steps and when --max-minutes stops it; --resume (with
+the same options) continues an interrupted or stopped run.
 
 examples:
   genseek train genre --dataset ../shared/datasets/scifact --out genre-scifact --steps 200
@@ -380,29 +360,17 @@ examples:
 def parser(recipe: str) -> argparse.ArgumentParser:
     """The parser of ``genseek train RECIPE`` (RECIPE: genre, seal or dsi), without the recipe
     argument itself: :func:`main` takes it from ``argv[0]``."""
-    from genseek.cliutil import HelpFormatter, positive
+    from genseek.cliutil import positive
+    from genseek.training import add_options, recipe_parser
 
-    p = argparse.ArgumentParser(prog=f"genseek train {recipe}", description=_ABOUT[recipe],
-                                epilog=_EPILOG, formatter_class=HelpFormatter)
+    p = recipe_parser(recipe, _ABOUT[recipe], _EPILOG)
     p.set_defaults(recipe=recipe)
-    p.add_argument("--dataset", required=True, type=Path, metavar="DIR",
-                   help="BEIR dataset folder to train on")
-    p.add_argument("--out", required=True, type=Path, metavar="OUT",
-                   help="model folder to write (new or empty)")
     p.add_argument("--model", default="smollm2",
                    help="base causal LM: a genseek model alias, a Hugging Face name or a folder")
-    p.add_argument("--split", default="train", help="the qrels split whose queries train")
-    p.add_argument("--steps", type=positive, default=200, metavar="N",
-                   help="optimiser steps")
     p.add_argument("--batch", type=positive, default=8, metavar="N",
                    help="examples per optimiser step")
-    p.add_argument("--lr", type=float, default=None,
-                   help=f"AdamW learning rate, > 0 (default: 1e-3, or {DSI_PLUS_LR:g} with "
-                        "--continue-from)")
     p.add_argument("--max-len", type=positive, default=96, metavar="TOKENS",
                    help="prompt + target tokens per example (longer ones are cut)")
-    p.add_argument("--max-minutes", type=float, default=30.0, metavar="MIN",
-                   help="wall-time bound in minutes, > 0: the run stops early and saves")
     p.add_argument("--lora-r", type=positive, default=8, metavar="R",
                    help="LoRA rank (alpha is 2 R)")
     p.add_argument("--pseudo", type=int, default=1, metavar="N",
@@ -418,14 +386,11 @@ def parser(recipe: str) -> argparse.ArgumentParser:
     p.add_argument("--sam", type=float, default=0.0, metavar="RHO",
                    help="sharpness-aware minimisation radius, >= 0; each step takes the "
                         "gradient at w + RHO g/|g| (default: %(default)s, off)")
-    p.add_argument("--autocast", choices=["off", "bf16"], default="off",
-                   help="bf16: bfloat16 autocast with fp32 master weights (about 2x faster "
-                        "on CPUs with AMX/AVX512-BF16)")
-    p.add_argument("--seed", type=int, default=0,
-                   help="random seed of sampling, shuffling and LoRA initialisation "
-                        "(default: %(default)s)")
-    p.add_argument("--json", action="store_true",
-                   help="print the summary as one JSON object instead of key: value lines")
+    add_options(p, max_minutes=30.0, lr=None, steps=200, autocast=True,
+                out_help="model folder to write (new or empty)",
+                lr_help=f"AdamW learning rate, > 0 (default: 1e-3, or {DSI_PLUS_LR:g} with "
+                        "--continue-from)",
+                seed_help="random seed of sampling, shuffling and LoRA initialisation")
 
     g = p.add_argument_group("genre and seal options")
     g.add_argument("--index-docs", type=int, default=0, metavar="N",
@@ -459,15 +424,6 @@ def parser(recipe: str) -> argparse.ArgumentParser:
     return p
 
 
-def holdout_queries(qrels: dict[str, dict[str, int]], n: int, seed: int) -> list[str]:
-    """``n`` query ids of ``qrels`` drawn at random (``seed``), sorted: a dev set kept out."""
-    if n < 0:
-        raise GenseekError(f"--holdout {n}: expected a count >= 0")
-    if n and n >= len(qrels):
-        raise GenseekError(f"--holdout {n}: the split has only {len(qrels)} judged queries")
-    return sorted(random.Random(seed).sample(sorted(qrels), n)) if n else []
-
-
 def _ids_file(path: Path | None) -> list[str] | None:
     if path is None:
         return None
@@ -479,14 +435,16 @@ def _ids_file(path: Path | None) -> list[str] | None:
 def run(args: argparse.Namespace) -> dict[str, Any]:
     import torch
 
+    from genseek import training
     from genseek.params import DSI_INSTRUCTION, GENRE_INSTRUCTION, SEAL_INSTRUCTION
     from genseek.retrievers._lm import MODEL_META, load_lm, lora_wrap
     from genseek.retrievers.dsi import DOCIDS_FILE, load_docid_data
 
     torch.manual_seed(args.seed)
     rng = random.Random(args.seed)
-    if args.out.exists() and any(args.out.iterdir()):
-        raise GenseekError(f"{args.out}: exists and is not empty; choose a new folder")
+    checkpoint = training.claim_out(args.out, args.recipe, training.run_config(args),
+                                    resume=args.resume, replace=False)
+    where = training.placement_for(args)
     corpus, queries, qrels = read_dataset(args.dataset, args.split)
     if not corpus:
         raise GenseekError(f"{args.dataset}: the corpus is empty")
@@ -497,11 +455,12 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     if args.index_docs and args.recipe == "dsi":
         raise GenseekError("--index-docs is for genre and seal; dsi indexes every document of "
                            "--docs (default: all)")
-    held = holdout_queries(qrels, args.holdout, args.seed)
+    held = training.holdout(qrels, args.holdout, args.seed)
     for q in held:
         del qrels[q]
     base = str(args.continue_from) if args.continue_from else args.model
-    lm = load_lm.__wrapped__(base, "cpu")  # a private copy: LoRA must not touch cached models
+    # a private copy (LoRA must not touch cached models), float32 master weights
+    lm = load_lm.__wrapped__(base, where.device, "float32")
     extra: dict[str, Any] = {}
     pool = sorted(corpus)
     picked = pool if args.index_docs == -1 or args.index_docs >= len(pool) else \
@@ -552,24 +511,22 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     summary = train_examples(model, examples, pad_id=lm.pad_id, steps=args.steps,
                              batch=args.batch, lr=lr, max_len=args.max_len, sam=args.sam,
                              seed=args.seed, max_seconds=args.max_minutes * 60,
-                             autocast=args.autocast == "bf16")
-    tmp = args.out.with_name(f".{args.out.name}.tmp")
-    import shutil
-
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    model.save_pretrained(str(tmp))
+                             autocast=args.autocast == "bf16", checkpoint=checkpoint,
+                             every=args.checkpoint_every)
     meta = {"base": base, "recipe": args.recipe, "examples": len(examples), "lr": lr,
             "autocast": args.autocast, **summary, **extra}
     if held:
         meta["holdout"] = {"split": args.split, "queries": held}
     if args.recipe == "dsi":
-        (tmp / DOCIDS_FILE).write_text(json.dumps(docids))
         meta["scheme"] = docids["scheme"]
-    (tmp / MODEL_META).write_text(json.dumps(meta, indent=1))
-    if args.out.exists():
-        args.out.rmdir()
-    tmp.rename(args.out)
+
+    def write(tmp: Path) -> None:
+        model.save_pretrained(str(tmp))
+        if args.recipe == "dsi":
+            (tmp / DOCIDS_FILE).write_text(json.dumps(docids))
+        training.write_meta(tmp, MODEL_META, meta)
+
+    training.save_folder(args.out, write, keep_checkpoint=summary["stopped_by"] == "time")
     return {"out": str(args.out), **meta}
 
 
@@ -590,12 +547,10 @@ def main(argv: list[str]) -> int:
             return main([picked.recipe, *rest])
         p = parser(argv[0])
         args = p.parse_args(argv[1:])
-        for name, value, strict in (("--lr", args.lr, True), ("--max-minutes", args.max_minutes,
-                                    True), ("--pseudo", args.pseudo, False),
-                                    ("--holdout", args.holdout, False),
-                                    ("--sam", args.sam, False), ("--replay", args.replay, False)):
-            if value is not None and not (value > 0 if strict else value >= 0):
-                p.error(f"{name} must be {'>' if strict else '>='} 0, not {value:g}")
+        for name, value in (("--pseudo", args.pseudo), ("--holdout", args.holdout),
+                            ("--sam", args.sam), ("--replay", args.replay)):
+            if not value >= 0:
+                p.error(f"{name} must be >= 0, not {value:g}")
         if args.index_docs < -1:
             p.error(f"--index-docs must be -1 (every document), 0 or a count, not "
                     f"{args.index_docs}")
