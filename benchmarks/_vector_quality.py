@@ -30,6 +30,7 @@ from typing import Any
 
 import numpy as np
 
+from genseek.atomic import atomic_write_text
 from genseek.cache import cache_root
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -161,7 +162,7 @@ def run_repconc(args: argparse.Namespace) -> list[dict[str, Any]]:
             ms = 1000 * (time.perf_counter() - started) / len(qids)
             stats = index.stats()
             index.close()
-            lists = stats["params"]["nlist"]
+            lists = stats.params["nlist"]
             rows.append({
                 "part": "repconc",
                 "method": f"RepCONC IVF{lists}-PQ{m} nprobe {nprobe or lists}",
@@ -172,7 +173,7 @@ def run_repconc(args: argparse.Namespace) -> list[dict[str, Any]]:
                 "note": (f"model {REPCONC_MODEL} (best epoch {config.get('best_epoch')}, "
                          f"dev nDCG@10 {config.get('dev_ndcg10')} vs OPQ start "
                          f"{config.get('epoch0_dev_ndcg10')}); index RAM "
-                         f"{stats['memory_bytes']:,} B"),
+                         f"{stats.memory_bytes:,} B"),
                 **({"train": info} if info["trained_now"] else {})})
     return rows
 
@@ -228,6 +229,7 @@ def run_muvera(args: argparse.Namespace) -> list[dict[str, Any]]:
 
     from genseek.indexers.muvera import MuveraIndex
     from genseek.kernels.chamfer import chamfer_flat
+    from genseek.params import MuveraSearchParams
 
     # One thread for both sides: on this oversubscribed machine a second OpenMP thread makes
     # small per-query kernels ~3x slower (spin-waiting), which would flatter neither method.
@@ -282,7 +284,8 @@ def run_muvera(args: argparse.Namespace) -> list[dict[str, Any]]:
         for cand in ((50, 100, 150, 200) if args.quick else (50, 100, 150, 200, 400)):
             got, started = [], time.perf_counter()
             for j in exact_q:
-                got.append(index.search_token_vectors([q_sets[j]], 10, candidates=cand)[0])
+                got.append(index.search_vectors([q_sets[j]], 10, MuveraSearchParams(
+                    candidates=cand))[0])
             ms = 1000 * (time.perf_counter() - started) / len(exact_q)
             recall = float(np.mean([len({h.doc_id for h in g} & t) / 10
                                     for g, t in zip(got, truth_ids, strict=True)]))
@@ -295,14 +298,14 @@ def run_muvera(args: argparse.Namespace) -> list[dict[str, Any]]:
         # 4. nDCG@10 on every test query: MUVERA vs single-vector MiniLM
         cand = 200
         started = time.perf_counter()
-        full = index.search_token_vectors(q_sets, 10, candidates=cand)
+        full = index.search_vectors(q_sets, 10, MuveraSearchParams(candidates=cand))
         ms = 1000 * (time.perf_counter() - started) / len(qids)
         rows.append({"part": "muvera-ndcg", "method": f"MUVERA (c={cand}) all test queries",
                      "ndcg10": round(_ndcg(dict(zip(qids, full, strict=True)), qrels, qids), 4),
                      "queries": len(qids), "ms_per_query": round(ms, 1),
-                     "build_s": round(build_s, 1), "fde_dim": stats["fde_dim"],
-                     "fde_ram_bytes": stats["memory_bytes"], "disk_bytes": stats["disk_bytes"],
-                     "token_vectors": stats["token_vectors"], "params": params})
+                     "build_s": round(build_s, 1), "fde_dim": stats.details["fde_dim"],
+                     "fde_ram_bytes": stats.memory_bytes, "disk_bytes": stats.disk_bytes,
+                     "token_vectors": stats.details["token_vectors"], "params": params})
         index.close()
     dense_ids, docs = _doc_vectors()
     flat = faiss.IndexFlatIP(docs.shape[1])
@@ -367,7 +370,7 @@ def main(argv: list[str] | None = None) -> int:
         result["earlier_runs"] = old.get("earlier_runs", []) + [
             {k: old.get(k) for k in ("machine", "phase", "uptime", "only")}]
     result["only"] = args.only
-    out.write_text(json.dumps(result, indent=1) + "\n")
+    atomic_write_text(out, json.dumps(result, indent=1) + "\n")
     return _common.emit(result, args.json, report)
 
 

@@ -43,6 +43,8 @@ from typing import Any
 import _common as C
 import _sparse_cache as SC
 
+from genseek.atomic import atomic_write_text
+
 K = 100
 RRF_K = 60.0
 REFERENCE = {"bm25": 0.6789, "dense": 0.6451, "rrf(bm25,dense)": 0.7178, "splade": 0.6436}
@@ -73,8 +75,8 @@ def build_impact(path: Path, params: dict[str, Any], docs, cache_dir: Path,
     stats = index.stats()
     quant = float(index.params["quant"])
     terms = [int((SC_quant(vecs[d.doc_id][1], quant) > 0).sum()) for d in docs]
-    return index, {"index_seconds": round(phase.seconds, 2), "disk_bytes": stats["disk_bytes"],
-                   "documents": stats["documents"],
+    return index, {"index_seconds": round(phase.seconds, 2), "disk_bytes": stats.disk_bytes,
+                   "documents": stats.documents,
                    "terms_per_doc": round(sum(terms) / max(1, len(terms)), 1),
                    "encoding": info}
 
@@ -173,7 +175,7 @@ def run_all(args: argparse.Namespace) -> dict[str, Any]:
                       "sparse` output)")
             result["skipped"] = {"inference-free": reason}
             _log(f"trained encoder skipped: {reason}")
-        result["indexes"]["bm25"] = {"disk_bytes": coll.indexes["bm25"].stats()["disk_bytes"]}
+        result["indexes"]["bm25"] = {"disk_bytes": coll.indexes["bm25"].stats().disk_bytes}
 
         # effectiveness
         runs: dict[str, list[list[Hit]]] = {}
@@ -329,7 +331,7 @@ def main() -> int:
     result = run_all(args)
     out = C.REPO / "benchmarks" / "results" / f"sparse{'_quick' if args.quick else ''}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result) + "\n")  # one line: --report reads it back
+    atomic_write_text(out, json.dumps(result) + "\n")  # one line: --report reads it back
     return C.emit(result, args.json, report)
 
 

@@ -40,6 +40,7 @@ from typing import Any
 import _common
 import numpy as np
 
+from genseek.atomic import atomic_write_text
 from genseek.cache import cache_root
 
 CACHE = cache_root() / "vectors"
@@ -93,6 +94,17 @@ def real_queries(names: list[str]) -> np.ndarray:
             (CACHE / f"queries_{name}.json").write_text(json.dumps(list(queries)))
         out.append(np.load(path, allow_pickle=False))
     return np.ascontiguousarray(np.concatenate(out), dtype=np.float32)
+
+
+def real_set(datasets: Sequence[str], args: argparse.Namespace
+             ) -> tuple[np.ndarray, np.ndarray, list[str]]:
+    """``(vectors, queries, datasets used)`` of the real set; with ``--quick`` or
+    ``--real-queries`` a fixed random sample of the queries (400 by default)."""
+    x, names = real_vectors(datasets)
+    q = real_queries(names)
+    if args.real_queries or args.quick:
+        q = q[np.random.default_rng(0).permutation(len(q))[:args.real_queries or 400]]
+    return x, q, names
 
 
 def synthetic(n: int, nq: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
@@ -266,6 +278,21 @@ def sptag_rows(dataset: str, x: np.ndarray, q: np.ndarray, truth: np.ndarray, wo
     return rows, None
 
 
+def record_dataset(result: dict[str, Any], dataset: str, rows: list[dict], x: np.ndarray,
+                   q: np.ndarray, truth: np.ndarray, workdir: Path, flat_ram: int,
+                   sptag_max: int, **facts: Any) -> None:
+    """Add SPTAG's rows (or the note why it was skipped) to ``rows`` and record the
+    dataset's rows, size, ``facts``, notes and goal line in ``result``."""
+    sp, reason = sptag_rows(dataset, x, q, truth, workdir, flat_ram, sptag_max)
+    rows += sp
+    notes = [f"SPTAG skipped: {reason}"] if reason else []
+    for note in notes:
+        print(f"note: {note}", file=sys.stderr)
+    result["rows"] += rows
+    result["datasets"][dataset] = {"n": len(x), "nq": len(q), **facts, "notes": notes,
+                                   "goal": goal_line(rows)}
+
+
 def update_rows(dataset: str, x: np.ndarray, q: np.ndarray, workdir: Path, nprobe: int,
                 eps: float) -> dict[str, Any]:
     """Build on 100/120 of ``x``, insert the other 20/120 (20%), delete 10% of the base."""
@@ -401,10 +428,7 @@ def main(argv: list[str] | None = None) -> int:
     work = Path(tmp.name)
     t0 = time.perf_counter()
     if args.only in (None, "real"):
-        x, names = real_vectors(datasets)
-        q = real_queries(names)
-        if args.real_queries or args.quick:
-            q = q[np.random.default_rng(0).permutation(len(q))[:args.real_queries or 400]]
+        x, q, names = real_set(datasets, args)
         print(f"real: {len(x):,} vectors from {', '.join(names)}; {len(q)} queries",
               file=sys.stderr)
         truth = ground_truth(x, q, 10)
@@ -413,14 +437,8 @@ def main(argv: list[str] | None = None) -> int:
         if not args.quick:
             rows += spann_rows("real", x, q, truth, work, flat_ram, "int8",
                                ((32, 1.0), (64, 1.0)))
-        sp, reason = sptag_rows("real", x, q, truth, work, flat_ram, args.sptag_max)
-        rows += sp
-        notes = [f"SPTAG skipped: {reason}"] if reason else []
-        for note in notes:
-            print(f"note: {note}", file=sys.stderr)
-        result["rows"] += rows
-        result["datasets"]["real"] = {"n": len(x), "nq": len(q), "sources": names,
-                                      "notes": notes, "goal": goal_line(rows)}
+        record_dataset(result, "real", rows, x, q, truth, work, flat_ram, args.sptag_max,
+                       sources=names)
         result["updates"].append(update_rows("real", x, q, work, 32, 1.0))
     if args.only in (None, "synthetic"):
         t = time.perf_counter()
@@ -431,22 +449,12 @@ def main(argv: list[str] | None = None) -> int:
         rows, flat_ram = faiss_rows("synthetic", x, q, truth, args.quick,
                                     len(x) > args.skip_hnsw_above, args.no_faiss_ann)
         rows += spann_rows("synthetic", x, q, truth, work, flat_ram)
-        sp, reason = sptag_rows("synthetic", x, q, truth, work, flat_ram, args.sptag_max)
-        rows += sp
-        notes = [f"SPTAG skipped: {reason}"] if reason else []
-        for note in notes:
-            print(f"note: {note}", file=sys.stderr)
-        result["rows"] += rows
-        result["datasets"]["synthetic"] = {"n": len(x), "nq": len(q), "notes": notes,
-                                           "goal": goal_line(rows)}
+        record_dataset(result, "synthetic", rows, x, q, truth, work, flat_ram, args.sptag_max)
         n_upd = min(len(x), 120_000)
         result["updates"].append(update_rows("synthetic", x[:n_upd], q, work, 32, 1.0))
         del x
     if args.only == "updates":
-        x, names = real_vectors(datasets)
-        q = real_queries(names)
-        if args.real_queries or args.quick:
-            q = q[np.random.default_rng(0).permutation(len(q))[:args.real_queries or 400]]
+        x, q, _ = real_set(datasets, args)
         result["updates"].append(update_rows("real", x, q, work, 32, 1.0))
         x, q = synthetic(n_syn, nq_syn)
         result["updates"].append(update_rows("synthetic", x[:120_000], q, work, 32, 1.0))
@@ -462,8 +470,7 @@ def main(argv: list[str] | None = None) -> int:
     tmp.cleanup()
     out = _common.REPO / "benchmarks" / "results" / \
         f"vector_indexes{'_quick' if args.quick else ''}{'_' + args.only if args.only else ''}.json"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=1) + "\n")
+    atomic_write_text(out, json.dumps(result, indent=1) + "\n")
     return _common.emit(result, args.json, report)
 
 

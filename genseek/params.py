@@ -24,7 +24,14 @@ from __future__ import annotations
 import re
 from typing import Any, ClassVar, Literal, TypeVar
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from genseek.errors import InvalidParameter
 
@@ -137,7 +144,6 @@ class ImpactParams(Params):
                         "windows, max-pooled (1: cut at max_length)")
     batch_size: int = _pos(16, MAX_BATCH, "documents per encoder batch")
     ram_buffer_mb: float = Field(256, gt=0, le=2048, description="Lucene's indexing buffer")
-    threads: int = _pos(2, 64, "accepted and ignored (older specs name it)")
 
 
 class ImpactSearchParams(NoSearchParams):
@@ -213,7 +219,9 @@ class DenseSearchParams(NoSearchParams):
     ef_search: int | None = _pos(None, 65536, "HNSW search breadth")
 
 
-class SpannEngineParams(Params):
+class _SpannShared(Params):
+    """What the ``spann`` index type and its engine (``SpannEngine``) both take."""
+
     kind: ClassVar[str] = "spann"
     head_ratio: float = Field(0.1, gt=0, le=1, description="fraction of vectors that are heads")
     max_replicas: int = Field(8, ge=1, le=8, description="posting lists a vector is written to")
@@ -232,31 +240,35 @@ class SpannEngineParams(Params):
     hnsw_ef: int = _pos(128, 65536, "HNSW search breadth over the heads")
     branch: int = Field(16, ge=2, le=1024, description="clustering branching factor")
     seed: int = Field(0, ge=0, description="clustering seed")
-    auto_split: bool = Field(True, description="split oversized postings inline")
     reassign_neighbors: int = Field(8, ge=0, le=1024, description="neighbouring postings "
                                     "checked after a split (SPFresh)")
 
     @model_validator(mode="after")
-    def _replicas(self) -> SpannEngineParams:
+    def _replicas(self) -> _SpannShared:
         if self.candidates < self.max_replicas:
             raise ValueError(f"candidates ({self.candidates}) must be >= max_replicas "
                              f"({self.max_replicas})")
         return self
 
 
-class SpannParams(SpannEngineParams):
+class SpannEngineParams(_SpannShared):
+    """``SpannEngine``'s parameters: the shared ones and ``auto_split`` (the index type sets
+    it from ``rebalance``)."""
+
+    auto_split: bool = Field(True, description="split oversized postings inline")
+
+
+class SpannParams(_SpannShared):
     model: str = Field("all-MiniLM-L6-v2", min_length=1, description="the dense encoder")
     batch_size: int = _pos(32, MAX_BATCH, "texts per encoder batch")
     max_length: int | None = _pos(None, MAX_TOKENS, "tokens per text (default: the model's)")
     save_every: float = Field(300, ge=0, le=1e10, description="seconds between saves")
     verify: bool = Field(True, description="check checksums of saved state at open")
-    rebalance: Literal["background", "sync", "off"] | None = Field(
-        None, description="background (default): a thread per index splits oversized "
-        "postings; sync: the writer does; off")
+    rebalance: Literal["background", "sync", "off"] = Field(
+        "background", description="background: a thread per index splits oversized postings; "
+        "sync: the writer does; off")
     rebalance_pause: float = Field(0.001, ge=0, le=60, description="seconds between "
                                    "background rebalancing steps")
-    auto_split: bool | None = Field(None, description="older spelling of rebalance "  # type: ignore[assignment]
-                                    "(true = sync, false = off)")
 
 
 class SpannSearchParams(NoSearchParams):
@@ -279,10 +291,19 @@ class RepconcParams(Params):
     train_min: int = Field(1000, ge=1, le=100_000_000, description="vectors before training")
     batch_size: int = _pos(32, MAX_BATCH, "texts per encoder batch")
     max_length: int | None = _pos(None, MAX_TOKENS, "tokens per text")
-    reuse: str = Field("../dense", description="sibling index whose stored vectors are read "
-                       "instead of encoding again ('' for none)")
+    reuse: str = Field("dense", description="the sibling index (its name) "
+                       "whose stored vectors are read instead of encoding again ('' for none)")
     save_every: float = Field(300, ge=0, le=1e10, description="seconds between saves")
     opq_iters: int = _pos(25, 1000, "OPQ rounds when the index trains its own quantiser")
+
+    @field_validator("reuse")
+    @classmethod
+    def _sibling_name(cls, value: str) -> str:
+        name = value.removeprefix("../")  # the older form: the sibling's folder
+        if name and not re.fullmatch(r"[A-Za-z][A-Za-z0-9_-]{0,63}", name):
+            raise ValueError("must be the name of a sibling index (e.g. 'dense'), or '' for "
+                             "none")
+        return name
 
 
 class RepconcSearchParams(NoSearchParams):

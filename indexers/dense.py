@@ -21,14 +21,14 @@ l2, ``batch_size`` 32, ``max_length`` the model's, ``nprobe``, ``ef_search``, ``
 ``rebuild_dead`` 0.2 the fraction of deleted-but-unremovable vectors that triggers a rebuild,
 ``save_every`` 300 seconds). Per search: ``nprobe``, ``ef_search``
 (:class:`genseek.params.DenseSearchParams`).
+
+Siblings (``repconc``) read the stored vectors through :meth:`DenseIndex.stored_vectors`
+(:class:`genseek.protocols.VectorSource`), never the files.
 """
 
 from __future__ import annotations
 
 import contextlib
-import json
-import threading
-import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -36,41 +36,39 @@ from typing import Any
 import faiss
 import numpy as np
 
-from genseek.atomic import atomic_write, atomic_write_json
 from genseek.encoders import TextEncoder, shared_encoder
 from genseek.errors import GenseekError
+from genseek.indexers._vectorindex import FaissCache, StoredIndex, encoder_id
 from genseek.indexers.labelstore import VectorStore
 from genseek.params import DenseParams, DenseSearchParams
-from genseek.protocols import dir_bytes
-from genseek.types import ChangeSet, Hit
+from genseek.types import ChangeSet, Hit, IndexStats
 
 
-class DenseIndex:
-    """A faiss index over stored vectors. See the module docstring for the spec."""
+class DenseIndex(StoredIndex[np.ndarray]):
+    """A faiss index over stored vectors. See the module docstring for the spec.
+
+    A :class:`~genseek.protocols.VectorSearch` (query vectors ``float32 [n, dim]``) and a
+    :class:`~genseek.protocols.VectorSource`: a sibling index (``repconc``) reads the stored
+    vectors of the same encoder instead of encoding the documents again.
+    """
 
     Params = DenseParams
     SearchParams = DenseSearchParams
 
     def __init__(self, path: Path, params: dict[str, Any], encoder: TextEncoder | None = None):
-        self.params = DenseParams.resolve(params)  # fail here, not after a store commit
-        self.path = Path(path)
-        self.path.mkdir(parents=True, exist_ok=True)
-        self.encoder = encoder or shared_encoder(str(self.params["model"]), self.params["max_length"])
+        self._init_spec(path, params)
+        self.encoder = encoder or shared_encoder(str(self.params["model"]),
+                                                 self.params["max_length"])
         self.dim = self.encoder.dim
         self._store = VectorStore(self.path / "vectors.sqlite", self.dim)
         self._check_meta()
-        self._lock = threading.RLock()
+        self._init_state()
+        self._cache = FaissCache(self.path, "ann")
         self._labels: dict[int, str] = self._store.labels()
         self._dead = 0
         self._fallback = False
         self._train_failed_at = 0  # vectors at the last failed training attempt
-        self._saved_seq = -1
-        self._last_save = time.monotonic()
         self._index = self._load_or_rebuild()
-
-    @classmethod
-    def open(cls, path: Path, params: dict[str, Any]) -> DenseIndex:
-        return cls(path, params)
 
     # -- metadata -----------------------------------------------------------------------
 
@@ -84,9 +82,25 @@ class DenseIndex:
                 f"{stored_model!r}; model {self.params['model']!r} makes {self.dim}-d vectors"
             )
 
+    # -- the stored vectors, for siblings (VectorSource) ----------------------------------
+
     @property
-    def applied_seq(self) -> int:
-        return self._store.applied_seq
+    def vector_model(self) -> str:
+        """The encoder of the stored vectors (:func:`encoder_id` of model and max_length)."""
+        return encoder_id(str(self.params["model"]), self.params["max_length"])
+
+    def stored_vectors(self, labels: Sequence[int]) -> dict[int, np.ndarray]:
+        """``label -> float32 [dim]`` of the labels this index holds (committed or applied);
+        safe beside this index's writer (the store's connection is taken in turn)."""
+        with self._lock:
+            held = [int(v) for v in labels if int(v) in self._labels]
+        if not held:
+            return {}
+        with self._store_lock:
+            if self._closed:
+                return {}
+            ids, vecs = self._store.vectors(held)
+        return {int(label): vecs[i] for i, label in enumerate(ids.tolist())}
 
     # -- the faiss structure --------------------------------------------------------------
 
@@ -100,7 +114,8 @@ class DenseIndex:
         there are: the index is then an exact Flat one until ``train_min`` is reached.
         """
         try:
-            index = faiss.index_factory(self.dim, f"IDMap2,{self.params['factory']}", self._metric())
+            index = faiss.index_factory(self.dim, f"IDMap2,{self.params['factory']}",
+                                        self._metric())
         except RuntimeError as exc:
             raise GenseekError(f"dense: bad faiss factory string {self.params['factory']!r}: "
                                f"{str(exc).split(': ')[-1].strip()[:200]}") from None
@@ -120,7 +135,8 @@ class DenseIndex:
         return index
 
     def _rebuild(self) -> faiss.Index:
-        labels, vecs = self._store.vectors()
+        with self._store_lock:
+            labels, vecs = self._store.vectors()
         index = self._new_index(vecs)
         if len(labels):
             index.add_with_ids(vecs, labels)
@@ -128,23 +144,18 @@ class DenseIndex:
         return index
 
     def _load_or_rebuild(self) -> faiss.Index:
-        info_path, ann_path = self.path / "ann.json", self.path / "ann.faiss"
-        try:
-            info = json.loads(info_path.read_text())
+        saved = self._cache.load({"seq": self.applied_seq, "factory": self.params["factory"]})
+        if saved is not None:
+            index, info = saved
             dead = int(info.get("dead", 0))
-            if (info.get("seq") == self.applied_seq
-                    and info.get("factory") == self.params["factory"]
-                    and info.get("ntotal") == len(self._labels) + dead):
-                index = faiss.read_index(str(ann_path))
-                if index.d == self.dim and index.ntotal == len(self._labels) + dead:
-                    self._dead = dead  # removed labels still in the structure, filtered at search
-                    self._fallback = bool(info.get("fallback"))
-                    self._saved_seq = self.applied_seq
-                    self._apply_search_params(index)
-                    return index
-        except (OSError, ValueError, RuntimeError):
-            pass  # missing, stale or unreadable cache: rebuild from the stored vectors
-        return self._rebuild()
+            ntotal = len(self._labels) + dead
+            if index.d == self.dim and index.ntotal == info.get("ntotal") == ntotal:
+                self._dead = dead  # removed labels still in the structure, filtered at search
+                self._fallback = bool(info.get("fallback"))
+                self._saved_seq = self.applied_seq
+                self._apply_search_params(index)
+                return index
+        return self._rebuild()  # missing, stale or unreadable cache: from the stored vectors
 
     def _apply_search_params(self, index: faiss.Index) -> None:
         ps = faiss.ParameterSpace()
@@ -156,21 +167,20 @@ class DenseIndex:
 
     def _save(self) -> None:
         with self._lock:
-            index, seq, ntotal = self._index, self.applied_seq, self._index.ntotal
+            seq = self.applied_seq
             if seq == self._saved_seq:
                 return
-            atomic_write(self.path / "ann.faiss", lambda tmp: faiss.write_index(index, tmp))
-            atomic_write_json(self.path / "ann.json", {
-                "seq": seq, "factory": self.params["factory"], "ntotal": ntotal,
+            self._cache.save(self._index, {
+                "seq": seq, "factory": self.params["factory"], "ntotal": self._index.ntotal,
                 "dead": self._dead, "fallback": self._fallback})
-            self._saved_seq = seq
-            self._last_save = time.monotonic()
+            self._saved(seq)
 
     # -- writes ---------------------------------------------------------------------------
 
     def apply(self, changes: ChangeSet) -> None:
-        staged = self._store.stage(changes, self._labels, lambda texts: self.encoder.encode(
-            texts, int(self.params["batch_size"])))
+        with self._store_lock:
+            staged = self._store.stage(changes, self._labels, lambda texts: self.encoder.encode(
+                texts, int(self.params["batch_size"])))
         if staged is None:
             return
         gone, new_docs, vecs = staged
@@ -193,15 +203,14 @@ class DenseIndex:
                     self._labels[d.version] = d.doc_id
 
     def commit(self, seq: int) -> None:
-        self._store.commit(seq)
+        self._commit_store(seq)
         with self._lock:
             n = len(self._labels)
             if (self._dead > float(self.params["rebuild_dead"]) * max(n, 1)
                     or (self._fallback
                         and n >= max(int(self.params["train_min"]), 2 * self._train_failed_at))):
                 self._index = self._rebuild()
-        if time.monotonic() - self._last_save > float(self.params["save_every"]):
-            self._save()
+        self._save_if_due()
 
     # -- reads ----------------------------------------------------------------------------
 
@@ -209,15 +218,9 @@ class DenseIndex:
         """Query vectors, shape ``[len(queries), dim]``."""
         return self.encoder.encode(list(queries), int(self.params["batch_size"]))
 
-    def search(self, queries: Sequence[str], k: int, **params: Any) -> list[list[Hit]]:
-        """Top-``k`` per query; ``nprobe`` / ``ef_search`` override the spec for this call."""
-        search_params = self._search_params(params)
-        if k <= 0 or not queries:
-            return [[] for _ in queries]
-        return self.search_vectors(self.encode_queries(queries), k, search_params)
-
-    def _search_params(self, params: dict[str, Any]) -> faiss.SearchParameters | None:
-        params = DenseSearchParams.overrides(params)
+    def _faiss_params(self, params: dict[str, Any]) -> faiss.SearchParameters | None:
+        """The faiss form of search overrides (``nprobe``, ``ef_search``) for the current
+        structure; None where none applies (e.g. Flat, or the exact fallback)."""
         if not params or self._fallback:
             return None
         inner = faiss.downcast_index(self._index.index)
@@ -225,18 +228,22 @@ class DenseIndex:
             return faiss.SearchParametersIVF(nprobe=int(params["nprobe"]))
         if "ef_search" in params and isinstance(inner, faiss.IndexHNSW):
             return faiss.SearchParametersHNSW(efSearch=int(params["ef_search"]))
-        return None  # the parameter does not apply to this index (e.g. Flat): exact anyway
+        return None
 
     def search_vectors(self, vectors: np.ndarray, k: int,
-                       params: faiss.SearchParameters | None = None) -> list[list[Hit]]:
-        """Search with query vectors of shape ``[n, dim]``."""
+                       params: DenseSearchParams | None = None) -> list[list[Hit]]:
+        """Top-``k`` per query vector of ``vectors [n, dim]``; ``nprobe`` / ``ef_search`` in
+        ``params`` override the spec for this call."""
+        overrides = DenseSearchParams.overrides(params)
         with self._lock:
             index, labels, dead = self._index, self._labels, self._dead
-            fetch = min(index.ntotal, k + dead)
+            fetch = min(index.ntotal, k + dead) if k > 0 else 0
             if fetch == 0:
                 return [[] for _ in range(len(vectors))]
             x = np.ascontiguousarray(vectors, dtype=np.float32)
-            scores, ids = index.search(x, fetch, params=params) if params else index.search(x, fetch)
+            faiss_params = self._faiss_params(overrides)
+            scores, ids = (index.search(x, fetch, params=faiss_params) if faiss_params
+                           else index.search(x, fetch))
             sign = -1.0 if self.params["metric"] == "l2" else 1.0
             out = []
             for row_s, row_i in zip(scores, ids, strict=True):
@@ -245,24 +252,8 @@ class DenseIndex:
                 out.append(hits[:k])
             return out
 
-    def stats(self) -> dict[str, Any]:
+    def stats(self) -> IndexStats:
         with self._lock:
             memory = int(faiss.serialize_index(self._index).nbytes)
-            return {
-                "type": "dense",
-                "documents": len(self._labels),
-                "applied_seq": self.applied_seq,
-                "disk_bytes": dir_bytes(self.path),
-                "memory_bytes": memory,
-                "vectors": int(self._index.ntotal),
-                "dim": self.dim,
-                "exact_fallback": self._fallback,
-                "params": {k: v for k, v in self.params.items() if v is not None},
-            }
-
-    def close(self) -> None:
-        # Applied but not committed (an error interrupted a sync): drop it, and do not
-        # save the in-memory faiss index, which may hold the uncommitted changes.
-        if not self._store.rollback():
-            self._save()
-        self._store.close()
+            return self._index_stats(len(self._labels), memory, vectors=int(self._index.ntotal),
+                                     dim=self.dim, exact_fallback=self._fallback)

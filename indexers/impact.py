@@ -34,9 +34,12 @@ Spec parameters: ``model`` (splade-tiny), ``mode`` (splade | inference-free), ``
 heaviest terms, 0 = all), ``threshold`` (drop weights <= it, 0.0), ``quant`` (100),
 ``max_length`` (256 tokens per model window), ``windows`` (a document is encoded in up to
 this many overlapping ``max_length`` windows, max-pooled; 1 cuts it at ``max_length``),
-``batch_size`` (16), ``ram_buffer_mb`` (256). ``threads`` is accepted and ignored (older
-specs name it): the queries of a batch are searched one after another, as Python threads
-gained nothing over that (the JNI calls hold the GIL).
+``batch_size`` (16), ``ram_buffer_mb`` (256). The queries of a batch are searched one after
+another: Python threads gained nothing over that (the JNI calls hold the GIL).
+
+As a :class:`~genseek.protocols.VectorSearch`, the query vectors are ``(token ids int64 [n],
+weights float32 [n])`` pairs, one per query (:meth:`ImpactIndex.encode_queries`), quantised
+by :meth:`ImpactIndex.search_vectors`.
 """
 
 from __future__ import annotations
@@ -52,16 +55,15 @@ import numpy as np
 from genseek.atomic import atomic_write_json
 from genseek.errors import GenseekError
 from genseek.indexers._lucene import LuceneClasses, LuceneFolder, writer_config
+from genseek.indexers._vectorindex import VectorIndex
 from genseek.indexers.jvm import Shared, here
 from genseek.params import ImpactParams, ImpactSearchParams
-from genseek.protocols import dir_bytes
-from genseek.types import ChangeSet, Document, Hit
+from genseek.types import ChangeSet, Document, Hit, IndexStats
 
 _DELIM = "\x01"  # not whitespace for Lucene's WhitespaceTokenizer (U+001C..U+001F are)
 _META = "impact.json"
 MODES = ("splade", "inference-free")
 _DOC_SIDE = ("model", "max_length", "windows", "top_k", "threshold", "quant")
-_LEGACY = {"windows": 1}  # doc-side settings older impact.json files do not record
 
 Vector = tuple[np.ndarray, np.ndarray]  # (token ids int64 [n], weights float32 [n])
 
@@ -82,7 +84,7 @@ def prune(vec: Vector, top_k: int, threshold: float) -> Vector:
     return ids[order], ws[order]
 
 
-class ImpactIndex:
+class ImpactIndex(VectorIndex[list[Vector]]):
     """Lucene impact index of quantised SPLADE vectors. See the module docstring."""
 
     Params = ImpactParams
@@ -116,10 +118,6 @@ class ImpactIndex:
         self._check_meta(create=True)
         self._lucene.reopen()
 
-    @classmethod
-    def open(cls, path: Path, params: dict[str, Any]) -> ImpactIndex:
-        return cls(path, params)
-
     # -- configuration ---------------------------------------------------------------
 
     def _check_meta(self, create: bool) -> None:
@@ -131,7 +129,6 @@ class ImpactIndex:
                 have = json.loads(file.read_text(encoding="utf-8"))
             except (OSError, ValueError) as exc:
                 raise GenseekError(f"impact: cannot read {file}: {exc}") from None
-            have = {**_LEGACY, **have}
             diff = [k for k in _DOC_SIDE if have.get(k) != want[k]]
             if diff:
                 raise GenseekError(
@@ -206,7 +203,7 @@ class ImpactIndex:
 
     # -- reads ------------------------------------------------------------------------
 
-    def query_vectors(self, queries: Sequence[str]) -> list[Vector]:
+    def encode_queries(self, queries: Sequence[str]) -> list[Vector]:
         """Float query vectors: the model's (``splade``) or IDF-weighted tokens
         (``inference-free``, no model)."""
         if self.params["mode"] == "inference-free":
@@ -221,12 +218,6 @@ class ImpactIndex:
         tfs = quantise(ws, float(self.params["quant"]))
         return {names[i]: tf for i, tf in zip(ids.tolist(), tfs.tolist(), strict=True) if tf > 0}
 
-    def search(self, queries: Sequence[str], k: int, **params: Any) -> list[list[Hit]]:
-        ImpactSearchParams.check(params)  # none: set them in the spec
-        if k <= 0 or not queries:
-            return [[] for _ in queries]
-        return self.search_vectors(self.query_vectors(queries), k)
-
     def _parser(self) -> Any:
         """This thread's ``QueryParser`` (they are not thread-safe; building one costs more
         than parsing a query)."""
@@ -235,8 +226,13 @@ class ImpactIndex:
             parser = self._parsers.parser = self._j.QueryParser("contents", self._j.Whitespace())
         return parser
 
-    def search_vectors(self, vectors: Sequence[Vector], k: int) -> list[list[Hit]]:
-        """Search float query vectors (quantised here); one ranked list per vector."""
+    def search_vectors(self, vectors: Sequence[Vector], k: int,
+                       params: ImpactSearchParams | None = None) -> list[list[Hit]]:
+        """Search float query vectors (quantised here); one ranked list per vector. There are
+        no search parameters (``params`` must be None or empty): set them in the spec."""
+        ImpactSearchParams.overrides(params)
+        if k <= 0:
+            return [[] for _ in vectors]
         scale = float(self.params["quant"]) ** 2
         texts = [query_string(self.quantised_query(v)) for v in vectors]
         live = [i for i, text in enumerate(texts) if text]
@@ -249,17 +245,9 @@ class ImpactIndex:
                 out[i] = [Hit(d, float(x) / scale) for d, x in s.search(parser.parse(texts[i]), k)]
         return out
 
-    def stats(self) -> dict[str, Any]:
-        # live documents (maxDoc counts deleted)
-        docs = self._lucene.doc_counts()[0]
-        return {
-            "type": "impact",
-            "documents": docs,
-            "applied_seq": self.applied_seq,
-            "disk_bytes": dir_bytes(self.path),
-            "memory_bytes": self._lucene.memory_bytes(),
-            "params": dict(self.params),
-        }
+    def stats(self) -> IndexStats:
+        """Live documents, and ``max_doc`` (deleted ones not merged away yet included)."""
+        return self._lucene.index_stats("impact", self.applied_seq, self.path, self.params)
 
     def close(self) -> None:
         self._lucene.close()

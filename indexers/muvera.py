@@ -30,8 +30,6 @@ from __future__ import annotations
 
 import json
 import re
-import threading
-import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -39,16 +37,16 @@ from typing import Any
 import faiss
 import numpy as np
 
-from genseek.atomic import atomic_write, atomic_write_json
+from genseek.atomic import atomic_write
 from genseek.encoders import TokenEncoder, resolve_model
 from genseek.errors import GenseekError
+from genseek.indexers._vectorindex import FaissCache, StoredIndex
 from genseek.indexers.labelstore import LabelStore
 from genseek.kernels import chamfer as ch
 from genseek.kernels import muvera as fde
 from genseek.models import loading
 from genseek.params import MuveraParams, MuveraSearchParams
-from genseek.protocols import dir_bytes
-from genseek.types import ChangeSet, Hit
+from genseek.types import ChangeSet, Hit, IndexStats
 
 _FDE_KEYS = ("k_sim", "d_proj", "r_reps", "d_final", "seed", "proj_dim", "model")
 _SEGMENT = re.compile(r"^(\d{6})\.npy$")
@@ -64,9 +62,11 @@ def _write_npy(path: Path, array: np.ndarray) -> None:
     atomic_write(path, write)
 
 
-class MuveraIndex:
+class MuveraIndex(StoredIndex[list[np.ndarray]]):
     """FDE candidates + exact Chamfer rerank over stored token vectors (see module docstring).
 
+    A :class:`~genseek.protocols.VectorSearch` whose query vectors are token sets: one
+    ``float32 [n_tokens_i, dim]`` array per query (:meth:`encode_queries`).
     ``encoder`` may be any object with ``dim`` and ``encode(texts) -> list[[n_i, dim]]``
     (tests pass a tiny one); by default the MiniLM :class:`TokenEncoder` is loaded lazily, on
     the first text that needs encoding.
@@ -77,9 +77,8 @@ class MuveraIndex:
 
     def __init__(self, path: Path, params: dict[str, Any], encoder: Any | None = None,
                  dim: int | None = None):
-        self.params = MuveraParams.resolve(params)
-        self.path = Path(path)
-        (self.path / "segments").mkdir(parents=True, exist_ok=True)
+        self._init_spec(path, params)
+        (self.path / "segments").mkdir(exist_ok=True)
         self._encoder = encoder
         if dim is None:
             dim = encoder.dim if encoder is not None else (
@@ -90,21 +89,15 @@ class MuveraIndex:
                                           self.params["d_final"], int(self.params["seed"]))
         self._store = LabelStore(self.path / "docs.sqlite", "docs", _DOC_COLUMNS)
         self._check_meta()
-        self._lock = threading.RLock()
+        self._init_state()
+        self._cache = FaissCache(self.path, "fde")
         self._pending_segments: list[int] = []
         self._rows: dict[int, tuple[str, int, int, int]] = {
             int(r[0]): (r[1], int(r[2]), int(r[3]), int(r[4]))
             for r in self._store.select("label, doc_id, segment, start, length")}
         self._segments: dict[int, np.ndarray] = {}
         self._clean_and_check_segments()
-        self._dead = 0
-        self._saved_seq = -1
-        self._last_save = time.monotonic()
         self._index = self._load_or_rebuild()
-
-    @classmethod
-    def open(cls, path: Path, params: dict[str, Any]) -> MuveraIndex:
-        return cls(path, params)
 
     # -- setup ------------------------------------------------------------------------------
 
@@ -186,9 +179,8 @@ class MuveraIndex:
                  if (m := _SEGMENT.match(f.name))]
         return max(used + files, default=0) + 1
 
-    @property
-    def applied_seq(self) -> int:
-        return self._store.applied_seq
+    def _empty(self) -> bool:
+        return not self._rows
 
     # -- token vectors and FDEs ---------------------------------------------------------------
 
@@ -227,26 +219,21 @@ class MuveraIndex:
                 "config": json.loads(self._store.meta("config") or "{}")}
 
     def _load_or_rebuild(self) -> faiss.Index:
-        try:
-            info = json.loads((self.path / "fde.json").read_text())
-            if info == self._info():
-                index = faiss.read_index(str(self.path / "fde.faiss"))
-                if index.d == self.fde_params.out_dim and index.ntotal == len(self._rows):
-                    self._saved_seq = self.applied_seq
-                    return index
-        except (OSError, ValueError, RuntimeError):
-            pass  # missing, stale or unreadable cache: rebuild from the segments
-        return self._rebuild()
+        saved = self._cache.load(self._info())
+        if saved is not None:
+            index = saved[0]
+            if index.d == self.fde_params.out_dim and index.ntotal == len(self._rows):
+                self._saved_seq = self.applied_seq
+                return index
+        return self._rebuild()  # missing, stale or unreadable cache: from the segments
 
     def _save(self) -> None:
         with self._lock:
-            if self.applied_seq == self._saved_seq:
+            seq = self.applied_seq
+            if seq == self._saved_seq:
                 return
-            index, info = self._index, self._info()
-            atomic_write(self.path / "fde.faiss", lambda tmp: faiss.write_index(index, tmp))
-            atomic_write_json(self.path / "fde.json", info)
-            self._saved_seq = self.applied_seq
-            self._last_save = time.monotonic()
+            self._cache.save(self._index, self._info())
+            self._saved(seq)
 
     # -- writes -------------------------------------------------------------------------------
 
@@ -309,11 +296,10 @@ class MuveraIndex:
             self.add_token_vectors([(d.version, d.doc_id) for d in new_docs], tokens)
 
     def commit(self, seq: int) -> None:
-        self._store.commit(seq)
+        self._commit_store(seq)
         self._pending_segments = []
         self._maybe_compact()
-        if time.monotonic() - self._last_save > float(self.params["save_every"]):
-            self._save()
+        self._save_if_due()
 
     def _maybe_compact(self) -> None:
         """Rewrite live tokens of segments that are mostly dead into one new segment."""
@@ -344,17 +330,9 @@ class MuveraIndex:
 
     # -- reads --------------------------------------------------------------------------------
 
-    def search(self, queries: Sequence[str], k: int, **params: Any) -> list[list[Hit]]:
-        """Top-``k`` per query; ``candidates`` overrides the spec for this call."""
-        candidates = self._candidates(params)
-        if k <= 0 or not queries or not self._rows:
-            return [[] for _ in queries]
-        tokens = self.encoder.encode(list(queries), int(self.params["batch_size"]))
-        return self.search_token_vectors(tokens, k, candidates=candidates)
-
-    def _candidates(self, params: dict[str, Any]) -> int:
-        return int(MuveraSearchParams.overrides(params).get("candidates",
-                                                             self.params["candidates"]))
+    def encode_queries(self, queries: Sequence[str]) -> list[np.ndarray]:
+        """Query token vectors: one float32 ``[n_tokens_i, dim]`` array per query."""
+        return self.encoder.encode(list(queries), int(self.params["batch_size"]))
 
     def query_fdes(self, queries: Sequence[np.ndarray]) -> np.ndarray:
         """Query FDEs ``[n, D]`` of token sets ``[n_i, dim]``."""
@@ -363,22 +341,24 @@ class MuveraIndex:
         flat = np.concatenate(checked) if checked else np.zeros((0, self.dim), np.float32)
         return fde.encode(flat, offsets, self.fde_params, is_query=True)
 
-    def search_token_vectors(self, queries: Sequence[np.ndarray], k: int,
-                             candidates: int | None = None) -> list[list[Hit]]:
-        """FDE top-``candidates`` then exact Chamfer rerank, for query token sets ``[n_i, dim]``."""
+    def search_vectors(self, vectors: Sequence[np.ndarray], k: int,
+                       params: MuveraSearchParams | None = None) -> list[list[Hit]]:
+        """FDE top-``candidates`` then exact Chamfer rerank, for query token sets
+        ``[n_i, dim]``; ``candidates`` in ``params`` overrides the spec for this call."""
         import torch
 
         if isinstance(k, bool) or not isinstance(k, int) or k < 0:
             raise GenseekError(f"muvera: k must be a non-negative integer, not {k!r}")
-        candidates = self._candidates({} if candidates is None else {"candidates": candidates})
-        qf = self.query_fdes(queries)  # checks the queries even on an empty index
+        candidates = int(MuveraSearchParams.overrides(params).get("candidates",
+                                                                  self.params["candidates"]))
+        qf = self.query_fdes(vectors)  # checks the queries even on an empty index
         with self._lock:
             fetch = min(len(self._rows), max(candidates, k))
             if k == 0 or fetch == 0:
-                return [[] for _ in queries]
+                return [[] for _ in vectors]
             _, ids = self._index.search(qf, fetch)  # [nq, fetch]
             out = []
-            for q, row in zip(queries, ids, strict=True):
+            for q, row in zip(vectors, ids, strict=True):
                 labels = [int(i) for i in row if int(i) in self._rows]
                 out.append(self._rerank(np.asarray(q, dtype=np.float32), labels, k, torch))
             return out
@@ -391,15 +371,16 @@ class MuveraIndex:
         top = torch.topk(scores, min(k, len(labels))).indices.tolist()
         return [Hit(self._rows[labels[i]][0], float(scores[i])) for i in top]
 
-    def exact_search_token_vectors(self, queries: Sequence[np.ndarray], k: int) -> list[list[Hit]]:
-        """Brute-force Chamfer over every stored document (the baseline FDE search approximates)."""
+    def exact_search_vectors(self, vectors: Sequence[np.ndarray], k: int) -> list[list[Hit]]:
+        """Brute-force Chamfer over every stored document (the baseline FDE search
+        approximates), for query token sets ``[n_i, dim]``."""
         import torch
 
-        checked = [self._check_tokens(q, "query token vectors") for q in queries]
+        checked = [self._check_tokens(q, "query token vectors") for q in vectors]
         with self._lock:
             labels = sorted(self._rows)
             if not labels or k <= 0:
-                return [[] for _ in queries]
+                return [[] for _ in vectors]
             tokens, offsets = self.doc_tokens(labels)
             t, o = torch.from_numpy(tokens), torch.from_numpy(offsets)
             out = []
@@ -409,30 +390,20 @@ class MuveraIndex:
                 out.append([Hit(self._rows[labels[i]][0], float(scores[i])) for i in top])
             return out
 
-    def stats(self) -> dict[str, Any]:
+    def stats(self) -> IndexStats:
         with self._lock:
-            tokens = sum(r[3] for r in self._rows.values())
-            return {
-                "type": "muvera",
-                "documents": len(self._rows),
-                "applied_seq": self.applied_seq,
-                "token_vectors": int(tokens),
-                "dim": self.dim,
-                "fde_dim": self.fde_params.out_dim,
-                "disk_bytes": dir_bytes(self.path),
-                "memory_bytes": int(self._index.ntotal) * self.fde_params.out_dim * 4,
-                "segments": len({r[1] for r in self._rows.values()}),
-                "params": {k: v for k, v in self.params.items() if v is not None},
-            }
+            return self._index_stats(
+                len(self._rows), int(self._index.ntotal) * self.fde_params.out_dim * 4,
+                token_vectors=int(sum(r[3] for r in self._rows.values())), dim=self.dim,
+                fde_dim=self.fde_params.out_dim, segments=len({r[1] for r in self._rows.values()}))
+
+    def _dropped(self) -> None:
+        for seg in self._pending_segments:  # written for the dropped change set
+            self._segment_path(seg).unlink(missing_ok=True)
 
     def close(self) -> None:
-        if self._store.rollback():  # applied but not committed: drop it
-            for seg in self._pending_segments:
-                self._segment_path(seg).unlink(missing_ok=True)
-        else:
-            self._save()
+        super().close()
         self._segments.clear()
-        self._store.close()
 
 
 __all__ = ["MuveraIndex"]

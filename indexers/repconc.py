@@ -14,24 +14,23 @@ Layout of the index folder::
 
 As in ``dense``, the label is the document version, ``vectors.sqlite`` is the source of truth
 (committed atomically with the sequence number) and the faiss file a cache rebuilt from it.
-Vectors of documents are not encoded twice: a sibling ``dense`` index's ``vectors.sqlite``
-(``../dense`` by default, parameter ``reuse``) is read first, by label.
+Vectors of documents are not encoded twice: the sibling index named ``reuse`` (``dense`` by
+default) is asked for them first, by label, when it is a
+:class:`~genseek.protocols.VectorSource` of the same encoder and dimension (the collection binds
+the siblings: :class:`~genseek.protocols.UsesSiblings`); only the others are encoded.
 
 Spec parameters: ``model`` (a folder written by ``genseek train repconc``; without one the
 index trains faiss OPQ + PQ on its own vectors once it holds ``train_min`` of them, and uses
 the rotation as query projection), ``encoder`` (all-MiniLM-L6-v2, must be the model's),
 ``bytes`` (48; the model's when one is given), ``nlist`` (16 inverted lists), ``nprobe``
 (all lists), ``train_min`` (1000: exact search on the rotated vectors until then),
-``batch_size`` (32), ``max_length``, ``reuse`` ("../dense"; "" for none), ``save_every`` (300),
-``opq_iters`` (25: OPQ rounds when the index trains its own quantiser).
+``batch_size`` (32), ``max_length``, ``reuse`` (the sibling's name, "dense"; "" for none),
+``save_every`` (300), ``opq_iters`` (25: OPQ rounds when the index trains its own quantiser).
+Per search: ``nprobe`` (:class:`genseek.params.RepconcSearchParams`).
 """
 
 from __future__ import annotations
 
-import json
-import sqlite3
-import threading
-import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -39,14 +38,15 @@ from typing import Any
 import faiss
 import numpy as np
 
-from genseek.atomic import atomic_write, atomic_write_json
+from genseek.atomic import atomic_write
 from genseek.encoders import TextEncoder, shared_encoder
 from genseek.errors import GenseekError
-from genseek.indexers.labelstore import VectorStore, select_vectors
+from genseek.indexers._vectorindex import FaissCache, StoredIndex, encoder_id
+from genseek.indexers.labelstore import VectorStore
 from genseek.indexers.repconc_train import load_model, opq_warm_start
 from genseek.params import RepconcParams, RepconcSearchParams
-from genseek.protocols import dir_bytes
-from genseek.types import ChangeSet, Hit
+from genseek.protocols import Siblings, VectorSource
+from genseek.types import ChangeSet, Hit, IndexStats
 
 
 def _write_npy(path: Path, array: np.ndarray) -> None:
@@ -57,16 +57,18 @@ def _write_npy(path: Path, array: np.ndarray) -> None:
     atomic_write(path, write)
 
 
-class RepconcIndex:
-    """IVF-PQ over RepCONC codebooks with a query projection. See the module docstring."""
+class RepconcIndex(StoredIndex[np.ndarray]):
+    """IVF-PQ over RepCONC codebooks with a query projection. See the module docstring.
+
+    A :class:`~genseek.protocols.VectorSearch` over encoder query vectors ``float32 [n, dim]``
+    (projected here) and a :class:`~genseek.protocols.UsesSiblings`.
+    """
 
     Params = RepconcParams
     SearchParams = RepconcSearchParams
 
     def __init__(self, path: Path, params: dict[str, Any], encoder: TextEncoder | None = None):
-        self.params = RepconcParams.resolve(params)
-        self.path = Path(path)
-        self.path.mkdir(parents=True, exist_ok=True)
+        self._init_spec(path, params)
         self.model = None
         if self.params["model"]:
             model_dir = Path(str(self.params["model"])).expanduser()
@@ -75,6 +77,7 @@ class RepconcIndex:
             self.params["encoder"] = str(self.model["config"].get("encoder",
                                                                  self.params["encoder"]))
         self._encoder = encoder
+        self._siblings: Siblings | None = None
         self.dim = int(self.model["config"]["dim"]) if self.model else (
             encoder.dim if encoder is not None else self._load_encoder().dim)
         if self.dim % int(self.params["bytes"]):
@@ -87,26 +90,17 @@ class RepconcIndex:
         elif int(stored) != self.dim:
             raise GenseekError(f"repconc index at {self.path} holds {stored}-d vectors; the "
                                f"spec's model makes {self.dim}-d ones")
-        self._lock = threading.RLock()
+        self._init_state()
+        self._cache = FaissCache(self.path, "ann")
         self._labels: dict[int, str] = self._store.labels()
-        self._saved_seq = -1
-        self._last_save = time.monotonic()
         self._quant: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None  # R, C, W
         self._fallback = True
         self._index = self._load_or_rebuild()
-
-    @classmethod
-    def open(cls, path: Path, params: dict[str, Any]) -> RepconcIndex:
-        return cls(path, params)
 
     def _load_encoder(self) -> TextEncoder:
         if self._encoder is None:
             self._encoder = shared_encoder(str(self.params["encoder"]), self.params["max_length"])
         return self._encoder
-
-    @property
-    def applied_seq(self) -> int:
-        return self._store.applied_seq
 
     # -- quantiser and faiss structure -----------------------------------------------------------
 
@@ -163,39 +157,36 @@ class RepconcIndex:
                 "nlist": int(self.params["nlist"])}
 
     def _load_or_rebuild(self) -> faiss.Index:
-        try:
-            info = json.loads((self.path / "ann.json").read_text())
-            if {k: info.get(k) for k in self._info()} == self._info():
-                index = faiss.read_index(str(self.path / "ann.faiss"))
-                if index.d == self.dim and index.ntotal == len(self._labels):
-                    self._fallback = bool(info.get("fallback"))
-                    if self.model is None and not self._fallback:
-                        rotation = np.load(self.path / "own_rotation.npy", allow_pickle=False)
-                        codebooks = np.load(self.path / "own_codebooks.npy", allow_pickle=False)
-                        self._quant = (rotation, codebooks, rotation)
-                    ivf = faiss.try_extract_index_ivf(index) if not self._fallback else None
-                    if ivf is not None:
-                        ivf.nprobe = int(self.params["nprobe"] or ivf.nlist)
-                    self._saved_seq = self.applied_seq
-                    return index
-        except (OSError, ValueError, RuntimeError):
-            pass  # missing, stale or unreadable cache: rebuild from the stored vectors
-        return self._rebuild()
+        saved = self._cache.load(self._info())
+        if saved is not None and saved[0].d == self.dim and saved[0].ntotal == len(self._labels):
+            index, info = saved
+            fallback = bool(info.get("fallback"))
+            try:
+                if self.model is None and not fallback:
+                    rotation = np.load(self.path / "own_rotation.npy", allow_pickle=False)
+                    codebooks = np.load(self.path / "own_codebooks.npy", allow_pickle=False)
+                    self._quant = (rotation, codebooks, rotation)
+            except (OSError, ValueError):
+                return self._rebuild()  # the trained quantiser is lost: rebuild
+            self._fallback = fallback
+            ivf = faiss.try_extract_index_ivf(index) if not fallback else None
+            if ivf is not None:
+                ivf.nprobe = int(self.params["nprobe"] or ivf.nlist)
+            self._saved_seq = self.applied_seq
+            return index
+        return self._rebuild()  # missing, stale or unreadable cache: from the stored vectors
 
     def _save(self) -> None:
         with self._lock:
-            if self.applied_seq == self._saved_seq:
+            seq = self.applied_seq
+            if seq == self._saved_seq:
                 return
-            index = self._index
-            atomic_write(self.path / "ann.faiss", lambda tmp: faiss.write_index(index, tmp))
             if self.model is None and self._quant is not None:
                 for name, array in (("own_rotation", self._quant[0]),
                                     ("own_codebooks", self._quant[1])):
                     _write_npy(self.path / f"{name}.npy", array)
-            atomic_write_json(self.path / "ann.json", {**self._info(),
-                                                       "fallback": self._fallback})
-            self._saved_seq = self.applied_seq
-            self._last_save = time.monotonic()
+            self._cache.save(self._index, {**self._info(), "fallback": self._fallback})
+            self._saved(seq)
 
     def _rotation_and_proj(self) -> tuple[np.ndarray, np.ndarray]:
         if self.model is not None:
@@ -207,30 +198,31 @@ class RepconcIndex:
 
     # -- writes -------------------------------------------------------------------------------
 
+    def bind_siblings(self, siblings: Siblings) -> None:
+        """Keep the collection's lookup of sibling indexes (:class:`UsesSiblings`)."""
+        self._siblings = siblings
+
+    def _vector_source(self) -> VectorSource | None:
+        """The sibling named ``reuse`` when its stored vectors are this encoder's: a
+        :class:`VectorSource` of the same encoder (and token limit) and dimension."""
+        name = str(self.params["reuse"])
+        if not name or self._siblings is None:
+            return None
+        sibling = self._siblings(name)
+        if (isinstance(sibling, VectorSource) and sibling.dim == self.dim
+                and sibling.vector_model == encoder_id(str(self.params["encoder"]),
+                                                       self.params["max_length"])):
+            return sibling
+        return None
+
     def _reused_vectors(self, labels: list[int]) -> dict[int, np.ndarray]:
-        """Vectors of ``labels`` that the sibling dense index already holds."""
-        if not self.params["reuse"] or not labels:
-            return {}
-        source = (self.path / str(self.params["reuse"]) / "vectors.sqlite").resolve()
-        if not source.is_file():
-            return {}
-        try:
-            db = sqlite3.connect(f"file:{source}?mode=ro", uri=True)
-            try:
-                dim = db.execute("SELECT value FROM meta WHERE key = 'dim'").fetchone()
-                model = db.execute("SELECT value FROM meta WHERE key = 'model'").fetchone()
-                if (dim is None or int(dim[0]) != self.dim or model is None
-                        or model[0] != str(self.params["encoder"])):
-                    return {}
-                return {int(label): np.frombuffer(blob, dtype=np.float32)
-                        for label, blob in select_vectors(db, labels)}
-            finally:
-                db.close()
-        except sqlite3.Error:
-            return {}  # unreadable sibling: encode instead
+        """Vectors of ``labels`` that the sibling ``reuse`` already holds."""
+        source = self._vector_source() if labels else None
+        return source.stored_vectors(labels) if source is not None else {}
 
     def add_vectors(self, docs: Sequence[tuple[int, str]], vecs: np.ndarray) -> None:
-        """Add documents ``(label, doc_id)`` with their encoder vectors ``[n, dim]`` (uncommitted)."""
+        """Add documents ``(label, doc_id)`` with their encoder vectors ``[n, dim]``
+        (uncommitted)."""
         vecs = np.asarray(vecs)
         if vecs.ndim != 2 or vecs.shape[1] != self.dim or len(vecs) != len(docs):
             raise GenseekError(f"repconc: expected {len(docs)} vectors of shape [n, {self.dim}],"
@@ -271,30 +263,24 @@ class RepconcIndex:
                          np.stack([reused[d.version] for d in new_docs]))
 
     def commit(self, seq: int) -> None:
-        self._store.commit(seq)
+        self._commit_store(seq)
         with self._lock:
             if self._fallback and len(self._labels) >= max(int(self.params["train_min"]),
                                                            int(self.params["nlist"])):
                 self._index = self._rebuild()
-        if time.monotonic() - self._last_save > float(self.params["save_every"]):
-            self._save()
+        self._save_if_due()
 
     # -- reads --------------------------------------------------------------------------------
 
-    def search(self, queries: Sequence[str], k: int, **params: Any) -> list[list[Hit]]:
-        """Top-``k`` per query; ``nprobe`` overrides the spec for this call."""
-        nprobe = self._nprobe(params)
-        if k <= 0 or not queries:
-            return [[] for _ in queries]
-        vecs = self._load_encoder().encode(list(queries), int(self.params["batch_size"]))
-        return self.search_vectors(vecs, k, nprobe)
-
-    def _nprobe(self, params: dict[str, Any]) -> int | None:
-        return RepconcSearchParams.check(params).nprobe
+    def encode_queries(self, queries: Sequence[str]) -> np.ndarray:
+        """Encoder query vectors ``[len(queries), dim]`` (not projected yet)."""
+        return self._load_encoder().encode(list(queries), int(self.params["batch_size"]))
 
     def search_vectors(self, vectors: np.ndarray, k: int,
-                       nprobe: int | None = None) -> list[list[Hit]]:
-        """Search with encoder query vectors ``[n, dim]`` (projected here by ``W``)."""
+                       params: RepconcSearchParams | None = None) -> list[list[Hit]]:
+        """Search with encoder query vectors ``[n, dim]`` (projected here by ``W``);
+        ``nprobe`` in ``params`` overrides the spec for this call."""
+        nprobe = RepconcSearchParams.overrides(params).get("nprobe")
         vectors = np.asarray(vectors)
         if vectors.ndim != 2 or vectors.shape[1] != self.dim:
             raise GenseekError(f"repconc: query vectors must have shape [n, {self.dim}], "
@@ -307,31 +293,18 @@ class RepconcIndex:
                 return [[] for _ in range(len(vectors))]
             _, proj = self._rotation_and_proj()
             x = np.ascontiguousarray(vectors @ proj.T, dtype=np.float32)
-            params = None
+            faiss_params = None
             if nprobe is not None and not self._fallback:
-                params = faiss.SearchParametersIVF(nprobe=int(nprobe))
-            scores, ids = (self._index.search(x, fetch, params=params) if params
+                faiss_params = faiss.SearchParametersIVF(nprobe=int(nprobe))
+            scores, ids = (self._index.search(x, fetch, params=faiss_params) if faiss_params
                            else self._index.search(x, fetch))
             return [[Hit(self._labels[int(i)], float(s))
                      for s, i in zip(rs, ri, strict=True) if int(i) in self._labels]
                     for rs, ri in zip(scores, ids, strict=True)]
 
-    def stats(self) -> dict[str, Any]:
+    def stats(self) -> IndexStats:
         with self._lock:
-            return {
-                "type": "repconc",
-                "documents": len(self._labels),
-                "applied_seq": self.applied_seq,
-                "disk_bytes": dir_bytes(self.path),
-                "memory_bytes": int(faiss.serialize_index(self._index).nbytes),
-                "bytes_per_doc": int(self.params["bytes"]),
-                "dim": self.dim,
-                "exact_fallback": self._fallback,
-                "trained_model": bool(self.model),
-                "params": {k: v for k, v in self.params.items() if v is not None},
-            }
-
-    def close(self) -> None:
-        if not self._store.rollback():  # applied but not committed: dropped, nothing saved
-            self._save()
-        self._store.close()
+            return self._index_stats(
+                len(self._labels), int(faiss.serialize_index(self._index).nbytes),
+                bytes_per_doc=int(self.params["bytes"]), dim=self.dim,
+                exact_fallback=self._fallback, trained_model=bool(self.model))

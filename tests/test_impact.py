@@ -23,6 +23,7 @@ from genseek.encoders import (
     term_name,
 )
 from genseek.errors import GenseekError
+from genseek.protocols import VectorSearch
 from genseek.types import ChangeSet
 
 QUANT = 100
@@ -84,7 +85,7 @@ def test_quantised_scores_exact_and_top10_matches_float(tmp_path, tiny_model, mo
         index.commit(150)
         dvecs = dict(zip([d.doc_id for d in docs], index.doc_vectors(docs), strict=True))
         queries = make_queries(12, seed=4)
-        qvecs = index.query_vectors(queries)
+        qvecs = index.encode_queries(queries)
         hits = index.search(queries, 10)
         checked = 0
         for q, qv, got in zip(queries, qvecs, hits, strict=True):
@@ -206,8 +207,13 @@ def test_reopen_persists_and_rejects_other_doc_settings(tmp_path, tiny_model):
     again = _index(tmp_path, tiny_model)
     try:
         assert again.applied_seq == 7
-        assert again.stats()["documents"] == 30
+        stats = again.stats()
+        assert stats.documents == 30 and stats.details["max_doc"] >= 30
+        assert isinstance(again, VectorSearch)
+        assert again.search_vectors(again.encode_queries(queries), 10) == before
         assert again.search(queries, 10) == before
+        with pytest.raises(GenseekError, match="takes no search parameters"):
+            again.search(queries, 10, {"quant": 10})  # set in the spec, not per search
     finally:
         again.close()
     with pytest.raises(GenseekError, match="top_k"):
@@ -272,13 +278,12 @@ def test_windows_is_a_document_side_setting(tmp_path, tiny_model):
     with pytest.raises(GenseekError, match="windows=3"):
         _index(tmp_path, tiny_model)
     _index(tmp_path, tiny_model, windows=3).close()
-    # an impact.json written before windows existed reads as windows=1
+    # an impact.json that does not record windows (written before it existed) is refused
     meta = json.loads((tmp_path / "impact.json").read_text())
     del meta["windows"]
     (tmp_path / "impact.json").write_text(json.dumps(meta))
-    _index(tmp_path, tiny_model).close()
-    with pytest.raises(GenseekError, match="windows=1"):
-        _index(tmp_path, tiny_model, windows=2)
+    with pytest.raises(GenseekError, match="built with windows=None"):
+        _index(tmp_path, tiny_model)
 
 
 @pytest.mark.parametrize("params, match", [
@@ -287,6 +292,7 @@ def test_windows_is_a_document_side_setting(tmp_path, tiny_model):
     ({"top_k": -1}, "top_k must be"),
     ({"quant": 0}, "quant must be"),
     ({"windows": 0}, "windows must be"),
+    ({"threads": 2}, "unknown parameter 'threads'"),  # older specs named it; it did nothing
     ({"threshold": "x"}, "threshold must be"),
     ({"mode": "inference-free", "idf": "/nonexistent/idf.json"}, "no IDF table"),
 ])

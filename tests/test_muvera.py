@@ -12,6 +12,8 @@ from genseek.errors import GenseekError
 from genseek.indexers.muvera import MuveraIndex
 from genseek.kernels import chamfer as ch
 from genseek.kernels import muvera as fde
+from genseek.params import MuveraSearchParams
+from genseek.protocols import VectorSearch
 from genseek.types import ChangeSet, Document
 
 DIM = 8
@@ -145,10 +147,13 @@ def test_index_search_deletes_and_round_trip(tmp_path):
     query = docs[7].text
     hits = index.search([query], 5)[0]
     assert hits[0].doc_id == "d7"  # the document itself has the best Chamfer score
+    assert isinstance(index, VectorSearch)
+    assert index.search_vectors(index.encode_queries([query]), 5)[0] == hits
     # FDE candidates over everything == exact Chamfer over everything
     qt = WordEncoder().encode([query])
-    full = index.search_token_vectors(qt, 10, candidates=40)[0]
-    exact = index.exact_search_token_vectors(qt, 10)[0]
+    assert [len(t) for t in index.encode_queries([query])] == [len(query.split())]
+    full = index.search_vectors(qt, 10, MuveraSearchParams(candidates=40))[0]
+    exact = index.exact_search_vectors(qt, 10)[0]
     assert [h.doc_id for h in full] == [h.doc_id for h in exact]
     assert [h.score for h in full] == pytest.approx([h.score for h in exact], abs=1e-4)
     # delete d7 and 25 more: they never come back; update d8 (new version, new text)
@@ -158,11 +163,11 @@ def test_index_search_deletes_and_round_trip(tmp_path):
     index.commit(41)
     live = {"d8"} | {d.doc_id for d in docs if not 7 <= int(d.doc_id[1:]) < 33}
     for d in docs:
-        got = {h.doc_id for h in index.search([d.text], 40, candidates=40)[0]}
+        got = {h.doc_id for h in index.search([d.text], 40, MuveraSearchParams(candidates=40))[0]}
         assert got <= live
         assert len(got) == len(live)  # k larger than the collection: all live documents
     assert index.search([query], 1)[0][0].doc_id == "d8"
-    assert index.stats()["segments"] == 2  # the first segment was mostly dead: compacted
+    assert index.stats().details["segments"] == 2  # the first segment was mostly dead: compacted
     before = [index.search([d.text], 5) for d in docs[:5]]
     index.close()
     again = _open(tmp_path / "m")
@@ -182,7 +187,7 @@ def test_uncommitted_batch_is_dropped(tmp_path):
     index.apply(ChangeSet(3, 6, upserts=tuple(_docs(3, start=3, version0=4))))
     index.close()  # no commit
     again = _open(tmp_path / "m")
-    assert again.stats()["documents"] == 3
+    assert again.stats().documents == 3
     assert len(list((tmp_path / "m" / "segments").iterdir())) == 1
     again.close()
 
@@ -193,11 +198,11 @@ def test_index_bad_input(tmp_path):
     index = _open(tmp_path / "m")
     assert index.search(["w1 w2"], 5) == [[]]  # empty index
     with pytest.raises(GenseekError, match="shape"):
-        index.search_token_vectors([np.zeros((2, DIM + 1), np.float32)], 3)
+        index.search_vectors([np.zeros((2, DIM + 1), np.float32)], 3)
     with pytest.raises(GenseekError, match="NaN"):
         index.add_token_vectors([(1, "a")], [np.full((2, DIM), np.inf, np.float32)])
     with pytest.raises(GenseekError, match="candidates"):
-        index.search(["w1"], 3, candidates=0)
+        index.search(["w1"], 3, {"candidates": 0})
     index.apply(ChangeSet(0, 10, upserts=tuple(_docs(10))))
     index.commit(10)
     index.close()

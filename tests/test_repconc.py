@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import threading
 import zlib
 
 import numpy as np
@@ -11,8 +12,11 @@ import torch
 
 from genseek.errors import GenseekError
 from genseek.indexers import repconc_train as rt
+from genseek.indexers.dense import DenseIndex
 from genseek.indexers.repconc import RepconcIndex
 from genseek.kernels.sinkhorn import balanced_assign, sinkhorn_plan
+from genseek.params import RepconcSearchParams
+from genseek.protocols import UsesSiblings, VectorSearch, VectorSource
 from genseek.types import ChangeSet, Document
 
 DIM, M = 16, 4
@@ -104,17 +108,19 @@ def _open(path, **params):
 
 def test_index_trains_searches_deletes_and_round_trips(tmp_path):
     index = _open(tmp_path / "r")
+    assert isinstance(index, VectorSearch) and not isinstance(index, VectorSource)
     assert index.search(["text 1"], 3) == [[]]  # empty index
     first = _docs(100)
     index.apply(ChangeSet(0, 100, upserts=tuple(first)))
     index.commit(100)
-    assert index.stats()["exact_fallback"]  # below train_min: exact search
+    assert index.stats().details["exact_fallback"]  # below train_min: exact search
     assert index.search(["text 5"], 1)[0][0].doc_id == "d5"
     rest = _docs(300, start=100)
     index.apply(ChangeSet(100, 400, upserts=tuple(rest)))
     index.commit(400)
     stats = index.stats()
-    assert not stats["exact_fallback"] and stats["bytes_per_doc"] == M
+    assert not stats.details["exact_fallback"] and stats.details["bytes_per_doc"] == M
+    assert stats.documents == 400 and stats.to_dict()["bytes_per_doc"] == M
     docs = first + rest
     top1 = [index.search([d.text], 1)[0][0].doc_id for d in docs[:100]]
     assert np.mean([t == d.doc_id for t, d in zip(top1, docs, strict=False)]) > 0.5
@@ -131,7 +137,7 @@ def test_index_trains_searches_deletes_and_round_trips(tmp_path):
     again.close()
     (tmp_path / "r" / "ann.faiss").unlink()  # lost cache: rebuilt from the stored vectors
     rebuilt = _open(tmp_path / "r")
-    assert rebuilt.stats()["documents"] == 340
+    assert rebuilt.stats().documents == 340
     rebuilt.close()
 
 
@@ -145,7 +151,7 @@ def test_index_with_trained_model_and_bad_input(tmp_path):
     assert index.params["bytes"] == M  # the model's size wins
     index.add_vectors([(i + 1, f"d{i}") for i in range(300)], docs)
     index.commit(1)
-    assert not index.stats()["exact_fallback"]
+    assert not index.stats().details["exact_fallback"]
     hits = index.search_vectors(queries[:5], 10)
     assert all(len(h) == 10 for h in hits)
     with pytest.raises(GenseekError, match="shape"):
@@ -155,7 +161,9 @@ def test_index_with_trained_model_and_bad_input(tmp_path):
     with pytest.raises(GenseekError, match="NaN"):
         index.add_vectors([(999, "x")], np.full((1, DIM), np.inf))
     with pytest.raises(GenseekError, match="nprobe"):
-        index.search(["q"], 3, nprobe=0)
+        index.search(["q"], 3, {"nprobe": 0})
+    assert index.search_vectors(queries[:5], 10, RepconcSearchParams(nprobe=4)) == hits  # all
+    assert index.search_vectors(queries[:5], 10, RepconcSearchParams(nprobe=1)) != hits
     index.close()
     with pytest.raises(GenseekError, match="unknown parameter"):
         _open(tmp_path / "x", bogus=1)
@@ -165,30 +173,138 @@ def test_index_with_trained_model_and_bad_input(tmp_path):
     assert cfg["bytes"] == M
 
 
-class NoEncoder(HashEncoder):
+class CountingEncoder(HashEncoder):
+    """HashEncoder that counts the texts it encodes."""
+
+    def __init__(self):
+        self.texts = 0
+
     def encode(self, texts, batch_size=32):
-        raise AssertionError("vectors should have been reused, not encoded")
+        self.texts += len(texts)
+        return super().encode(texts, batch_size)
 
 
-def test_reuses_the_sibling_dense_vectors(tmp_path):
-    import sqlite3
+def _dense(path, model="all-MiniLM-L6-v2", docs=()):
+    """A dense index (the fake encoder standing in for ``model``) holding ``docs``."""
+    dense = DenseIndex(path, {"model": model}, encoder=HashEncoder())
+    if docs:
+        dense.apply(ChangeSet(0, len(docs), upserts=tuple(docs)))
+        dense.commit(len(docs))
+    return dense
 
-    dense = tmp_path / "indexes" / "dense"
-    dense.mkdir(parents=True)
-    db = sqlite3.connect(dense / "vectors.sqlite")
-    db.execute("CREATE TABLE vectors (label INTEGER PRIMARY KEY, doc_id TEXT, vec BLOB)")
-    db.execute("CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT)")
-    db.executemany("INSERT INTO meta VALUES (?, ?)", [("dim", str(DIM)),
-                                                      ("model", "all-MiniLM-L6-v2")])
-    docs = _docs(20)
+
+def test_reuses_the_sibling_dense_vectors_through_the_protocol(tmp_path):
+    docs = _docs(30)
+    dense = _dense(tmp_path / "dense", docs=docs[:20])  # holds 20 of the 30 documents
+    assert isinstance(dense, VectorSource) and isinstance(dense, VectorSearch)
+    assert dense.vector_model == "all-MiniLM-L6-v2" and dense.dim == DIM
+    asked: list[str] = []
+
+    def siblings(name):
+        asked.append(name)
+        return dense if name == "dense" else None
+
+    enc = CountingEncoder()
+    index = RepconcIndex(tmp_path / "rc", {"bytes": M, "train_min": 300}, encoder=enc)
+    assert isinstance(index, UsesSiblings)
+    index.bind_siblings(siblings)
+    index.apply(ChangeSet(0, 30, upserts=tuple(docs)))
+    index.commit(30)
+    assert asked == ["dense"] and enc.texts == 10  # only the 10 the sibling does not hold
     want = HashEncoder().encode([d.text for d in docs])
-    db.executemany("INSERT INTO vectors VALUES (?, ?, ?)",
-                   [(d.version, d.doc_id, want[i].tobytes()) for i, d in enumerate(docs)])
-    db.commit()
-    db.close()
-    index = RepconcIndex(tmp_path / "indexes" / "rc", {"bytes": M, "train_min": 300},
-                         encoder=NoEncoder())
-    index.apply(ChangeSet(0, 20, upserts=tuple(docs)))
-    index.commit(20)
     assert index.search_vectors(want[3:4], 1)[0][0].doc_id == "d3"
+    assert index.stats().documents == 30
     index.close()
+    dense.close()
+
+
+def test_stored_vectors_read_beside_the_writer(tmp_path):
+    """A sibling reads dense's stored vectors while dense applies, commits and deletes."""
+    docs = _docs(400)
+    want = HashEncoder().encode([d.text for d in docs])
+    dense = _dense(tmp_path / "dense")
+    errors: list[BaseException] = []
+    reads = [0]
+    stop = threading.Event()
+
+    def reader() -> None:
+        while not stop.is_set():
+            try:
+                for label, vec in dense.stored_vectors([d.version for d in docs]).items():
+                    assert np.array_equal(vec, want[label - 1]), label
+                reads[0] += 1
+            except BaseException as exc:  # noqa: BLE001 - reported by the test thread
+                errors.append(exc)
+                return
+
+    thread = threading.Thread(target=reader)
+    thread.start()
+    try:
+        for lo in range(0, 400, 40):
+            dense.apply(ChangeSet(lo, lo + 40, upserts=tuple(docs[lo:lo + 40])))
+            dense.commit(lo + 40)
+        dense.apply(ChangeSet(400, 401, removed=tuple((d.doc_id, d.version) for d in docs[:100])))
+        dense.commit(401)
+    finally:
+        stop.set()
+        thread.join()
+    if errors:
+        raise errors[0]
+    assert reads[0] > 0
+    assert sorted(dense.stored_vectors([d.version for d in docs])) == [d.version
+                                                                       for d in docs[100:]]
+    assert dense.stored_vectors([10_000]) == {}  # a label it does not hold is left out
+    dense.close()
+
+
+@pytest.mark.parametrize("case", ["no sibling", "reuse off", "other model", "other length",
+                                  "not a vector source", "closed"])
+def test_encodes_when_the_sibling_cannot_serve(tmp_path, case):
+    docs = _docs(12)
+    model = "other-model" if case == "other model" else "all-MiniLM-L6-v2"
+    dense = _dense(tmp_path / "dense", model=model, docs=docs)
+    sibling = {"no sibling": None, "not a vector source": object()}.get(case, dense)
+    params = {"bytes": M, "train_min": 300, "reuse": "" if case == "reuse off" else "dense"}
+    if case == "other length":
+        params["max_length"] = 64  # the sibling's vectors were made at the model's own length
+    if case == "closed":
+        dense.close()
+    enc = CountingEncoder()
+    index = RepconcIndex(tmp_path / "rc", params, encoder=enc)
+    index.bind_siblings(lambda name: sibling)
+    index.apply(ChangeSet(0, 12, upserts=tuple(docs)))
+    index.commit(12)
+    assert enc.texts == 12
+    index.close()
+    if case != "closed":
+        dense.close()
+
+
+def test_reuse_names_a_sibling():
+    assert RepconcIndex.Params.check({}).reuse == "dense"
+    assert RepconcIndex.Params.check({"reuse": "../dense"}).reuse == "dense"  # the older form
+    with pytest.raises(GenseekError, match="name of a sibling index"):
+        RepconcIndex.Params.check({"reuse": "../indexes/dense"})
+
+
+def test_collection_binds_the_dense_sibling(tmp_path, monkeypatch):
+    """In a collection, repconc reads dense's vectors: every document is encoded once."""
+    from _synth import make_docs
+
+    from genseek import Collection
+    from genseek.encoders import TextEncoder
+
+    encoded: list[int] = []
+    real = TextEncoder.encode
+
+    def counting(self, texts, batch_size=32):
+        encoded.append(len(texts))
+        return real(self, texts, batch_size)
+
+    monkeypatch.setattr(TextEncoder, "encode", counting)
+    docs = make_docs(25, seed=4)
+    with Collection.create(tmp_path / "c", {"dense": "dense", "rc": "repconc(train_min=300)"}
+                           ) as coll:
+        coll.write(docs)
+        assert sum(encoded) == 25  # by dense only
+        assert coll.search([docs[2].contents], 1, index="rc")[0][0].doc_id == docs[2].doc_id

@@ -21,6 +21,8 @@ import pytest
 from genseek.errors import GenseekError
 from genseek.indexers.spann import SpannEngine, SpannIndex
 from genseek.kernels import spann as K
+from genseek.params import DenseSearchParams, SpannSearchParams
+from genseek.protocols import VectorSearch
 from genseek.types import ChangeSet, Document
 
 DIM = 32
@@ -250,12 +252,15 @@ class FakeEncoder:
 def test_index_type_apply_commit_reopen(tmp_path):
     docs = [Document(f"d{i}", text=f"t{i:05d}", version=i + 1) for i in range(300)]
     idx = SpannIndex(tmp_path, {"save_every": 0}, encoder=FakeEncoder())
+    assert isinstance(idx, VectorSearch)
     assert idx.search_vectors(np.zeros((1, DIM), np.float32), 5) == [[]]  # empty collection
     idx.apply(ChangeSet(0, 300, upserts=tuple(docs)))
     idx.commit(300)
     enc = FakeEncoder()
     hits = idx.search_vectors(enc.encode(["t00007"]), 3)
     assert hits[0][0].doc_id == "d7" and abs(hits[0][0].score - 1.0) < 1e-4
+    assert idx.search(["t00007"], 3) == hits
+    assert idx.search_vectors(idx.encode_queries(["t00007"]), 3) == hits
     # replace d7's content (new version) and delete d8
     idx.apply(ChangeSet(300, 302, upserts=(Document("d7", text="zzzzz", version=301),),
                         removed=(("d7", 8), ("d8", 9)), deleted_ids=frozenset({"d8"})))
@@ -263,11 +268,24 @@ def test_index_type_apply_commit_reopen(tmp_path):
     assert idx.search_vectors(enc.encode(["t00008"]), 1)[0][0].doc_id != "d8"
     assert idx.search_vectors(enc.encode(["zzzzz"]), 1)[0][0].doc_id == "d7"
     assert len(idx.search_vectors(enc.encode(["x"]), 1000)[0]) == 299  # k past the collection
-    with pytest.raises(GenseekError, match="unknown search parameter"):
-        idx.search(["q"], 3, nprob=3)
+    with pytest.raises(GenseekError, match="unknown search parameter 'nprob'"):
+        idx.search(["q"], 3, {"nprob": 3})  # a dict is validated by the schema too
+    with pytest.raises(GenseekError, match="given DenseSearchParams"):
+        idx.search_vectors(enc.encode(["x"]), 3, DenseSearchParams(nprobe=3))
+    seen: dict = {}
+    engine_search = idx._engine.search
+
+    def spy(q, k, **params):
+        seen.update(params)
+        return engine_search(q, k, **params)
+
+    idx._engine.search = spy  # the typed parameters reach the engine, and only those given
+    assert idx.search(["t00009"], 3, SpannSearchParams(nprobe=1, eps=0.0))[0][0].doc_id == "d9"
+    assert seen == {"nprobe": 1, "eps": 0.0}
+    del idx._engine.search
     idx.close()
     again = SpannIndex(tmp_path, {}, encoder=FakeEncoder())
-    assert again.applied_seq == 302 and again.stats()["documents"] == 299
+    assert again.applied_seq == 302 and again.stats().documents == 299
     assert again.search_vectors(enc.encode(["t00008"]), 1)[0][0].doc_id != "d8"
     again.close()
     with pytest.raises(GenseekError, match="unknown parameter"):
@@ -357,9 +375,10 @@ def doc_ids(hits) -> np.ndarray:
 
 
 def self_found(idx: SpannIndex, x: np.ndarray, ids, **params) -> float:
-    """Fraction of documents ``ids`` whose own vector finds them first."""
+    """Fraction of documents ``ids`` whose own vector finds them first (``params``: search
+    parameters)."""
     ids = np.asarray(ids)
-    hits = idx.search_vectors(x[ids], 1, **params)
+    hits = idx.search_vectors(x[ids], 1, SpannSearchParams(**params) if params else None)
     return float(np.mean([bool(row) and row[0].doc_id == f"d{i}"
                           for row, i in zip(hits, ids, strict=True)]))
 
@@ -369,20 +388,19 @@ SMALL = {"posting_cap": 16, "rebalance_pause": 0.0}
 
 def test_rebalance_mode_parameters(tmp_path):
     enc = FakeEncoder()
-    cases = (({}, "background"), ({"auto_split": True}, "sync"), ({"auto_split": False}, "off"),
-             ({"rebalance": "sync"}, "sync"),
-             ({"rebalance": "background", "auto_split": False}, "background"))
-    for i, (params, mode) in enumerate(cases):
+    for i, (params, mode) in enumerate((({}, "background"), ({"rebalance": "sync"}, "sync"),
+                                        ({"rebalance": "off"}, "off"),
+                                        ({"rebalance": "background"}, "background"))):
         idx = SpannIndex(tmp_path / str(i), params, encoder=enc)
         st = idx.stats()
-        assert st["rebalance"]["mode"] == mode and st["params"]["rebalance"] == mode
-        assert st["rebalance"]["running"] == (mode == "background")
-        assert st["params"]["auto_split"] == (mode == "sync")
+        assert st.details["rebalance"]["mode"] == mode and st.params["rebalance"] == mode
+        assert st.details["rebalance"]["running"] == (mode == "background")
+        assert "auto_split" not in st.params  # the engine's setting, not the spec's
         idx.close()
         assert not any(t.name.startswith("spann-rebalance") and str(tmp_path) in t.name
                        for t in threading.enumerate())
-    with pytest.raises(GenseekError, match="contradicts"):
-        SpannIndex(tmp_path / "x", {"rebalance": "background", "auto_split": True}, encoder=enc)
+    with pytest.raises(GenseekError, match="unknown parameter 'auto_split'"):
+        SpannIndex(tmp_path / "x", {"auto_split": True}, encoder=enc)  # the old spelling
     with pytest.raises(GenseekError, match="rebalance must be .background., .sync. or .off."):
         SpannIndex(tmp_path / "x", {"rebalance": "lazy"}, encoder=enc)
     with pytest.raises(GenseekError, match="rebalance_pause"):
@@ -397,10 +415,10 @@ def test_background_rebalancer_splits_without_being_asked(tmp_path):
         seq = add(idx, range(start, start + 500), seq)  # only appends (and queues)
     assert idx.wait_rebalanced(timeout=60)
     st = idx.stats()
-    rb = st["rebalance"]
+    rb = st.details["rebalance"]
     assert rb["background_splits"] > 0 and rb["steps"] >= rb["background_splits"]
     assert rb["queued"] == 0 and rb["errors"] == 0 and rb["last_error"] is None
-    assert st["engine"]["max_posting"] <= 2 * 16 and st["documents"] == 3000
+    assert st.details["engine"]["max_posting"] <= 2 * 16 and st.documents == 3000
     rebuilt = SpannIndex(tmp_path / "rebuilt", {**SMALL, "rebalance": "off"},
                          encoder=TableEncoder(x))
     add(rebuilt, range(3000), 0)
@@ -452,7 +470,7 @@ def test_searches_during_background_rebalancing_stay_correct(tmp_path):
         thread.join()
     if errors:
         raise errors[0]
-    rb = idx.stats()["rebalance"]
+    rb = idx.stats().details["rebalance"]
     assert rounds[0] > 5 and rb["background_splits"] > 0 and rb["errors"] == 0
     live = sorted(set(range(2500)) - {int(d[1:]) for d in shared["deleted"]})
     assert self_found(idx, x, live) >= 0.99
@@ -468,34 +486,35 @@ def test_close_with_pending_work_then_reopen(tmp_path):
     seq = add(idx, range(300), 0)
     seq = add(idx, range(300, 1200), seq)
     remove(idx, dead, seq)
-    rb = idx.stats()["rebalance"]
+    rb = idx.stats().details["rebalance"]
     assert rb["running"] and rb["queued"] > 0  # pending work is reported
     started = time.monotonic()
     idx.close()  # finishes the current step, leaves the queue
     assert time.monotonic() - started < 5
     # the saved state as closed (no rebalancer): work still pending, answers correct
     again = SpannIndex(tmp_path / "bg", {**params, "rebalance": "off"}, encoder=TableEncoder(x))
-    assert again.stats()["rebalance"]["queued"] > 0
+    assert again.stats().details["rebalance"]["queued"] > 0
     sync = SpannIndex(tmp_path / "sync", {**params, "rebalance": "sync"}, encoder=TableEncoder(x))
     s = add(sync, range(300), 0)
     remove(sync, dead, add(sync, range(300, 1200), s))
-    assert sync.stats()["rebalance"]["queued"] == 0
-    wide = {"nprobe": 10_000, "eps": 1e9, "rerank": 10_000}
+    assert sync.stats().details["rebalance"]["queued"] == 0
+    wide = {"nprobe": 10_000, "eps": 1000.0, "rerank": 10_000}  # every posting (eps at its bound)
+    exhaustive = SpannSearchParams(**wide)
     for index in (again, sync):
         everything = [int(h.doc_id[1:]) for h in index.search_vectors(q[:1], 10**6)[0]]
         assert sorted(everything) == live.tolist()
         assert self_found(index, x, live) >= 0.99
         assert self_found(index, x, live[::8], **wide) == 1.0
         assert not np.isin(doc_ids(index.search_vectors(x[dead], 5)), dead).any()
-    np.testing.assert_array_equal(doc_ids(again.search_vectors(q, 10, **wide)),
-                                  doc_ids(sync.search_vectors(q, 10, **wide)))
+    np.testing.assert_array_equal(doc_ids(again.search_vectors(q, 10, exhaustive)),
+                                  doc_ids(sync.search_vectors(q, 10, exhaustive)))
     again.close()
     sync.close()
     # reopened with the rebalancer: it picks the queued work up
     third = SpannIndex(tmp_path / "bg", {**params, "rebalance_pause": 0.0},
                        encoder=TableEncoder(x))
     assert third.wait_rebalanced(timeout=60)
-    assert third.stats()["rebalance"]["background_splits"] > 0
+    assert third.stats().details["rebalance"]["background_splits"] > 0
     assert self_found(third, x, live) >= 0.99
     assert not np.isin(doc_ids(third.search_vectors(x[dead], 5)), dead).any()
     third.close()
@@ -566,10 +585,10 @@ def test_crash_during_background_split_reopens_correctly(tmp_path):
         if mode == "background":
             assert idx.wait_rebalanced(timeout=60)
         st = idx.stats()
-        assert st["documents"] == len(live) and st["engine"]["vectors"] == len(live)
+        assert st.documents == len(live) and st.details["engine"]["vectors"] == len(live)
         everything = [int(h.doc_id[1:]) for h in idx.search_vectors(x[:1], 10**6)[0]]
         assert sorted(everything) == live.tolist()  # no deleted, lost or duplicated vector
-        assert self_found(idx, x, live[::8], nprobe=10_000, eps=1e9, rerank=10_000) == 1.0
+        assert self_found(idx, x, live[::8], nprobe=10_000, eps=1000.0, rerank=10_000) == 1.0
         assert self_found(idx, x, live) >= 0.99
         idx.close()
 
@@ -589,9 +608,9 @@ def test_rebalancer_failure_is_recorded_logged_and_surfaced(tmp_path, monkeypatc
     with caplog.at_level(logging.ERROR, logger="genseek.indexers.spann"):
         add(idx, range(500, 1000), seq, commit=False)
         deadline = time.monotonic() + 30
-        while idx.stats()["rebalance"]["errors"] == 0 and time.monotonic() < deadline:
+        while idx.stats().details["rebalance"]["errors"] == 0 and time.monotonic() < deadline:
             time.sleep(0.01)
-    rb = idx.stats()["rebalance"]
+    rb = idx.stats().details["rebalance"]
     assert rb["errors"] == 1 and "injected split failure" in rb["last_error"]
     assert not rb["running"]
     assert any("rebalancer failed" in r.getMessage() for r in caplog.records)
@@ -602,8 +621,8 @@ def test_rebalancer_failure_is_recorded_logged_and_surfaced(tmp_path, monkeypatc
     assert len(idx.search_vectors(x[:3], 5)[0]) == 5  # searches are still served
     idx.close()  # rolls back, does not save the engine
     again = SpannIndex(tmp_path, {**SMALL, "save_every": 0}, encoder=TableEncoder(x))
-    assert again.applied_seq == seq and again.stats()["documents"] == 500
+    assert again.applied_seq == seq and again.stats().documents == 500
     seq = add(again, range(500, 1000), seq)  # the collection replays the batch
-    assert again.wait_rebalanced(timeout=60) and again.stats()["rebalance"]["errors"] == 0
+    assert again.wait_rebalanced(timeout=60) and again.stats().details["rebalance"]["errors"] == 0
     assert self_found(again, x, range(1000)) >= 0.99
     again.close()
