@@ -65,8 +65,9 @@ def first_stage_run(collection: Path, dataset: Path, split: str, depth: int,
     if cache.is_file():
         raw = json.loads(cache.read_text())
         return {q: [(d, float(s)) for d, s in hits] for q, hits in raw["run"].items()}
+    from genseek.evaluation import experiment
+    from genseek.pipeline import fuse
     from genseek.registry import resolve
-    from genseek.retrievers.fusion import RRFusion
     from genseek.spec import IndexSpec
 
     qrels = read_qrels(Path(dataset), split)
@@ -81,16 +82,18 @@ def first_stage_run(collection: Path, dataset: Path, split: str, depth: int,
         for name in ("bm25", "dense"):
             spec = IndexSpec.parse(manifest["indexes"][name])
             stages.append(resolve(spec).open(copy / name, dict(spec.params)))
-        try:
-            results = RRFusion(stages, depth=depth).search([queries[q] for q in qids], depth)
+        try:  # one search call for every query, as before (batch_size = all of them)
+            result = experiment({"rrf": fuse(stages, depth=depth)},
+                                {q: queries[q] for q in qids}, qrels, k=depth,
+                                batch_size=max(1, len(qids)))
         finally:
             for stage in stages:
                 stage.close()
     run = {q: [(h.doc_id, float(h.score)) for h in hits]
-           for q, hits in zip(qids, results, strict=True)}
+           for q, hits in result.runs["rrf"].items()}
     atomic_write_json(cache, {"collection": str(collection), "dataset": str(dataset),
                               "split": split, "depth": depth, "fusion": "rrf(bm25,dense)",
-                              "run": run})
+                              "metrics": result.metrics["rrf"], "run": run})
     return run
 
 

@@ -453,3 +453,35 @@ def test_train_first_end_to_end_on_a_tiny_llama(tiny_llama, tmp_path, capsys):
     assert first_train.main(args + ["--out", str(out)]) == 2
     assert first_train.main(args + ["--out", str(tmp_path / "w"), "--window", "30"]) == 2
     assert "exists" in capsys.readouterr().err and not (tmp_path / "w").exists()
+
+
+@pytest.mark.slow
+def test_first_stage_run_is_the_experiment_runners_rrf_and_is_cached(tmp_path):
+    """``genseek train first``'s candidates: RRF(bm25, dense) of the judged queries through
+    genseek.evaluation.experiment, written once and read back."""
+    import json
+
+    from genseek.collection import Collection
+    from genseek.rerankers.first_train import first_stage_run
+    from genseek.types import Document
+
+    topics = ["lift", "drag", "thrust", "stall", "flap", "wing", "rudder", "spoiler"]
+    docs = [Document(f"d{i}", f"{w} notes", f"the {w} of a wing section, case {i}")
+            for i, w in enumerate(topics)]
+    data = tmp_path / "data"
+    (data / "qrels").mkdir(parents=True)
+    (data / "queries.jsonl").write_text("".join(
+        json.dumps({"_id": f"q{i}", "text": f"what is {w}"}) + "\n" for i, w in enumerate(topics)))
+    (data / "qrels" / "test.tsv").write_text("query-id\tcorpus-id\tscore\n" + "".join(
+        f"q{i}\td{i}\t1\n" for i in range(0, len(topics), 2)))  # half the queries judged
+    with Collection.create(tmp_path / "c", {"bm25": "bm25", "dense": "dense"}) as coll:
+        coll.write(docs)
+        expected = coll.search([f"what is {w}" for w in topics[::2]], 5, fusion="rrf", depth=5)
+    run = first_stage_run(tmp_path / "c", data, "test", 5, tmp_path / "cache")
+    assert list(run) == ["q0", "q2", "q4", "q6"]  # the judged queries, in topic order
+    for hits, want in zip(run.values(), expected, strict=True):
+        assert [d for d, _ in hits] == [h.doc_id for h in want]
+    cached = json.loads(next((tmp_path / "cache").glob("firststage_*.json")).read_text())
+    assert cached["metrics"]["nDCG@10"] > 0.5  # each judged document is found near the top
+    (tmp_path / "c" / "indexes").rename(tmp_path / "gone")  # the second call reads the cache
+    assert first_stage_run(tmp_path / "c", data, "test", 5, tmp_path / "cache") == run
