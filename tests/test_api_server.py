@@ -190,7 +190,8 @@ def test_metrics_and_ready(client, coll):
                    'genseek_update_lag_ops{collection="c1",index="bm25"}'):
         assert needle in text, needle
     ready = client.ready()
-    assert ready["status"] in ("ready", "not_ready") and "c1" in ready["collections"]
+    # catching_up: the previous test's delete may still be applying (no refresh)
+    assert ready["status"] in ("ready", "catching_up") and "c1" in ready["collections"]
 
 
 def test_searches_keep_being_served_during_writes(client, reader, coll):
