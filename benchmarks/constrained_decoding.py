@@ -146,7 +146,7 @@ def _secs(ph: C.Phase, args: argparse.Namespace) -> float:
 def run_size(n: int, args: argparse.Namespace, smol_step_s: float | None) -> dict[str, Any]:
     from transformers.generation.logits_process import PrefixConstrainedLogitsProcessor
 
-    from genseek.indexers.trie_store import write_segment
+    from genseek.indexers.trie_store import Segment, TrieStore
     from genseek.kernels.beam import constrained_beam_search
     from genseek.kernels.trie import TrieConstraint, build_trie_flat
 
@@ -161,12 +161,10 @@ def run_size(n: int, args: argparse.Namespace, smol_step_s: float | None) -> dic
                   "bytes_per_docid": round(trie.nbytes(dense_tables=False) / n, 2),
                   "bytes_per_docid_with_dense_tables": round(trie.nbytes() / n, 2)}
     tmp = Path(tempfile.mkdtemp(prefix="genseek-cd-"))
-    try:
-        ids = [f"d{i}" for i in range(n)]
-        write_segment(tmp, "seg", trie, ids)
-        seg_bytes = sum(p.stat().st_size for p in (tmp / "seg").iterdir())
-        id_bytes = sum((tmp / "seg" / f).stat().st_size for f in ("docid_blob.npy",
-                                                                     "docid_off.npy"))
+    try:  # on disk as the trie store commits a segment: the arrays + int64 labels
+        seg = TrieStore.save_segment(tmp / "seg", Segment(trie, np.arange(n, dtype=np.int64)))
+        seg_bytes = sum(p.stat().st_size for p in seg.iterdir())
+        id_bytes = (seg / "labels.npy").stat().st_size
         out["csr"]["disk_bytes_per_docid"] = round((seg_bytes - id_bytes) / n, 2)
         out["csr"]["disk_bytes_per_docid_with_ids"] = round(seg_bytes / n, 2)
     finally:

@@ -10,10 +10,11 @@ Two corpora:
   case for fan-out: after a frequent token almost every token can follow.
 
 Per corpus: the index is built in a child process (peak RSS = that process's ``ru_maxrss``;
-the corpus arrays it holds before building are reported separately), saved, then memory-mapped
-back in this process for the queries. Queries: batches of 320 states (batch 32 x beam 10), the
-keys being n-grams of length 1-4 that start at random corpus positions (frequency-weighted, as
-beams are); duplicate keys are kept, as in a real beam. Timed per batch:
+the corpus arrays it holds before building are reported separately), saved as the FM store
+commits a segment, then memory-mapped back (``FMStore.load_segment``) in this process for the
+queries. Queries: batches of 320 states (batch 32 x beam 10), the keys being n-grams of length
+1-4 that start at random corpus positions (frequency-weighted, as beams are); duplicate keys
+are kept, as in a real beam. Timed per batch:
 
 - ``fm next_tokens``: ``FMIndex.next_tokens`` (numpy on the host): distinct next tokens, counts
   and the extended intervals of all 320 states.
@@ -142,6 +143,8 @@ def vm_hwm_mib() -> float:
 
 
 def build_worker(name: str, synthetic_size: int, out: Path) -> dict[str, Any]:
+    """Build the index, then save it as the FM store commits a segment (``out/index/`` +
+    ``out/labels.npy``); ``file_bytes`` are the index's arrays."""
     from genseek.kernels.fmindex import FMIndex
 
     tokens, lengths, vocab = load_corpus(name, synthetic_size)
@@ -149,10 +152,14 @@ def build_worker(name: str, synthetic_size: int, out: Path) -> dict[str, Any]:
     with Phase() as phase:
         index = FMIndex.build_flat(tokens, lengths, vocab)
     peak = vm_hwm_mib()
+    # imported after the peak is read: the store module loads torch (~200 MiB), not the build
+    from genseek.indexers.fm_store import FMStore
+    from genseek.indexers.trie_store import Segment
+
     t0 = time.perf_counter()
-    index.save(out)
+    FMStore.save_segment(out, Segment(index, np.arange(index.n_docs, dtype=np.int64)))
     save_s = time.perf_counter() - t0
-    files = {p.stem: p.stat().st_size for p in out.glob("*.npy")}
+    files = {p.stem: p.stat().st_size for p in (out / "index").glob("*.npy")}
     return {"tokens": int(tokens.size), "documents": int(lengths.size), "vocab_size": vocab,
             "build": phase.as_dict(), "save_seconds": round(save_s, 3),
             "rss_before_build_mib": round(before, 1), "peak_rss_mib": round(peak, 1),
@@ -355,7 +362,7 @@ def query_bench(index, sa: np.ndarray, lengths: list[int], batches: int, budget_
 def run(args) -> dict[str, Any]:
     import pydivsufsort
 
-    from genseek.kernels.fmindex import FMIndex
+    from genseek.indexers.fm_store import FMStore
 
     info = machine()
     result: dict[str, Any] = {"machine": info, "quick": args.quick, "states_per_batch": STATES,
@@ -377,7 +384,7 @@ def run(args) -> dict[str, Any]:
         built["peak_rss_mib_per_million"] = round(built["peak_rss_mib"] / n_tok * 1e6, 1)
         built["build_rss_mib_per_million"] = round(
             (built["peak_rss_mib"] - built["rss_before_build_mib"]) / n_tok * 1e6, 1)
-        index = FMIndex.load(out)
+        index = FMStore.load_segment(out).data  # memory-mapped, as a store opens it
         print(f"[{name}] {n_tok:,} tokens built in {built['build']['seconds']:.1f} s; "
               f"suffix array for the baseline ...", file=sys.stderr, flush=True)
         with Phase() as sa_phase:
@@ -450,7 +457,7 @@ def main(argv: list[str] | None = None) -> int:
     res = run(args)
     out = REPO / "benchmarks" / "results" / f"fmindex{'_quick' if args.quick else ''}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(res, indent=1) + "\n")
+    out.write_text(json.dumps(res) + "\n")  # one line: what _common.load_json (--report) reads
     return emit(res, args.json, report)
 
 

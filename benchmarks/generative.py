@@ -33,9 +33,11 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import shutil
 import sys
 import tempfile
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -69,6 +71,12 @@ def _sweep(text: str) -> list[tuple[str, str]]:
     return [(r, lr) for r, lr in pairs]
 
 
+def search_params(values: dict[str, float]) -> dict[str, float | int]:
+    """``--seal-params`` values (read as floats) for the strict search schema: a whole number
+    is an int (``rare_threshold=8000``), which a float field accepts as well."""
+    return {k: int(v) if float(v).is_integer() else v for k, v in values.items()}
+
+
 def _seal_runs(ix: Any, qtexts: list[str], tuned: dict[str, float]) -> dict[str, list]:
     """``seal-ft`` at the index's own parameters and, when ``tuned`` is given, ``seal-ft-tuned``
     with those overrides, both ranked from one decoding (``SealIndex.decode`` / ``rank``)."""
@@ -77,13 +85,13 @@ def _seal_runs(ix: Any, qtexts: list[str], tuned: dict[str, float]) -> dict[str,
     own = ix.params
     if any(tuned.get(n, own[n]) != own[n] for n in ("num_beams", "max_new_tokens")):
         return {"seal-ft": ix.search(qtexts, 100), "seal-ft-tuned": ix.search(qtexts, 100,
-                                                                             **tuned)}
-    keysets = ix.decode(qtexts, **{n: max(own[n], tuned.get(n, own[n]))
-                                   for n in ("unigrams", "max_query_keys")})
-    return {"seal-ft": ix.rank(keysets, 100), "seal-ft-tuned": ix.rank(keysets, 100, **tuned)}
+                                                                             tuned)}
+    keysets = ix.decode(qtexts, {n: max(own[n], tuned.get(n, own[n]))
+                                 for n in ("unigrams", "max_query_keys")})
+    return {"seal-ft": ix.rank(keysets, 100), "seal-ft-tuned": ix.rank(keysets, 100, tuned)}
 
 
-def main(argv: list[str] | None = None) -> int:
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--quick", action="store_true", help="16 queries")
     ap.add_argument("--json", action="store_true", help="print the JSON result last")
@@ -129,206 +137,233 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--collection", type=Path, default=None,
                     help=f"SciFact collection with bm25 + dense, copied, never modified "
                     f"(default {CACHED}, built there with genseek index when missing)")
-    args = ap.parse_args(argv)
+    return ap.parse_args(argv)
+
+
+def read_inputs(args: argparse.Namespace) -> tuple[str | None, dict[str, Any] | None]:
+    """``(error message, dev fusion block)``: the model folders and the ``--dev-fusion``
+    file named must exist, and the latter hold a ``fusion`` block."""
     for flag, path in (("--seal-model", args.seal_model), ("--genre-model", args.genre_model),
                        ("--dsi-model", args.dsi_model), ("--dev-fusion", args.dev_fusion)):
         if path is not None and not path.exists():
-            print(f"error: {flag} {path}: no such file or folder", file=sys.stderr)
-            return 2
-    dev_fusion = None
-    if args.dev_fusion is not None:
-        try:
-            dev_fusion = json.loads(args.dev_fusion.read_text())["fusion"]
-        except (OSError, ValueError, KeyError) as exc:
-            print(f"error: --dev-fusion {args.dev_fusion}: expected a seal_dev.py result with a "
-                  f"'fusion' block ({type(exc).__name__}: {exc})", file=sys.stderr)
-            return 2
-    C.quiet_libraries()
-    import torch
-
-    torch.set_num_threads(2)
-    n_q = args.queries or (16 if args.quick else 100)
-    info = C.machine()
-    C.print_machine(info)
-    folder = C.dataset_dir("scifact")
-    qids, qtexts, qrels = C.judged_queries(folder, "test")
-    qids, qtexts = qids[:n_q], qtexts[:n_q]
-    sub_qrels = {q: qrels[q] for q in qids}
-    from genseek.collection import Collection
-    from genseek.data.readers import read_corpus
-    from genseek.evaluation import evaluate
-    from genseek.kernels.fusion import rrf
-    from genseek.retrievers._lm import load_lm
-    from genseek.types import ChangeSet, Document, Hit
-
-    if args.skip_ir:
-        result = {"benchmark": "generative-dsi", "machine": info,
-                  "dsi": dsi_experiment(args, folder, qids, qtexts, qrels)}
-        from genseek.atomic import atomic_write_json
-
-        atomic_write_json(args.dsi_out, result)
-        if args.json:
-            C.dump_json(result)
-        return 0
-    collection = C.collection_option(args.collection)
-    runs: dict[str, dict[str, list[Hit]]] = {}
-    timings: dict[str, Any] = {}
-    tmp = Path(tempfile.mkdtemp(prefix="genseek-generative-"))
+            return f"error: {flag} {path}: no such file or folder", None
+    if args.dev_fusion is None:
+        return None, None
     try:
-        # 1. baselines from a copy of the cached collection
-        shutil.copytree(collection, tmp / "scifact", ignore=shutil.ignore_patterns("collection.lock"))
-        with Collection.open(tmp / "scifact") as coll:
-            for name in ("bm25", "dense"):
-                with C.Phase() as ph:
-                    hits = coll.index(name).search(qtexts, 100)
-                runs[name] = dict(zip(qids, hits, strict=True))
-                timings[name] = ph.as_dict()
-        # 2. generative indexes over the whole corpus
-        docs = tuple(Document(d.doc_id, d.title, d.text, version=i + 1)
-                     for i, (_, d) in enumerate(read_corpus(folder / "corpus.jsonl")))
+        return None, json.loads(args.dev_fusion.read_text())["fusion"]
+    except (OSError, ValueError, KeyError) as exc:
+        return (f"error: --dev-fusion {args.dev_fusion}: expected a seal_dev.py result with a "
+                f"'fusion' block ({type(exc).__name__}: {exc})"), None
+
+
+@dataclass
+class Bench:
+    """What the steps of one run share: the queries, the corpus, and what they produce."""
+
+    args: argparse.Namespace
+    tmp: Path
+    qids: list[str]
+    qtexts: list[str]
+    sub_qrels: dict[str, dict[str, int]]
+    docs: tuple = ()
+    runs: dict[str, dict[str, list]] = field(default_factory=dict)
+    timings: dict[str, Any] = field(default_factory=dict)
+    built: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def n_q(self) -> int:
+        return len(self.qids)
+
+    def add_run(self, name: str, hits: list[list]) -> None:
+        self.runs[name] = dict(zip(self.qids, hits, strict=True))
+
+    def index_all(self, ix: Any) -> None:
+        """Apply and commit every document to ``ix``."""
+        from genseek.types import ChangeSet
+
+        ix.apply(ChangeSet(0, len(self.docs), self.docs))
+        ix.commit(len(self.docs))
+
+    def build(self, name: str, cls: Any, spec: dict[str, Any], lm: Any = None) -> Any:
+        """``cls(tmp / name, spec, lm)`` after :meth:`index_all`, both timed as ``build_NAME``;
+        the index is kept for the latencies."""
         with C.Phase() as ph:
-            lm = load_lm(args.model)
-        timings["load_model"] = ph.as_dict()
-        built: dict[str, Any] = {}
-        for name in [r for r in args.retrievers.split(",") if r]:
+            ix = cls(self.tmp / name, spec, lm=lm)
+            self.index_all(ix)
+        self.timings[f"build_{name}"] = ph.as_dict()
+        self.built[name] = ix
+        return ix
+
+    def search(self, name: str, ix: Any, timing: str) -> float:
+        """Run ``ix`` on the queries as ``name`` (timed as ``timing``); returns the seconds."""
+        with C.Phase() as ph:
+            hits = ix.search(self.qtexts, 100)
+        self.add_run(name, hits)
+        self.timings[timing] = {**ph.as_dict(), "per_query_s": ph.seconds / self.n_q}
+        return ph.seconds
+
+
+def baselines(bench: Bench, collection: Path) -> None:
+    """1. bm25 and dense from a copy of the cached collection."""
+    from genseek.collection import Collection
+
+    shutil.copytree(collection, bench.tmp / "scifact",
+                    ignore=shutil.ignore_patterns("collection.lock"))
+    with Collection.open(bench.tmp / "scifact") as coll:
+        for name in ("bm25", "dense"):
             with C.Phase() as ph:
-                if name == "seal":
-                    from genseek.retrievers.seal import SealIndex
+                hits = coll.index(name).search(bench.qtexts, 100)
+            bench.add_run(name, hits)
+            bench.timings[name] = ph.as_dict()
 
-                    ix = SealIndex(tmp / name, {"model": args.model, "num_beams": args.beams},
-                                   lm=lm)
-                else:
-                    from genseek.retrievers.genre import GenreIndex
 
-                    ix = GenreIndex(tmp / name, {"model": args.model, "num_beams": args.beams,
-                                                 "missing_title": "skip"}, lm=lm)
-                ix.apply(ChangeSet(0, len(docs), docs))
-                ix.commit(len(docs))
-            timings[f"build_{name}"] = ph.as_dict()
-            built[name] = ix
-            with C.Phase() as ph:
-                hits = ix.search(qtexts, 100)
-            runs[f"{name}-zs"] = dict(zip(qids, hits, strict=True))
-            timings[f"search_{name}-zs"] = {**ph.as_dict(), "per_query_s": ph.seconds / n_q}
-            print(f"{name}: {n_q} queries in {ph.seconds:.1f} s", file=sys.stderr)
-            partial = {n: evaluate(r, sub_qrels) for n, r in runs.items()}
-            (tmp.parent / "genseek-generative-partial.json").write_text(json.dumps(
-                {"queries": n_q, "metrics": partial, "timings": timings}, indent=1))
-        # 3. fine-tuned SEAL: a `genseek train seal` folder, or trained here (LoRA)
-        tuned = None
-        if args.seal_model:
-            with C.Phase() as ph:
-                tuned = load_lm(str(args.seal_model))
-            timings["load_seal_model"] = ph.as_dict()
-        elif args.train_steps:
-            import random
+def zero_shot(bench: Bench, lm: Any) -> None:
+    """2. GENRE / SEAL over the whole corpus with the base model; a partial result is written
+    after each."""
+    from genseek.evaluation import evaluate
+    from genseek.retrievers.genre import GenreIndex
+    from genseek.retrievers.seal import SealIndex
 
-            from genseek.params import SEAL_INSTRUCTION
-            from genseek.retrievers._lm import LM, lora_wrap
-            from genseek.retrievers._lm import load_lm as _load
-            from genseek.retrievers.generative_train import (
-                read_dataset,
-                seal_examples,
-                train_examples,
-            )
+    args = bench.args
+    for name in [r for r in args.retrievers.split(",") if r]:
+        spec = {"model": args.model, "num_beams": args.beams}
+        if name == "seal":
+            ix = bench.build(name, SealIndex, spec, lm)
+        else:
+            ix = bench.build(name, GenreIndex, {**spec, "missing_title": "skip"}, lm)
+        seconds = bench.search(f"{name}-zs", ix, f"search_{name}-zs")
+        print(f"{name}: {bench.n_q} queries in {seconds:.1f} s", file=sys.stderr)
+        partial = {n: evaluate(r, bench.sub_qrels) for n, r in bench.runs.items()}
+        (bench.tmp.parent / "genseek-generative-partial.json").write_text(json.dumps(
+            {"queries": bench.n_q, "metrics": partial, "timings": bench.timings}, indent=1))
 
-            corpus, queries, train_qrels = read_dataset(folder, "train")
-            fresh = _load.__wrapped__(args.model, "cpu")
-            ex = seal_examples(fresh, corpus, queries, train_qrels, random.Random(0), 10, 2,
-                               SEAL_INSTRUCTION)
-            model = lora_wrap(fresh)
-            with C.Phase() as ph:
-                summary = train_examples(model, ex, pad_id=fresh.pad_id,
-                                         steps=args.train_steps, batch=8, max_len=96,
-                                         autocast=args.autocast == "bf16")
-            timings["train_seal"] = {**ph.as_dict(), **summary, "examples": len(ex)}
-            tuned = LM(f"{args.model}+seal-lora", model.merge_and_unload(), fresh.tokenizer,
-                       fresh.is_encoder_decoder, fresh.context, fresh.eos_id, fresh.pad_id,
-                       fresh.meta)
-        if tuned is not None:
-            from genseek.retrievers.seal import SealIndex
 
-            ix = SealIndex(tmp / "seal-ft", {"model": str(args.seal_model or args.model),
-                                             "num_beams": args.beams}, lm=tuned)
-            ix.apply(ChangeSet(0, len(docs), docs))
-            ix.commit(len(docs))
-            with C.Phase() as ph:
-                got = _seal_runs(ix, qtexts, args.seal_params)
-            for name, hits in got.items():
-                runs[name] = dict(zip(qids, hits, strict=True))
-            timings["search_seal-ft"] = {**ph.as_dict(), "per_query_s": ph.seconds / n_q}
-            built["seal-ft"] = ix
-        # 3b. fine-tuned GENRE and DSI from `genseek train genre|dsi` folders
-        for name, path in (("genre-ft", args.genre_model), ("dsi-ft", args.dsi_model)):
-            if path is None:
-                continue
-            with C.Phase() as ph:
-                if name == "genre-ft":
-                    from genseek.retrievers.genre import GenreIndex
+def train_seal(bench: Bench, folder: Path) -> Any:
+    """SEAL fine-tuned here (LoRA, ``--train-steps``): the merged model as an LM."""
+    import random
 
-                    ix = GenreIndex(tmp / name, {"model": str(path), "num_beams": args.beams,
-                                                 "missing_title": "skip"})
-                else:
-                    from genseek.retrievers.dsi import DsiIndex
+    from genseek.params import SEAL_INSTRUCTION
+    from genseek.retrievers._lm import LM, lora_wrap
+    from genseek.retrievers._lm import load_lm as _load
+    from genseek.retrievers.generative_train import (
+        read_dataset,
+        seal_examples,
+        train_examples,
+    )
 
-                    ix = DsiIndex(tmp / name, {"model": str(path), "num_beams": args.beams})
-                ix.apply(ChangeSet(0, len(docs), docs))
-                ix.commit(len(docs))
-            timings[f"build_{name}"] = ph.as_dict()
-            with C.Phase() as ph:
-                hits = ix.search(qtexts, 100)
-            runs[name] = dict(zip(qids, hits, strict=True))
-            timings[f"search_{name}"] = {**ph.as_dict(), "per_query_s": ph.seconds / n_q}
-            built[name] = ix
-            print(f"{name}: {n_q} queries in {ph.seconds:.1f} s", file=sys.stderr)
-        # 4. fusions
-        gen = [r for r in runs if r not in ("bm25", "dense")]
-        combos = [("bm25", "dense")] + [(g,) + b for g in gen for b in
-                                        (("bm25",), ("bm25", "dense"))]
-        best_seal = [g for g in gen if g != "seal-ft" or "seal-ft-tuned" not in gen]
-        if len(best_seal) > 1:  # every generative run (SEAL at its tuned setting) + both
-            combos.append(tuple(best_seal) + ("bm25", "dense"))
-        weighted = []  # (name, runs, weights) of the dev-tuned fusions
-        if dev_fusion:
-            seal = "seal-ft-tuned" if "seal-ft-tuned" in runs else "seal-ft"
-            for label, combo in (("bm25+dense", ("bm25", "dense")),
-                                 ("seal+bm25+dense", (seal, "bm25", "dense"))):
-                w = dev_fusion[label]["weights"]
-                if all(c in runs for c in combo):
-                    weighted.append((f"{'+'.join(combo)} (dev weights)", combo,
-                                     [w["seal" if c == seal else c] for c in combo]))
-        for name, combo, weights in [("+".join(c), c, None) for c in combos] + weighted:
-            runs[name] = {q: [Hit(d, s) for d, s in rrf(
-                [[(h.doc_id, h.score) for h in runs[c][q]] for c in combo], 100,
-                weights=weights)] for q in qids}
-        metrics = {name: evaluate(run, sub_qrels) for name, run in runs.items()}
-        # 5. latency at batch 1 and batch B
-        latency: dict[str, Any] = {}
-        from genseek.retrievers.seal import SealIndex
+    args = bench.args
+    corpus, queries, train_qrels = read_dataset(folder, "train")
+    fresh = _load.__wrapped__(args.model, "cpu")
+    ex = seal_examples(fresh, corpus, queries, train_qrels, random.Random(0), 10, 2,
+                       SEAL_INSTRUCTION)
+    model = lora_wrap(fresh)
+    with C.Phase() as ph:
+        summary = train_examples(model, ex, pad_id=fresh.pad_id,
+                                 steps=args.train_steps, batch=8, max_len=96,
+                                 autocast=args.autocast == "bf16")
+    bench.timings["train_seal"] = {**ph.as_dict(), **summary, "examples": len(ex)}
+    return LM(f"{args.model}+seal-lora", model.merge_and_unload(), fresh.tokenizer,
+              fresh.is_encoder_decoder, fresh.context, fresh.eos_id, fresh.pad_id,
+              fresh.meta)
 
-        bq = (qtexts * ((args.latency_batch // max(len(qtexts), 1)) + 1))[:args.latency_batch]
-        for name, ix in built.items():
-            extra = args.seal_params if name == "seal-ft" else {}  # the tuned setting's cost
-            row: dict[str, Any] = {"beams": args.beams}
-            for label, batch in (("batch1", qtexts[:1]), (f"batch{args.latency_batch}", bq)):
-                if isinstance(ix, SealIndex):  # cold key caches: these queries were searched
-                    ix.segments.clear_caches()
-                    with C.Phase() as pd:
-                        keysets = ix.decode(batch, **extra)
-                    with C.Phase() as pr:
-                        ix.rank(keysets, 10, **extra)
-                    row[f"{label}_decode_ms_per_query"] = 1000 * pd.seconds / len(batch)
-                    row[f"{label}_rank_ms_per_query"] = 1000 * pr.seconds / len(batch)
-                    seconds = pd.seconds + pr.seconds
-                else:
-                    with C.Phase() as pb:
-                        ix.search(batch, 10, **extra)
-                    seconds = pb.seconds
-                row["batch1_ms" if label == "batch1" else f"{label}_ms_per_query"] = \
-                    1000 * seconds / len(batch)
-            latency[name] = row
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+
+def fine_tuned_seal(bench: Bench, tuned: Any) -> None:
+    """3. SEAL with the fine-tuned model ``tuned``: at its own parameters and, with
+    ``--seal-params``, at those (one decoding)."""
+    from genseek.retrievers.seal import SealIndex
+
+    args = bench.args
+
+    ix = SealIndex(bench.tmp / "seal-ft", {"model": str(args.seal_model or args.model),
+                                           "num_beams": args.beams}, lm=tuned)
+    bench.index_all(ix)
+    with C.Phase() as ph:
+        got = _seal_runs(ix, bench.qtexts, search_params(args.seal_params))
+    for name, hits in got.items():
+        bench.add_run(name, hits)
+    bench.timings["search_seal-ft"] = {**ph.as_dict(), "per_query_s": ph.seconds / bench.n_q}
+    bench.built["seal-ft"] = ix
+
+
+def fine_tuned_tries(bench: Bench) -> None:
+    """3b. fine-tuned GENRE and DSI from ``genseek train genre|dsi`` folders."""
+    from genseek.retrievers.dsi import DsiIndex
+    from genseek.retrievers.genre import GenreIndex
+
+    args = bench.args
+    for name, path in (("genre-ft", args.genre_model), ("dsi-ft", args.dsi_model)):
+        if path is None:
+            continue
+        spec = {"model": str(path), "num_beams": args.beams}
+        if name == "genre-ft":
+            ix = bench.build(name, GenreIndex, {**spec, "missing_title": "skip"})
+        else:
+            ix = bench.build(name, DsiIndex, spec)
+        seconds = bench.search(name, ix, f"search_{name}")
+        print(f"{name}: {bench.n_q} queries in {seconds:.1f} s", file=sys.stderr)
+
+
+def fusions(bench: Bench, dev_fusion: dict[str, Any] | None) -> None:
+    """4. RRF of each generative run with bm25 (+ dense), of all of them, and the dev-tuned
+    weights of ``--dev-fusion``."""
+    from genseek.kernels.fusion import rrf
+    from genseek.types import Hit
+
+    runs = bench.runs
+    gen = [r for r in runs if r not in ("bm25", "dense")]
+    combos = [("bm25", "dense")] + [(g,) + b for g in gen for b in
+                                    (("bm25",), ("bm25", "dense"))]
+    best_seal = [g for g in gen if g != "seal-ft" or "seal-ft-tuned" not in gen]
+    if len(best_seal) > 1:  # every generative run (SEAL at its tuned setting) + both
+        combos.append(tuple(best_seal) + ("bm25", "dense"))
+    weighted = []  # (name, runs, weights) of the dev-tuned fusions
+    if dev_fusion:
+        seal = "seal-ft-tuned" if "seal-ft-tuned" in runs else "seal-ft"
+        for label, combo in (("bm25+dense", ("bm25", "dense")),
+                             ("seal+bm25+dense", (seal, "bm25", "dense"))):
+            w = dev_fusion[label]["weights"]
+            if all(c in runs for c in combo):
+                weighted.append((f"{'+'.join(combo)} (dev weights)", combo,
+                                 [w["seal" if c == seal else c] for c in combo]))
+    for name, combo, weights in [("+".join(c), c, None) for c in combos] + weighted:
+        runs[name] = {q: [Hit(d, s) for d, s in rrf(
+            [[(h.doc_id, h.score) for h in runs[c][q]] for c in combo], 100,
+            weights=weights)] for q in bench.qids}
+
+
+def latencies(bench: Bench) -> dict[str, Any]:
+    """5. latency at batch 1 and batch B (SEAL: decode and rank apart, cold key caches)."""
+    from genseek.retrievers.seal import SealIndex
+
+    args, qtexts = bench.args, bench.qtexts
+    latency: dict[str, Any] = {}
+    bq = (qtexts * ((args.latency_batch // max(len(qtexts), 1)) + 1))[:args.latency_batch]
+    for name, ix in bench.built.items():
+        # the tuned setting's cost
+        extra = search_params(args.seal_params) if name == "seal-ft" else {}
+        row: dict[str, Any] = {"beams": args.beams}
+        for label, batch in (("batch1", qtexts[:1]), (f"batch{args.latency_batch}", bq)):
+            if isinstance(ix, SealIndex):  # cold key caches: these queries were searched
+                ix.store.clear_caches()
+                with C.Phase() as pd:
+                    keysets = ix.decode(batch, extra)
+                with C.Phase() as pr:
+                    ix.rank(keysets, 10, extra)
+                row[f"{label}_decode_ms_per_query"] = 1000 * pd.seconds / len(batch)
+                row[f"{label}_rank_ms_per_query"] = 1000 * pr.seconds / len(batch)
+                seconds = pd.seconds + pr.seconds
+            else:
+                with C.Phase() as pb:
+                    ix.search(batch, 10, extra or None)
+                seconds = pb.seconds
+            row["batch1_ms" if label == "batch1" else f"{label}_ms_per_query"] = \
+                1000 * seconds / len(batch)
+        latency[name] = row
+    return latency
+
+
+def print_tables(args: argparse.Namespace, n_q: int, metrics: dict[str, Any],
+                 latency: dict[str, Any]) -> None:
     rows = [(n, m["nDCG@10"], m["R@100"],
              m["nDCG@10"] / max(metrics["bm25"]["nDCG@10"], 1e-9)) for n, m in metrics.items()]
     print(f"\nSciFact test, first {n_q} judged queries (beams {args.beams}, model {args.model})")
@@ -341,16 +376,81 @@ def main(argv: list[str] | None = None) -> int:
               *(f"{v[f'{lb}_decode_ms_per_query']:,.0f} / {v[f'{lb}_rank_ms_per_query']:,.0f}"
                 if f"{lb}_decode_ms_per_query" in v else None for lb in ("batch1", f"batch{b}")))
              for n, v in latency.items()])
-    result = {"benchmark": "generative", "quick": args.quick, "queries": n_q,
-              "seal_model": str(args.seal_model) if args.seal_model else None,
-              "seal_params": args.seal_params,
-              "beams": args.beams, "model": args.model, "machine": info, "metrics": metrics,
-              "latency": latency, "timings": timings,
-              "loadavg_end": [round(x, 2) for x in __import__("os").getloadavg()]}
-    out = args.out or (C.REPO / "benchmarks" / "results"
-                       / f"generative{'_quick' if args.quick else ''}.json")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=1) + "\n")
+
+
+def evaluate_ir(args: argparse.Namespace, info: dict[str, Any], folder: Path, qids: list[str],
+                qtexts: list[str], qrels: dict[str, dict[str, int]],
+                dev_fusion: dict[str, Any] | None) -> dict[str, Any]:
+    """Steps 1-5 (see the module docstring); prints the tables, returns the result."""
+    from genseek.data.readers import read_corpus
+    from genseek.evaluation import evaluate
+    from genseek.retrievers._lm import load_lm
+    from genseek.types import Document
+
+    collection = C.collection_option(args.collection)
+    bench = Bench(args, Path(tempfile.mkdtemp(prefix="genseek-generative-")), qids, qtexts,
+                  {q: qrels[q] for q in qids})
+    try:
+        baselines(bench, collection)
+        bench.docs = tuple(Document(d.doc_id, d.title, d.text, version=i + 1)
+                           for i, (_, d) in enumerate(read_corpus(folder / "corpus.jsonl")))
+        with C.Phase() as ph:
+            lm = load_lm(args.model)
+        bench.timings["load_model"] = ph.as_dict()
+        zero_shot(bench, lm)
+        # 3. fine-tuned SEAL: a `genseek train seal` folder, or trained here (LoRA)
+        tuned = None
+        if args.seal_model:
+            with C.Phase() as ph:
+                tuned = load_lm(str(args.seal_model))
+            bench.timings["load_seal_model"] = ph.as_dict()
+        elif args.train_steps:
+            tuned = train_seal(bench, folder)
+        if tuned is not None:
+            fine_tuned_seal(bench, tuned)
+        fine_tuned_tries(bench)
+        fusions(bench, dev_fusion)
+        metrics = {name: evaluate(run, bench.sub_qrels) for name, run in bench.runs.items()}
+        latency = latencies(bench)
+    finally:
+        shutil.rmtree(bench.tmp, ignore_errors=True)
+    print_tables(args, bench.n_q, metrics, latency)
+    return {"benchmark": "generative", "quick": args.quick, "queries": bench.n_q,
+            "seal_model": str(args.seal_model) if args.seal_model else None,
+            "seal_params": args.seal_params,
+            "beams": args.beams, "model": args.model, "machine": info, "metrics": metrics,
+            "latency": latency, "timings": bench.timings,
+            "loadavg_end": [round(x, 2) for x in os.getloadavg()]}
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    problem, dev_fusion = read_inputs(args)
+    if problem:
+        print(problem, file=sys.stderr)
+        return 2
+    C.quiet_libraries()
+    import torch
+
+    torch.set_num_threads(2)
+    n_q = args.queries or (16 if args.quick else 100)
+    info = C.machine()
+    C.print_machine(info)
+    folder = C.dataset_dir("scifact")
+    qids, qtexts, qrels = C.judged_queries(folder, "test")
+    qids, qtexts = qids[:n_q], qtexts[:n_q]
+    if args.skip_ir:
+        result = {"benchmark": "generative-dsi", "machine": info,
+                  "dsi": dsi_experiment(args, folder, qids, qtexts, qrels)}
+        from genseek.atomic import atomic_write_json
+
+        atomic_write_json(args.dsi_out, result)
+    else:
+        result = evaluate_ir(args, info, folder, qids, qtexts, qrels, dev_fusion)
+        out = args.out or (C.REPO / "benchmarks" / "results"
+                           / f"generative{'_quick' if args.quick else ''}.json")
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps(result, indent=1) + "\n")
     if args.json:
         C.dump_json(result)
     return 0

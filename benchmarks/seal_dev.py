@@ -104,7 +104,8 @@ def main(argv: list[str] | None = None) -> int:
     unknown = sorted(set(args.start) - set(GRID))
     if unknown:
         ap.error(f"--start: unknown parameter(s) {', '.join(unknown)}; expected {', '.join(GRID)}")
-    start = {**START, **args.start}
+    # whole numbers as ints: the search schema is strict (rare_threshold=8000, not 8000.0)
+    start = {**START, **{k: int(v) if v.is_integer() else v for k, v in args.start.items()}}
     C.quiet_libraries()
     import torch
 
@@ -156,8 +157,9 @@ def main(argv: list[str] | None = None) -> int:
             keysets = []
             with C.Phase() as ph:
                 for s in range(0, len(qtexts), 8):
-                    keysets.extend(ix.decode(qtexts[s:s + 8], unigrams=max(GRID["unigrams"]),
-                                             max_query_keys=max(GRID["max_query_keys"])))
+                    keysets.extend(ix.decode(qtexts[s:s + 8], {
+                        "unigrams": max(GRID["unigrams"]),
+                        "max_query_keys": max(GRID["max_query_keys"])}))
                     print(f"decoded {len(keysets)}/{len(qtexts)}", file=sys.stderr)
             timings["decode"] = {**ph.as_dict(), "per_query_s": ph.seconds / len(qtexts)}
             save_keys(keys_file, keysets, qids, args.beams)
@@ -166,7 +168,7 @@ def main(argv: list[str] | None = None) -> int:
         def score(setting: dict[str, float]) -> float:
             name = ",".join(f"{k}={setting[k]:g}" for k in GRID)
             if name not in tried:
-                run = dict(zip(qids, ix.rank(keysets, 100, **setting), strict=True))
+                run = dict(zip(qids, ix.rank(keysets, 100, setting), strict=True))
                 tried[name] = evaluate(run, qrels)["nDCG@10"]
                 runs[name] = run
                 print(f"{name}: {tried[name]:.4f}", file=sys.stderr)

@@ -1,22 +1,50 @@
-"""Persistent, incrementally updatable CSR-trie docid store (Lucene-style segments).
+"""Docid stores of the generative retrievers (main + delta segments with tombstones), and the
+CSR-trie store of GENRE and DSI. The FM-index store of SEAL (``fm_store.py``) is built on the
+same :class:`SegmentStore`.
+
+A store holds ``{label: token ids}``: a label is an int64 document version, its tokens are the
+document's key (title, docid or document tokens). Like Lucene, it keeps at most two immutable
+**segments** and a deletion mask:
+
+- the **main** segment, made by a merge;
+- the **delta** segment: the documents added since, rebuilt (it is small) by every update, so
+  a new document is decodable as soon as ``update`` returns;
+- the **tombstones**: main documents deleted or replaced since the merge (a bool mask over the
+  main segment's document numbers), hidden from every answer.
+
+``update`` tombstones the main documents it deletes or replaces, rebuilds the delta without
+them, and adds the new documents to the delta. It **merges** instead (one new main segment from
+the live documents; no delta, no tombstones) when there is no main segment yet, when the delta
+would exceed ``merge_docs`` documents, or when the tombstones would exceed 20% of the main
+segment. A query therefore reads at most two segments.
+
+``commit(seq)`` makes the state durable: segments not yet on disk are written (each in a
+temporary folder, fsynced, renamed into place), then ``store.json`` is replaced atomically,
+naming the segments, the tombstones and ``seq`` (the caller's sequence number); files it no
+longer names are removed afterwards. A crash leaves the last committed ``store.json`` intact.
+The retrievers keep their key table (``keys.sqlite``) as the source of truth and rebuild the
+store from it when the store's ``seq`` is not the table's (a crash between the two commits).
+Nothing is pickled: ``.npy`` with ``allow_pickle=False``, and JSON.
 
 Layout of a store folder::
 
-    store.json                   manifest: format, vocab_size, generation, segments in order
-    seg_000001/header.json       {"format": "genseek-trie-segment", "vocab_size", "num_docs", ...}
-    seg_000001/<array>.npy       indptr, edge_token, parent, level_ptr, term_nodes, term_ptr,
-                                 term_docs, docid_blob (utf-8 bytes), docid_off (int64 [n+1])
-    seg_000001.del.000007.npy    int64 sorted doc numbers deleted from that segment (tombstones)
+    store.json               format, version, vocab_size, seq, generation, main, delta, tombstones
+    main_000003/labels.npy   int64 [n], ascending: document number i is label labels[i]
+    main_000003/...          the segment's own files (trie: header.json + arrays; FM: index/)
+    delta_000005/...         the delta segment, laid out the same way
+    dead_000005/dead.npy     int64, ascending: the main document numbers tombstoned (the FM
+                             store adds index/, an FM-index over their tokens)
 
-The first segment is the *main* segment, later ones are *deltas*. ``update`` writes one new
-delta segment (the upserted docs) and new tombstone files for every older segment that held a
-deleted or replaced doc id, then swaps the manifest atomically (temp file + rename); files no
-longer referenced are removed afterwards. Nothing is pickled: numpy ``.npy`` with
-``allow_pickle=False`` and JSON only. ``merge`` folds all live docs into a new main segment.
+Not thread-safe: one writer, and readers only between writes (the retrievers hold their lock
+around every call).
 
-At query time ``provider()`` is a UnionProvider over the segments (each pruned by its
-tombstones, so deleted docids are never offered), and ``decode(state)`` maps a hypothesis'
-final union state to the live doc ids ending there.
+Trie segments (:class:`TrieStore`): a ``genseek.kernels.trie.Trie`` per segment, stored as its
+arrays (``indptr``, ``term_ptr`` and ``term_docs`` as int32 when they fit) and a
+``header.json``. ``provider()`` is a ``UnionProvider`` over the segments, the main one pruned by
+its tombstones (``TrieConstraint(doc_live=...)``), so a deleted key is never offered;
+``decode(state)`` maps a finished hypothesis' union state to the live labels ending there
+(keys equal as token sequences share a terminal node: duplicate titles map to all their
+documents).
 """
 
 from __future__ import annotations
@@ -24,355 +52,484 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import tempfile
-from collections.abc import Iterable, Sequence
+from abc import ABC, abstractmethod
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar, Generic, TypeVar
 
 import numpy as np
 import torch
 
-from genseek.atomic import atomic_write_json, fsync_dir, read_json_header
+from genseek.atomic import atomic_write_json, read_json_header
 from genseek.errors import GenseekError
 from genseek.kernels.constraints import ConstraintProvider, UnionProvider
+from genseek.kernels.fmindex import save_npy, write_folder  # FMIndex.save's atomic writes
 from genseek.kernels.trie import Trie, TrieConstraint, build_trie_flat, trie_from_arrays
 
-STORE_FORMAT = "genseek-trie-store"
-SEGMENT_FORMAT = "genseek-trie-segment"
-FORMAT_VERSION = 1
-_ARRAYS = ("indptr", "edge_token", "parent", "level_ptr", "term_nodes", "term_ptr",
-           "term_docs", "docid_blob", "docid_off")
+STORE_VERSION = 1
+MANIFEST = "store.json"
+TOMBSTONE_SHARE = 0.2  # tombstones above this share of the main segment trigger a merge
+_PREFIXES = ("main_", "delta_", "dead_")
+
+D = TypeVar("D")
+S = TypeVar("S", bound="SegmentStore[Any]")
+
+
+def load_npy(path: Path, what: str) -> np.ndarray:
+    """Read one array written by :func:`save_npy`; a missing or bad file is a GenseekError."""
+    try:
+        return np.load(path, allow_pickle=False)
+    except FileNotFoundError:
+        raise GenseekError(f"{path}: missing {what}") from None
+    except (OSError, ValueError, EOFError) as exc:
+        raise GenseekError(f"{path}: unreadable {what} ({exc})") from None
 
 
 @dataclass
-class Segment:
-    """One immutable trie segment plus its (replaceable) tombstones.
+class Segment(Generic[D]):
+    """One immutable segment: ``data`` (a Trie or an FMIndex) over documents ``0..n-1`` whose
+    labels are ``labels`` (int64 ``[n]``, ascending); ``name`` is its folder once committed."""
 
-    doc_ids[i] is doc number ``i``; ``deleted`` is a sorted int64 array of doc numbers.
-    """
+    data: D
+    labels: np.ndarray
+    name: str | None = None
 
-    name: str
-    trie: Trie
-    doc_ids: list[str]
-    deleted: np.ndarray
-    tombstone_file: str | None
-
-    def live_mask(self) -> np.ndarray:
-        mask = np.ones(len(self.doc_ids), dtype=bool)
-        mask[self.deleted] = False
-        return mask
+    @property
+    def n_docs(self) -> int:
+        return int(self.labels.shape[0])
 
 
-def _encode_ids(doc_ids: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
-    encoded = [d.encode("utf-8") for d in doc_ids]
-    off = np.zeros(len(encoded) + 1, dtype=np.int64)
-    np.cumsum([len(e) for e in encoded], out=off[1:])
-    blob = np.frombuffer(b"".join(encoded), dtype=np.uint8).copy()
-    return blob, off
+class SegmentStore(ABC, Generic[D]):
+    """Main + delta segments over ``{label: token ids}`` with tombstones, committed to a
+    folder (see the module docstring). A subclass supplies the segment structure: how to
+    build one from token sequences, read sequences back, save and load it."""
+
+    FORMAT: ClassVar[str]
+    WHAT: ClassVar[str]  # named in messages: "trie store", "FM store"
+
+    def __init__(self, path: Path, vocab_size: int, merge_docs: int = 1000):
+        if isinstance(vocab_size, bool) or not isinstance(vocab_size, int | np.integer) \
+                or vocab_size < 1:
+            raise GenseekError(f"{self.WHAT}: vocab_size must be a positive integer, "
+                               f"not {vocab_size!r}")
+        self.path = Path(path)
+        self.vocab_size = int(vocab_size)
+        self.merge_docs = int(merge_docs)
+        self.seq = 0
+        self.generation = 0
+        self.main: Segment[D] | None = None
+        self.delta: Segment[D] | None = None
+        self.dead = np.zeros(0, dtype=bool)  # tombstones: bool [main.n_docs]
+        self.tombstone_version = 0  # changes whenever ``dead`` or the main segment does
+        self._dead_name: str | None = None  # the committed tombstones' folder
+        self._dead_saved = True
+
+    # -- the segment structure (subclasses) -----------------------------------------------------
+
+    @abstractmethod
+    def build(self, seqs: list[np.ndarray]) -> D:
+        """The structure over documents ``0..len(seqs)-1`` (non-empty int64 token arrays)."""
+
+    @abstractmethod
+    def sequences(self, data: D, docs: np.ndarray) -> list[np.ndarray]:
+        """Token ids of the documents numbered ``docs`` (int64 ``[M]``), in that order."""
+
+    @staticmethod
+    @abstractmethod
+    def n_docs(data: D) -> int: ...
+
+    @staticmethod
+    @abstractmethod
+    def data_nbytes(data: D) -> int: ...
+
+    @staticmethod
+    @abstractmethod
+    def save_data(data: D, folder: Path) -> None:
+        """Write ``data``'s files into the (new, empty) segment folder."""
+
+    @staticmethod
+    @abstractmethod
+    def load_data(folder: Path, verify: bool) -> D:
+        """Read what :meth:`save_data` wrote; bad files raise GenseekError."""
+
+    def save_tombstone_data(self, folder: Path) -> None:
+        """Extra files of the tombstones (the FM store's tombstone index); none by default."""
+
+    def load_tombstone_data(self, folder: Path, verify: bool) -> None:
+        """Read what :meth:`save_tombstone_data` wrote."""
+
+    def changed(self) -> None:
+        """Called after the segments or the tombstones changed: drop what was derived."""
+
+    # -- segments on disk -----------------------------------------------------------------------
+
+    @classmethod
+    def save_segment(cls, folder: Path, segment: Segment[D]) -> Path:
+        """Write ``segment`` as ``folder`` (``labels.npy`` + the structure's files) atomically."""
+
+        def fill(tmp: Path) -> None:
+            save_npy(tmp / "labels.npy", np.asarray(segment.labels, dtype=np.int64))
+            cls.save_data(segment.data, tmp)
+
+        return write_folder(folder, fill)
+
+    @classmethod
+    def load_segment(cls, folder: Path, *, verify: bool = False) -> Segment[D]:
+        """Read a folder written by :meth:`save_segment`; bad files raise GenseekError."""
+        folder = Path(folder)
+        data = cls.load_data(folder, verify)
+        labels = load_npy(folder / "labels.npy", "segment labels")
+        if labels.dtype != np.int64 or labels.shape != (cls.n_docs(data),) \
+                or np.any(np.diff(labels) <= 0):
+            raise GenseekError(f"{folder / 'labels.npy'}: expected {cls.n_docs(data)} ascending "
+                               f"int64 labels, found {labels.dtype} {labels.shape}")
+        return Segment(data, labels, folder.name)
+
+    # -- opening --------------------------------------------------------------------------------
+
+    @classmethod
+    def open(cls: type[S], path: str | Path, vocab_size: int, *, merge_docs: int = 1000,
+             verify: bool = False, **options: Any) -> S:
+        """The store in ``path`` (created empty when there is none). ``verify`` checks the
+        checksums the structure keeps (the FM-index's); ``options`` go to the constructor."""
+        store = cls(Path(path), vocab_size, merge_docs, **options)
+        head = store.path / MANIFEST
+        if not head.exists():
+            store.path.mkdir(parents=True, exist_ok=True)
+            store._write_manifest(store.generation, None, None, None)
+            return store
+        manifest = read_json_header(head, cls.WHAT, cls.FORMAT, STORE_VERSION)
+        try:
+            if int(manifest["vocab_size"]) != store.vocab_size:
+                raise GenseekError(f"{head}: vocab_size is {manifest['vocab_size']}, "
+                                   f"not {store.vocab_size}")
+            store.seq, store.generation = int(manifest["seq"]), int(manifest["generation"])
+            names = {role: manifest[role] for role in ("main", "delta", "tombstones")}
+        except (KeyError, TypeError, ValueError) as exc:
+            raise GenseekError(f"{head}: malformed {cls.WHAT} manifest ({exc!r})") from None
+        if names["main"] is None and (names["delta"] or names["tombstones"]):
+            raise GenseekError(f"{head}: a delta or tombstones without a main segment")
+        if names["main"] is not None:
+            store.main = cls.load_segment(store.path / names["main"], verify=verify)
+            store.dead = np.zeros(store.main.n_docs, dtype=bool)
+        if names["delta"] is not None:
+            store.delta = cls.load_segment(store.path / names["delta"], verify=verify)
+        if names["tombstones"] is not None:
+            store._load_tombstones(store.path / names["tombstones"], verify)
+        store._collect_garbage()
+        store.changed()
+        return store
+
+    def _load_tombstones(self, folder: Path, verify: bool) -> None:
+        assert self.main is not None
+        dead = load_npy(folder / "dead.npy", "tombstones")
+        if dead.dtype != np.int64 or dead.ndim != 1 or (dead.size and (
+                int(dead.min()) < 0 or int(dead.max()) >= self.main.n_docs)):
+            raise GenseekError(f"{folder / 'dead.npy'}: tombstones out of range of the main "
+                               f"segment ({self.main.n_docs} documents)")
+        self.dead[dead] = True
+        self._dead_name = folder.name
+        self.load_tombstone_data(folder, verify)
+
+    # -- reading --------------------------------------------------------------------------------
+
+    @property
+    def segments(self) -> list[tuple[Segment[D], np.ndarray | None]]:
+        """``(segment, tombstone mask or None)`` of the main then the delta segment: the order
+        of the columns of a union state."""
+        out: list[tuple[Segment[D], np.ndarray | None]] = []
+        if self.main is not None:
+            out.append((self.main, self.dead if self.dead.any() else None))
+        if self.delta is not None:
+            out.append((self.delta, None))
+        return out
+
+    def __len__(self) -> int:
+        main = self.main.n_docs - int(np.count_nonzero(self.dead)) if self.main else 0
+        return main + (self.delta.n_docs if self.delta else 0)
+
+    def __contains__(self, label: object) -> bool:
+        if isinstance(label, bool) or not isinstance(label, int | np.integer):
+            return False
+        for seg, dead in self.segments:  # a replaced label: tombstoned in main, live in delta
+            i = int(np.searchsorted(seg.labels, label))
+            if i < seg.n_docs and seg.labels[i] == label and (dead is None or not dead[i]):
+                return True
+        return False
+
+    def items(self) -> Iterator[tuple[int, np.ndarray]]:
+        """``(label, token ids)`` of every live document: main segment first, by label."""
+        for seg, dead in self.segments:
+            docs = np.arange(seg.n_docs) if dead is None else np.flatnonzero(~dead)
+            yield from zip(seg.labels[docs].tolist(), self.sequences(seg.data, docs),
+                           strict=True)
+
+    def nbytes(self) -> int:
+        """Bytes of the segments' arrays held (labels and tombstones included)."""
+        return int(sum(self.data_nbytes(s.data) + s.labels.nbytes for s, _ in self.segments)
+                   + self.dead.nbytes)
+
+    def stats(self) -> dict[str, int]:
+        return {"main_docs": self.main.n_docs if self.main else 0,
+                "delta_docs": self.delta.n_docs if self.delta else 0,
+                "tombstones": int(np.count_nonzero(self.dead))}
+
+    # -- writing --------------------------------------------------------------------------------
+
+    def update(self, upserts: Iterable[tuple[int, Sequence[int]]] = (),
+               deletes: Iterable[int] = ()) -> None:
+        """Delete the labels ``deletes``, then add ``(label, token ids)`` pairs (a label
+        already live is replaced; the last copy wins). Unknown labels are ignored on delete.
+        In memory: :meth:`commit` makes it durable. Everything is checked before anything
+        changes (GenseekError)."""
+        new = self._checked(upserts)
+        gone = np.union1d(np.fromiter((self._label(x) for x in deletes), dtype=np.int64),
+                          np.fromiter(new, dtype=np.int64, count=len(new)))
+        dead = self.dead.copy()
+        if self.main is not None and gone.size:
+            dead |= np.isin(self.main.labels, gone)
+        delta: dict[int, np.ndarray] = {}
+        delta_changed = bool(new)
+        if self.delta is not None:
+            keep = ~np.isin(self.delta.labels, gone)
+            delta_changed |= not keep.all()
+            docs = np.flatnonzero(keep)
+            delta = dict(zip(self.delta.labels[docs].tolist(),
+                             self.sequences(self.delta.data, docs), strict=True))
+        tombstoned = not np.array_equal(dead, self.dead)
+        if not delta_changed and not tombstoned:
+            return
+        delta.update(new)
+        n_main = self.main.n_docs if self.main is not None else 0
+        if self.main is None or len(delta) > self.merge_docs \
+                or np.count_nonzero(dead) > TOMBSTONE_SHARE * max(n_main, 1):
+            self._replace({**self._main_items(dead), **delta})
+            return
+        if delta_changed:
+            self.delta = self._segment(delta)
+        if tombstoned:
+            self.dead = dead
+            self.tombstone_version += 1
+            self._dead_saved = False
+        self.changed()
+
+    def reset(self, items: Iterable[tuple[int, Sequence[int]]]) -> None:
+        """Replace the whole content by ``items``, as one main segment (in memory)."""
+        self._replace(self._checked(items))
+
+    def merge(self) -> None:
+        """Fold the delta and the tombstones into one new main segment (in memory)."""
+        if self.delta is not None or self.dead.any():
+            self._replace(dict(self.items()))
+
+    def commit(self, seq: int) -> None:
+        """Write what is not on disk yet, then ``store.json`` with ``seq``: durable and atomic
+        on return. Files no longer named are removed afterwards."""
+        gen = self.generation + 1
+        names: dict[str, str | None] = {}
+        written: list[Path] = []
+        try:
+            for role, seg in (("main", self.main), ("delta", self.delta)):
+                names[role] = None if seg is None else seg.name
+                if seg is not None and seg.name is None:
+                    names[role] = f"{role}_{gen:06d}"
+                    written.append(self.save_segment(self.path / names[role], seg))
+            names["tombstones"] = self._dead_name
+            if not self._dead_saved:
+                names["tombstones"] = None
+                if self.dead.any():
+                    names["tombstones"] = f"dead_{gen:06d}"
+                    written.append(write_folder(self.path / names["tombstones"],
+                                                self._fill_tombstones))
+            self._write_manifest(gen, names["main"], names["delta"], names["tombstones"],
+                                 seq=seq)
+        except BaseException:
+            for folder in written:
+                shutil.rmtree(folder, ignore_errors=True)
+            raise
+        for role, seg in (("main", self.main), ("delta", self.delta)):
+            if seg is not None:
+                seg.name = names[role]
+        self._dead_name, self._dead_saved = names["tombstones"], True
+        self.seq, self.generation = int(seq), gen
+        self._collect_garbage()
+
+    # -- internals ------------------------------------------------------------------------------
+
+    def _label(self, label: Any) -> int:
+        if isinstance(label, bool) or not isinstance(label, int | np.integer):
+            raise GenseekError(f"{self.WHAT}: a label must be an integer, not {label!r}")
+        return int(label)
+
+    def _checked(self, upserts: Iterable[tuple[int, Sequence[int]]]) -> dict[int, np.ndarray]:
+        """``{label: int64 tokens}`` (last copy wins), every pair checked."""
+        out: dict[int, np.ndarray] = {}
+        for i, item in enumerate(upserts):
+            try:
+                label, tokens = item
+            except (TypeError, ValueError):
+                raise GenseekError(f"{self.WHAT}: upsert #{i} must be a (label, token ids) "
+                                   "pair") from None
+            label = self._label(label)
+            raw = np.asarray(tokens)
+            if raw.size and not np.issubdtype(raw.dtype, np.integer):
+                raise GenseekError(f"{self.WHAT}: label {label}: token ids must be integers, "
+                                   f"not {raw.dtype}")
+            arr = raw.astype(np.int64).reshape(-1)
+            if arr.size == 0:
+                raise GenseekError(f"{self.WHAT}: label {label} has no tokens")
+            bad = arr[(arr < 0) | (arr >= self.vocab_size)]
+            if bad.size:
+                raise GenseekError(f"{self.WHAT}: label {label}: token id {int(bad[0])} is "
+                                   f"outside [0, {self.vocab_size})")
+            out[label] = arr
+        return out
+
+    def _main_items(self, dead: np.ndarray) -> dict[int, np.ndarray]:
+        if self.main is None:
+            return {}
+        docs = np.flatnonzero(~dead)
+        return dict(zip(self.main.labels[docs].tolist(), self.sequences(self.main.data, docs),
+                        strict=True))
+
+    def _segment(self, items: dict[int, np.ndarray]) -> Segment[D] | None:
+        """A new (uncommitted) segment over ``items``, documents numbered by ascending label."""
+        if not items:
+            return None
+        labels = np.asarray(sorted(items), dtype=np.int64)
+        return Segment(self.build([items[int(v)] for v in labels]), labels)
+
+    def _replace(self, items: dict[int, np.ndarray]) -> None:
+        self.main, self.delta = self._segment(items), None
+        self.dead = np.zeros(self.main.n_docs if self.main else 0, dtype=bool)
+        self.tombstone_version += 1
+        self._dead_saved = False
+        self.changed()
+
+    def _fill_tombstones(self, tmp: Path) -> None:
+        save_npy(tmp / "dead.npy", np.flatnonzero(self.dead).astype(np.int64))
+        self.save_tombstone_data(tmp)
+
+    def _write_manifest(self, gen: int, main: str | None, delta: str | None,
+                        tombstones: str | None, seq: int | None = None) -> None:
+        atomic_write_json(self.path / MANIFEST, {
+            "format": self.FORMAT, "version": STORE_VERSION, "vocab_size": self.vocab_size,
+            "seq": int(self.seq if seq is None else seq), "generation": gen, "main": main,
+            "delta": delta, "tombstones": tombstones})
+
+    def _collect_garbage(self) -> None:
+        """Remove segment and tombstone folders (and temporary files) not named by the
+        committed manifest: what a replaced state or a crashed writer left."""
+        keep = {MANIFEST, self._dead_name} | {s.name for s in (self.main, self.delta)
+                                              if s is not None}
+        for child in self.path.iterdir():
+            bare = child.name.lstrip(".")
+            if child.name in keep or not bare.startswith((*_PREFIXES, MANIFEST)):
+                continue
+            if child.is_dir():
+                shutil.rmtree(child, ignore_errors=True)
+            else:
+                child.unlink(missing_ok=True)
 
 
-def _decode_ids(blob: np.ndarray, off: np.ndarray) -> list[str]:
-    raw = blob.tobytes()
-    return [raw[a:b].decode("utf-8") for a, b in zip(off[:-1].tolist(), off[1:].tolist(),
-                                                        strict=True)]
+# ---------------------------------------------------------------------------------------------
+# the trie store
+
+TRIE_SEGMENT_FORMAT = "genseek-trie-segment"
+_TRIE_ARRAYS = ("indptr", "edge_token", "parent", "level_ptr", "term_nodes", "term_ptr",
+                "term_docs")
 
 
-def _save_npy(path: Path, arr: np.ndarray) -> None:
-    with open(path, "wb") as fh:
-        np.save(fh, np.ascontiguousarray(arr), allow_pickle=False)
-        fh.flush()
-        os.fsync(fh.fileno())
+class TrieStore(SegmentStore[Trie]):
+    """Main + delta CSR tries with tombstones (see the module docstring)."""
 
+    FORMAT = "genseek-trie-store"
+    WHAT = "trie store"
 
-def _load_npy(path: Path, mmap: bool) -> np.ndarray:
-    try:
-        return np.load(path, allow_pickle=False, mmap_mode="r" if mmap else None)
-    except (OSError, ValueError) as exc:
-        raise GenseekError(f"{path}: unreadable trie array ({exc})") from exc
+    def __init__(self, path: Path, vocab_size: int, merge_docs: int = 1000):
+        super().__init__(path, vocab_size, merge_docs)
+        self._providers: dict[str, ConstraintProvider | None] = {}
 
+    def build(self, seqs: list[np.ndarray]) -> Trie:
+        lengths = np.fromiter((s.size for s in seqs), dtype=np.int64, count=len(seqs))
+        offsets = np.zeros(len(seqs) + 1, dtype=np.int64)
+        np.cumsum(lengths, out=offsets[1:])
+        return build_trie_flat(np.concatenate(seqs), offsets, self.vocab_size)
 
-def write_segment(folder: Path, name: str, trie: Trie, doc_ids: Sequence[str]) -> int:
-    """Write a segment as ``folder/name/`` atomically (temp folder + rename); returns bytes."""
-    if len(doc_ids) != trie.num_docs:
-        raise ValueError("one doc id per trie doc number expected")
-    tmp = Path(tempfile.mkdtemp(prefix=f".{name}.", suffix=".tmp", dir=folder))
-    try:
-        blob, off = _encode_ids(doc_ids)
-        arrays = {"indptr": trie.indptr, "edge_token": trie.edge_token, "parent": trie.parent,
-                  "level_ptr": trie.level_ptr, "term_nodes": trie.term_nodes,
-                  "term_ptr": trie.term_ptr, "term_docs": trie.term_docs,
-                  "docid_blob": blob, "docid_off": off}
-        if trie.num_nodes < 2**31:  # int32 on disk is enough; widened again on load
-            arrays["indptr"] = trie.indptr.astype(np.int32)
-            arrays["term_ptr"] = trie.term_ptr.astype(np.int32)
-        if trie.num_docs < 2**31:
-            arrays["term_docs"] = trie.term_docs.astype(np.int32)
-        for key, arr in arrays.items():
-            _save_npy(tmp / f"{key}.npy", arr)
-        header = {"format": SEGMENT_FORMAT, "version": FORMAT_VERSION,
-                  "vocab_size": trie.vocab_size, "num_docs": trie.num_docs,
-                  "num_nodes": trie.num_nodes, "depth": trie.depth}
-        with open(tmp / "header.json", "w", encoding="utf-8") as fh:
+    def sequences(self, data: Trie, docs: np.ndarray) -> list[np.ndarray]:
+        flat, off = data.sequences(data.doc_nodes()[docs])
+        return np.split(flat, off[1:-1]) if docs.size else []
+
+    @staticmethod
+    def n_docs(data: Trie) -> int:
+        return data.num_docs
+
+    @staticmethod
+    def data_nbytes(data: Trie) -> int:
+        return data.nbytes()
+
+    @staticmethod
+    def save_data(data: Trie, folder: Path) -> None:
+        """The arrays (int32 where the values fit; widened again on load) + ``header.json``."""
+        arrays = {name: getattr(data, name) for name in _TRIE_ARRAYS}
+        if data.num_nodes < 2**31:
+            arrays["indptr"] = data.indptr.astype(np.int32)
+            arrays["term_ptr"] = data.term_ptr.astype(np.int32)
+        if data.num_docs < 2**31:
+            arrays["term_docs"] = data.term_docs.astype(np.int32)
+        for name, arr in arrays.items():
+            save_npy(folder / f"{name}.npy", arr)
+        header = {"format": TRIE_SEGMENT_FORMAT, "version": STORE_VERSION,
+                  "vocab_size": data.vocab_size, "num_docs": data.num_docs,
+                  "num_nodes": data.num_nodes, "depth": data.depth}
+        with open(folder / "header.json", "w", encoding="utf-8") as fh:
             json.dump(header, fh, indent=2, sort_keys=True)
             fh.flush()
             os.fsync(fh.fileno())
-        fsync_dir(tmp)
-        os.rename(tmp, folder / name)
-        fsync_dir(folder)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    return int(sum(a.nbytes for a in arrays.values()))
 
+    @staticmethod
+    def load_data(folder: Path, verify: bool) -> Trie:
+        header = read_json_header(folder / "header.json", "trie segment", TRIE_SEGMENT_FORMAT,
+                                  STORE_VERSION)
+        arr = {name: load_npy(folder / f"{name}.npy", "trie array") for name in _TRIE_ARRAYS}
+        try:
+            n, nodes = int(header["num_docs"]), int(header["num_nodes"])
+            vocab = int(header["vocab_size"])
+        except (KeyError, TypeError, ValueError) as exc:
+            raise GenseekError(f"{folder / 'header.json'}: malformed ({exc!r})") from None
+        if arr["term_docs"].shape != (n,) or arr["indptr"].shape != (nodes + 1,) \
+                or arr["parent"].shape != (nodes,) or arr["edge_token"].shape != (nodes - 1,):
+            raise GenseekError(f"{folder}: array shapes disagree with header.json")
+        return trie_from_arrays(vocab_size=vocab, **arr)
 
-def read_segment(folder: Path, mmap: bool = False) -> tuple[Trie, list[str]]:
-    """Load a segment folder written by ``write_segment``; bad files raise GenseekError."""
-    header = read_json_header(folder / "header.json", "trie segment", SEGMENT_FORMAT,
-                              FORMAT_VERSION)
-    arr = {key: _load_npy(folder / f"{key}.npy", mmap) for key in _ARRAYS}
-    n = int(header["num_docs"])
-    if arr["docid_off"].shape != (n + 1,) or arr["term_docs"].shape != (n,) \
-            or arr["indptr"].shape != (int(header["num_nodes"]) + 1,):
-        raise GenseekError(f"{folder}: array shapes disagree with header.json")
-    trie = trie_from_arrays(indptr=arr["indptr"], edge_token=arr["edge_token"],
-                            parent=arr["parent"], level_ptr=arr["level_ptr"],
-                            term_nodes=arr["term_nodes"], term_ptr=arr["term_ptr"],
-                            term_docs=arr["term_docs"], vocab_size=int(header["vocab_size"]))
-    return trie, _decode_ids(np.asarray(arr["docid_blob"]), np.asarray(arr["docid_off"]))
+    def changed(self) -> None:
+        self._providers.clear()
 
-
-class TrieStore:
-    """A folder of trie segments with tombstones (see the module docstring).
-
-    ``TrieStore.open(path, vocab_size)`` creates the folder when missing. ``update`` and
-    ``merge`` are durable and atomic when they return. Not thread-safe: one writer.
-    ``max_segments`` (default 8): an update leaving more segments triggers ``merge``.
-    """
-
-    def __init__(self, path: Path, manifest: dict[str, Any], segments: list[Segment],
-                 max_segments: int):
-        self.path = path
-        self.vocab_size = int(manifest["vocab_size"])
-        self.generation = int(manifest["generation"])
-        self.segments = segments
-        self.max_segments = max_segments
-        self._providers: dict[str, ConstraintProvider] = {}
-        self._where: dict[str, tuple[int, int]] | None = None
-
-    # ---- opening -------------------------------------------------------------------
-    @classmethod
-    def open(cls, path: str | Path, vocab_size: int | None = None,
-             max_segments: int = 8) -> TrieStore:
-        path = Path(path)
-        manifest_path = path / "store.json"
-        if not manifest_path.exists():
-            if vocab_size is None:
-                raise GenseekError(f"{manifest_path}: no trie store here (give vocab_size "
-                                   "to create one)")
-            path.mkdir(parents=True, exist_ok=True)
-            manifest = {"format": STORE_FORMAT, "version": FORMAT_VERSION,
-                        "vocab_size": int(vocab_size), "generation": 0, "segments": []}
-            atomic_write_json(manifest_path, manifest)
-        manifest = read_json_header(manifest_path, "trie store", STORE_FORMAT, FORMAT_VERSION)
-        if vocab_size is not None and int(manifest["vocab_size"]) != int(vocab_size):
-            raise GenseekError(f"{manifest_path}: vocab_size is {manifest['vocab_size']}, "
-                               f"not {vocab_size}")
-        segments = []
-        for entry in manifest["segments"]:
-            trie, ids = read_segment(path / entry["name"])
-            tomb = entry.get("tombstones")
-            deleted = (np.asarray(_load_npy(path / tomb, False), dtype=np.int64) if tomb
-                       else np.zeros(0, dtype=np.int64))
-            segments.append(Segment(entry["name"], trie, ids, deleted, tomb))
-        store = cls(path, manifest, segments, max_segments)
-        store._collect_garbage()
-        return store
-
-    # ---- reading -------------------------------------------------------------------
-    def _index(self) -> dict[str, tuple[int, int]]:
-        """doc id -> (segment index, doc number) of its live copy."""
-        if self._where is None:
-            where: dict[str, tuple[int, int]] = {}
-            for si, seg in enumerate(self.segments):
-                live = seg.live_mask()
-                for j, d in enumerate(seg.doc_ids):
-                    if live[j]:
-                        where[d] = (si, j)
-            self._where = where
-        return self._where
-
-    def __len__(self) -> int:
-        return len(self._index())
-
-    def __contains__(self, doc_id: object) -> bool:
-        return doc_id in self._index()
-
-    def live_items(self) -> Iterable[tuple[str, tuple[int, ...]]]:
-        """(doc id, token sequence) of every live doc, segment by segment."""
-        for seg in self.segments:
-            live = np.flatnonzero(seg.live_mask())
-            if live.size == 0:
-                continue
-            nodes = seg.trie.doc_nodes()[live]
-            flat, off = seg.trie.sequences(nodes)
-            flat_l = flat.tolist()
-            for k, j in enumerate(live.tolist()):
-                yield seg.doc_ids[j], tuple(flat_l[off[k]:off[k + 1]])
-
-    def provider(self, device: torch.device | str = "cpu") -> ConstraintProvider:
-        """UnionProvider over the segments (tombstoned docs pruned), cached per device."""
+    def provider(self, device: torch.device | str = "cpu") -> ConstraintProvider | None:
+        """The live keys' constraint on ``device`` (None for an empty store), cached until the
+        next change: the main trie pruned by its tombstones, united with the delta trie."""
         key = str(torch.device(device))
         if key not in self._providers:
-            if not self.segments:
-                raise GenseekError(f"{self.path}: the trie store holds no documents")
-            parts = [TrieConstraint(s.trie, device, s.live_mask() if s.deleted.size else None)
-                     for s in self.segments]
-            self._providers[key] = UnionProvider(parts)
+            parts = [TrieConstraint(seg.data, device, None if dead is None else ~dead)
+                     for seg, dead in self.segments]
+            self._providers[key] = (None if not parts else parts[0] if len(parts) == 1
+                                    else UnionProvider(parts))
         return self._providers[key]
 
-    def decode(self, state: Sequence[int]) -> list[str]:
-        """Live doc ids ending at a final union state (one node id per segment)."""
-        if len(state) != len(self.segments):
-            raise ValueError(f"state has {len(state)} columns, store has "
-                             f"{len(self.segments)} segments")
-        out: list[str] = []
-        for seg, node in zip(self.segments, state, strict=True):
-            if node < 0:
+    def decode(self, state: Sequence[int]) -> list[int]:
+        """Live labels whose key ends at a union state (one node id per segment, as
+        :meth:`provider`'s), main segment first, ascending within a segment."""
+        segments = self.segments
+        if len(state) != len(segments):
+            raise ValueError(f"state has {len(state)} columns, the store {len(segments)} "
+                             "segments")
+        out: list[int] = []
+        for (seg, dead), node in zip(segments, state, strict=True):
+            if int(node) < 0:
                 continue
-            docs = seg.trie.docs_at(int(node))
-            if seg.deleted.size:
-                docs = docs[~np.isin(docs, seg.deleted)]
-            out.extend(seg.doc_ids[int(d)] for d in docs)
+            docs = seg.data.docs_at(int(node))
+            if dead is not None:
+                docs = docs[~dead[docs]]
+            out.extend(seg.labels[docs].tolist())
         return out
-
-    def stats(self) -> dict[str, Any]:
-        return {"segments": len(self.segments), "live_docs": len(self),
-                "deleted_docs": int(sum(s.deleted.size for s in self.segments)),
-                "nodes": int(sum(s.trie.num_nodes for s in self.segments)),
-                "bytes": int(sum(s.trie.nbytes(dense_tables=False) for s in self.segments)),
-                "generation": self.generation}
-
-    # ---- writing -------------------------------------------------------------------
-    def update(self, upserts: Sequence[tuple[str, Sequence[int]]] = (),
-               deletes: Iterable[str] = ()) -> None:
-        """Delete ``deletes``, then upsert ``(doc id, token ids)`` pairs (last copy wins).
-
-        Replaced and deleted docs get tombstones in their segments; the upserts form one new
-        segment. Durable and atomic on return; a doc id not in the store is ignored on delete.
-        """
-        new: dict[str, tuple[int, ...]] = {}
-        for i, item in enumerate(upserts):
-            if not (isinstance(item, tuple | list) and len(item) == 2
-                    and isinstance(item[0], str)):
-                raise GenseekError(f"trie store update: upsert #{i} must be (doc_id: str, "
-                                   "token ids)")
-            doc_id, seq = item
-            toks = tuple(int(t) for t in seq)
-            if any(t < 0 or t >= self.vocab_size for t in toks):
-                raise GenseekError(f"trie store update: doc {doc_id!r} has a token id outside "
-                                   f"[0, {self.vocab_size})")
-            new[doc_id] = toks
-        index = self._index()
-        kill: dict[int, list[int]] = {}
-        for doc_id in list(deletes) + list(new):
-            hit = index.get(doc_id)
-            if hit is not None:
-                kill.setdefault(hit[0], []).append(hit[1])
-        if not new and not kill:
-            return
-        gen = self.generation + 1
-        entries = [self._entry(s) for s in self.segments]
-        staged: list[tuple[int, np.ndarray, str]] = []
-        for si, nums in kill.items():
-            seg = self.segments[si]
-            deleted = np.union1d(seg.deleted, np.asarray(nums, dtype=np.int64))
-            fname = f"{seg.name}.del.{gen:06d}.npy"
-            _save_npy(self.path / fname, deleted)
-            entries[si]["tombstones"] = fname
-            staged.append((si, deleted, fname))
-        new_seg: Segment | None = None
-        if new:
-            ids = list(new)
-            seqs = list(new.values())
-            lengths = np.fromiter((len(s) for s in seqs), dtype=np.int64, count=len(seqs))
-            off = np.zeros(len(seqs) + 1, dtype=np.int64)
-            np.cumsum(lengths, out=off[1:])
-            flat = np.fromiter((t for s in seqs for t in s), dtype=np.int64, count=int(off[-1]))
-            trie = build_trie_flat(flat, off, self.vocab_size)
-            name = f"seg_{gen:06d}"
-            write_segment(self.path, name, trie, ids)
-            new_seg = Segment(name, trie, ids, np.zeros(0, dtype=np.int64), None)
-            entries.append(self._entry(new_seg))
-        self._swap_manifest(gen, entries)
-        for si, deleted, fname in staged:
-            self.segments[si].deleted = deleted
-            self.segments[si].tombstone_file = fname
-        if new_seg is not None:
-            self.segments.append(new_seg)
-        self._changed()
-        if len(self.segments) > self.max_segments:
-            self.merge()
-
-    def merge(self) -> None:
-        """Fold every segment's live docs into one new main segment (atomic)."""
-        if len(self.segments) <= 1 and not any(s.deleted.size for s in self.segments):
-            return
-        ids: list[str] = []
-        flats: list[np.ndarray] = []
-        lens: list[np.ndarray] = []
-        for seg in self.segments:
-            live = np.flatnonzero(seg.live_mask())
-            flat, off = seg.trie.sequences(seg.trie.doc_nodes()[live])
-            flats.append(flat)
-            lens.append(np.diff(off))
-            ids.extend(seg.doc_ids[j] for j in live.tolist())
-        gen = self.generation + 1
-        if not ids:
-            self._swap_manifest(gen, [])
-            self.segments = []
-            self._changed()
-            return
-        lengths = np.concatenate(lens)
-        off = np.zeros(lengths.shape[0] + 1, dtype=np.int64)
-        np.cumsum(lengths, out=off[1:])
-        trie = build_trie_flat(np.concatenate(flats), off, self.vocab_size)
-        name = f"seg_{gen:06d}"
-        write_segment(self.path, name, trie, ids)
-        seg = Segment(name, trie, ids, np.zeros(0, dtype=np.int64), None)
-        self._swap_manifest(gen, [self._entry(seg)])
-        self.segments = [seg]
-        self._changed()
-
-    # ---- internals -----------------------------------------------------------------
-    @staticmethod
-    def _entry(seg: Segment) -> dict[str, Any]:
-        return {"name": seg.name, "tombstones": seg.tombstone_file,
-                "num_docs": len(seg.doc_ids), "num_deleted": int(seg.deleted.size)}
-
-    def _swap_manifest(self, gen: int, entries: list[dict[str, Any]]) -> None:
-        manifest = {"format": STORE_FORMAT, "version": FORMAT_VERSION,
-                    "vocab_size": self.vocab_size, "generation": gen, "segments": entries}
-        atomic_write_json(self.path / "store.json", manifest)
-        self.generation = gen
-        self._collect_garbage(entries)
-
-    def _changed(self) -> None:
-        self._providers.clear()
-        self._where = None
-
-    def _collect_garbage(self, entries: list[dict[str, Any]] | None = None) -> None:
-        """Remove segment folders, tombstone files and temp files the manifest no longer names."""
-        if entries is None:
-            entries = [self._entry(s) for s in self.segments]
-        keep = {"store.json"} | {e["name"] for e in entries} | \
-            {e["tombstones"] for e in entries if e.get("tombstones")}
-        for child in self.path.iterdir():
-            if child.name in keep:
-                continue
-            if child.name.startswith("seg_") or child.name.startswith(".seg_") \
-                    or child.name.startswith(".store.json."):
-                if child.is_dir():
-                    shutil.rmtree(child, ignore_errors=True)
-                else:
-                    child.unlink(missing_ok=True)

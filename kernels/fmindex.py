@@ -39,14 +39,14 @@ import os
 import shutil
 import tempfile
 import zlib
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NamedTuple
 
 import numpy as np
 
-from genseek.atomic import read_json_header
+from genseek.atomic import fsync_dir, read_json_header
 from genseek.errors import GenseekError
 
 FORMAT = "genseek-fmindex"
@@ -490,21 +490,15 @@ class FMIndex:
     def save(self, folder: Path) -> Path:
         """Write ``folder/`` (must not exist): ``header.json`` + one ``.npy`` per array.
 
-        Written into a temporary sibling folder, then renamed: a crash leaves no half index.
+        Written into a temporary sibling folder, then renamed (:func:`write_folder`): a crash
+        leaves no half index.
         """
-        folder = Path(folder)
-        if folder.exists():
-            raise GenseekError(f"{folder}: already exists; an FM-index folder is written once")
-        folder.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=folder.parent))
-        try:
+
+        def fill(tmp: Path) -> None:
             meta: dict[str, Any] = {}
             for name, arr in self._arrays().items():
                 arr = np.ascontiguousarray(arr)
-                with open(tmp / f"{name}.npy", "wb") as fh:
-                    np.save(fh, arr, allow_pickle=False)
-                    fh.flush()
-                    os.fsync(fh.fileno())
+                save_npy(tmp / f"{name}.npy", arr)
                 meta[name] = {"shape": list(arr.shape), "dtype": arr.dtype.str,
                               "crc32": zlib.crc32(memoryview(arr).cast("B"))}
             header = {"format": FORMAT, "version": VERSION, "n": self.n,
@@ -515,11 +509,8 @@ class FMIndex:
                 json.dump(header, fh, indent=1, sort_keys=True)
                 fh.flush()
                 os.fsync(fh.fileno())
-            os.rename(tmp, folder)
-        except BaseException:
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise
-        return folder
+
+        return write_folder(folder, fill)
 
     @classmethod
     def load(cls, folder: Path, *, mmap: bool = True, verify: bool = False) -> FMIndex:
@@ -562,6 +553,35 @@ class FMIndex:
                    marked_words=arrays["marked_words"], marked_cum=arrays["marked_cum"],
                    samples=arrays["samples"], doc_starts=np.asarray(arrays["doc_starts"]),
                    text=arrays.get("text"))
+
+
+def save_npy(path: Path, arr: np.ndarray) -> None:
+    """Write one array durably (fsynced, ``allow_pickle=False``)."""
+    with open(path, "wb") as fh:
+        np.save(fh, np.ascontiguousarray(arr), allow_pickle=False)
+        fh.flush()
+        os.fsync(fh.fileno())
+
+
+def write_folder(final: Path, fill: Callable[[Path], None]) -> Path:
+    """Create the folder ``final`` (which must not exist) atomically: ``fill(tmp)`` writes a
+    temporary sibling folder, whose entries are fsynced before it is renamed into place.
+    (Also how the docid stores of ``genseek.indexers`` write their segments.)"""
+    final = Path(final)
+    if final.exists():
+        raise GenseekError(f"{final}: already exists; such a folder is written once")
+    final.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", dir=final.parent))
+    try:
+        fill(tmp)
+        for sub, _, _ in os.walk(tmp):  # every entry ``fill`` made, in subfolders too
+            fsync_dir(Path(sub))
+        os.rename(tmp, final)
+        fsync_dir(final.parent)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return final
 
 
 def _load_array(path: Path, meta: dict[str, Any], mmap: bool, verify: bool) -> np.ndarray:

@@ -22,8 +22,9 @@ The mapping of a trained model lives in ``MODEL/docids.json`` (``{"scheme", "ids
 know get new ids as above (decodable at once, but the model has not learned them until it is
 trained on them: DSI's known limitation that DSI++ addresses).
 
-Decoding and incremental behaviour are GENRE's (``genseek.retrievers.genre``): main + delta
-tries over ``keys.sqlite``, tombstones hidden inside the constraint, EOS after a complete id.
+Decoding and incremental behaviour are GENRE's (``genseek.retrievers.genre``): a
+``TrieStore`` of main + delta tries over the keys of ``keys.sqlite``, tombstones hidden inside
+the constraint, EOS after a complete id.
 
 Spec parameters: ``model`` (a folder from ``genseek train dsi``; default smollm2),
 ``scheme`` (naive | atomic | semantic; default: the model's, else naive), ``num_beams``
@@ -41,7 +42,7 @@ import numpy as np
 
 from genseek.errors import GenseekError
 from genseek.params import DsiParams, DsiSearchParams
-from genseek.retrievers.genre import GenreIndex
+from genseek.retrievers.genre import GenreIndex, vocab_size
 from genseek.types import Document
 
 SCHEMES = ("naive", "atomic", "semantic")
@@ -170,6 +171,21 @@ def load_docid_data(model: str) -> dict[str, Any] | None:
     return None
 
 
+def docid_scheme(params: dict[str, Any]) -> tuple[str, dict[str, Any] | None]:
+    """``(scheme, the model's docid map or None)`` for a spec: the spec's scheme, else the
+    model's, else naive. The spec is checked before the model folder is read."""
+    DsiParams.check(params)
+    data = load_docid_data(str(params.get("model", "smollm2")))
+    scheme = str(params.get("scheme") or (data or {}).get("scheme") or "naive")
+    if scheme not in SCHEMES:
+        raise GenseekError(f"dsi: unknown docid scheme {scheme!r}; known: "
+                           f"{', '.join(SCHEMES)}")
+    if data is not None and data.get("scheme") != scheme:
+        raise GenseekError(f"dsi: the model was trained with scheme {data.get('scheme')!r},"
+                           f" not {scheme!r}")
+    return scheme, data
+
+
 class DsiIndex(GenreIndex):
     """Docid trie + a DSI-trained LM (GENRE's machinery with docids instead of titles)."""
 
@@ -179,25 +195,11 @@ class DsiIndex(GenreIndex):
     SearchParams = DsiSearchParams
 
     def __init__(self, path: Path, params: dict[str, Any], lm: Any = None):
-        DsiParams.check(params)  # before the model folder is read
-        data = load_docid_data(str(params.get("model", "smollm2")))
-        scheme = str(params.get("scheme") or (data or {}).get("scheme") or "naive")
-        if scheme not in SCHEMES:
-            raise GenseekError(f"dsi: unknown docid scheme {scheme!r}; known: "
-                               f"{', '.join(SCHEMES)}")
-        if data is not None and data.get("scheme") != scheme:
-            raise GenseekError(f"dsi: the model was trained with scheme {data.get('scheme')!r},"
-                               f" not {scheme!r}")
+        scheme, data = docid_scheme(params)
         super().__init__(path, {**params, "scheme": scheme}, lm)
-        from genseek.retrievers.genre import vocab_size
-
         self.docids = DocidMap(scheme, self.lm.tokenizer, vocab_size(self.lm), data)
         for _, key in self.table.rows.values():  # ids assigned earlier stay taken
             self.docids.used.add(tuple(int(t) for t in key))
-
-    @classmethod
-    def open(cls, path: Path, params: dict[str, Any]) -> DsiIndex:
-        return cls(path, params)
 
     def make_key(self, doc: Document) -> list[int] | None:
         return self.docids.key(doc)

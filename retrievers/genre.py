@@ -14,12 +14,14 @@ and ranks titles by their sequence log-probability. Here:
    default, 0.0 = raw sum of log-probs), each expanded to its documents, tombstoned versions
    dropped.
 
-Incremental: a document upserted after the main trie was built goes into the delta trie (a
-new document is retrievable as soon as its title is in it, no retraining); a replaced or
-deleted version becomes a tombstone, filtered from every result. When the delta exceeds
-``merge_docs`` documents (or tombstones exceed 20% of the main trie), ``commit`` rebuilds the
-main trie from the live keys. Tries are built in memory from ``keys.sqlite`` (the source of
-truth, committed atomically with the applied sequence number); the trie is a cache.
+Incremental: the titles are kept in a :class:`~genseek.indexers.trie_store.TrieStore` (main
+trie + delta trie + tombstones, in ``path/store``). A document upserted after the main trie was
+built goes into the delta trie (a new document is retrievable as soon as its title is in it, no
+retraining); a replaced or deleted version becomes a tombstone, pruned from the constraint and
+from every result. When the delta exceeds ``merge_docs`` documents (or tombstones exceed 20% of
+the main trie), the update rebuilds the main trie from the live keys. ``keys.sqlite`` is the
+source of truth (committed atomically with the applied sequence number); the store is committed
+after it with the same number and rebuilt from it when they differ at open.
 
 Documents without a title: ``missing_title=error`` (default) makes ``apply`` raise a
 GenseekError naming the document (nothing of the change set is written);
@@ -30,7 +32,8 @@ Queries longer than the model's context are truncated (token level) so that the 
 leaves room for ``max_new_tokens``; see ``build_prompt``.
 
 This module also holds :class:`KeyTable`, the persisted ``(version, doc_id, key tokens)``
-table that the SEAL and DSI indexes share.
+table, and :class:`KeyTableIndex`, the table + store + LM plumbing that the SEAL and DSI
+indexes share.
 
 Spec parameters: ``model`` (smollm2), ``num_beams`` (10), ``max_new_tokens`` (32),
 ``length_penalty`` (1.0), ``missing_title`` (error | skip), ``merge_docs`` (1000),
@@ -40,15 +43,17 @@ Spec parameters: ``model`` (smollm2), ``num_beams`` (10), ``max_new_tokens`` (32
 
 from __future__ import annotations
 
+import shutil
 import threading
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Iterable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import numpy as np
 
 from genseek.errors import GenseekError
 from genseek.indexers.labelstore import LabelStore
+from genseek.indexers.trie_store import TrieStore
 from genseek.params import (
     DsiParams,
     GenreParams,
@@ -57,7 +62,10 @@ from genseek.params import (
     SealParams,
 )
 from genseek.protocols import dir_bytes
-from genseek.types import ChangeSet, Document, Hit
+from genseek.types import ChangeSet, Document, Hit, IndexStats
+
+if TYPE_CHECKING:
+    from genseek.indexers.fm_store import FMStore
 
 # ---------------------------------------------------------------------------------------------
 # the persisted key table (shared by genre, seal and dsi)
@@ -120,100 +128,6 @@ class KeyTable:
 
 
 # ---------------------------------------------------------------------------------------------
-# main + delta segments with tombstones (tries here, FM-indexes in seal)
-
-
-def build_segment(rows: dict[int, tuple[str, np.ndarray]], labels: Iterable[int],
-                  build: Callable[[list[np.ndarray]], Any]) -> tuple[Any, np.ndarray] | None:
-    """``(build(keys of labels), labels)`` with labels sorted (int64), or None for no label.
-
-    A segment's doc numbers index its labels array: doc ``i`` is the document version
-    ``labels[i]``, whose key is ``rows[labels[i]][1]``.
-    """
-    arr = np.asarray(sorted(labels), dtype=np.int64)
-    if arr.size == 0:
-        return None
-    return build([rows[int(v)][1] for v in arr]), arr
-
-
-def delta_or_merge(main_labels: set[int], live: Iterable[int], merge_docs: int) -> set[int] | None:
-    """The live labels outside the main segment, which go to the delta segment; None when the
-    main segment is to be rebuilt instead: more than ``merge_docs`` of them, or tombstones
-    (main labels no longer live) over 20% of the main segment."""
-    live = set(live)
-    new = live - main_labels
-    dead = len(main_labels - live)
-    if len(new) > merge_docs or dead > 0.2 * max(len(main_labels), 1):
-        return None
-    return new
-
-
-class TrieSegments:
-    """Main + delta tries (``genseek.kernels.trie``) over ``{label: key}`` with tombstones.
-
-    Each segment is a ``Trie`` whose doc numbers index its ``labels`` array (int64
-    ``[n_seg]``, document versions). Tombstones are applied inside the constraint
-    (``TrieConstraint(doc_live=...)``): a subtree without a live document is never offered,
-    so a deleted document can be neither decoded nor returned. Keys equal as token sequences
-    share a terminal node (duplicate titles map to all their documents).
-    """
-
-    def __init__(self, vocab_size: int, merge_docs: int):
-        self.vocab_size = int(vocab_size)
-        self.merge_docs = int(merge_docs)
-        self.main: tuple[Any, np.ndarray] | None = None  # (trie, labels)
-        self.delta: tuple[Any, np.ndarray] | None = None
-        self.main_labels: set[int] = set()
-        self.delta_labels: set[int] = set()
-
-    def _build(self, rows: dict[int, tuple[str, np.ndarray]], labels: Iterable[int]
-               ) -> tuple[Any, np.ndarray] | None:
-        from genseek.kernels.trie import build_trie
-
-        return build_segment(rows, labels, lambda keys: build_trie(keys, self.vocab_size))
-
-    def rebuild(self, rows: dict[int, tuple[str, np.ndarray]]) -> None:
-        self.main, self.delta = self._build(rows, rows), None
-        self.main_labels, self.delta_labels = set(rows), set()
-
-    def update(self, rows: dict[int, tuple[str, np.ndarray]]) -> None:
-        """After a change: new labels go to the delta (rebuilt, small); merge when large."""
-        new = delta_or_merge(self.main_labels, rows, self.merge_docs)
-        if new is None:
-            self.rebuild(rows)
-            return
-        self.delta, self.delta_labels = self._build(rows, new), new
-
-    @property
-    def segs(self) -> list[tuple[Any, np.ndarray]]:
-        return [s for s in (self.main, self.delta) if s is not None]
-
-    def provider(self, rows: dict[int, Any]) -> Any:
-        """A ConstraintProvider over the live keys (None when there is none)."""
-        from genseek.kernels.constraints import UnionProvider
-        from genseek.kernels.trie import TrieConstraint
-
-        parts = [TrieConstraint(trie, doc_live=np.fromiter((int(v) in rows for v in labels),
-                                                           dtype=bool, count=labels.size))
-                 for trie, labels in self.segs]
-        if not parts:
-            return None
-        return parts[0] if len(parts) == 1 else UnionProvider(parts)
-
-    def labels_of(self, state: Sequence[int], live: dict[int, Any]) -> list[int]:
-        """Live labels whose key ends at ``state`` (a union state: one node per segment)."""
-        out: list[int] = []
-        for col, (trie, labels) in enumerate(self.segs):
-            node = int(state[col])
-            if node >= 0:
-                out.extend(int(labels[d]) for d in trie.docs_at(node) if int(labels[d]) in live)
-        return out
-
-    def nbytes(self) -> int:
-        return sum(int(t.nbytes()) + int(lab.nbytes) for t, lab in self.segs)
-
-
-# ---------------------------------------------------------------------------------------------
 # decoding + ranking shared by genre and dsi
 
 
@@ -239,13 +153,13 @@ def decode_keys(lm: Any, prompts: list[list[int]], provider: Any, *, num_beams: 
     return out
 
 
-def hits_from_hypotheses(hyps: list[Any], segments: TrieSegments,
+def hits_from_hypotheses(hyps: list[Any], store: TrieStore,
                          rows: dict[int, tuple[str, np.ndarray]], k: int) -> list[Hit]:
     """Hypotheses (best first) expanded to live documents; first occurrence of a doc wins."""
     hits: list[Hit] = []
     seen: set[str] = set()
     for h in hyps:
-        for v in segments.labels_of(h.state, rows):
+        for v in store.decode(h.state):
             doc_id = rows[v][0]
             if doc_id not in seen:
                 seen.add(doc_id)
@@ -259,18 +173,30 @@ def hits_from_hypotheses(hyps: list[Any], segments: TrieSegments,
 # what the generative index types share
 
 
-class KeyTableIndex:
-    """An LM and a :class:`KeyTable` under one lock: the part genre, dsi and seal share.
+def vocab_size(lm: Any) -> int:
+    """Token ids range over ``[0, vocab_size)``: the larger of the model's and tokenizer's."""
+    return max(int(getattr(lm.model.config, "vocab_size", 0) or 0), len(lm.tokenizer))
 
-    Subclasses set ``kind`` (the index type), ``cue`` (the prompt text decoding continues
-    from), ``Params`` and ``SearchParams`` (the schemas of the spec and of the parameters a
-    request may override, :mod:`genseek.params`) and call ``__init__``.
+
+class KeyTableIndex:
+    """An LM, a :class:`KeyTable` and a docid store under one lock: what genre, dsi and seal
+    share.
+
+    The store (``Store``: :class:`~genseek.indexers.trie_store.TrieStore` or
+    :class:`~genseek.indexers.fm_store.FMStore`, in ``path/store``) holds the table's keys and
+    is committed after it, stamped with the same sequence number; when the two disagree at
+    open (a crash between the two commits, an unreadable store, an index made before the
+    store was persisted) the store is rebuilt from the table. Subclasses set ``kind`` (the
+    index type), ``cue`` (the prompt text decoding continues from), ``Params`` and
+    ``SearchParams`` (the schemas of the spec and of the parameters a request may override,
+    :mod:`genseek.params`), ``Store``, and write keys with :meth:`write_keys`.
     """
 
     kind = ""
     cue = ""
     Params: type[GenreParams] | type[SealParams] | type[DsiParams]
     SearchParams: type[NoSearchParams]
+    Store: type[TrieStore] | type[FMStore]
 
     def __init__(self, path: Path, params: dict[str, Any], lm: Any = None):
         from genseek.retrievers._lm import load_lm
@@ -280,14 +206,46 @@ class KeyTableIndex:
         self.lm = lm or load_lm(str(self.params["model"]))
         self._lock = threading.RLock()
         self.table = KeyTable(self.path)
+        self.store = self._open_store()
+
+    @classmethod
+    def open(cls: type[K], path: Path, params: dict[str, Any]) -> K:
+        return cls(path, params)
+
+    def _open_store(self) -> TrieStore | FMStore:
+        """The store of ``path/store`` when it holds the table's committed keys, else one
+        rebuilt from the table (and committed)."""
+        folder, vocab = self.path / "store", vocab_size(self.lm)
+        merge = int(self.params["merge_docs"])
+        try:
+            store = self.Store.open(folder, vocab, merge_docs=merge)
+            if store.seq == self.applied_seq and len(store) == len(self.table.rows):
+                return store
+        except GenseekError:  # unreadable, or made for another vocabulary: a cache, rebuilt
+            shutil.rmtree(folder, ignore_errors=True)
+            store = self.Store.open(folder, vocab, merge_docs=merge)
+        store.reset((v, key) for v, (_, key) in self.table.rows.items())
+        store.commit(self.applied_seq)
+        return store
 
     @property
     def applied_seq(self) -> int:
         return self.table.applied_seq
 
+    def write_keys(self, removed: Iterable[int], added: Sequence[tuple[int, str, np.ndarray]]
+                   ) -> list[int]:
+        """Remove labels and add ``(label, doc_id, key)`` rows in the table and the store
+        (uncommitted); returns the labels removed."""
+        gone, new = self.table.write(removed, added)
+        if gone or new:
+            rows = self.table.rows
+            self.store.update([(v, rows[v][1]) for v in new], gone)
+        return gone
+
     def commit(self, seq: int) -> None:
         with self._lock:
             self.table.commit(seq)
+            self.store.commit(seq)
 
     def prompts(self, queries: Sequence[str]) -> list[list[int]]:
         """Token ids of each query's decoder input (instruction, query, then ``cue``)."""
@@ -296,25 +254,32 @@ class KeyTableIndex:
         return [build_prompt(self.lm, str(self.params["instruction"]), q, self.cue,
                              reserve=int(self.params["max_new_tokens"]) + 1) for q in queries]
 
-    def _search_params(self, params: dict[str, Any]) -> dict[str, Any]:
+    def _search_params(self, params: NoSearchParams | dict[str, Any] | None) -> dict[str, Any]:
         """The spec's values of the ``SearchParams`` fields with this request's overrides."""
         spec = {name: self.params[name] for name in self.SearchParams.model_fields}
         return {**spec, **self.SearchParams.overrides(params)}
+
+    def details(self) -> dict[str, Any]:
+        """The type's own facts for ``stats().details``, beside the store's."""
+        return {}
+
+    def stats(self) -> IndexStats:
+        with self._lock:
+            return IndexStats(type=self.kind, documents=len(self.table.rows),
+                              applied_seq=self.applied_seq, disk_bytes=dir_bytes(self.path),
+                              memory_bytes=self.store.nbytes(), params=dict(self.params),
+                              details={**self.store.stats(), **self.details()})
 
     def close(self) -> None:
         with self._lock:
             self.table.close()
 
 
+K = TypeVar("K", bound=KeyTableIndex)
+
+
 # ---------------------------------------------------------------------------------------------
 # the index type
-
-
-
-
-def vocab_size(lm: Any) -> int:
-    """Token ids range over ``[0, vocab_size)``: the larger of the model's and tokenizer's."""
-    return max(int(getattr(lm.model.config, "vocab_size", 0) or 0), len(lm.tokenizer))
 
 
 def title_key(tokenizer: Any, doc: Document) -> list[int]:
@@ -329,16 +294,12 @@ class GenreIndex(KeyTableIndex):
     cue = "Title:"
     Params = GenreParams
     SearchParams = GenreSearchParams
+    Store = TrieStore
 
-    def __init__(self, path: Path, params: dict[str, Any], lm: Any = None):
-        super().__init__(path, params, lm)
-        self.skipped = int(self.table.meta("skipped") or 0)
-        self.segments = TrieSegments(vocab_size(self.lm), int(self.params["merge_docs"]))
-        self.segments.rebuild(self.table.rows)
-
-    @classmethod
-    def open(cls, path: Path, params: dict[str, Any]) -> GenreIndex:
-        return cls(path, params)
+    @property
+    def skipped(self) -> int:
+        """Documents left out for want of a title (``missing_title=skip``)."""
+        return int(self.table.meta("skipped") or 0)
 
     # -- writes -------------------------------------------------------------------------------
 
@@ -362,23 +323,20 @@ class GenreIndex(KeyTableIndex):
             keyed = [(d, self.make_key(d)) for d in new_docs]  # validate before writing
             added = [(d.version, d.doc_id, np.asarray(k)) for d, k in keyed if k is not None]
             skipped = sum(1 for _, k in keyed if k is None)
-            gone, new = self.table.write([v for _, v in changes.removed], added)
+            self.write_keys([v for _, v in changes.removed], added)
             if skipped:
-                self.skipped += skipped
-                self.table.set_meta("skipped", str(self.skipped))
-            if gone or new:
-                self.segments.update(self.table.rows)
+                self.table.set_meta("skipped", str(self.skipped + skipped))
 
     # -- reads --------------------------------------------------------------------------------
 
-    def search(self, queries: Sequence[str], k: int, **params: Any) -> list[list[Hit]]:
+    def search(self, queries: Sequence[str], k: int,
+               params: GenreSearchParams | None = None) -> list[list[Hit]]:
         """Top-``k`` documents per query; ``num_beams`` / ``length_penalty`` per call."""
         p = self._search_params(params)
         if k <= 0 or not queries:
             return [[] for _ in queries]
         with self._lock:
-            provider = self.segments.provider(self.table.rows)
-            rows = self.table.rows
+            provider = self.store.provider()
             if provider is None:
                 return [[] for _ in queries]
             hyps = decode_keys(self.lm, self.prompts(queries), provider,
@@ -386,19 +344,7 @@ class GenreIndex(KeyTableIndex):
                                max_new_tokens=int(p["max_new_tokens"]),
                                length_penalty=float(p["length_penalty"]),
                                batch_size=int(p["batch_size"]))
-            return [hits_from_hypotheses(h, self.segments, rows, k) for h in hyps]
+            return [hits_from_hypotheses(h, self.store, self.table.rows, k) for h in hyps]
 
-    def stats(self) -> dict[str, Any]:
-        with self._lock:
-            return {
-                "type": self.kind,
-                "documents": len(self.table.rows),
-                "applied_seq": self.applied_seq,
-                "disk_bytes": dir_bytes(self.path),
-                "memory_bytes": self.segments.nbytes(),
-                "main_docs": len(self.segments.main_labels),
-                "delta_docs": len(self.segments.delta_labels),
-                "tombstones": len(self.segments.main_labels - set(self.table.rows)),
-                "skipped": self.skipped,
-                "params": dict(self.params),
-            }
+    def details(self) -> dict[str, Any]:
+        return {"skipped": self.skipped}

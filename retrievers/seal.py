@@ -6,10 +6,12 @@ n-grams ("keys") they contain. Reimplemented from the paper:
 
 1. **Index.** Each live document is tokenised as ``" " + title + " @@ " + text`` (title keys
    and body keys live in one sequence; the ``@@`` marker keeps title n-grams distinct), capped
-   at ``max_doc_tokens``, and indexed in a token-level FM-index over the reversed documents
-   (``genseek.kernels.fmindex``): main segment + a delta segment for documents added since,
-   tombstones for replaced/deleted versions. ``keys.sqlite`` is the source of truth (the
-   FM-indexes are rebuilt in memory: ~0.6 s per 1.7 M tokens).
+   at ``max_doc_tokens``, and indexed in token-level FM-indexes over the reversed documents
+   (``genseek.kernels.fmindex``), kept by an :class:`~genseek.indexers.fm_store.FMStore` in
+   ``path/store``: main segment + a delta segment for documents added since, exact tombstones
+   for replaced/deleted versions (counts, decoding and candidates see live documents only).
+   ``keys.sqlite`` is the source of truth; the store is committed after it and rebuilt from
+   it when they differ at open (~0.6 s per 1.7 M tokens).
 2. **Decoding.** The query is rendered with a prompt asking for a passage span that answers
    it (zero-shot with an instruction LM; the fine-tuned model of ``genseek train seal`` is
    trained on the same prompt). Constrained beam search (``kernels.beam``, ``keep_partials``)
@@ -53,14 +55,9 @@ from typing import Any
 import numpy as np
 import torch
 
+from genseek.indexers.fm_store import FMStore
 from genseek.params import SealParams, SealSearchParams
-from genseek.protocols import dir_bytes
-from genseek.retrievers.genre import (
-    KeyTableIndex,
-    build_segment,
-    delta_or_merge,
-    vocab_size,
-)
+from genseek.retrievers.genre import KeyTableIndex
 from genseek.types import ChangeSet, Document, Hit
 
 
@@ -107,107 +104,6 @@ def _contains(haystack: bytes, needle: bytes) -> bool:
     while i != -1 and i % 4:
         i = haystack.find(needle, i + 1)
     return i != -1
-
-
-#: bounds of FMSegments' per-key caches: keys counted, and labels located (int64: 16 MB)
-COUNT_CACHE_KEYS = 200_000
-LOCATE_CACHE_LABELS = 2_000_000
-
-
-class FMSegments:
-    """Main + delta FM-indexes over ``{label: tokens}``; ``labels`` maps doc numbers."""
-
-    def __init__(self, vocab: int, merge_docs: int):
-        self.vocab = int(vocab)
-        self.merge_docs = int(merge_docs)
-        self.segs: list[tuple[Any, np.ndarray]] = []
-        self.main_labels: set[int] = set()
-        self.delta_labels: set[int] = set()
-        # per-key count / locate answers of the current segments (dropped when they change,
-        # and when the located labels pass LOCATE_CACHE_LABELS): a query's n-grams are
-        # counted by query_keys and again by score_keys, and frequent keys recur across
-        # queries and across scoring settings of one decoding
-        self._counts: dict[tuple[int, ...], int] = {}
-        self._located: dict[tuple[tuple[int, ...], int], np.ndarray] = {}
-        self._located_size = 0
-
-    def _set(self, segs: list[tuple[Any, np.ndarray]]) -> None:
-        self.segs = segs
-        self.clear_caches()
-
-    def clear_caches(self) -> None:
-        """Forget the per-key count / locate answers (a cold start, e.g. to time a search)."""
-        self._counts, self._located, self._located_size = {}, {}, 0
-
-    def _build(self, rows: dict[int, tuple[str, np.ndarray]], labels: Any
-               ) -> tuple[Any, np.ndarray] | None:
-        from genseek.kernels.fmindex import FMIndex
-
-        return build_segment(rows, labels, lambda keys: FMIndex.build(keys, self.vocab))
-
-    def rebuild(self, rows: dict[int, tuple[str, np.ndarray]]) -> None:
-        main = self._build(rows, rows)
-        self._set([main] if main else [])
-        self.main_labels, self.delta_labels = set(rows), set()
-
-    def update(self, rows: dict[int, tuple[str, np.ndarray]]) -> None:
-        new = delta_or_merge(self.main_labels, rows, self.merge_docs)
-        if new is None or not self.main_labels:  # no main segment yet: the first one is main
-            self.rebuild(rows)
-            return
-        main = self.segs[:1]
-        delta = self._build(rows, new)
-        self._set(main + ([delta] if delta else []))
-        self.delta_labels = new
-
-    def provider(self) -> Any:
-        from genseek.kernels.constraints import UnionProvider
-        from genseek.kernels.fmindex import FMIndexProvider
-
-        parts = [FMIndexProvider(fm) for fm, _ in self.segs]
-        if not parts:
-            return None
-        return parts[0] if len(parts) == 1 else UnionProvider(parts)
-
-    @property
-    def total_tokens(self) -> int:
-        return sum(int(fm.n) - int(fm.n_docs) for fm, _ in self.segs)
-
-    def count(self, key: Sequence[int]) -> int:
-        k = tuple(key)
-        if k not in self._counts:
-            if len(self._counts) >= COUNT_CACHE_KEYS:
-                self._counts = {}
-            self._counts[k] = sum(int(fm.count(list(k))) for fm, _ in self.segs)
-        return self._counts[k]
-
-    def locate(self, key: Sequence[int], limit: int) -> np.ndarray:
-        """Labels (versions) of the documents containing ``key`` (first ``limit`` rows)."""
-        ck = (tuple(key), int(limit))
-        hit = self._located.get(ck)
-        if hit is not None:
-            return hit
-        out = []
-        for fm, labels in self.segs:
-            lo, hi = fm.interval(list(key))
-            if hi > lo:
-                docs, _ = fm.locate_docs(lo, hi, limit)
-                out.append(labels[docs])
-        found = np.unique(np.concatenate(out)) if out else np.zeros(0, dtype=np.int64)
-        found.flags.writeable = False  # shared by every caller of the cached answer
-        if self._located_size + found.size > LOCATE_CACHE_LABELS:
-            self._located, self._located_size = {}, 0
-        self._located[ck] = found
-        self._located_size += found.size
-        return found
-
-    def present(self) -> np.ndarray:
-        """bool ``[vocab]``: the token occurs in some segment."""
-        mask = np.zeros(self.vocab, dtype=bool)
-        for fm, _ in self.segs:
-            sym = np.flatnonzero(np.diff(fm.C[1:]) > 0) + 1
-            mask[sym[sym - 1 < self.vocab] - 1] = True
-        return mask
 
 
 @torch.inference_mode()
@@ -288,16 +184,11 @@ class SealIndex(KeyTableIndex):
     kind = "seal"
     Params = SealParams
     SearchParams = SealSearchParams
+    Store = FMStore
 
     def __init__(self, path: Path, params: dict[str, Any], lm: Any = None):
         super().__init__(path, params, lm)
-        self.segments = FMSegments(vocab_size(self.lm), int(self.params["merge_docs"]))
-        self.segments.rebuild(self.table.rows)
         self._bytes: dict[int, bytes] = {}
-
-    @classmethod
-    def open(cls, path: Path, params: dict[str, Any]) -> SealIndex:
-        return cls(path, params)
 
     def apply(self, changes: ChangeSet) -> None:
         with self._lock:
@@ -309,11 +200,8 @@ class SealIndex(KeyTableIndex):
                 toks = doc_tokens(self.lm.tokenizer, d, cap)
                 if toks:  # an empty document holds no n-gram: nothing to index
                     added.append((d.version, d.doc_id, np.asarray(toks)))
-            gone, new = self.table.write([v for _, v in changes.removed], added)
-            for v in gone:
+            for v in self.write_keys([v for _, v in changes.removed], added):
                 self._bytes.pop(v, None)
-            if gone or new:
-                self.segments.update(self.table.rows)
 
     # -- reads --------------------------------------------------------------------------------
 
@@ -332,27 +220,30 @@ class SealIndex(KeyTableIndex):
             for i in range(len(toks) - n + 1):
                 key = tuple(toks[i:i + n])
                 if key not in seen:
-                    c = self.segments.count(key)
+                    c = self.store.count(key)
                     if c > 0:
                         seen[key] = c
         ranked = sorted(seen, key=lambda k: (seen[k], k))
         cap = int(self.params["max_query_keys"]) if limit is None else int(limit)
         return [list(k) for k in ranked[:cap]]
 
-    def search(self, queries: Sequence[str], k: int, **params: Any) -> list[list[Hit]]:
+    def search(self, queries: Sequence[str], k: int,
+               params: SealSearchParams | None = None) -> list[list[Hit]]:
         """Top-``k`` documents per query (see the module docstring for the scoring)."""
         if k <= 0 or not queries:
             self._search_params(params)  # bad parameters are refused all the same
             return [[] for _ in queries]
         with self._lock:
-            return self.rank(self.decode(queries, **params), k, **params)
+            return self.rank(self.decode(queries, params), k, params)
 
-    def decode(self, queries: Sequence[str], **params: Any) -> list[KeySet]:
+    def decode(self, queries: Sequence[str],
+               params: SealSearchParams | dict[str, Any] | None = None) -> list[KeySet]:
         """Steps 2-4 (the LM): each query's keys; ``rank`` scores them (no LM), so one
-        decoding can be scored under several scoring settings."""
+        decoding can be scored under several scoring settings. ``params``: a
+        ``SealSearchParams``, or a dict of its fields (checked), or None."""
         p = self._search_params(params)
         with self._lock:
-            provider = self.segments.provider()
+            provider = self.store.provider()
             if provider is None:
                 return [KeySet({}) for _ in queries]
             out: list[KeySet] = []
@@ -361,11 +252,12 @@ class SealIndex(KeyTableIndex):
                 out.extend(self.collect_keys(list(queries[s:s + bs]), provider, p))
             return out
 
-    def rank(self, keysets: Sequence[KeySet], k: int, **params: Any) -> list[list[Hit]]:
+    def rank(self, keysets: Sequence[KeySet], k: int,
+             params: SealSearchParams | dict[str, Any] | None = None) -> list[list[Hit]]:
         """Steps 5-6 for decoded keys: the top-``k`` documents of each query."""
         p = self._search_params(params)
         with self._lock:
-            total = self.segments.total_tokens
+            total = self.store.total_tokens
             return [self.score_keys(ks.merged(int(p["unigrams"]), int(p["max_query_keys"])),
                                     k, total, p) for ks in keysets]
 
@@ -391,7 +283,7 @@ class SealIndex(KeyTableIndex):
             first, qscores = None, [[float("-inf")] * len(c) for c in qkeys]
         else:
             first, qscores = first_step_and_rescore(lm.model, prompts, qkeys, lm.pad_id)
-        present = torch.from_numpy(self.segments.present())
+        present = torch.from_numpy(self.store.present())
         out = []
         for b in range(len(queries)):
             beam: dict[tuple[int, ...], float] = {}
@@ -414,7 +306,7 @@ class SealIndex(KeyTableIndex):
         # 5. weights
         weighted = []
         for key, lp in keys.items():
-            c = self.segments.count(key)
+            c = self.store.count(key)
             w = key_weight(lp, c, total)
             if w > 0:
                 weighted.append((key, w, c))
@@ -424,9 +316,8 @@ class SealIndex(KeyTableIndex):
         rows = self.table.rows
         doc_keys: dict[int, list[tuple[float, tuple[int, ...]]]] = {}
         for key, w, _ in rare:
-            for v in self.segments.locate(key, int(self.params["locate_limit"])).tolist():
-                if v in rows:
-                    doc_keys.setdefault(v, []).append((w, key))
+            for v in self.store.locate(key, int(self.params["locate_limit"])).tolist():
+                doc_keys.setdefault(v, []).append((w, key))
         if frequent and doc_keys:
             needles = [(np.asarray(key, dtype="<i4").tobytes(), w, key) for key, w, _ in frequent]
             for v, lst in doc_keys.items():
@@ -444,17 +335,3 @@ class SealIndex(KeyTableIndex):
             if len(out) >= k:
                 break
         return out
-
-    def stats(self) -> dict[str, Any]:
-        with self._lock:
-            return {
-                "type": "seal",
-                "documents": len(self.table.rows),
-                "applied_seq": self.applied_seq,
-                "disk_bytes": dir_bytes(self.path),
-                "memory_bytes": sum(sum(fm.nbytes().values()) for fm, _ in self.segments.segs),
-                "corpus_tokens": self.segments.total_tokens,
-                "main_docs": len(self.segments.main_labels),
-                "delta_docs": len(self.segments.delta_labels),
-                "params": dict(self.params),
-            }

@@ -90,7 +90,9 @@ def test_genre_missing_and_empty_titles(tiny, tmp_path):
     ix.apply(ChangeSet(0, 2, (Document("a", "w1", "x", version=1),
                               Document("b", "", "y", version=2))))
     ix.commit(2)
-    assert ix.stats()["skipped"] == 1 and ix.stats()["documents"] == 1
+    stats = ix.stats()
+    assert stats.details["skipped"] == 1 and stats.documents == 1
+    assert stats.to_dict()["skipped"] == 1 and stats.type == "genre"
     assert ix.search([], 5) == [] and ix.search(["w1"], 0) == [[]]
     ix.close()
 
@@ -177,6 +179,7 @@ def test_genre_and_seal_decoding_emit_no_transformers_deprecation(tiny, tmp_path
 
 def test_seal_search_is_decode_then_rank(tiny, tmp_path):
     """search() = rank(decode()) = score_keys(collect_keys()); search parameters apply."""
+    from genseek.params import GenreSearchParams, SealSearchParams
     from genseek.retrievers.seal import SealIndex
 
     ix = SealIndex.open(tmp_path / "s", {"model": tiny, "num_beams": 3, "max_new_tokens": 3})
@@ -185,21 +188,23 @@ def test_seal_search_is_decode_then_rank(tiny, tmp_path):
                                            for i, d in enumerate(docs))))
     queries = [docs[3].text[:40], "w5 w7 w9"]
     p = ix._search_params({"beta": 0.0, "max_query_keys": 4})
-    keysets = ix.collect_keys(queries, ix.segments.provider(), p)
-    total = ix.segments.total_tokens
+    keysets = ix.collect_keys(queries, ix.store.provider(), p)
+    total = ix.store.total_tokens
     want = [ix.score_keys(ks.merged(int(p["unigrams"]), 4), 10, total, p) for ks in keysets]
-    assert ix.search(queries, 10, beta=0.0, max_query_keys=4) == want
-    assert ix.rank(ix.decode(queries, max_query_keys=4), 10, beta=0.0,
-                   max_query_keys=4) == want
-    assert ix.segments._counts and ix.segments._located  # answers kept for the next query
-    ix.segments.clear_caches()  # a cold start gives the same answers
-    assert not ix.segments._counts and ix.search(queries, 10, beta=0.0, max_query_keys=4) == want
+    given = SealSearchParams(beta=0.0, max_query_keys=4)
+    assert ix.search(queries, 10, given) == want
+    assert ix.rank(ix.decode(queries, {"max_query_keys": 4}), 10, given) == want
+    assert ix.store._counts and ix.store._located  # answers kept for the next query
+    ix.store.clear_caches()  # a cold start gives the same answers
+    assert not ix.store._counts and ix.search(queries, 10, given) == want
     ix.apply(ChangeSet(1, 2, (Document("zz", "zebra", "quokka quokka", version=99),)))
-    assert not ix.segments._counts and not ix.segments._located  # dropped on a change
-    assert ix.search(["quokka"], 10, unigrams=0)[0][0].doc_id == "zz"
+    assert not ix.store._counts and not ix.store._located  # dropped on a change
+    assert ix.search(["quokka"], 10, SealSearchParams(unigrams=0))[0][0].doc_id == "zz"
     assert all(len(ks.query) <= 4 for ks in keysets) and keysets[0].beam
     with pytest.raises(GenseekError, match="unknown search parameter"):
-        ix.search(queries, 10, gamma=1)
+        ix.decode(queries, {"gamma": 1})
+    with pytest.raises(GenseekError, match="expected SealSearchParams"):
+        ix.search(queries, 10, GenreSearchParams(num_beams=2))  # type: ignore[arg-type]
     ix.close()
 
 
@@ -234,6 +239,85 @@ def test_seal_empty_corpus(tiny, tmp_path):
     assert ix.search(["anything"], 10) == [[]]
     ix.apply(ChangeSet(0, 1, (Document("e", "", ""),)))  # no text: nothing to index
     assert ix.search(["anything"], 10) == [[]]
+    ix.close()
+
+
+def test_store_is_committed_with_the_table_and_rebuilt_when_they_differ(tiny, tmp_path):
+    """The docid store is committed with the key table's sequence number: a reopened index
+    loads it as committed (delta and tombstones included); after a crash between the table's
+    commit and the store's, or with an unreadable store, it is rebuilt from keys.sqlite and
+    answers as before."""
+    import numpy as np
+
+    from genseek.retrievers.genre import GenreIndex
+    from genseek.retrievers.seal import SealIndex
+
+    docs = tuple(Document(d.doc_id, d.title, d.text, version=i + 1)
+                 for i, d in enumerate(corpus(12)))
+    queries = [docs[2].title, "zebra quokka", docs[5].text[:30]]
+    for cls in (GenreIndex, SealIndex):
+        spec = {"model": tiny, "num_beams": 4, "max_new_tokens": 6}
+        path = tmp_path / cls.kind
+        ix = cls.open(path, spec)
+        ix.apply(ChangeSet(0, 12, docs))
+        ix.commit(12)
+        ix.apply(ChangeSet(12, 14, (Document("n", "zebra quokka", "quokka zebra w1", version=13),),
+                           removed=(("d0", 1),), deleted_ids=frozenset({"d0"})))
+        ix.commit(14)
+        stats = ix.stats()
+        assert (stats.details["main_docs"], stats.details["delta_docs"],
+                stats.details["tombstones"], stats.documents) == (12, 1, 1, 12)
+        want = ix.search(queries, 20)
+        assert not {"d0"} & {h.doc_id for hits in want for h in hits}
+        ix.close()
+        manifest = json.loads((path / "store" / "store.json").read_text())
+        assert manifest["seq"] == 14 and manifest["delta"] and manifest["tombstones"]
+        ix = cls.open(path, spec)  # loaded as committed, not rebuilt
+        assert (ix.store.main.name, ix.store.delta.name) == (manifest["main"], manifest["delta"])
+        assert ix.stats().details == stats.details and ix.search(queries, 20) == want
+        ix.close()
+        (path / "store" / manifest["main"] / "labels.npy").write_bytes(b"not an array")
+        ix = cls.open(path, spec)  # unreadable: rebuilt as one main segment, same answers
+        assert ix.store.delta is None and not ix.store.dead.any() and ix.store.seq == 14
+        assert ix.search(queries, 20) == want
+        # a crash after the table's commit, before the store's
+        ix.apply(ChangeSet(14, 15, (Document("m", "w3 zebra", "zebra w2 w4", version=15),)))
+        ix.table.commit(15)
+        ix.close()
+        ix = cls.open(path, spec)
+        assert ix.store.seq == 15 and 15 in ix.store
+        assert {v: t.tolist() for v, t in ix.store.items()} == {
+            v: np.asarray(k).tolist() for v, (_, k) in ix.table.rows.items()}
+        ix.close()
+
+
+def test_seal_tombstones_are_exact(tiny, tmp_path):
+    """A deleted document's n-grams no longer count, decode or locate before any merge, and
+    the tombstones survive a reopen."""
+    from genseek.retrievers.seal import SealIndex
+
+    docs = [Document(d.doc_id, d.title, d.text, version=i + 1) for i, d in enumerate(corpus(20))]
+    docs.append(Document("z", "zebra", "quokka zebra quokka", version=21))
+    spec = {"model": tiny, "num_beams": 4, "max_new_tokens": 4, "unigrams": 0}
+    ix = SealIndex.open(tmp_path / "s", spec)
+    ix.apply(ChangeSet(0, 21, tuple(docs)))
+    ix.commit(21)
+    quokka = ix.lm.tokenizer.encode(" quokka", add_special_tokens=False)
+    assert len(quokka) == 1 and ix.store.count(quokka) == 2
+    assert ix.search(["quokka"], 5)[0][0].doc_id == "z"
+    tokens, z_tokens = ix.store.total_tokens, len(ix.table.rows[21][1])
+    ix.apply(ChangeSet(21, 22, (), removed=(("z", 21),), deleted_ids=frozenset({"z"})))
+    ix.commit(22)
+    for _ in range(2):
+        assert ix.stats().details["tombstones"] == 1  # tombstoned, not merged
+        assert ix.store.count(quokka) == 0 and not ix.store.present()[quokka[0]]
+        assert ix.store.total_tokens == tokens - z_tokens
+        assert ix.store.locate(quokka).size == 0
+        cand = ix.store.provider().step(ix.store.provider().root(1, None))
+        assert quokka[0] not in cand.tokens[0].tolist()
+        assert "z" not in ids(ix.search(["quokka zebra"], 50)[0])
+        ix.close()
+        ix = SealIndex.open(tmp_path / "s", spec)
     ix.close()
 
 

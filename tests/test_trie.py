@@ -134,62 +134,148 @@ def test_build_rejects_bad_tokens() -> None:
         build_trie_flat(np.array([1]), np.array([1, 0]), 10)
 
 
+# ---------------------------------------------------------------------------------------------
+# the trie store: main + delta - tombstones, committed
+
+
 ops = st.lists(st.tuples(
-    st.lists(st.tuples(st.sampled_from("abcdefghijkl"),
-                       st.lists(st.integers(0, 7), min_size=1, max_size=5)), max_size=6),
-    st.lists(st.sampled_from("abcdefghijkl"), max_size=4),
-    st.booleans()), min_size=1, max_size=6)
+    st.lists(st.tuples(st.integers(0, 11), st.lists(st.integers(0, 7), min_size=1, max_size=5)),
+             max_size=6),
+    st.lists(st.integers(0, 12), max_size=4),
+    st.sampled_from(["none", "merge", "commit", "reopen"])), min_size=1, max_size=7)
 
 
-@settings(max_examples=20, deadline=None, suppress_health_check=[
+def _check(store: TrieStore, model: dict[int, tuple[int, ...]]) -> None:
+    """The store's live items, size, membership and constraint equal the brute-force model."""
+    assert {v: tuple(t.tolist()) for v, t in store.items()} == model
+    assert len(store) == len(model)
+    assert all(v in store for v in model) and 12 not in store
+    if store.delta is not None:
+        assert store.main is not None and store.delta.n_docs <= store.merge_docs
+    assert np.count_nonzero(store.dead) <= 0.2 * max(store.main.n_docs if store.main else 0, 1)
+    if not model:
+        assert store.provider() is None
+        return
+    docs = {str(v): s for v, s in model.items()}
+    _walk(store.provider(), docs, lambda state: [str(v) for v in store.decode(state)])
+
+
+@settings(max_examples=25, deadline=None, suppress_health_check=[
     HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
 @given(batches=ops)
 def test_store_segments_equal_fresh_rebuild(tmp_path_factory, batches) -> None:
-    """main + deltas - tombstones answers (tokens, terminals, decoded docids) equal a brute
-    force model and a freshly rebuilt single-segment store, also after reopen and merge."""
+    """main + delta - tombstones answers (tokens, terminals, decoded labels) equal a brute
+    force model after every update, merge, commit and reopen, and equal a store built in one
+    batch; only what ``store.json`` names stays on disk."""
     root = tmp_path_factory.mktemp("ts")
-    store = TrieStore.open(root / "s", vocab_size=8, max_segments=4)
-    model: dict[str, tuple[int, ...]] = {}
-    for upserts, deletes, merge in batches:
-        store.update([(d, s) for d, s in upserts], deletes)
-        for d in deletes:
-            model.pop(d, None)
-        for d, s in upserts:
-            model[d] = tuple(s)
-        if merge:
+    store = TrieStore.open(root / "s", 8, merge_docs=3)
+    model: dict[int, tuple[int, ...]] = {}
+    for seq, (upserts, deletes, action) in enumerate(batches, start=1):
+        store.update(upserts, deletes)
+        for v in deletes:
+            model.pop(v, None)
+        for v, s in upserts:
+            model[v] = tuple(s)
+        if action == "merge":
             store.merge()
-        assert len(store.segments) <= 4
-        assert dict(store.live_items()) == model
-        if model:
-            _walk(store.provider(), model, store.decode)
-    reopened = TrieStore.open(root / "s")
-    assert dict(reopened.live_items()) == model
-    if model:
-        _walk(reopened.provider(), model, reopened.decode)
-        fresh = TrieStore.open(root / "fresh", vocab_size=8)
-        fresh.update(sorted(model.items()))
-        _walk(fresh.provider(), model, fresh.decode)
+            assert store.delta is None and not store.dead.any()
+        if action in ("commit", "reopen"):
+            store.commit(seq)
+        if action == "reopen":
+            store = TrieStore.open(root / "s", 8, merge_docs=3)
+            assert store.seq == seq
+        _check(store, model)
+    store.commit(len(batches) + 1)
+    reopened = TrieStore.open(root / "s", 8, merge_docs=3)
+    assert reopened.seq == len(batches) + 1
+    _check(reopened, model)
+    fresh = TrieStore.open(root / "fresh", 8)
+    fresh.reset(model.items())
+    assert fresh.delta is None
+    _check(fresh, model)
     reopened.merge()
-    assert len(reopened.segments) <= 1
-    assert dict(TrieStore.open(root / "s").live_items()) == model
+    reopened.commit(99)
+    _check(TrieStore.open(root / "s", 8), model)
     names = {p.name for p in (root / "s").iterdir()}
     manifest = json.loads((root / "s" / "store.json").read_text())
-    assert names == {"store.json"} | {e["name"] for e in manifest["segments"]}
+    assert names == {"store.json"} | {manifest[r] for r in ("main", "delta", "tombstones")
+                                      if manifest[r]}
+
+
+def test_store_update_policy(tmp_path: Path) -> None:
+    """The first batch is the main segment; later ones go to the delta; deletes and
+    replacements of main documents are tombstones; a delta over merge_docs or tombstones over
+    20% of the main segment merge."""
+    store = TrieStore.open(tmp_path / "s", 10, merge_docs=2)
+    store.update([(i, [1, i % 7, 2]) for i in range(10)])
+    assert (store.stats(), store.delta) == ({"main_docs": 10, "delta_docs": 0,
+                                             "tombstones": 0}, None)
+    store.update([(20, [3])])
+    assert store.stats() == {"main_docs": 10, "delta_docs": 1, "tombstones": 0}
+    store.update([(3, [9, 9])], deletes=[20, 4])  # 3 replaced, 4 and delta doc 20 deleted
+    assert store.stats() == {"main_docs": 10, "delta_docs": 1, "tombstones": 2}
+    assert dict((v, t.tolist()) for v, t in store.items())[3] == [9, 9] and 4 not in store
+    store.update([(21, [4]), (22, [5])])  # the delta would hold 3 > 2: merge
+    assert store.stats() == {"main_docs": 11, "delta_docs": 0, "tombstones": 0}
+    store.update(deletes=[0, 1])  # 2 of 11: tombstones
+    assert store.stats()["tombstones"] == 2
+    store.update(deletes=[2, 77])  # 3 of 11 > 20%: merge (77 is unknown: ignored)
+    assert store.stats() == {"main_docs": 8, "delta_docs": 0, "tombstones": 0}
+    before = store.stats()
+    store.update(deletes=[77])  # nothing changes
+    assert store.stats() == before
+
+
+def test_store_commit_is_atomic(tmp_path: Path, monkeypatch) -> None:
+    """A commit that fails half-way leaves the last committed state on disk (and nothing
+    else once reopened); until a commit, nothing of an update is on disk."""
+    store = TrieStore.open(tmp_path / "s", 10, merge_docs=5)
+    store.update([(1, [1, 2]), (2, [1, 3])])
+    store.commit(1)
+    head = (tmp_path / "s" / "store.json").read_text()
+    store.update([(3, [4])], deletes=[1])
+    assert (tmp_path / "s" / "store.json").read_text() == head
+    assert TrieStore.open(tmp_path / "s", 10).seq == 1  # reopening drops the update
+
+    calls = []
+
+    def failing(data, folder):
+        calls.append(folder)
+        (folder / "indptr.npy").write_bytes(b"half")
+        raise OSError("disk full")
+
+    monkeypatch.setattr(TrieStore, "save_data", staticmethod(failing))
+    store.update([(4, [5])])
+    with pytest.raises(OSError, match="disk full"):
+        store.commit(2)
+    monkeypatch.undo()
+    assert calls and (tmp_path / "s" / "store.json").read_text() == head
+    back = TrieStore.open(tmp_path / "s", 10)
+    assert back.seq == 1 and {v for v, _ in back.items()} == {1, 2}
+    assert sorted(p.name for p in (tmp_path / "s").iterdir()) == ["main_000001", "store.json"]
+    store.commit(2)  # the same store commits fine afterwards
+    back = TrieStore.open(tmp_path / "s", 10)
+    assert back.seq == 2 and {v for v, _ in back.items()} == {2, 3, 4}
 
 
 def test_store_bad_input_and_corruption(tmp_path: Path) -> None:
-    store = TrieStore.open(tmp_path / "s", vocab_size=5)
-    with pytest.raises(GenseekError, match="outside"):
-        store.update([("x", [1, 9])])
-    with pytest.raises(GenseekError, match="upsert #0"):
-        store.update([(3, [1])])  # type: ignore[list-item]
-    assert len(store) == 0 and store.segments == []
-    store.update([("x", [1, 2]), ("y", [1])])
+    store = TrieStore.open(tmp_path / "s", 5)
+    for bad, msg in [([(1, [1, 9])], "token id 9 is outside"), ([("x", [1])], "integer"),
+                     ([(1, [])], "has no tokens"), ([(1, [1.5])], "must be integers"),
+                     ([3], "upsert #0")]:
+        with pytest.raises(GenseekError, match=msg):
+            store.update(bad)  # type: ignore[arg-type]
+    with pytest.raises(GenseekError, match="integer"):
+        store.update(deletes=["x"])  # type: ignore[list-item]
+    assert len(store) == 0 and store.main is None and store.provider() is None
+    store.update([(1, [1, 2]), (2, [1])])
+    store.commit(1)
     with pytest.raises(GenseekError, match="vocab_size"):
-        TrieStore.open(tmp_path / "s", vocab_size=6)
-    with pytest.raises(GenseekError, match="no trie store"):
-        TrieStore.open(tmp_path / "nothing")
-    seg = store.segments[0].name
-    (tmp_path / "s" / seg / "header.json").write_text("{not json")
+        TrieStore.open(tmp_path / "s", 6)
+    seg = tmp_path / "s" / store.main.name
+    (seg / "header.json").write_text("{not json")
     with pytest.raises(GenseekError, match="header.json"):
-        TrieStore.open(tmp_path / "s")
+        TrieStore.open(tmp_path / "s", 5)
+    (tmp_path / "s" / "store.json").write_text("{not json")
+    with pytest.raises(GenseekError, match="store.json: unreadable"):
+        TrieStore.open(tmp_path / "s", 5)
