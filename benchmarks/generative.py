@@ -242,14 +242,15 @@ def train_seal(bench: Bench, folder: Path) -> Any:
     """SEAL fine-tuned here (LoRA, ``--train-steps``): the merged model as an LM."""
     import random
 
+    from genseek.models import LM
+    from genseek.models import load_lm as _load
     from genseek.params import SEAL_INSTRUCTION
-    from genseek.retrievers._lm import LM, lora_wrap
-    from genseek.retrievers._lm import load_lm as _load
     from genseek.retrievers.generative_train import (
         read_dataset,
         seal_examples,
         train_examples,
     )
+    from genseek.retrievers.prompts import lora_wrap
 
     args = bench.args
     corpus, queries, train_qrels = read_dataset(folder, "train")
@@ -384,7 +385,7 @@ def evaluate_ir(args: argparse.Namespace, info: dict[str, Any], folder: Path, qi
     """Steps 1-5 (see the module docstring); prints the tables, returns the result."""
     from genseek.data.readers import read_corpus
     from genseek.evaluation import evaluate
-    from genseek.retrievers._lm import load_lm
+    from genseek.models import load_lm
     from genseek.types import Document
 
     collection = C.collection_option(args.collection)
@@ -463,8 +464,8 @@ def dsi_experiment(args: argparse.Namespace, folder: Path, qids: list[str], qtex
     import random
 
     from genseek.data.readers import read_corpus
+    from genseek.models import LM, load_lm
     from genseek.params import DSI_INSTRUCTION
-    from genseek.retrievers._lm import LM, build_prompt, load_lm, lora_wrap
     from genseek.retrievers.dsi import DsiIndex
     from genseek.retrievers.generative_train import (
         assign_docids,
@@ -472,6 +473,7 @@ def dsi_experiment(args: argparse.Namespace, folder: Path, qids: list[str], qtex
         pseudo_query,
         train_examples,
     )
+    from genseek.retrievers.prompts import build_prompt, lora_wrap
     from genseek.types import ChangeSet, Document
 
     _, all_q, _ = C.judged_queries(folder, "test")

@@ -123,7 +123,7 @@ def main(argv: list[str] | None = None) -> int:
     from genseek.collection import Collection
     from genseek.data.readers import read_corpus, read_qrels, read_queries
     from genseek.evaluation import evaluate
-    from genseek.retrievers._lm import load_lm
+    from genseek.models import load_lm
     from genseek.retrievers.seal import SealIndex
     from genseek.types import ChangeSet, Document, Hit
 

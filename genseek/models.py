@@ -17,7 +17,7 @@ encode fails with ``NotImplementedError: Cannot copy out of meta tensor``. So:
 
 :meth:`ModelCache.status` says which models are loaded and which are loading (for readiness).
 
-Also here, so that both LLM users (:mod:`genseek.rerankers._llm`, :mod:`genseek.retrievers._lm`)
+Also here, so that both LLM users (:mod:`genseek.rerankers.llm`, :mod:`genseek.retrievers.prompts`)
 share one copy:
 
 - :func:`quiet_third_party`: third-party progress bars and warnings the user cannot act on

@@ -4,5 +4,5 @@ Each implements :class:`genseek.protocols.Reranker` (``rank_batch(queries, texts
 per candidate) and is named in a pipeline's ``rerank`` stage: ``biencoder`` (embedding cosine),
 ``first`` and ``listwise-gen`` (listwise LLM ranking: FIRST's single-token logits or generated
 permutations, ``first.py``), ``pointwise`` (an LLM's yes/no log-odds). The LLM rerankers share
-``_llm.py`` (prompt prefix cache, batched forward passes); ``first_train.py`` trains FIRST.
+``llm.py`` (prompt prefix cache, batched forward passes); ``first_train.py`` trains FIRST.
 """

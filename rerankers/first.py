@@ -20,7 +20,7 @@ token by token as RankGPT / RankZephyr do.
 4. **Batching**: the queries advance window by window in lockstep, so step ``t``
    ranks the ``t``-th window of every query in shared forward passes; the
    query-independent prompt prefix (system turn, chat header) is computed once and
-   its key/value cache reused (:class:`genseek.rerankers._llm.PrefixRunner`).
+   its key/value cache reused (:class:`genseek.rerankers.llm.PrefixRunner`).
 5. **Truncation**: each passage keeps at most ``max_passage_tokens`` tokens, fewer
    when a window would not otherwise fit the model's context.
 
@@ -38,7 +38,7 @@ from typing import Any
 from genseek.errors import GenseekError
 from genseek.models import LM
 from genseek.params import FirstParams, ListwiseGenParams
-from genseek.rerankers._llm import PrefixRunner, chat_parts, context_length, lm_from_params
+from genseek.rerankers.llm import PrefixRunner, chat_parts, context_length, lm_from_params
 
 LABELS = "ABCDEFGHIJKLMNOPQRSTUVWXYZ"
 """Window labels: one letter each, so at most 26 passages per forward pass."""

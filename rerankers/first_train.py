@@ -201,7 +201,7 @@ def _plain(model: Any) -> Any:
 
 def _parser() -> argparse.ArgumentParser:
     from genseek.cliutil import positive
-    from genseek.rerankers._llm import DEFAULT_MODEL
+    from genseek.rerankers.llm import DEFAULT_MODEL
     from genseek.training import add_options, recipe_parser
 
     p = recipe_parser(
@@ -291,7 +291,7 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
 
     from genseek import training
     from genseek.data.readers import read_qrels, read_queries
-    from genseek.rerankers._llm import load_lm
+    from genseek.models import load_lm
     from genseek.rerankers.first import PromptBuilder, label_token_ids
 
     out = Path(args.out)

@@ -4,7 +4,7 @@ The baseline FIRST is compared with: for each (query, passage) pair one prompt
 "Is the passage relevant to the query? Answer Yes or No.", one forward pass, and
 the score ``log p(Yes) - log p(No)`` from the next-token logits of the two answer
 tokens (the log-odds of "Yes" restricted to the two answers). Pairs are batched
-across queries and share the cached system prefix (see ``_llm.PrefixRunner``).
+across queries and share the cached system prefix (see ``llm.PrefixRunner``).
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from typing import Any
 from genseek.errors import GenseekError
 from genseek.models import LM
 from genseek.params import PointwiseParams
-from genseek.rerankers._llm import PrefixRunner, chat_parts, lm_from_params
+from genseek.rerankers.llm import PrefixRunner, chat_parts, lm_from_params
 
 SYSTEM = "You are a search relevance judge. You answer only Yes or No."
 _MARK = "\u2063GENSEEK_USER\u2063"

@@ -217,8 +217,8 @@ def train_examples(model: Any, examples: Sequence[Example], *, pad_id: int, step
 def genre_examples(lm: Any, corpus: dict[str, Any], queries: dict[str, str],
                    qrels: dict[str, dict[str, int]], rng: random.Random, pseudo: int,
                    instruction: str, index_docs: Sequence[Any] = ()) -> list[Example]:
-    from genseek.retrievers._lm import build_prompt
     from genseek.retrievers.genre import title_key
+    from genseek.retrievers.prompts import build_prompt
 
     out: list[Example] = []
     for qid, rels in qrels.items():
@@ -244,7 +244,7 @@ def seal_examples(lm: Any, corpus: dict[str, Any], queries: dict[str, str],
                   ) -> list[Example]:
     """Supervised (query -> overlap-sampled span of a relevant document) examples, then one
     unsupervised (span -> another span of the same document) example per ``index_docs``."""
-    from genseek.retrievers._lm import build_prompt
+    from genseek.retrievers.prompts import build_prompt
 
     out: list[Example] = []
     for qid, rels in qrels.items():
@@ -267,7 +267,7 @@ def dsi_examples(lm: Any, docs: Sequence[Any], keys: dict[str, list[int]],
                  queries: dict[str, str], qrels: dict[str, dict[str, int]], rng: random.Random,
                  *, doc_len: int, pseudo: int, instruction: str) -> list[Example]:
     """Indexing (doc prefix -> docid) and retrieval (query / pseudo-query -> docid) examples."""
-    from genseek.retrievers._lm import build_prompt
+    from genseek.retrievers.prompts import build_prompt
 
     out: list[Example] = []
     wanted = {d.doc_id for d in docs}
@@ -436,9 +436,10 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     import torch
 
     from genseek import training
+    from genseek.models import MODEL_META, load_lm
     from genseek.params import DSI_INSTRUCTION, GENRE_INSTRUCTION, SEAL_INSTRUCTION
-    from genseek.retrievers._lm import MODEL_META, load_lm, lora_wrap
     from genseek.retrievers.dsi import DOCIDS_FILE, load_docid_data
+    from genseek.retrievers.prompts import lora_wrap
 
     torch.manual_seed(args.seed)
     rng = random.Random(args.seed)
@@ -492,7 +493,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                                     pseudo=args.pseudo, instruction=DSI_INSTRUCTION)
             n_replay = int(args.replay * len(examples))
             if n_replay and old_docs:
-                from genseek.retrievers._lm import build_prompt
+                from genseek.retrievers.prompts import build_prompt
 
                 for d in rng.choices(old_docs, k=n_replay):
                     examples.append((build_prompt(lm, DSI_INSTRUCTION, pseudo_query(

@@ -6,7 +6,7 @@ and ranks titles by their sequence log-probability. Here:
 
 1. each live document's title is tokenised (``" " + title``, no special tokens) into a key;
    duplicate titles share one trie leaf, which maps to *all* their documents;
-2. a query is rendered with :func:`genseek.retrievers._lm.build_prompt` (instruction + query,
+2. a query is rendered with :func:`genseek.retrievers.prompts.build_prompt` (instruction + query,
    cue ``"Title:"``) and decoded with ``genseek.kernels.beam.constrained_beam_search`` under
    the union of the main trie and the delta trie (``UnionProvider``), EOS allowed at the end
    of a complete title;
@@ -137,12 +137,12 @@ def decode_keys(lm: Any, prompts: list[list[int]], provider: Any, *, num_beams: 
     import torch
 
     from genseek.kernels.beam import constrained_beam_search
-    from genseek.retrievers._lm import left_pad
+    from genseek.retrievers.prompts import left_pad
 
     out: list[list[Any]] = []
     for start in range(0, len(prompts), max(int(batch_size), 1)):
         chunk = prompts[start:start + max(int(batch_size), 1)]
-        ids, mask = left_pad(chunk, lm.pad_id)
+        ids, mask = left_pad(chunk, lm.pad_id, lm.device)
         with torch.inference_mode():
             res = constrained_beam_search(
                 lm.model, ids, mask, provider, num_beams=int(num_beams),
@@ -199,7 +199,7 @@ class KeyTableIndex:
     Store: type[TrieStore] | type[FMStore]
 
     def __init__(self, path: Path, params: dict[str, Any], lm: Any = None):
-        from genseek.retrievers._lm import load_lm
+        from genseek.models import load_lm
 
         self.params = self.Params.resolve(params)
         self.path = Path(path)
@@ -249,7 +249,7 @@ class KeyTableIndex:
 
     def prompts(self, queries: Sequence[str]) -> list[list[int]]:
         """Token ids of each query's decoder input (instruction, query, then ``cue``)."""
-        from genseek.retrievers._lm import build_prompt
+        from genseek.retrievers.prompts import build_prompt
 
         return [build_prompt(self.lm, str(self.params["instruction"]), q, self.cue,
                              reserve=int(self.params["max_new_tokens"]) + 1) for q in queries]
@@ -336,7 +336,7 @@ class GenreIndex(KeyTableIndex):
         if k <= 0 or not queries:
             return [[] for _ in queries]
         with self._lock:
-            provider = self.store.provider()
+            provider = self.store.provider(self.lm.device)
             if provider is None:
                 return [[] for _ in queries]
             hyps = decode_keys(self.lm, self.prompts(queries), provider,

@@ -32,7 +32,7 @@ n-grams ("keys") they contain. Reimplemented from the paper:
    already covered by higher-weighted keys of the same document (the overlap discount);
    ``beta`` scales the discount (``cover = 1 - beta * overlap``; 1 by default, 0 turns it off).
 
-Queries longer than the context are truncated (see ``_lm.build_prompt``).
+Queries longer than the context are truncated (see ``prompts.build_prompt``).
 
 Spec parameters: ``model`` (smollm2), ``num_beams`` (10), ``max_new_tokens`` (10),
 ``unigrams`` (20), ``query_ngram`` (3), ``max_query_keys`` (32), ``rare_threshold`` (2000),
@@ -116,9 +116,9 @@ def first_step_and_rescore(model: Any, prompts: list[list[int]], conts: list[lis
     chunk of ``R`` rows), so a key costs its own length, not the prompt's.
     """
     from genseek.models import cache_kwarg, output_cache
-    from genseek.retrievers._lm import left_pad
+    from genseek.retrievers.prompts import left_pad
 
-    ids, mask = left_pad(prompts, pad_id)
+    ids, mask = left_pad(prompts, pad_id, model.device)
     pos = (mask.cumsum(-1) - 1).clamp(min=0)
     keep = {"logits_to_keep": 1} if "logits_to_keep" in inspect.signature(
         model.forward).parameters else {}  # the prompt's other positions need no logits
@@ -131,26 +131,26 @@ def first_step_and_rescore(model: Any, prompts: list[list[int]], conts: list[lis
     plen = mask.sum(-1)  # [B]
     for s in range(0, len(flat), chunk):
         part = flat[s:s + chunk]
-        rows = torch.tensor([b for b, _, _ in part], dtype=torch.long)
+        rows = torch.tensor([b for b, _, _ in part], dtype=torch.long, device=ids.device)
         first_lp = torch.stack([first[b, c[0]] for b, _, c in part])  # [R]
         width = max(len(c) for _, _, c in part) - 1
         total = first_lp.clone()
         if width > 0:
-            tok = torch.full((len(part), width), pad_id, dtype=torch.long)
-            cmask = torch.zeros((len(part), width), dtype=torch.long)
+            tok = torch.full((len(part), width), pad_id, dtype=torch.long, device=ids.device)
+            cmask = torch.zeros((len(part), width), dtype=torch.long, device=ids.device)
             for i, (_, _, c) in enumerate(part):
                 tok[i, :len(c) - 1] = torch.tensor(c[:-1])
                 cmask[i, :len(c) - 1] = 1
             cache = copy.deepcopy(prompt_cache)
             cache.batch_select_indices(rows)  # each continuation's prompt row
             am = torch.cat([mask[rows], cmask], dim=1)
-            cpos = plen[rows].unsqueeze(1) + torch.arange(width).unsqueeze(0)
+            cpos = plen[rows].unsqueeze(1) + torch.arange(width, device=ids.device).unsqueeze(0)
             o = model(input_ids=tok, attention_mask=am, position_ids=cpos, use_cache=True,
                       **{cache_kw: cache})
             lp = torch.log_softmax(o.logits.float(), dim=-1)  # [R, width, V]
             for i, (_, _, c) in enumerate(part):
-                nxt = torch.tensor(c[1:], dtype=torch.long)
-                total[i] += lp[i, torch.arange(len(c) - 1), nxt].sum()
+                nxt = torch.tensor(c[1:], dtype=torch.long, device=ids.device)
+                total[i] += lp[i, torch.arange(len(c) - 1, device=ids.device), nxt].sum()
         for i, (b, j, _) in enumerate(part):
             scores[b][j] = float(total[i])
     return first, scores
@@ -265,11 +265,11 @@ class SealIndex(KeyTableIndex):
                      ) -> list[KeySet]:
         """Steps 2-4 for a batch: the keys of each query with ``log P(key | query)``."""
         from genseek.kernels.beam import constrained_beam_search
-        from genseek.retrievers._lm import left_pad
+        from genseek.retrievers.prompts import left_pad
 
         lm = self.lm
         prompts = self.prompts(queries)
-        ids, mask = left_pad(prompts, lm.pad_id)
+        ids, mask = left_pad(prompts, lm.pad_id, lm.device)
         # 2. n-grams under the FM-index, every partial hypothesis kept
         with torch.inference_mode():
             res = constrained_beam_search(
@@ -284,6 +284,8 @@ class SealIndex(KeyTableIndex):
         else:
             first, qscores = first_step_and_rescore(lm.model, prompts, qkeys, lm.pad_id)
         present = torch.from_numpy(self.store.present())
+        if first is not None:
+            first = first.cpu()  # [B, V]: the unigram keys are read on the host
         out = []
         for b in range(len(queries)):
             beam: dict[tuple[int, ...], float] = {}

@@ -18,7 +18,6 @@ from genseek.errors import GenseekError
 from genseek.models import LM, Placement, resolve_lm
 from genseek.pipeline import Pipeline, Rerank, Stage, run_pipeline
 from genseek.rerankers import first_train
-from genseek.rerankers._llm import PrefixRunner
 from genseek.rerankers.first import (
     LABELS,
     FirstReranker,
@@ -28,6 +27,7 @@ from genseek.rerankers.first import (
     scores_from_order,
     windows,
 )
+from genseek.rerankers.llm import PrefixRunner
 from genseek.rerankers.pointwise import PointwiseReranker
 from genseek.types import Document, Hit
 

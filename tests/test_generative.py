@@ -112,8 +112,9 @@ def test_bad_params_and_model_paths(tiny, tmp_path):
 
 
 def test_query_longer_than_context_is_truncated(tmp_path):
-    from genseek.retrievers._lm import build_prompt, load_lm
+    from genseek.models import load_lm
     from genseek.retrievers.genre import GenreIndex
+    from genseek.retrievers.prompts import build_prompt
 
     small = str(make_tiny(tmp_path / "m", WORDS, context=48))
     lm = load_lm(small)
@@ -353,8 +354,9 @@ def test_dsi_schemes_and_trie(tiny, tmp_path):
 def test_train_examples_in_bf16_autocast_tracks_fp32_with_fp32_weights(tiny):
     import torch
 
-    from genseek.retrievers._lm import load_lm, lora_wrap
+    from genseek.models import load_lm
     from genseek.retrievers.generative_train import train_examples
+    from genseek.retrievers.prompts import lora_wrap
 
     runs = {}
     for autocast in (False, True):
@@ -404,7 +406,7 @@ def test_train_dsi_then_index(tiny, tmp_path):
     ix.close()
     assert main(["dsi", "--dataset", str(tmp_path / "none"), "--out", str(tmp_path / "x")]) == 2
     with pytest.raises(GenseekError, match="semantic scheme"):
-        from genseek.retrievers._lm import load_lm
+        from genseek.models import load_lm
         from genseek.retrievers.dsi import digit_ids
 
         class Bad:
@@ -462,7 +464,7 @@ def test_train_seal_holdout_and_spans(tiny, tmp_path):
 
 def test_span_pair_gives_disjoint_spans_of_the_text(tiny):
     """SEAL's unsupervised pairs: query span and target span come from the text, never overlap."""
-    from genseek.retrievers._lm import load_lm
+    from genseek.models import load_lm
     from genseek.retrievers.generative_train import disjoint_windows, span_pair
 
     rng = random.Random(0)

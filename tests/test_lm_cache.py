@@ -100,7 +100,7 @@ def test_one_copy_per_process_however_the_device_is_asked_for(cache, gguf, monke
     from genseek import embedded
     from genseek.models import MODELS, load_lm, placement
     from genseek.params import FirstParams
-    from genseek.rerankers._llm import lm_from_params
+    from genseek.rerankers.llm import lm_from_params
 
     if placement().device != "cpu":
         pytest.skip("a GPU is present: auto is not cpu here")
@@ -215,7 +215,7 @@ def test_concurrent_first_loads_in_two_processes(cache, gguf):
 
 def test_loads_draw_no_third_party_bars_or_warnings(cache, gguf, capfd):
     from genseek.models import load_lm
-    from genseek.rerankers._llm import PrefixRunner
+    from genseek.rerankers.llm import PrefixRunner
 
     capfd.readouterr()
     lm = load_lm.__wrapped__(str(gguf), "cpu", "float32")  # de-quantises, saves, loads

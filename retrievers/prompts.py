@@ -17,9 +17,9 @@ from __future__ import annotations
 from typing import Any
 
 from genseek.errors import GenseekError
-from genseek.models import DEFAULT_LM, LM, MODEL_META, load_lm
+from genseek.models import LM
 
-__all__ = ["DEFAULT_LM", "LM", "MODEL_META", "build_prompt", "left_pad", "load_lm", "lora_wrap"]
+__all__ = ["build_prompt", "left_pad", "lora_wrap"]
 
 
 def build_prompt(lm: LM, instruction: str, text: str, cue: str = "", *,
@@ -63,8 +63,9 @@ def build_prompt(lm: LM, instruction: str, text: str, cue: str = "", *,
     return ids
 
 
-def left_pad(rows: list[list[int]], pad_id: int) -> tuple[Any, Any]:
-    """``(input_ids, attention_mask)`` int64 ``[B, L]``, left padded (causal decoding)."""
+def left_pad(rows: list[list[int]], pad_id: int, device: Any = None) -> tuple[Any, Any]:
+    """``(input_ids, attention_mask)`` int64 ``[B, L]``, left padded (causal decoding), on
+    ``device`` (the model's: ``LM.device``; default the CPU)."""
     import torch
 
     width = max((len(r) for r in rows), default=0)
@@ -74,6 +75,8 @@ def left_pad(rows: list[list[int]], pad_id: int) -> tuple[Any, Any]:
         if r:
             ids[i, width - len(r):] = torch.tensor(r, dtype=torch.long)
             mask[i, width - len(r):] = 1
+    if device is not None:
+        return ids.to(device), mask.to(device)
     return ids, mask
 
 
