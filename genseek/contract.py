@@ -1,6 +1,6 @@
 """The collection-level contract every index type keeps, as checks any type can run.
 
-``tests/test_contract.py`` runs every check for every registered index type (the built-ins and
+``tests/contract/test_contract.py`` runs every check for every registered index type (the built-ins and
 any type another package registers through the ``genseek.indexes`` entry point). A package
 that adds a type runs the same checks in its own tests::
 

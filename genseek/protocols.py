@@ -36,7 +36,7 @@ if TYPE_CHECKING:
 
 Q = TypeVar("Q")
 """Query vectors: ``float32 [n, dim]`` (dense, spann, repconc), a list of ``[n_tokens_i, dim]``
-arrays (muvera) or one ``{term: weight}`` per query (impact)."""
+arrays (muvera) or one ``(token ids int64 [n], weights float32 [n])`` pair per query (impact)."""
 
 
 @runtime_checkable

@@ -23,7 +23,7 @@ There is no Python loop over beams and no per-beam host<->device copy: finished 
 hypotheses stay on the device until the search ends; a step syncs a single scalar (the
 early-stopping test) plus whatever the provider needs for its fan-out ``F``.
 
-Semantics (mirrored exactly by the reference enumeration in tests/test_beam.py):
+Semantics (mirrored exactly by the reference enumeration in tests/unit/test_beam.py):
 
 - ``score`` is the sum of the token log-probs (log-softmax of the model's float logits),
   EOS included when the hypothesis ended with EOS. The ranking key is

@@ -1,13 +1,22 @@
-"""Shared fixtures: the BEIR datasets folder (integration tests) and small synthetic corpora."""
+"""Shared fixtures (the BEIR datasets folder) and the test groups' common ground.
+
+The tests live in groups (``unit/``, ``contract/``, ``integration/``, ``server/``, ``es/``); the
+helpers they share (``_synth.py``, ``_apiserver.py``, ``_fake_es.py``, ``plugins/``) stay in this
+folder, which is put on ``sys.path`` here.
+"""
 
 from __future__ import annotations
 
 import os
+import sys
 from pathlib import Path
 
 import pytest
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
+TESTS = str(Path(__file__).resolve().parent)
+if TESTS not in sys.path:
+    sys.path.insert(0, TESTS)
 
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")

@@ -1,5 +1,5 @@
 """A toy index type, written the way ARCHITECTURE.md's "Adding an index type" says, and
-registered through the ``genseek.indexes`` entry point by tests/test_toy_index.py.
+registered through the ``genseek.indexes`` entry point by tests/contract/test_toy_index.py.
 
 ``overlap``: a document's score for a query is the number of distinct query terms it holds,
 divided by the square root of its number of distinct terms. Rows live in one SQLite file (the

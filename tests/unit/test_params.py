@@ -14,7 +14,7 @@ from genseek.errors import InvalidParameter
 from genseek.params import INDEX_PARAMS, RERANKER_PARAMS, DenseParams, markdown_all
 from genseek.registry import BUILTIN_RERANKERS, BUILTIN_TYPES, _load, check_spec, index_schemas
 
-README = Path(__file__).resolve().parent.parent / "README.md"
+README = Path(__file__).resolve().parents[2] / "README.md"
 
 # the specs the isolation issue found accepted, each with the rule that now refuses it
 BAD_SPECS = [

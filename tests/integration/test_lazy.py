@@ -98,6 +98,7 @@ def _run(args: list[str]) -> dict:
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
+@pytest.mark.slow
 def test_cli_stats_starts_nothing_and_a_bm25_search_loads_no_model(tmp_path):
     corpus = write_jsonl(tmp_path / "c.jsonl", make_docs(20, seed=2))
     coll = str(tmp_path / "coll")

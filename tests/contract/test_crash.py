@@ -96,6 +96,7 @@ def child_env() -> dict[str, str]:
     return env
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("acks_before_kill, max_delay", [(3, 0.0), (5, 0.4)])
 def test_kill_during_collection_writes(tmp_path, acks_before_kill, max_delay):
     script = tmp_path / "writer.py"
@@ -179,6 +180,7 @@ def genseek_command() -> list[str]:
     return [str(script)] if script.exists() else [sys.executable, "-m", "genseek.cli"]
 
 
+@pytest.mark.slow
 def test_kill_during_cli_index_then_resume(tmp_path, capsys):
     docs = make_docs(1500, seed=5)
     corpus = write_jsonl(tmp_path / "corpus.jsonl", docs)

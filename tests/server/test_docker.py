@@ -16,7 +16,7 @@ import yaml
 from genseek.api.settings import parse_api_keys
 from genseek.cli import build_parser
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 DOCKER = ROOT / "docker"
 COMPOSE = DOCKER / "compose.yaml"
 ENV = {"GENSEEK_ADMIN_KEY": "admin-key-0123", "GENSEEK_ES_KEY": "es-key-4567"}

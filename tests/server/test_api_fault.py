@@ -114,6 +114,7 @@ def _token(doc) -> str:
     return next(w for w in doc.text.split() if w.startswith("tok"))
 
 
+@pytest.mark.slow
 def test_sigkill_mid_stream_keeps_every_acknowledged_write(tmp_path):
     root, log = tmp_path / "root", tmp_path / "server.log"
     server = ServerProcess(root, log)

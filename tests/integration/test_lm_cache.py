@@ -195,6 +195,7 @@ print(gguf_source(Path(sys.argv[1]))[0])
 """
 
 
+@pytest.mark.slow
 def test_concurrent_first_loads_in_two_processes(cache, gguf):
     start = str(time.time() + 4.0)  # both past their imports, then at the same moment
     env = {**os.environ, "GENSEEK_CACHE": str(cache)}

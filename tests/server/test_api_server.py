@@ -220,6 +220,7 @@ def test_searches_keep_being_served_during_writes(client, reader, coll):
     assert reader.collection_stats("c1")["documents"] == 25
 
 
+@pytest.mark.slow
 def test_graceful_shutdown_keeps_acknowledged_writes(tmp_path):
     """SIGTERM right after writes acknowledged without refresh: the server applies them
     before it exits (its indexes are current on disk), and after a restart every

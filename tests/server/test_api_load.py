@@ -7,7 +7,7 @@ search (bm25, dense, the default RRF hybrid, batches) and read documents, for
 the documented full run is::
 
     GENSEEK_LOAD_WRITERS=8 GENSEEK_LOAD_READERS=32 GENSEEK_LOAD_SECONDS=60 \\
-        .venv/bin/pytest -s tests/test_api_load.py
+        .venv/bin/pytest -s tests/server/test_api_load.py
 
 Asserted:
 
@@ -159,6 +159,7 @@ def _reader(url: str, r: int, stop: threading.Event, rec: Recorder, seeds: list)
                 time.sleep(0.05)
 
 
+@pytest.mark.slow
 def test_writers_and_readers_with_zero_errors(server):
     seeds = make_docs(SEED_DOCS, seed=9)
     with GenseekClient(server.url, timeout=120) as c:

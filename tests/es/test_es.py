@@ -639,7 +639,7 @@ def test_elasticsearch_errors_are_one_line():
         connect("not a url")
 
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def _imports(path: Path) -> set[str]:

@@ -48,6 +48,7 @@ def test_bm25_effectiveness(beir_dataset, tmp_path, name, floor):
     assert result["R@100"] >= result["nDCG@10"] * 0.5  # sanity: recall is not broken
 
 
+@pytest.mark.slow
 def test_cisi_fusion_is_no_worse_than_the_weaker_system(beir_dataset, tmp_path):
     dataset = beir_dataset("cisi")
     coll, _ = build(tmp_path / "cisi", dataset, {"bm25": "bm25", "dense": "dense"})

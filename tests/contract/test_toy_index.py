@@ -18,7 +18,7 @@ from genseek.pipeline import Pipeline, Stage, run_pipeline
 from genseek.registry import available_types, index_schemas
 from genseek.types import Document, IndexStats
 
-PLUGINS = Path(__file__).parent / "plugins"
+PLUGINS = Path(__file__).resolve().parents[1] / "plugins"
 
 
 @pytest.fixture()

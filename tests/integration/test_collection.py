@@ -221,6 +221,7 @@ def test_index_ahead_of_store_is_refused(tmp_path, docs):
     "dense(factory=HNSW32,ef_search=64)",
     "dense(factory=IVF4,PQ8,train_min=50,nprobe=4)",
 ])
+@pytest.mark.slow
 def test_approximate_factories(tmp_path, factory):
     docs = make_docs(280, seed=11)
     live = by_id(docs)
@@ -552,6 +553,7 @@ def test_dir_bytes_survives_files_vanishing_during_the_walk(tmp_path, monkeypatc
     assert protocols.file_bytes([tmp_path / "a.bin", tmp_path / "gone", tmp_path / "sub"]) == 10
 
 
+@pytest.mark.slow
 def test_a_write_waited_for_is_searchable_at_once(tmp_path):
     """Read your writes: once ``wait_for(seq)`` returns, bm25's searcher already holds the
     write (the applied sequence number moves only after the new searcher is in place)."""

@@ -209,6 +209,7 @@ def test_seal_search_is_decode_then_rank(tiny, tmp_path):
     ix.close()
 
 
+@pytest.mark.slow
 def test_seal_collection_upserts_and_deletes(tiny, tmp_path):
     from genseek.collection import Collection
 
@@ -243,6 +244,7 @@ def test_seal_empty_corpus(tiny, tmp_path):
     ix.close()
 
 
+@pytest.mark.slow
 def test_store_is_committed_with_the_table_and_rebuilt_when_they_differ(tiny, tmp_path):
     """The docid store is committed with the key table's sequence number: a reopened index
     loads it as committed (delta and tombstones included); after a crash between the table's
@@ -351,6 +353,7 @@ def test_dsi_schemes_and_trie(tiny, tmp_path):
         ix.close()
 
 
+@pytest.mark.slow
 def test_train_examples_in_bf16_autocast_tracks_fp32_with_fp32_weights(tiny):
     import torch
 
