@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 
 from genseek.errors import GenseekError, ModelUnavailable
-from genseek.models import MODELS, cached_model, loading, placement
+from genseek.models import MODELS, Placement, cached_model, loading, placement
 
 DEFAULT_MODEL = "all-MiniLM-L6-v2"
 _EMBEDDED = {
@@ -55,6 +55,25 @@ def load_sentence_transformer(source: str, device: str, dtype: str = "float32") 
     return st.eval()
 
 
+def _sentence_transformer(model: str, device: str | None, dtype: str | None,
+                          max_length: int | None = None) -> tuple[Placement, Any]:
+    """``(placement, SentenceTransformer)`` of ``model``: the shared copy, or a private one when
+    ``max_length`` differs from the model's own limit (it is set on the copy)."""
+    source = resolve_model(model)
+    where = placement(device, dtype)
+    try:
+        st = load_sentence_transformer(source, where.device, where.dtype)
+        if max_length is not None and int(max_length) != int(st.max_seq_length):
+            with loading():  # a private copy: its max_seq_length is set below
+                st = load_sentence_transformer.__wrapped__(source, where.device, where.dtype)
+            st.max_seq_length = int(max_length)
+    except ModelUnavailable:
+        raise
+    except Exception as exc:  # noqa: BLE001 - any loader failure is a user error here
+        raise _load_error("encoder", model, source, exc) from None
+    return where, st
+
+
 class TextEncoder:
     """Encodes texts to L2-normalised float32 vectors.
 
@@ -65,20 +84,7 @@ class TextEncoder:
     def __init__(self, model: str = DEFAULT_MODEL, max_length: int | None = None,
                  device: str | None = None, normalize: bool = True, dtype: str | None = None):
         self.name = model
-        source = resolve_model(model)
-        where = placement(device, dtype)
-        self.placement = where
-        try:
-            st = load_sentence_transformer(source, where.device, where.dtype)
-            if max_length is not None and int(max_length) != int(st.max_seq_length):
-                with loading():  # a private copy: its max_seq_length is set below
-                    st = load_sentence_transformer.__wrapped__(source, where.device,
-                                                               where.dtype)
-                st.max_seq_length = int(max_length)
-        except ModelUnavailable:
-            raise
-        except Exception as exc:  # noqa: BLE001 - any loader failure is a user error here
-            raise _load_error("encoder", model, source, exc) from None
+        self.placement, st = _sentence_transformer(model, device, dtype, max_length)
         self._model = st
         self.normalize = normalize
         get_dim = getattr(st, "get_embedding_dimension", None) or st.get_sentence_embedding_dimension
@@ -116,15 +122,7 @@ class TokenEncoder:
                  dtype: str | None = None):
         import torch
 
-        source = resolve_model(model)
-        where = placement(device, dtype)
-        self.placement = where
-        try:
-            st = load_sentence_transformer(source, where.device, where.dtype)
-        except ModelUnavailable:
-            raise
-        except Exception as exc:  # noqa: BLE001 - any loader failure is a user error here
-            raise _load_error("encoder", model, source, exc) from None
+        self.placement, st = _sentence_transformer(model, device, dtype)
         self._torch = torch
         self.name = model
         self._tokenizer = st.tokenizer
