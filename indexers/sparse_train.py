@@ -59,6 +59,7 @@ import shutil
 import sys
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -272,6 +273,181 @@ def pool_for_training(model, input_ids, attention_mask):
     return reps.index_put((docs, terms), torch.log1p(torch.relu(values)))
 
 
+@dataclass
+class _Data:
+    """What step 1-2 read and built: the judged (and pseudo) queries, the corpus, the teacher's
+    lists as (query, docs, teacher scores) examples, and the IDF table."""
+
+    queries: dict[str, str]
+    qids: list[str]
+    judged: int
+    corpus: dict[str, str]
+    examples: list[Any]
+    base: Any  # SparseEncoder of the base model (tokenizer, vocab, IDF queries)
+    idf: np.ndarray  # float32 [vocab]
+
+
+def _read_data(args: argparse.Namespace, rng: random.Random) -> _Data:
+    """1. data and the IDF table; 2. the heterogeneous teacher's lists."""
+    from genseek.data.readers import read_corpus, read_qrels, read_queries
+    from genseek.encoders import SparseEncoder, corpus_idf
+
+    qrels = dict(read_qrels(args.dataset, args.split))
+    queries = dict(read_queries(args.dataset))
+    qids = [q for q in queries if q in qrels]
+    if not qids:
+        raise GenseekError(f"{args.dataset}: no judged {args.split} queries")
+    corpus = {d.doc_id: d.contents for _, d in read_corpus(args.dataset)}
+    base = SparseEncoder(args.base, max_length=args.doc_max_length)
+    _log(f"IDF over {len(corpus)} documents")
+    idf = corpus_idf(base.tokenizer, list(corpus.values()))
+    judged = len(qids)
+    if args.pseudo:  # span pseudo-queries of sampled documents (DSI-style generative memory)
+        from genseek.retrievers.generative_train import pseudo_query
+
+        for d in rng.sample(sorted(corpus), min(args.pseudo, len(corpus))):
+            qid = f"pseudo:{d}"
+            queries[qid] = pseudo_query(base.tokenizer, corpus[d], rng)
+            qrels[qid] = {d: 1}
+            qids.append(qid)
+    lists = teacher_lists(args, qids, [queries[q] for q in qids])
+    examples = build_examples(qids, qrels, lists, args.negatives, args.neg_pool, rng)
+    examples = [e for e in examples if e[1][0] in corpus]
+    base.set_idf(idf)
+    return _Data(queries, qids, judged, corpus, examples, base, idf)
+
+
+class _Student:
+    """3-4. the SPLADE student, its query term weights ``w_t = idf_t * exp(delta_t)``
+    (``delta`` = 0 unless learned), its score scale ``c`` and the loss: KL to the teacher's
+    list distribution + ``ce`` x cross-entropy of the judged positive + IDF-aware FLOPS."""
+
+    def __init__(self, args: argparse.Namespace, data: _Data, device: Any):
+        import torch
+        from transformers import AutoModelForMaskedLM
+
+        from genseek.encoders import resolve_sparse_model
+
+        self.args, self.data, self.device = args, data, device
+        self.tokenizer = data.base.tokenizer
+        self.idf_t = torch.from_numpy(data.idf).to(device)
+        self.qvec_ids = {q: torch.from_numpy(ids).to(device) for q, (ids, _) in zip(
+            data.qids, data.base.query_ids_idf([data.queries[q] for q in data.qids]),
+            strict=True)}
+        with loading():
+            self.model = AutoModelForMaskedLM.from_pretrained(resolve_sparse_model(args.base),
+                                                              use_safetensors=True)
+        self.model.to(device)
+        delta = torch.zeros(len(data.idf), device=device)
+        self.delta = torch.nn.Parameter(delta) if args.query_weights == "learn" else delta
+        self.scale0, self.log_scale = self._scale()
+
+    def encode(self, batch: list[Any]) -> Any:
+        """The batch's documents (each example's list, in order): ``[docs, vocab]``."""
+        docs = [d for _, ds, _ in batch for d in ds]
+        enc = self.tokenizer([self.data.corpus[d] for d in docs], padding=True,
+                             truncation=True, max_length=self.args.doc_max_length,
+                             return_tensors="pt")
+        reps = pool_for_training(self.model, enc["input_ids"].to(self.device),
+                                 enc["attention_mask"].to(self.device))
+        return reps[:, :len(self.data.idf)]
+
+    def scores(self, reps: Any, batch: list[Any]) -> list[Any]:
+        """Per example, ``s(q, d) = sum_{t in q} w_t * d_t`` over its list: ``[len(ds)]``."""
+        out, start = [], 0
+        for q, ds, _ in batch:
+            ids = self.qvec_ids[q]
+            weights = self.idf_t[ids] * self.delta[ids].exp()
+            out.append((reps[start:start + len(ds)][:, ids] * weights).sum(dim=1))
+            start += len(ds)
+        return out
+
+    def _scale(self) -> tuple[float, Any]:
+        """The score scale c: the teacher's logit spread over the student's, on the first
+        lists (or the fixed ``--scale``); its log is learned with ``--scale learn``."""
+        import torch
+
+        args, examples = self.args, self.data.examples
+        if args.scale == "learn":
+            probe = examples[:32]
+            with torch.no_grad():
+                spread_s = float(np.mean([float(x.std()) for b in range(0, len(probe), 8)
+                                          for x in self.scores(self.encode(probe[b:b + 8]),
+                                                               probe[b:b + 8])]))
+            spread_t = float(np.mean([args.beta * float(np.std(t, ddof=1))
+                                      for _, _, t in probe]))
+            scale0 = spread_t / spread_s if spread_s > 0 and spread_t > 0 else 1.0
+            return scale0, torch.nn.Parameter(torch.tensor(float(np.log(scale0)),
+                                                           device=self.device))
+        scale0 = float(args.scale)
+        return scale0, torch.tensor(float(np.log(scale0)), device=self.device)
+
+    def param_groups(self) -> list[dict[str, Any]]:
+        """What the optimiser trains (the encoder unless frozen; the scale and the query
+        weights when learned)."""
+        args, groups = self.args, []
+        if args.freeze_encoder:
+            self.model.eval()
+            self.model.requires_grad_(False)
+        else:
+            self.model.train()
+            groups.append({"params": list(self.model.parameters()), "lr": args.lr,
+                           "weight_decay": 0.01})
+        if args.scale == "learn":
+            groups.append({"params": [self.log_scale], "lr": 1e-2, "weight_decay": 0.0})
+        if args.query_weights == "learn":
+            groups.append({"params": [self.delta], "lr": args.query_lr, "weight_decay": 0.0})
+        return groups
+
+    def loss(self, idx: list[int], step: int, warm: int) -> tuple[Any, dict[str, float]]:
+        import torch
+
+        args, device = self.args, self.device
+        batch = [self.data.examples[i] for i in idx]
+        reps = self.encode(batch)
+        kl = torch.zeros((), device=device)
+        ce = torch.zeros((), device=device)
+        c = self.log_scale.exp()
+        for (_, _, teacher), student in zip(batch, self.scores(reps, batch), strict=True):
+            target = torch.softmax(args.beta * torch.tensor(teacher, device=device), dim=0)
+            log_p = torch.log_softmax(c * student, dim=0)
+            kl = kl + torch.nn.functional.kl_div(log_p, target, reduction="sum")
+            ce = ce - log_p[0]  # the judged positive is first
+        kl = kl / len(batch)
+        ce = ce / len(batch)
+        # IDF-aware FLOPS on the batch's documents (nothing to regularise when frozen)
+        flops = ((reps * self.idf_t).mean(dim=0) ** 2).sum()
+        lam = 0.0 if args.freeze_encoder else args.flops * min(1.0, (step + 1) / warm) ** 2
+        return kl + args.ce * ce + lam * flops, {"kl": float(kl.detach()),
+                                                 "flops": float(flops.detach())}
+
+    def query_table(self) -> np.ndarray:
+        """The query term weights to save: float32 ``[vocab]``."""
+        return (self.idf_t * self.delta.detach().exp()).cpu().numpy().astype(np.float32)
+
+
+def _summary(args: argparse.Namespace, data: _Data, student: _Student, result: Any,
+             seconds: float) -> dict[str, Any]:
+    import torch
+
+    kls, flops_values = result.values("kl"), result.values("flops")
+    return {
+        "base": args.base, "dataset": str(args.dataset), "split": args.split,
+        "queries": data.judged, "pseudo_queries": len(data.qids) - data.judged,
+        "examples": len(data.examples), **result.summary(),
+        "total_seconds": round(seconds, 1),
+        "kl_first": round(float(np.mean(kls[:20])), 4) if kls else None,
+        "kl_last": round(float(np.mean(kls[-20:])), 4) if kls else None,
+        "flops_last": round(float(np.mean(flops_values[-20:])), 2) if kls else None,
+        "scale_first": round(student.scale0, 5),
+        "scale_last": round(float(student.log_scale.detach().exp()), 5),
+        "query_weights": args.query_weights,
+        "query_weights_changed": int((student.delta.detach().abs() > 1e-6).sum()),
+        "args": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
+        "torch_threads": torch.get_num_threads(),
+    }
+
+
 def main(argv: list[str]) -> int:
     if argv and argv[0] == "sparse":
         argv = argv[1:]
@@ -282,161 +458,41 @@ def main(argv: list[str]) -> int:
     checkpoint = training.claim_out(args.out, "sparse", training.run_config(args),
                                     resume=args.resume, replace=args.force, flag="--force")
     import torch
-    from transformers import AutoModelForMaskedLM
 
-    from genseek.data.readers import read_corpus, read_qrels, read_queries
-    from genseek.encoders import IDF_FILE, SparseEncoder, corpus_idf, save_idf
+    from genseek.encoders import IDF_FILE, save_idf
 
     t_start = time.perf_counter()
     rng = random.Random(args.seed)
     torch.manual_seed(args.seed)
     where = training.placement_for(args)
-    device = where.torch_device()
-
-    # 1. data and the IDF table
-    qrels = dict(read_qrels(args.dataset, args.split))
-    queries = dict(read_queries(args.dataset))
-    qids = [q for q in queries if q in qrels]
-    if not qids:
-        raise GenseekError(f"{args.dataset}: no judged {args.split} queries")
-    corpus = {d.doc_id: d.contents for _, d in read_corpus(args.dataset)}
-    base = SparseEncoder(args.base, max_length=args.doc_max_length)
-    tokenizer = base.tokenizer
-    _log(f"IDF over {len(corpus)} documents")
-    idf = corpus_idf(tokenizer, list(corpus.values()))
-    idf_t = torch.from_numpy(idf).to(device)
-
-    # 2. the heterogeneous teacher
-    n_judged = len(qids)
-    if args.pseudo:  # span pseudo-queries of sampled documents (DSI-style generative memory)
-        from genseek.retrievers.generative_train import pseudo_query
-
-        for d in rng.sample(sorted(corpus), min(args.pseudo, len(corpus))):
-            qid = f"pseudo:{d}"
-            queries[qid] = pseudo_query(tokenizer, corpus[d], rng)
-            qrels[qid] = {d: 1}
-            qids.append(qid)
-    lists = teacher_lists(args, qids, [queries[q] for q in qids])
-    examples = build_examples(qids, qrels, lists, args.negatives, args.neg_pool, rng)
-    examples = [e for e in examples if e[1][0] in corpus]
-    base.set_idf(idf)
-    qvec_ids = {q: torch.from_numpy(ids).to(device) for q, (ids, _) in
-                zip(qids, base.query_ids_idf([queries[q] for q in qids]), strict=True)}
-
-    # 3. the student
-    from genseek.encoders import resolve_sparse_model
-
-    with loading():
-        model = AutoModelForMaskedLM.from_pretrained(resolve_sparse_model(args.base),
-                                                     use_safetensors=True)
-    model.to(device)
-
-    def encode(batch):
-        """The batch's documents (each example's list, in order): ``[docs, vocab]``."""
-        docs = [d for _, ds, _ in batch for d in ds]
-        enc = tokenizer([corpus[d] for d in docs], padding=True, truncation=True,
-                        max_length=args.doc_max_length, return_tensors="pt")
-        reps = pool_for_training(model, enc["input_ids"].to(device),
-                                 enc["attention_mask"].to(device))
-        return reps[:, :len(idf)]
-
-    # query term weights w_t = idf_t * exp(delta_t): delta = 0 (plain IDF) unless learned
-    delta = torch.zeros(len(idf), device=device)
-    if args.query_weights == "learn":
-        delta = torch.nn.Parameter(delta)
-
-    def student_scores(reps, batch):
-        """Per example, ``s(q, d) = sum_{t in q} w_t * d_t`` over its list: ``[len(ds)]``."""
-        out, start = [], 0
-        for q, ds, _ in batch:
-            ids = qvec_ids[q]
-            weights = idf_t[ids] * delta[ids].exp()
-            out.append((reps[start:start + len(ds)][:, ids] * weights).sum(dim=1))
-            start += len(ds)
-        return out
-
-    # the score scale c: the teacher's logit spread over the student's, on the first lists
-    if args.scale == "learn":
-        probe = examples[:32]
-        with torch.no_grad():
-            spread_s = float(np.mean([float(x.std()) for b in range(0, len(probe), 8)
-                                      for x in student_scores(encode(probe[b:b + 8]),
-                                                              probe[b:b + 8])]))
-        spread_t = float(np.mean([args.beta * float(np.std(t, ddof=1)) for _, _, t in probe]))
-        scale0 = spread_t / spread_s if spread_s > 0 and spread_t > 0 else 1.0
-        log_scale = torch.nn.Parameter(torch.tensor(float(np.log(scale0)), device=device))
-    else:
-        scale0 = float(args.scale)
-        log_scale = torch.tensor(float(np.log(scale0)), device=device)
-    _log(f"student score scale c = {scale0:.4g} "
+    data = _read_data(args, rng)  # 1-2
+    student = _Student(args, data, where.torch_device())  # 3
+    _log(f"student score scale c = {student.scale0:.4g} "
          f"({'learned' if args.scale == 'learn' else 'fixed'})")
-    groups = []
-    if args.freeze_encoder:
-        model.eval()
-        model.requires_grad_(False)
-    else:
-        model.train()
-        groups.append({"params": list(model.parameters()), "lr": args.lr, "weight_decay": 0.01})
-    if args.scale == "learn":
-        groups.append({"params": [log_scale], "lr": 1e-2, "weight_decay": 0.0})
-    if args.query_weights == "learn":
-        groups.append({"params": [delta], "lr": args.query_lr, "weight_decay": 0.0})
-    per_epoch = (len(examples) + args.batch_queries - 1) // args.batch_queries
+    groups = student.param_groups()
+    per_epoch = (len(data.examples) + args.batch_queries - 1) // args.batch_queries
     total = max(1, int(per_epoch * args.epochs))
     warm = max(1, total // 3)
-    _log(f"training on {len(examples)} (query, positive) pairs: up to {total} steps "
+    _log(f"training on {len(data.examples)} (query, positive) pairs: up to {total} steps "
          f"or {args.max_minutes:g} min")
-
-    def loss(idx: list[int], step: int) -> tuple[Any, dict[str, float]]:
-        batch = [examples[i] for i in idx]
-        reps = encode(batch)
-        kl = torch.zeros((), device=device)
-        ce = torch.zeros((), device=device)
-        c = log_scale.exp()
-        for (_, _, teacher), student in zip(batch, student_scores(reps, batch), strict=True):
-            target = torch.softmax(args.beta * torch.tensor(teacher, device=device), dim=0)
-            log_p = torch.log_softmax(c * student, dim=0)
-            kl = kl + torch.nn.functional.kl_div(log_p, target, reduction="sum")
-            ce = ce - log_p[0]  # the judged positive is first
-        kl = kl / len(batch)
-        ce = ce / len(batch)
-        # 4. IDF-aware FLOPS on the batch's documents (nothing to regularise when frozen)
-        flops = ((reps * idf_t).mean(dim=0) ** 2).sum()
-        lam = 0.0 if args.freeze_encoder else args.flops * min(1.0, (step + 1) / warm) ** 2
-        return kl + args.ce * ce + lam * flops, {"kl": float(kl.detach()),
-                                                 "flops": float(flops.detach())}
-
-    # batches from the end of each shuffled order (the order this recipe has always used)
+    # 4. batches from the end of each shuffled order (the order this recipe has always used)
     result = training.Trainer(
         groups, steps=total, lr=args.lr, where=where,
-        batches=training.Batches(len(examples), args.batch_queries, rng, from_end=True),
-        clip=None if args.freeze_encoder else 1.0, clip_params=list(model.parameters()),
+        batches=training.Batches(len(data.examples), args.batch_queries, rng, from_end=True),
+        clip=None if args.freeze_encoder else 1.0,
+        clip_params=list(student.model.parameters()),
         max_seconds=args.max_minutes * 60.0, checkpoint=checkpoint,
-        every=args.checkpoint_every, desc="train sparse").run(loss)
-    kls, flops_values = result.values("kl"), result.values("flops")
-
+        every=args.checkpoint_every, desc="train sparse").run(
+            lambda idx, step: student.loss(idx, step, warm))
     # 5. save atomically
-    model.eval()
-    table = (idf_t * delta.detach().exp()).cpu().numpy().astype(np.float32)
-    summary: dict[str, Any] = {
-        "base": args.base, "dataset": str(args.dataset), "split": args.split,
-        "queries": n_judged, "pseudo_queries": len(qids) - n_judged,
-        "examples": len(examples), **result.summary(),
-        "total_seconds": round(time.perf_counter() - t_start, 1),
-        "kl_first": round(float(np.mean(kls[:20])), 4) if kls else None,
-        "kl_last": round(float(np.mean(kls[-20:])), 4) if kls else None,
-        "flops_last": round(float(np.mean(flops_values[-20:])), 2) if kls else None,
-        "scale_first": round(scale0, 5), "scale_last": round(float(log_scale.detach().exp()), 5),
-        "query_weights": args.query_weights,
-        "query_weights_changed": int((delta.detach().abs() > 1e-6).sum()),
-        "args": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
-        "torch_threads": torch.get_num_threads(),
-    }
+    student.model.eval()
+    table = student.query_table()
+    summary = _summary(args, data, student, result, time.perf_counter() - t_start)
 
     def write(tmp: Path) -> None:
-        model.save_pretrained(tmp, safe_serialization=True)
-        tokenizer.save_pretrained(tmp)
-        save_idf(tmp / IDF_FILE, base.vocab, table)
+        student.model.save_pretrained(tmp, safe_serialization=True)
+        student.tokenizer.save_pretrained(tmp)
+        save_idf(tmp / IDF_FILE, data.base.vocab, table)
         training.write_meta(tmp, "train_info.json", summary)
 
     training.save_folder(args.out, write, keep_checkpoint=not result.complete)
