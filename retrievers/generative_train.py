@@ -432,21 +432,8 @@ def _ids_file(path: Path | None) -> list[str] | None:
     return [ln.strip() for ln in path.read_text().splitlines() if ln.strip()]
 
 
-def run(args: argparse.Namespace) -> dict[str, Any]:
-    import torch
-
-    from genseek import training
-    from genseek.models import MODEL_META, load_lm
-    from genseek.params import DSI_INSTRUCTION, GENRE_INSTRUCTION, SEAL_INSTRUCTION
-    from genseek.retrievers.dsi import DOCIDS_FILE, load_docid_data
-    from genseek.retrievers.prompts import lora_wrap
-
-    torch.manual_seed(args.seed)
-    rng = random.Random(args.seed)
-    checkpoint = training.claim_out(args.out, args.recipe, training.run_config(args),
-                                    resume=args.resume, replace=False)
-    where = training.placement_for(args)
-    corpus, queries, qrels = read_dataset(args.dataset, args.split)
+def _check_args(args: argparse.Namespace, corpus: dict[str, Any]) -> None:
+    """One-line errors for options that cannot work together, before any model loads."""
     if not corpus:
         raise GenseekError(f"{args.dataset}: the corpus is empty")
     if args.spans < 1:
@@ -456,6 +443,71 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     if args.index_docs and args.recipe == "dsi":
         raise GenseekError("--index-docs is for genre and seal; dsi indexes every document of "
                            "--docs (default: all)")
+
+
+def _dsi_examples(args: argparse.Namespace, lm: Any, corpus: dict[str, Any],
+                  queries: dict[str, str], qrels: dict[str, dict[str, int]],
+                  rng: random.Random) -> tuple[list[Any], dict[str, Any], dict[str, Any]]:
+    """DSI's ``(examples, docids, extra facts)``: docids assigned to ``--docs`` (indexing and
+    retrieval examples), or, with ``--continue-from``, DSI++: the new documents get docids
+    of the model's scheme and old ones are replayed (``--replay``)."""
+    from genseek.params import DSI_INSTRUCTION
+    from genseek.retrievers.dsi import DOCIDS_FILE, load_docid_data
+
+    wanted = _ids_file(args.docs)
+    docs = [corpus[i] for i in wanted if i in corpus] if wanted else list(corpus.values())
+    extra: dict[str, Any] = {}
+    if args.continue_from:
+        data = load_docid_data(str(args.continue_from))
+        if data is None:
+            raise GenseekError(f"{args.continue_from}: not a DSI model (no {DOCIDS_FILE})")
+        from genseek.retrievers.dsi import DocidMap
+        from genseek.retrievers.genre import vocab_size
+
+        m = DocidMap(data["scheme"], lm.tokenizer, vocab_size(lm), data)
+        new_ids = _ids_file(args.new_docs) or []
+        new_docs = [corpus[i] for i in new_ids if i in corpus]
+        old_docs = [corpus[i] for i in m.ids if i in corpus]
+        for d in new_docs:
+            m.key(d)
+        docids = m.to_json()
+        examples = dsi_examples(lm, new_docs, m.ids, queries, {}, rng, doc_len=args.doc_len,
+                                pseudo=args.pseudo, instruction=DSI_INSTRUCTION)
+        n_replay = int(args.replay * len(examples))
+        if n_replay and old_docs:
+            from genseek.retrievers.prompts import build_prompt
+
+            for d in rng.choices(old_docs, k=n_replay):
+                examples.append((build_prompt(lm, DSI_INSTRUCTION, pseudo_query(
+                    lm.tokenizer, d.text, rng), "Docid:"), m.ids[d.doc_id] + [lm.eos_id]))
+        extra = {"new_docs": len(new_docs), "replayed": n_replay}
+    else:
+        vectors = collection_vectors(args.vectors, [d.doc_id for d in docs]) \
+            if args.vectors and args.scheme == "semantic" else None
+        docids = assign_docids(lm, docs, args.scheme, vectors)
+        examples = dsi_examples(lm, docs, docids["ids"], queries, qrels, rng,
+                                doc_len=args.doc_len, pseudo=args.pseudo,
+                                instruction=DSI_INSTRUCTION)
+    extra["docs"] = len(docids["ids"])
+    return examples, docids, extra
+
+
+def run(args: argparse.Namespace) -> dict[str, Any]:
+    import torch
+
+    from genseek import training
+    from genseek.models import MODEL_META, load_lm
+    from genseek.params import GENRE_INSTRUCTION, SEAL_INSTRUCTION
+    from genseek.retrievers.dsi import DOCIDS_FILE
+    from genseek.retrievers.prompts import lora_wrap
+
+    torch.manual_seed(args.seed)
+    rng = random.Random(args.seed)
+    checkpoint = training.claim_out(args.out, args.recipe, training.run_config(args),
+                                    resume=args.resume, replace=False)
+    where = training.placement_for(args)
+    corpus, queries, qrels = read_dataset(args.dataset, args.split)
+    _check_args(args, corpus)
     held = training.holdout(qrels, args.holdout, args.seed)
     for q in held:
         del qrels[q]
@@ -473,40 +525,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         examples = seal_examples(lm, corpus, queries, qrels, rng, args.span_len, args.spans,
                                  SEAL_INSTRUCTION, [corpus[i] for i in picked])
     else:
-        wanted = _ids_file(args.docs)
-        docs = [corpus[i] for i in wanted if i in corpus] if wanted else list(corpus.values())
-        if args.continue_from:
-            data = load_docid_data(str(args.continue_from))
-            if data is None:
-                raise GenseekError(f"{args.continue_from}: not a DSI model (no {DOCIDS_FILE})")
-            from genseek.retrievers.dsi import DocidMap
-            from genseek.retrievers.genre import vocab_size
-
-            m = DocidMap(data["scheme"], lm.tokenizer, vocab_size(lm), data)
-            new_ids = _ids_file(args.new_docs) or []
-            new_docs = [corpus[i] for i in new_ids if i in corpus]
-            old_docs = [corpus[i] for i in m.ids if i in corpus]
-            for d in new_docs:
-                m.key(d)
-            docids = m.to_json()
-            examples = dsi_examples(lm, new_docs, m.ids, queries, {}, rng, doc_len=args.doc_len,
-                                    pseudo=args.pseudo, instruction=DSI_INSTRUCTION)
-            n_replay = int(args.replay * len(examples))
-            if n_replay and old_docs:
-                from genseek.retrievers.prompts import build_prompt
-
-                for d in rng.choices(old_docs, k=n_replay):
-                    examples.append((build_prompt(lm, DSI_INSTRUCTION, pseudo_query(
-                        lm.tokenizer, d.text, rng), "Docid:"), m.ids[d.doc_id] + [lm.eos_id]))
-            extra = {"new_docs": len(new_docs), "replayed": n_replay}
-        else:
-            vectors = collection_vectors(args.vectors, [d.doc_id for d in docs]) \
-                if args.vectors and args.scheme == "semantic" else None
-            docids = assign_docids(lm, docs, args.scheme, vectors)
-            examples = dsi_examples(lm, docs, docids["ids"], queries, qrels, rng,
-                                    doc_len=args.doc_len, pseudo=args.pseudo,
-                                    instruction=DSI_INSTRUCTION)
-        extra["docs"] = len(docids["ids"])
+        examples, docids, extra = _dsi_examples(args, lm, corpus, queries, qrels, rng)
     model = lora_wrap(lm, r=args.lora_r, alpha=2 * args.lora_r)
     lr = args.lr if args.lr is not None else (DSI_PLUS_LR if args.continue_from else 1e-3)
     summary = train_examples(model, examples, pad_id=lm.pad_id, steps=args.steps,
