@@ -13,7 +13,8 @@ A recipe keeps its data, its loss and its model-specific saving; what they share
 - :class:`Trainer`: the loop: AdamW, gradient clipping, sharpness-aware minimisation, the
   ``--max-minutes`` budget, progress with rate and ETA (:class:`genseek.progress.Meter`),
   checkpoints, and per-epoch hooks for recipes that work epoch by epoch;
-- :func:`holdout`: a seeded dev set of query ids kept out of training;
+- :func:`holdout`: a seeded dev set of query ids kept out of training; :func:`holdout_rows`
+  the same for rows of a query matrix, as a fraction drawn from the recipe's generator;
 - :func:`save_folder` and :func:`write_meta`: a model folder and its metadata, written
   atomically (a temporary folder renamed into place; JSON through a temporary file).
 
@@ -217,6 +218,18 @@ def holdout(ids: Iterable[str], n: int, seed: int) -> list[str]:
     if n and n >= len(pool):
         raise GenseekError(f"--holdout {n}: the split has only {len(pool)} judged queries")
     return sorted(random.Random(seed).sample(pool, n)) if n else []
+
+
+def holdout_rows(n: int, fraction: float, rng: Any) -> tuple[Any, Any]:
+    """``(dev, fit)``: rows ``0..n-1`` in an order drawn by ``rng`` (a numpy ``Generator``,
+    which the draw advances), the first ``round(fraction * n)`` (at least one when ``n > 1``,
+    none when ``n <= 1``) kept out of training as the dev set, the rest to fit on. Both are
+    numpy int arrays in the drawn order."""
+    if not 0.0 <= fraction < 1.0:
+        raise GenseekError(f"dev fraction {fraction}: expected a value in [0, 1)")
+    order = rng.permutation(n)
+    n_dev = max(1, int(round(fraction * n))) if n > 1 else 0
+    return order[:n_dev], order[n_dev:]
 
 
 class Batches:

@@ -209,14 +209,15 @@ def train(doc_vecs: np.ndarray, query_vecs: np.ndarray, positives: list[dict[int
     "stopped_by"}``; epoch 0 is the OPQ warm start (its dev score is logged for comparison).
     The loop is :class:`genseek.training.Trainer` (Adam: AdamW without weight decay), epoch
     by epoch, on ``device`` (:func:`genseek.models.placement`; None: a GPU when present);
-    ``checkpoint`` / ``every``: resumable checkpoints. The dev queries are the first
-    ``dev_fraction`` of a permutation drawn from the training generator (seeded by ``seed``),
-    as this recipe has always drawn them, so its recorded results stay reproducible.
+    ``checkpoint`` / ``every``: resumable checkpoints. The dev queries are
+    :func:`genseek.training.holdout_rows`: the first ``dev_fraction`` of a permutation drawn
+    from the training generator (seeded by ``seed``), as this recipe has always drawn them,
+    so its recorded results stay reproducible.
     """
     import torch
 
     from genseek.models import placement
-    from genseek.training import Batches, Trainer
+    from genseek.training import Batches, Trainer, holdout_rows
 
     where = placement(device, "float32")
     dev_t = where.torch_device()
@@ -227,9 +228,7 @@ def train(doc_vecs: np.ndarray, query_vecs: np.ndarray, positives: list[dict[int
     rotation, codebooks0 = opq_warm_start(doc_vecs, m, seed, opq_iters)
     y = torch.from_numpy(doc_vecs @ rotation.T).float().to(dev_t)  # [n, d] rotated documents
     q_all = torch.from_numpy(query_vecs).float().to(dev_t)  # [nq, d]
-    order = rng.permutation(len(query_vecs))
-    n_dev = max(1, int(round(dev_fraction * len(order)))) if len(order) > 1 else 0
-    dev, fit = order[:n_dev], order[n_dev:]
+    dev, fit = holdout_rows(len(query_vecs), dev_fraction, rng)
     dev_rows = torch.as_tensor(dev, device=dev_t)
     pairs = [(int(qi), int(d)) for qi in fit for d in positives[qi]]  # (query, positive doc)
     if not pairs:
@@ -309,7 +308,7 @@ def train(doc_vecs: np.ndarray, query_vecs: np.ndarray, positives: list[dict[int
                      desc="train repconc", progress=progress).run(loss)
     return {"rotation": rotation, "codebooks": best["codebooks"].cpu().numpy(),
             "query_proj": best["query_proj"].cpu().numpy(), "log": log,
-            "best_epoch": best["epoch"], "dev_ndcg10": best["dev"], "dev_queries": int(n_dev),
+            "best_epoch": best["epoch"], "dev_ndcg10": best["dev"], "dev_queries": len(dev),
             "train_pairs": len(pairs), "seconds": round(time.monotonic() - start, 1),
             "stopped_by": result.stopped_by}
 

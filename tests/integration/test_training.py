@@ -29,6 +29,7 @@ from genseek.training import (
     add_options,
     claim_out,
     holdout,
+    holdout_rows,
     recipe_parser,
     save_folder,
 )
@@ -290,6 +291,22 @@ def test_holdout_is_seeded_sorted_and_checked():
     for n in (-1, 20):
         with pytest.raises(GenseekError, match="--holdout"):
             holdout(ids, n, seed=0)
+
+
+def test_holdout_rows_split_a_seeded_permutation():
+    import numpy as np
+
+    dev, fit = holdout_rows(20, 0.15, np.random.default_rng(7))
+    assert len(dev) == 3 and len(fit) == 17
+    assert sorted([*dev, *fit]) == list(range(20))  # a partition of the rows
+    again = holdout_rows(20, 0.15, np.random.default_rng(7))
+    assert list(again[0]) == list(dev) and list(again[1]) == list(fit)
+    assert list(holdout_rows(20, 0.15, np.random.default_rng(8))[0]) != list(dev)
+    assert len(holdout_rows(2, 0.01, np.random.default_rng(0))[0]) == 1  # at least one
+    assert len(holdout_rows(1, 0.5, np.random.default_rng(0))[0]) == 0  # none to spare
+    for bad in (-0.1, 1.0):
+        with pytest.raises(GenseekError, match="dev fraction"):
+            holdout_rows(10, bad, np.random.default_rng(0))
 
 
 # ------------------------------------------------------------------------ recipes end to end
