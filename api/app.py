@@ -201,7 +201,7 @@ def _collections_routes(app: FastAPI, st: ApiState) -> None:
         _check_specs(body.indexes, settings)
 
         def work() -> dict[str, Any]:
-            manager.create(body.name, dict(body.indexes))
+            manager.create(body.name, dict(body.indexes), body.shards)
             with manager.use(body.name) as coll:
                 return _stats(body.name, coll)
 

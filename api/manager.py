@@ -34,6 +34,7 @@ from genseek.errors import (
     NotFoundError,
     UnavailableError,
 )
+from genseek.sharded import ShardedCollection, exists, open_any
 from genseek.spec import IndexSpec, validate_name
 
 log = logging.getLogger("genseek.api")
@@ -42,7 +43,7 @@ log = logging.getLogger("genseek.api")
 @dataclass(eq=False)
 class _Handle:
     name: str
-    collection: Collection | None = None
+    collection: Collection | ShardedCollection | None = None
     users: int = 0
     closing: bool = False
     open_lock: threading.Lock = field(default_factory=threading.Lock)
@@ -85,7 +86,7 @@ class CollectionManager:
                 validate_name(child.name)
             except GenseekError:
                 continue
-            if child.name not in dropping and not child.is_symlink() and Collection.exists(child):
+            if child.name not in dropping and not child.is_symlink() and exists(child):
                 out.append(child.name)
         return sorted(out)
 
@@ -121,10 +122,10 @@ class CollectionManager:
         with handle.open_lock:
             if handle.collection is not None:
                 return
-            if not Collection.exists(path) or path.is_symlink():
+            if not exists(path) or path.is_symlink():
                 raise NotFoundError(f"no collection named {handle.name!r}")
             try:
-                collection = Collection.open(path)
+                collection = open_any(path)
             except CollectionLocked:
                 raise CollectionLocked(f"collection {handle.name!r} is open in another process "
                                        "(e.g. the genseek CLI); try again when it has finished") \
@@ -137,7 +138,7 @@ class CollectionManager:
             log.info("opened collection %s", handle.name)
 
     @contextmanager
-    def use(self, name: str) -> Iterator[Collection]:
+    def use(self, name: str) -> Iterator[Collection | ShardedCollection]:
         """The open collection ``name`` (opened now if needed); 404 if there is none."""
         path = self.path(name)
         handle = self._reserve(name)
@@ -148,7 +149,7 @@ class CollectionManager:
         finally:
             self._release(handle)
 
-    def open_collections(self) -> Iterator[tuple[str, Collection]]:
+    def open_collections(self) -> Iterator[tuple[str, Collection | ShardedCollection]]:
         """Each collection open now, held for the duration of its step (never opens one)."""
         with self._cond:
             handles = [h for h in self._handles.values()
@@ -165,13 +166,13 @@ class CollectionManager:
 
     # -- creating and dropping ------------------------------------------------------------
 
-    def create(self, name: str, indexes: dict[str, str]) -> None:
+    def create(self, name: str, indexes: dict[str, str], shards: int | None = None) -> None:
         path = self.path(name)
         specs = {validate_name(n): IndexSpec.parse(s) for n, s in indexes.items()}
         handle = self._reserve(name, busy=ConflictError)
         try:
             with handle.open_lock:
-                if handle.collection is not None or Collection.exists(path):
+                if handle.collection is not None or exists(path):
                     raise ConflictError(f"collection {name!r} already exists")
                 resumable = Collection.interrupted(path) is not None  # create finishes it
                 if path.is_symlink() or path.exists() and not resumable and (
@@ -179,7 +180,13 @@ class CollectionManager:
                                                  for p in path.iterdir())):
                     raise ConflictError(f"{name!r} exists in the collections folder and is not a "
                                    "collection; choose another name")
-                collection = Collection.create(path, specs)
+                if shards is not None:
+                    if path.exists():
+                        shutil.rmtree(path)  # an empty folder or an interrupted creation
+                    collection = ShardedCollection.create(path, {n: str(s) for n, s in
+                                                                 specs.items()}, shards)
+                else:
+                    collection = Collection.create(path, specs)
                 collection.start_background_sync()
                 handle.collection = collection
                 log.info("created collection %s with indexes %s", name,
@@ -209,7 +216,7 @@ class CollectionManager:
                     log.exception("closing collection %s before dropping it", name)
                 shutil.rmtree(path)
             else:
-                if not Collection.exists(path) or path.is_symlink():
+                if not exists(path) or path.is_symlink():
                     raise NotFoundError(f"no collection named {name!r}")
                 fd = os.open(path / "collection.lock", os.O_RDWR | os.O_CREAT, 0o644)
                 try:

@@ -26,6 +26,7 @@ from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
 from prometheus_client.registry import Collector
 
 from genseek.params import Params
+from genseek.sharded import ShardedCollection
 from genseek.types import Hit
 
 log = logging.getLogger("genseek.api")
@@ -52,7 +53,8 @@ class _IndexCollector(Collector):
                                 "not applied yet (store seq - index applied_seq)", labels=labels)
         for name, collection in self.manager.open_collections():
             try:
-                seq = collection.store.seq
+                seq = collection.seq if isinstance(collection, ShardedCollection) \
+                    else collection.store.seq
                 for index_name, index in list(collection.indexes.items()):
                     stats = index.stats()
                     docs.add_metric([name, index_name], float(stats.documents))

@@ -16,6 +16,7 @@ from typing import Annotated, Any, Literal
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator
 
 from genseek.pipeline import Pipeline
+from genseek.sharded import MAX_SHARDS
 from genseek.types import MAX_ID_CHARS, id_problem, metadata_problem, text_problem
 
 NAME_PATTERN = r"^[A-Za-z][A-Za-z0-9_-]{0,63}$"
@@ -124,6 +125,11 @@ class CreateCollection(_In):
                     "(the default); a spec the server cannot build is a 400",
         examples=[{"bm25": "bm25"}, {"bm25": "bm25", "dense": "dense"}],
         json_schema_extra={"additionalProperties": False})
+    shards: int | None = Field(
+        default=None, ge=1, le=MAX_SHARDS,
+        description="create a sharded collection of this many shards (documents routed by a "
+                    "hash of their id; searched, written and reported like any collection); "
+                    "none: one unsharded collection")
 
 
 class CollectionList(_Out):

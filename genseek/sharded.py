@@ -63,7 +63,7 @@ from typing import Any
 
 from genseek.errors import GenseekError, InvalidParameter
 from genseek.spec import IndexSpec
-from genseek.types import Document, Hit
+from genseek.types import Document, Hit, IndexStats
 
 MANIFEST = "sharded.json"
 ROUTER = "router.sqlite"
@@ -142,6 +142,12 @@ class ShardServer:
     def analyze(self, name: str, text: str) -> list[str]:
         return list(self.collection.index(name).analyze(text))
 
+    def index_applied_seq(self, name: str) -> int:
+        return self.collection.index_applied_seq(name)
+
+    def index_stats(self, name: str) -> IndexStats:
+        return self.collection.index(name).stats()
+
     def search_params(self, name: str, params: dict[str, Any]) -> Any:
         return self.collection.search_params(name, params)
 
@@ -187,8 +193,13 @@ class ShardServer:
     def drop_index(self, name: str) -> None:
         self.collection.drop_index(name)
 
-    def close(self) -> None:
+    def start_background_sync(self, interval: float) -> None:
+        self.collection.start_background_sync(interval)
+
+    def close(self) -> dict[str, int]:
+        """Close the shard; the operations its indexes had not applied (by index)."""
         self.collection.close()
+        return dict(self.collection.unapplied)
 
 
 class LocalShards:
@@ -229,11 +240,13 @@ class LocalShards:
     def one(self, i: int, method: str, *args: Any) -> Any:
         return getattr(self.servers[i], method)(*args)
 
-    def close(self) -> None:
+    def close(self) -> list[dict[str, int]]:
+        """Close every shard (all are tried); each one's unapplied operations by index."""
         errors = []
+        unapplied = []
         for server in self.servers:
             try:
-                server.close()
+                unapplied.append(server.close())
             except Exception as exc:  # noqa: BLE001 - close the rest, then report
                 errors.append(exc)
         self.servers = []
@@ -242,6 +255,7 @@ class LocalShards:
             pool.shutdown(wait=True)
         if errors:
             raise errors[0]
+        return unapplied
 
 
 class RayShards:
@@ -281,13 +295,15 @@ class RayShards:
     def one(self, i: int, method: str, *args: Any) -> Any:
         return _unwrap(self._ray, getattr(self.actors[i], method).remote(*args))
 
-    def close(self) -> None:
+    def close(self) -> list[dict[str, int]]:
         ray = self._ray
+        unapplied = []
         for actor in self.actors:
             with contextlib.suppress(Exception):  # the actor is killed below either way
-                ray.get(actor.close.remote(), timeout=60)
+                unapplied.append(ray.get(actor.close.remote(), timeout=60))
             ray.kill(actor)
         self.actors = []
+        return unapplied
 
 
 def _unwrap(ray: Any, ref: Any) -> Any:
@@ -339,18 +355,21 @@ class _Router:
                                    "ORDER BY seq DESC LIMIT 1", (seq,)).fetchone()
         return None if row is None else [int(s) for s in json.loads(row[0])]
 
-    def applied_seq(self, shard_applied: Sequence[int]) -> int:
-        """The last write every shard has applied, given each shard's applied number."""
+    def applied_seq(self, shard_applied: Sequence[int], cache: bool = True) -> int:
+        """The last write every shard has applied, given each shard's applied number
+        (``cache``: these numbers are the whole collection's, remember the answer)."""
+        start = self.applied if cache else 0
         with self._lock:
             rows = self._db.execute("SELECT seq, shard_seqs FROM writes WHERE seq > ? "
-                                    "ORDER BY seq", (self.applied,)).fetchall()
-        best = self.applied
+                                    "ORDER BY seq", (start,)).fetchall()
+        best = start
         for seq, raw in rows:
             if all(a >= s for a, s in zip(shard_applied, json.loads(raw), strict=True)):
                 best = int(seq)
             else:
                 break
-        self.applied = best
+        if cache:
+            self.applied = best
         return best
 
     def close(self) -> None:
@@ -400,9 +419,29 @@ class ShardedIndex:
         found = shards.call("search", [(self.name, queries, k, params)] * len(shards))
         return [merge_by_score([f[q] for f in found], k) for q in range(len(queries))]
 
-    def analyze(self, text: str) -> list[str]:
-        """The terms the index makes of ``text`` (the same analyser in every shard)."""
-        return self.owner.shards.one(0, "analyze", self.name, text)
+    @property
+    def applied_seq(self) -> int:
+        """The sharded collection's last write this index has applied in every shard."""
+        return self.owner._router.applied_seq(
+            self.owner.shards.call("index_applied_seq", [(self.name,)] * self.owner.n),
+            cache=False)
+
+    def stats(self) -> IndexStats:
+        """The shards' :class:`~genseek.types.IndexStats` summed (``details``: per shard)."""
+        parts = self.owner.shards.call("index_stats", [(self.name,)] * self.owner.n)
+        memory = [p.memory_bytes for p in parts]
+        return IndexStats(self.type, sum(p.documents for p in parts), self.applied_seq,
+                          sum(p.disk_bytes for p in parts),
+                          sum(memory) if all(isinstance(m, int) for m in memory) else None,
+                          parts[0].params, {"shards": [p.to_dict() for p in parts]})
+
+    @property
+    def analyze(self) -> Callable[[str], list[str]]:
+        """The terms a lexical index makes of a text (the same analyser in every shard);
+        absent (AttributeError) for the other types, as on their own indexes."""
+        if self.type != "bm25":
+            raise AttributeError("analyze")
+        return lambda text: self.owner.shards.one(0, "analyze", self.name, text)
 
 
 def merge_by_score(lists: Iterable[Sequence[Hit]], k: int) -> list[Hit]:
@@ -414,10 +453,13 @@ class ShardedCollection:
     """N shards that search, write, count and report as one collection (see the module
     docstring). Open with :func:`open_sharded`, create with :meth:`create`."""
 
-    def __init__(self, path: Path, manifest: dict[str, Any], shards: LocalShards | RayShards):
+    def __init__(self, path: Path, manifest: dict[str, Any], shards: LocalShards | RayShards,
+                 lock_fd: int | None = None):
         self.path = Path(path)
         self.manifest = manifest
         self.shards = shards
+        self._lock_fd = lock_fd
+        self.unapplied: dict[str, int] = {}  # after close: index -> operations not applied
         self.n = int(manifest["shards"])
         self._router = _Router(self.path, self.n)
         self._write_lock = threading.Lock()
@@ -671,24 +713,60 @@ class ShardedCollection:
             entry.update(health.get(name, {}))
             entry["applied_seq"] = self.applied_seq
             indexes[name] = entry
-        total = [p.get("disk_bytes") for p in parts]
         return {"path": str(self.path), "documents": sum(p["documents"] for p in parts),
                 "seq": self.seq, "shards": self.n, "placement": self.shards.where,
-                "disk_bytes": sum(total) if all(isinstance(t, int) for t in total) else None,
-                "store_bytes": None, "indexes": indexes,
+                "disk_bytes": _total(parts, "disk_bytes"),
+                "store_bytes": _total(parts, "store_bytes"), "indexes": indexes,
                 "per_shard": [{"documents": p["documents"], "seq": p["seq"]} for p in parts]}
+
+    def add_index(self, name: str, spec: str | IndexSpec, progress: Any = None) -> None:
+        """Add index ``name`` to every shard (each builds it from its documents)."""
+        from genseek.atomic import atomic_write_json
+
+        if name in self._types:
+            raise GenseekError(f"collection {self.path.name!r} already has an index {name!r}")
+        text = str(spec)
+        type_name = IndexSpec.parse(text).type
+        self.shards.call("add_index", [(name, text)] * self.n)
+        self.manifest = {**self.manifest, "indexes": {**self.manifest["indexes"], name: text}}
+        atomic_write_json(self.path / MANIFEST, self.manifest)
+        self._types[name] = type_name
+
+    def drop_index(self, name: str) -> None:
+        from genseek.atomic import atomic_write_json
+
+        self.index(name)
+        self.shards.call("drop_index", [(name,)] * self.n)
+        indexes = {n: s for n, s in self.manifest["indexes"].items() if n != name}
+        self.manifest = {**self.manifest, "indexes": indexes}
+        atomic_write_json(self.path / MANIFEST, self.manifest)
+        self._types.pop(name, None)
+
+    def start_background_sync(self, interval: float = 1.0) -> None:
+        self.shards.call("start_background_sync", [(interval,)] * self.n)
 
     def close(self) -> None:
         try:
-            self.shards.close()
+            for part in self.shards.close():
+                for name, ops in part.items():
+                    self.unapplied[name] = self.unapplied.get(name, 0) + ops
         finally:
             self._router.close()
+            if self._lock_fd is not None:
+                os.close(self._lock_fd)
+                self._lock_fd = None
 
     def __enter__(self) -> ShardedCollection:
         return self
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def _total(parts: Sequence[dict[str, Any]], key: str) -> int | None:
+    """The sum of ``key`` over the shards' stats (None unless every shard has it)."""
+    values = [p.get(key) for p in parts]
+    return sum(values) if all(isinstance(v, int) for v in values) else None  # type: ignore[arg-type]
 
 
 def open_sharded(path: Path, ray: str | None = None, background: bool = False,
@@ -702,9 +780,90 @@ def open_sharded(path: Path, ray: str | None = None, background: bool = False,
         if not folder.is_dir():
             raise GenseekError(f"{folder}: shard folder missing (the sharded collection is "
                                "incomplete)")
+    lock = _lock(Path(path))
     shards: LocalShards | RayShards
-    if ray:
-        shards = RayShards(folders, cpus_per_shard, resources, background)
-    else:
-        shards = LocalShards(folders, background)
-    return ShardedCollection(Path(path), manifest, shards)
+    try:
+        if ray:
+            shards = RayShards(folders, cpus_per_shard, resources, background)
+        else:
+            shards = LocalShards(folders, background)
+    except BaseException:
+        os.close(lock)
+        raise
+    return ShardedCollection(Path(path), manifest, shards, lock)
+
+
+def _lock(path: Path) -> int:
+    """The sharded collection's own lock (``collection.lock``, as a collection's), held while
+    it is open; each shard also takes its own."""
+    import fcntl
+
+    from genseek.errors import CollectionLocked
+
+    fd = os.open(path / "collection.lock", os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        raise CollectionLocked(f"collection {path} is open in another process; try again when "
+                               "it has finished") from None
+    return fd
+
+
+def exists(path: Path) -> bool:
+    """Whether ``path`` holds a collection, sharded or not."""
+    from genseek.collection import Collection
+
+    return is_sharded(path) or Collection.exists(Path(path))
+
+
+def open_any(path: Path, *, lazy: bool = False, progress: Any = None,
+             background: bool = False) -> Any:
+    """The collection at ``path``: a :class:`ShardedCollection` (shards in this process) or a
+    :class:`~genseek.collection.Collection` (``lazy``, ``progress`` as its ``open``)."""
+    from genseek.collection import Collection
+
+    if is_sharded(path):
+        return open_sharded(path, background=background)
+    collection = Collection.open(Path(path), progress=progress, lazy=lazy)
+    if background:
+        collection.start_background_sync()
+    return collection
+
+
+def describe(path: Path) -> dict[str, Any]:
+    """:meth:`Collection.describe <genseek.collection.Collection.describe>` of a sharded
+    collection (no lock, no JVM, no model): the shards' records summed."""
+    from genseek.collection import Collection
+
+    manifest = read_manifest(path)
+    parts = [Collection.describe(f) for f in _shard_folders(Path(path), int(manifest["shards"]))]
+    indexes: dict[str, dict[str, Any]] = {}
+    for name, spec in manifest["indexes"].items():
+        entry: dict[str, Any] = {"spec": spec}
+        for key in ("documents", "disk_bytes"):
+            values = [p["indexes"].get(name, {}).get(key) for p in parts]
+            if all(isinstance(v, int) for v in values):
+                entry[key] = sum(values)
+        states = {p["indexes"].get(name, {}).get("state") for p in parts}
+        entry["state"] = "ready" if states == {"ready"} else "catching_up" \
+            if "catching_up" in states else next(iter(states - {"ready"}), "unknown")
+        entry["open"] = False
+        indexes[name] = entry
+    try:
+        router = _Router(Path(path), int(manifest["shards"]))
+        try:
+            seq: int | None = router.seq
+            for name, entry in indexes.items():
+                applied = [p["indexes"].get(name, {}).get("applied_seq") for p in parts]
+                if all(isinstance(a, int) for a in applied):
+                    entry["applied_seq"] = router.applied_seq(applied,  # type: ignore[arg-type]
+                                                              cache=False)
+        finally:
+            router.close()
+    except sqlite3.Error:
+        seq = None
+    return {"path": str(path), "documents": sum(p["documents"] for p in parts), "seq": seq,
+            "shards": int(manifest["shards"]), "disk_bytes": _total(parts, "disk_bytes"),
+            "store_bytes": _total(parts, "store_bytes"), "indexes": indexes,
+            "per_shard": [{"documents": p["documents"], "seq": p["seq"]} for p in parts]}
