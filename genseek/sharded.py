@@ -70,6 +70,9 @@ ROUTER = "router.sqlite"
 FORMAT = "genseek-sharded-1"
 MAX_SHARDS = 256
 ROUTE = "blake2b-64 mod N"
+VECTOR_TYPES = frozenset({"dense", "spann", "repconc", "muvera", "impact"})
+"""Index types with :class:`~genseek.protocols.VectorSearch`: a sharded search encodes the
+queries once (shard 0's encoder, the same model in every shard) and sends the vectors."""
 
 
 def shard_of(doc_id: str, shards: int) -> int:
@@ -132,12 +135,21 @@ class ShardServer:
     def search(self, name: str, queries: Sequence[str], k: int, params: Any) -> list[list[Hit]]:
         return self.collection.serving(name).search(list(queries), k, params)
 
-    def corpus_stats(self, name: str, queries: Sequence[str]) -> Any:
-        return self.collection.serving(name).corpus_stats(list(queries))
+    def bags_of_words(self, name: str, queries: Sequence[str]) -> list[Any]:
+        return self.collection.serving(name).bags_of_words(list(queries))
 
-    def search_with_stats(self, name: str, queries: Sequence[str], k: int,
+    def corpus_stats(self, name: str, terms: Sequence[str]) -> Any:
+        return self.collection.serving(name).corpus_stats(terms)
+
+    def search_with_stats(self, name: str, bags: Sequence[Any], k: int,
                           whole: Any) -> list[list[Hit]]:
-        return self.collection.serving(name).search_with_stats(list(queries), k, whole)
+        return self.collection.serving(name).search_with_stats(bags, k, whole)
+
+    def encode_queries(self, name: str, queries: Sequence[str]) -> Any:
+        return self.collection.serving(name).encode_queries(list(queries))
+
+    def search_vectors(self, name: str, vectors: Any, k: int, params: Any) -> list[list[Hit]]:
+        return self.collection.serving(name).search_vectors(vectors, k, params)
 
     def analyze(self, name: str, text: str) -> list[str]:
         return list(self.collection.index(name).analyze(text))
@@ -405,18 +417,24 @@ class ShardedIndex:
         if k <= 0 or not queries:
             return [[] for _ in queries]
         shards = self.owner.shards
+        n = self.owner.n
         if self.type == "bm25":
             from genseek.indexers.bm25 import anserini_scores, by_raw_score
 
-            parts = shards.call("corpus_stats", [(self.name, queries)] * len(shards))
+            bags = shards.one(0, "bags_of_words", self.name, queries)  # one analyser for all
+            terms = sorted({t for bag in bags for t, _ in bag})
+            parts = shards.call("corpus_stats", [(self.name, terms)] * n)
             whole = parts[0]
             for part in parts[1:]:
                 whole = whole + part
-            found = shards.call("search_with_stats", [(self.name, queries, k, whole)]
-                                * len(shards))
+            found = shards.call("search_with_stats", [(self.name, bags, k, whole)] * n)
             return [anserini_scores(by_raw_score([h for f in found for h in f[q]], k))
                     for q in range(len(queries))]
-        found = shards.call("search", [(self.name, queries, k, params)] * len(shards))
+        if self.type in VECTOR_TYPES:  # the queries are encoded once, not once per shard
+            vectors = shards.one(0, "encode_queries", self.name, queries)
+            found = shards.call("search_vectors", [(self.name, vectors, k, params)] * n)
+        else:
+            found = shards.call("search", [(self.name, queries, k, params)] * n)
         return [merge_by_score([f[q] for f in found], k) for q in range(len(queries))]
 
     @property

@@ -47,6 +47,9 @@ from genseek.types import ChangeSet, Hit, IndexStats
 
 FIELD = "contents"
 
+Bag = list[tuple[str, float]]
+"""A bag-of-words query: ``(term, query term frequency)`` pairs in clause order."""
+
 
 @dataclass(frozen=True)
 class CorpusStats:
@@ -197,23 +200,48 @@ class BM25Index:
             found = batch_search(self._j, s, queries, qids, k, int(self.params["threads"]))
             return [[Hit(d.docid, float(d.score)) for d in hits] for hits in found]
 
-    def corpus_stats(self, queries: Sequence[str]) -> CorpusStats:
-        """This index's :class:`CorpusStats` for the terms of ``queries``."""
+    def bags_of_words(self, queries: Sequence[str]) -> list[Bag]:
+        """Each query as Anserini's bag-of-words query: ``(term, query term frequency)`` in its
+        clause order, the order scores add up in (so one shard's scores are the unsharded
+        index's bit for bit). Read from the query's text form ``(contents:TERM)^QTF ...``
+        (one JNI call per query; analysed terms hold no spaces)."""
+        gen = self._j.BagOfWordsQueryGenerator()
+        out: list[Bag] = []
+        prefix = f"({FIELD}:"
+        for query in queries:
+            bag: Bag = []
+            for clause in str(gen.buildQuery(FIELD, self._analyzer, query).toString()).split():
+                if clause.startswith(prefix) and ")^" in clause:
+                    cut = clause.rindex(")^")
+                    bag.append((clause[len(prefix):cut], float(clause[cut + 2:])))
+                elif clause.startswith(f"{FIELD}:"):
+                    bag.append((clause[len(FIELD) + 1:], 1.0))
+                else:  # not a plain term clause: the analysed terms, in order of first use
+                    counts: dict[str, int] = {}
+                    for t in self.analyze(query):
+                        counts[t] = counts.get(t, 0) + 1
+                    bag = [(t, float(n)) for t, n in counts.items()]
+                    break
+            out.append(bag)
+        return out
+
+    def corpus_stats(self, terms: Iterable[str]) -> CorpusStats:
+        """This index's :class:`CorpusStats`, with the document frequency of ``terms``."""
         j = self._j
-        terms = {t for q in queries for t in self.analyze(q)}
         with self._lucene.searcher() as s:
             reader = here(s.reader)
             return CorpusStats(int(reader.getDocCount(FIELD)),
                                int(reader.getSumTotalTermFreq(FIELD)),
-                               {t: int(reader.docFreq(j.Term(FIELD, t))) for t in sorted(terms)})
+                               {t: int(reader.docFreq(j.Term(FIELD, t))) for t in sorted(set(terms))})
 
-    def search_with_stats(self, queries: Sequence[str], k: int,
+    def search_with_stats(self, bags: Sequence[Bag], k: int,
                           whole: CorpusStats) -> list[list[Hit]]:
-        """Each query's ``k`` best hits scored with the collection statistics ``whole`` (the
-        sum of every shard's :meth:`corpus_stats`, this one's included), by raw score then
-        id, scores not yet rounded (:func:`anserini_scores` does that after the merge)."""
-        if k <= 0 or not queries:
-            return [[] for _ in queries]
+        """Each query's (a :meth:`bags_of_words` bag) ``k`` best hits scored with the
+        collection statistics ``whole`` (the sum of every shard's :meth:`corpus_stats`, this
+        one's included), by raw score then id, scores not yet rounded (:func:`anserini_scores`
+        does that after the merge)."""
+        if k <= 0 or not bags:
+            return [[] for _ in bags]
         j = self._j
         out: list[list[Hit]] = []
         with self._lucene.searcher() as s:
@@ -224,12 +252,11 @@ class BM25Index:
                                        mine, whole)
             searcher = j.IndexSearcher(reader)
             searcher.setSimilarity(j.BM25Similarity(float(k1s), float(bs)))
-            stored = here(searcher.storedFields())
             ties_by_id = j.SimpleSearcher.BREAK_SCORE_TIES_BY_DOCID
-            for query in queries:
+            for bag in bags:
                 builder = j.BooleanQueryBuilder()
                 clauses = 0
-                for text, qtf in self._bag_of_words(query):
+                for text, qtf in bag:
                     term = j.Term(FIELD, text)
                     local = int(reader.docFreq(term))
                     if not local:
@@ -242,34 +269,10 @@ class BM25Index:
                     out.append([])
                     continue
                 # ties at the cut go by id, as the unsharded searcher cuts them
-                top = here(searcher.search(builder.build(), int(k), ties_by_id, True))
-                hits = []
-                for sd in top.scoreDocs:
-                    sd = here(sd)
-                    doc = here(stored.document(sd.doc))
-                    hits.append(Hit(str(doc.get("id")), float(sd.score)))
-                out.append(by_raw_score(hits, k))
-        return out
-
-    def _bag_of_words(self, query: str) -> list[tuple[str, float]]:
-        """``(term, query term frequency)`` of Anserini's bag-of-words query for ``query``, in
-        its clause order (the order scores add up in, so one shard's scores are the unsharded
-        index's bit for bit). Read from the query's text form, ``(contents:TERM)^QTF ...``:
-        one JNI call, and analysed terms hold no spaces."""
-        bag = self._j.BagOfWordsQueryGenerator().buildQuery(FIELD, self._analyzer, query)
-        out: list[tuple[str, float]] = []
-        prefix = f"({FIELD}:"
-        for clause in str(bag.toString()).split():
-            if clause.startswith(prefix) and ")^" in clause:
-                cut = clause.rindex(")^")
-                out.append((clause[len(prefix):cut], float(clause[cut + 2:])))
-            elif clause.startswith(f"{FIELD}:"):
-                out.append((clause[len(FIELD) + 1:], 1.0))
-            else:  # not a term clause: fall back to the analysed terms, in order of first use
-                counts: dict[str, int] = {}
-                for t in self.analyze(query):
-                    counts[t] = counts.get(t, 0) + 1
-                return [(t, float(n)) for t, n in counts.items()]
+                top = searcher.search(builder.build(), int(k), ties_by_id, True)
+                found = here(j.ScoredDocs.fromTopDocs(top, searcher))  # ids read in Java
+                out.append(by_raw_score([Hit(str(d), float(sc)) for d, sc in
+                                         zip(found.docids, found.scores, strict=True)], k))
         return out
 
     def analyze(self, text: str) -> list[str]:
@@ -296,6 +299,7 @@ class _Java(LuceneClasses):
         "TextField": "org.apache.lucene.document.TextField",
         "BoostQuery": "org.apache.lucene.search.BoostQuery",
         "BagOfWordsQueryGenerator": "io.anserini.search.query.BagOfWordsQueryGenerator",
+        "ScoredDocs": "io.anserini.search.ScoredDocs",
         "BooleanQueryBuilder": "org.apache.lucene.search.BooleanQuery$Builder",
         "Occur": "org.apache.lucene.search.BooleanClause$Occur",
     }

@@ -1,0 +1,340 @@
+"""Past one machine: indexing on Ray, sharded collections, scatter-gather latency.
+
+In one run, on the same SciFact documents (``--quick``: the first 600 and the test queries
+judged on them):
+
+1. **indexing** (bm25 + dense) with ``genseek index`` in a child process, once per mode:
+   single-process, ``--ray local`` (a Ray started in the child), and ``--ray HOST:PORT`` of a
+   two-node Ray cluster started here on loopback (head 127.0.0.3, worker 127.0.0.2, one CPU
+   each, stopped by PID afterwards). Per mode: wall seconds, docs/s, machine-wide busy CPU
+   seconds per document (every process: the driver and Ray's), Ray's overhead against
+   single-process, and the dense vectors' max |diff| from the single-process ones;
+2. **sharded = unsharded**: the same documents in 2 and 4 shards (single-process); nDCG@10
+   of bm25, dense and rrf(bm25, dense) on the judged queries next to the unsharded
+   collection's, and how many queries have the very same ranking (depth 100);
+3. **scatter-gather latency**: the 4-shard collection against the unsharded one, per query
+   at batch 1 and 32, for bm25, dense and rrf, rounds interleaved.
+
+    python benchmarks/scale.py --quick            # 600 documents (~10 min on 2 cores)
+    python benchmarks/scale.py                    # all 5,183 (~1 h on 2 cores)
+    python benchmarks/scale.py --no-ray --json    # only 2 and 3
+
+On one 2-core machine Ray cannot be faster than one process (it adds processes to the same
+two cores): part 1 measures what Ray costs, not a speed-up.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import _common as C
+
+QUICK_DOCS = 600
+INDEXES = ("bm25", "dense")
+
+
+def _corpus(docs: int | None) -> tuple[Path, set[str]]:
+    """The corpus file (SciFact's, or its first ``docs`` lines written once under the cache)
+    and its ids."""
+    src = C.dataset_dir("scifact") / "corpus.jsonl"
+    lines = src.read_text(encoding="utf-8").splitlines(keepends=True)
+    if docs is not None and docs < len(lines):
+        lines = lines[:docs]
+        out = C.cache("scale", f"scifact-first-{docs}.jsonl")
+        if not out.is_file():
+            out.parent.mkdir(parents=True, exist_ok=True)
+            tmp = out.with_suffix(".tmp")
+            tmp.write_text("".join(lines), encoding="utf-8")
+            os.replace(tmp, out)
+        src = out
+    return src, {json.loads(line)["_id"] for line in lines}
+
+
+def _topics(ids: set[str]) -> tuple[dict[str, str], dict[str, dict[str, int]]]:
+    qids, texts, qrels = C.judged_queries(C.dataset_dir("scifact"), "test")
+    keep = {q: t for q, t in zip(qids, texts, strict=True)
+            if any(d in ids and rel > 0 for d, rel in qrels[q].items())}
+    return keep, {q: {d: r for d, r in qrels[q].items() if d in ids} for q in keep}
+
+
+# -- 1. indexing ---------------------------------------------------------------------------
+
+
+def _index(path: Path, corpus: Path, ray: str | None, shards: int | None = None) -> dict:
+    """``genseek index`` in a child process: its summary, wall seconds, busy CPU seconds."""
+    shutil.rmtree(path, ignore_errors=True)
+    cmd = [sys.executable, "-m", "genseek.cli", "index", str(path), "--from", str(corpus),
+           *(a for n in INDEXES for a in ("--index", n)), "--json", "--no-progress"]
+    if ray:
+        cmd += ["--ray", ray]
+    if shards:
+        cmd += ["--shards", str(shards)]
+    env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0"}
+    busy, load = C.busy_cpu_seconds(), os.getloadavg()[0]
+    start = time.perf_counter()
+    proc = subprocess.run(cmd, capture_output=True, text=True,
+                          env=env, timeout=4 * 3600)
+    seconds = time.perf_counter() - start
+    if proc.returncode != 0:
+        sys.exit(f"error: {' '.join(cmd[2:])} exited with {proc.returncode}: "
+                 f"{proc.stderr.strip().splitlines()[-1:]}")
+    busy_after = C.busy_cpu_seconds()
+    summary = json.loads([ln for ln in proc.stdout.splitlines() if ln.startswith("{")][-1])
+    docs = int(summary["upserted"])
+    cpu = None if busy is None or busy_after is None else busy_after - busy
+    return {"seconds": round(seconds, 2), "documents": docs,
+            "docs_per_s": round(docs / seconds, 2),
+            "busy_cpu_s_per_doc": None if cpu is None else round(cpu / docs, 4),
+            "load1_before": round(load, 2), "load1_after": round(os.getloadavg()[0], 2)}
+
+
+def _vectors(path: Path) -> dict[str, Any]:
+    """``doc_id -> float32 vector`` of a collection's dense index."""
+    from genseek.collection import Collection
+
+    with Collection.open(path) as coll:
+        docs = list(coll.store.iter_docs())
+        found = coll.index("dense").stored_vectors([d.version for d in docs])
+        return {d.doc_id: found[d.version] for d in docs if d.version in found}
+
+
+def _max_diff(a: dict[str, Any], b: dict[str, Any]) -> float | None:
+    import numpy as np
+
+    if set(a) != set(b):
+        return None
+    return float(max(np.abs(a[k] - b[k]).max() for k in a))
+
+
+def _free_port(host: str) -> int:
+    with socket.socket() as s:
+        s.bind((host, 0))
+        return int(s.getsockname()[1])
+
+
+class TwoNodes:
+    """A Ray head on 127.0.0.3 and a worker on 127.0.0.2, one CPU each, in their own temp
+    folder; stopped by the PIDs of the processes they started (never ``ray stop``)."""
+
+    def __init__(self, folder: Path):
+        self.folder = folder
+        self.port = _free_port("127.0.0.3")
+        self.address = f"127.0.0.3:{self.port}"
+
+    def _start(self, *args: str) -> None:
+        ray = Path(sys.executable).parent / "ray"
+        env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0"}
+        subprocess.run([str(ray), "start", *args, "--num-cpus", "1", "--disable-usage-stats",
+                        f"--temp-dir={self.folder}"], check=True, env=env, timeout=180,
+                       stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+
+    def __enter__(self) -> TwoNodes:
+        shutil.rmtree(self.folder, ignore_errors=True)
+        self.folder.mkdir(parents=True)
+        self._start("--head", "--node-ip-address", "127.0.0.3", "--port", str(self.port),
+                    "--include-dashboard=false")
+        self._start("--address", self.address, "--node-ip-address", "127.0.0.2")
+        return self
+
+    def pids(self) -> list[int]:
+        """Every process whose command line names this cluster's temp folder."""
+        out = []
+        for proc in Path("/proc").iterdir():
+            if proc.name.isdigit():
+                try:
+                    cmd = (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode()
+                except OSError:
+                    continue
+                if str(self.folder) in cmd and int(proc.name) != os.getpid():
+                    out.append(int(proc.name))
+        return out
+
+    def __exit__(self, *exc: object) -> None:
+        for sig in (signal.SIGTERM, signal.SIGKILL):
+            for pid in self.pids():
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, sig)
+            deadline = time.monotonic() + 20
+            while self.pids() and time.monotonic() < deadline:
+                time.sleep(0.5)
+
+
+def indexing(corpus: Path, modes: Sequence[str], work: Path) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    single = work / "single"
+    out["single"] = _index(single, corpus, None)
+    base = _vectors(single)
+    for mode in modes:
+        path = work / f"ray-{mode}"
+        if mode == "local":
+            out["ray_local"] = _index(path, corpus, "local")
+        else:
+            with TwoNodes(work / "ray-tmp") as cluster:
+                out["ray_two_nodes"] = _index(path, corpus, cluster.address)
+        key = "ray_local" if mode == "local" else "ray_two_nodes"
+        out[key]["overhead_vs_single"] = round(out["single"]["docs_per_s"]
+                                               / out[key]["docs_per_s"], 3)
+        out[key]["vectors_max_abs_diff"] = _max_diff(base, _vectors(path))
+        shutil.rmtree(path, ignore_errors=True)
+    return out
+
+
+# -- 2. sharded = unsharded; 3. latency ----------------------------------------------------------
+
+
+def _systems(coll: Any) -> dict[str, Any]:
+    return {"bm25": coll.retriever("bm25"), "dense": coll.retriever("dense"),
+            "rrf": coll.retriever(list(INDEXES), depth=100)}
+
+
+def equality(single: Path, sharded: dict[int, Path], topics: dict[str, str],
+             qrels: dict) -> dict[str, Any]:
+    from genseek.collection import Collection
+    from genseek.evaluation import experiment
+    from genseek.sharded import open_sharded
+
+    out: dict[str, Any] = {}
+    with Collection.open(single) as coll:
+        base = experiment(_systems(coll), topics, qrels, ("nDCG@10", "R@100"), k=100)
+    out["unsharded"] = base.metrics
+    for n, path in sharded.items():
+        with open_sharded(path) as coll:
+            res = experiment(_systems(coll), topics, qrels, ("nDCG@10", "R@100"), k=100)
+        same = {name: sum(ids_of(res.runs[name].get(q)) == ids_of(base.runs[name].get(q))
+                          for q in topics) for name in res.runs}
+        out[f"{n}_shards"] = {"metrics": res.metrics, "same_ranking": same,
+                              "queries": len(topics)}
+    return out
+
+
+def ids_of(hits: Any) -> list[str]:
+    return [h.doc_id for h in (hits or [])]
+
+
+def latency(single: Path, sharded: Path, texts: list[str], rounds: int) -> dict[str, Any]:
+    from genseek.collection import Collection
+    from genseek.sharded import open_sharded
+
+    times: dict[str, dict[str, list[float]]] = {}
+    with Collection.open(single) as one, open_sharded(sharded) as four:
+        sides = {"unsharded": _systems(one), "4_shards": _systems(four)}
+        for side in sides.values():  # warm-up: models, JVM, caches
+            for system in side.values():
+                system.search(texts[:4], 10)
+        for r in range(rounds):
+            order = list(sides) if r % 2 == 0 else list(reversed(sides))
+            for side in order:
+                for name, system in sides[side].items():
+                    for batch in (1, 32):
+                        key = f"{name} batch {batch}"
+                        bucket = times.setdefault(key, {}).setdefault(side, [])
+                        for i in range(0, len(texts), batch):
+                            chunk = texts[i:i + batch]
+                            start = time.perf_counter()
+                            system.search(chunk, 10)
+                            bucket.append((time.perf_counter() - start) * 1000 / len(chunk))
+    out: dict[str, Any] = {}
+    for key, sides_ in times.items():
+        row = {side: {"mean_ms": round(sum(v) / len(v), 3),
+                      "p50_ms": round(C.percentile(v, 50), 3),
+                      "p95_ms": round(C.percentile(v, 95), 3)} for side, v in sides_.items()}
+        row["ratio_mean"] = round(row["4_shards"]["mean_ms"] / row["unsharded"]["mean_ms"], 2)
+        out[key] = row
+    return out
+
+
+# -- report -------------------------------------------------------------------------------------
+
+
+def report(result: dict[str, Any]) -> None:
+    C.print_machine(result["machine"])
+    print(f"documents: {result['documents']:,}; judged test queries: {result['queries']}")
+    if result.get("indexing"):
+        rows = []
+        for mode, r in result["indexing"].items():
+            rows.append([mode, r["documents"], r["seconds"], r["docs_per_s"],
+                         r["busy_cpu_s_per_doc"], r.get("overhead_vs_single", 1.0),
+                         r.get("vectors_max_abs_diff", 0.0), f"{r['load1_before']}"])
+        print("\n1. indexing bm25 + dense")
+        C.table(["mode", "docs", "s", "docs/s", "busy CPU s/doc", "single/this docs/s",
+                 "max |vec diff|", "load1"], rows)
+    eq = result["equality"]
+    rows = []
+    for name in ("bm25", "dense", "rrf"):
+        row = [name, f"{eq['unsharded'][name]['nDCG@10']:.4f}"]
+        for n in result["shards"]:
+            part = eq[f"{n}_shards"]
+            row += [f"{part['metrics'][name]['nDCG@10']:.4f}",
+                    f"{part['same_ranking'][name]}/{part['queries']}"]
+        rows.append(row)
+    head = ["system", "nDCG@10 unsharded"]
+    for n in result["shards"]:
+        head += [f"{n} shards", "same ranking"]
+    print("\n2. sharded vs unsharded (nDCG@10; queries whose top 100 is identical)")
+    C.table(head, rows)
+    print("\n3. latency per query, 4 shards vs unsharded (ms)")
+    C.table(["system", "unsharded mean", "p50", "p95", "4 shards mean", "p50", "p95",
+             "4 shards / unsharded"],
+            [[k, v["unsharded"]["mean_ms"], v["unsharded"]["p50_ms"], v["unsharded"]["p95_ms"],
+              v["4_shards"]["mean_ms"], v["4_shards"]["p50_ms"], v["4_shards"]["p95_ms"],
+              v["ratio_mean"]] for k, v in result["latency"].items()])
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser.add_argument("--quick", action="store_true",
+                        help=f"the first {QUICK_DOCS} SciFact documents")
+    parser.add_argument("--docs", type=int, default=None,
+                        help="the first N documents (default: all, or the --quick count)")
+    parser.add_argument("--shards", default="2,4", help="shard counts to compare")
+    parser.add_argument("--ray", default="local,cluster",
+                        help="Ray indexing modes: local, cluster (two loopback nodes)")
+    parser.add_argument("--no-ray", action="store_true", help="skip part 1")
+    parser.add_argument("--rounds", type=int, default=2, help="latency rounds per side")
+    args = C.parse_args(parser, argv, report)
+    if args is None:
+        return 0
+    C.quiet_libraries()
+    docs = args.docs if args.docs is not None else (QUICK_DOCS if args.quick else None)
+    shards = [int(s) for s in args.shards.split(",") if s]
+    if 4 not in shards:
+        shards.append(4)  # part 3 compares 4 shards
+    corpus, ids = _corpus(docs)
+    topics, qrels = _topics(ids)
+    work = C.cache("scale", "work")
+    work.mkdir(parents=True, exist_ok=True)
+    result: dict[str, Any] = {"machine": C.machine(), "documents": len(ids),
+                              "queries": len(topics), "shards": shards, "corpus": str(corpus)}
+    modes = [] if args.no_ray else [m for m in args.ray.split(",") if m]
+    C.log(f"1. indexing {len(ids):,} documents: single-process"
+          + (f", then Ray ({', '.join(modes)})" if modes else ""))
+    result["indexing"] = indexing(corpus, modes, work) if modes else {
+        "single": _index(work / "single", corpus, None)}
+    sharded = {}
+    for n in shards:
+        C.log(f"2. indexing into {n} shards")
+        sharded[n] = work / f"shards-{n}"
+        result["indexing"][f"{n}_shards"] = _index(sharded[n], corpus, None, n)
+    C.log("2. evaluating sharded against unsharded")
+    result["equality"] = equality(work / "single", sharded, topics, qrels)
+    C.log("3. latency")
+    result["latency"] = latency(work / "single", sharded[4], list(topics.values()), args.rounds)
+    result["machine"]["loadavg_end"] = [round(x, 2) for x in os.getloadavg()]
+    return C.emit(result, args.json, report)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
