@@ -124,6 +124,10 @@ class ShardServer:
         if background:
             self.collection.start_background_sync()
 
+    def process(self) -> int:
+        """The process this shard runs in (a Ray actor's worker, or this process)."""
+        return os.getpid()
+
     def write(self, upserts: Sequence[Document], deletes: Sequence[str],
               meta: dict[str, str] | None, sync: bool) -> Any:
         return self.collection.write(upserts, deletes, meta, sync=sync)
