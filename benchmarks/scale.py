@@ -255,6 +255,51 @@ def latency(single: Path, sharded: Path, texts: list[str], rounds: int) -> dict[
     return out
 
 
+def sizes(single: Path, sharded: Path, texts: list[str], n: int) -> dict[str, Any]:
+    """What a sharded search sends to each shard and gets back (bytes of Ray's serialised
+    arguments and results, measured with pickle on the real objects, per query), and each
+    index's memory and disk per document (the unsharded collection's stats)."""
+    import pickle
+
+    from genseek.collection import Collection
+    from genseek.sharded import open_sharded
+
+    out: dict[str, Any] = {"per_query_per_shard": {}, "per_document": {}}
+
+    def size(obj: Any) -> int:
+        return len(pickle.dumps(obj, protocol=5))
+
+    with open_sharded(sharded) as coll:
+        shards = coll.shards
+        for k in (10, 100):
+            bags = shards.one(0, "bags_of_words", "bm25", texts)
+            terms = [sorted({t for t, _ in bag}) for bag in bags]
+            stats = [shards.one(0, "corpus_stats", "bm25", t) for t in terms]
+            hits = shards.one(0, "search_with_stats", "bm25", bags, k, stats[0])
+            sent = sum(size(("bm25", t)) + size(("bm25", [b], k, s))
+                       for t, b, s in zip(terms, bags, stats, strict=True))
+            back = sum(size(s) + size([h]) for s, h in zip(stats, hits, strict=True))
+            out["per_query_per_shard"][f"bm25 k={k}"] = {
+                "sent": round(sent / len(texts)), "received": round(back / len(texts))}
+            vectors = shards.one(0, "encode_queries", "dense", texts)
+            found = shards.one(0, "search_vectors", "dense", vectors, k, None)
+            out["per_query_per_shard"][f"dense k={k}"] = {
+                "sent": round(sum(size(("dense", vectors[i:i + 1], k, None))
+                                  for i in range(len(texts))) / len(texts)),
+                "received": round(sum(size([f]) for f in found) / len(texts))}
+    with Collection.open(single) as one:
+        docs = len(one)
+        for name, index in one.indexes.items():
+            st = index.stats()
+            out["per_document"][name] = {
+                "disk_bytes": round(st.disk_bytes / docs),
+                "memory_bytes": None if st.memory_bytes is None else round(st.memory_bytes / docs)}
+        out["per_document"]["store"] = {"disk_bytes": round(
+            (single / "docs.sqlite").stat().st_size / docs)}
+    out["shards"] = n
+    return out
+
+
 # -- report -------------------------------------------------------------------------------------
 
 
@@ -290,6 +335,15 @@ def report(result: dict[str, Any]) -> None:
             [[k, v["unsharded"]["mean_ms"], v["unsharded"]["p50_ms"], v["unsharded"]["p95_ms"],
               v["4_shards"]["mean_ms"], v["4_shards"]["p50_ms"], v["4_shards"]["p95_ms"],
               v["ratio_mean"]] for k, v in result["latency"].items()])
+    if result.get("sizes"):
+        sz = result["sizes"]
+        print("\n4. bytes a sharded search exchanges with each shard, per query")
+        C.table(["search", "sent", "received"],
+                [[k, v["sent"], v["received"]] for k, v in sz["per_query_per_shard"].items()])
+        print("\n   per document, unsharded collection")
+        C.table(["index", "disk bytes", "memory bytes"],
+                [[k, v["disk_bytes"], v.get("memory_bytes")] for k, v in
+                 sz["per_document"].items()])
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -332,6 +386,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     result["equality"] = equality(work / "single", sharded, topics, qrels)
     C.log("3. latency")
     result["latency"] = latency(work / "single", sharded[4], list(topics.values()), args.rounds)
+    result["sizes"] = sizes(work / "single", sharded[4], list(topics.values()), 4)
     result["machine"]["loadavg_end"] = [round(x, 2) for x in os.getloadavg()]
     return C.emit(result, args.json, report)
 
