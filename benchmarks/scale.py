@@ -1,23 +1,23 @@
 """Past one machine: indexing on Ray, sharded collections, scatter-gather latency.
 
-In one run, on the same SciFact documents (``--quick``: the first 600 and the test queries
-judged on them):
+In one run, on SciFact:
 
-1. **indexing** (bm25 + dense) with ``genseek index`` in a child process, once per mode:
+1. **indexing** the first 1,000 documents (``--quick``: 300) with bm25 + dense with ``genseek index`` in a child process, once per mode:
    single-process, ``--ray local`` (a Ray started in the child), and ``--ray HOST:PORT`` of a
    two-node Ray cluster started here on loopback (head 127.0.0.3, worker 127.0.0.2, one CPU
    each, stopped by PID afterwards). Per mode: wall seconds, docs/s, machine-wide busy CPU
    seconds per document (every process: the driver and Ray's), Ray's overhead against
    single-process, and the dense vectors' max |diff| from the single-process ones;
-2. **sharded = unsharded**: the same documents in 2 and 4 shards (single-process); nDCG@10
+2. **sharded = unsharded**: all documents (``--quick``: the first 600, and the test queries
+   judged on them) in 2 and 4 shards (single-process); nDCG@10
    of bm25, dense and rrf(bm25, dense) on the judged queries next to the unsharded
    collection's, and how many queries have the very same ranking (depth 100);
 3. **scatter-gather latency**: the 4-shard collection against the unsharded one, per query
    at batch 1 and 32, for bm25, dense and rrf, rounds interleaved.
 
-    python benchmarks/scale.py --quick            # 600 documents (~10 min on 2 cores)
-    python benchmarks/scale.py                    # all 5,183 (~1 h on 2 cores)
-    python benchmarks/scale.py --no-ray --json    # only 2 and 3
+    python benchmarks/scale.py --quick            # 300 and 600 documents (~10 min, 2 cores)
+    python benchmarks/scale.py                    # 1,000 and all 5,183 (~45 min, 2 cores)
+    python benchmarks/scale.py --no-ray --json    # part 1 without Ray
 
 On one 2-core machine Ray cannot be faster than one process (it adds processes to the same
 two cores): part 1 measures what Ray costs, not a speed-up.
@@ -42,6 +42,8 @@ from typing import Any
 import _common as C
 
 QUICK_DOCS = 600
+QUICK_INDEX_DOCS = 300
+INDEX_DOCS = 1000
 INDEXES = ("bm25", "dense")
 
 
@@ -175,6 +177,8 @@ def indexing(corpus: Path, modes: Sequence[str], work: Path) -> dict[str, Any]:
     out: dict[str, Any] = {}
     single = work / "single"
     out["single"] = _index(single, corpus, None)
+    if not modes:
+        return out
     base = _vectors(single)
     for mode in modes:
         path = work / f"ray-{mode}"
@@ -305,7 +309,8 @@ def sizes(single: Path, sharded: Path, texts: list[str], n: int) -> dict[str, An
 
 def report(result: dict[str, Any]) -> None:
     C.print_machine(result["machine"])
-    print(f"documents: {result['documents']:,}; judged test queries: {result['queries']}")
+    print(f"documents: {result['index_documents']:,} indexed in part 1; "
+          f"{result['documents']:,} in parts 2-4, with {result['queries']} judged test queries")
     if result.get("indexing"):
         rows = []
         for mode, r in result["indexing"].items():
@@ -350,43 +355,52 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     parser.add_argument("--quick", action="store_true",
-                        help=f"the first {QUICK_DOCS} SciFact documents")
+                        help=f"{QUICK_INDEX_DOCS} documents for part 1, {QUICK_DOCS} for the "
+                        "others")
+    parser.add_argument("--index-docs", type=int, default=None,
+                        help=f"part 1 indexes the first N documents (default {INDEX_DOCS})")
     parser.add_argument("--docs", type=int, default=None,
-                        help="the first N documents (default: all, or the --quick count)")
+                        help="parts 2-4 use the first N documents (default: all of SciFact, "
+                        "whose unsharded collection is the cached one most benchmarks use)")
     parser.add_argument("--shards", default="2,4", help="shard counts to compare")
     parser.add_argument("--ray", default="local,cluster",
                         help="Ray indexing modes: local, cluster (two loopback nodes)")
-    parser.add_argument("--no-ray", action="store_true", help="skip part 1")
+    parser.add_argument("--no-ray", action="store_true", help="part 1 without Ray")
     parser.add_argument("--rounds", type=int, default=2, help="latency rounds per side")
     args = C.parse_args(parser, argv, report)
     if args is None:
         return 0
     C.quiet_libraries()
+    index_docs = args.index_docs or (QUICK_INDEX_DOCS if args.quick else INDEX_DOCS)
     docs = args.docs if args.docs is not None else (QUICK_DOCS if args.quick else None)
-    shards = [int(s) for s in args.shards.split(",") if s]
-    if 4 not in shards:
-        shards.append(4)  # part 3 compares 4 shards
-    corpus, ids = _corpus(docs)
-    topics, qrels = _topics(ids)
+    shards = sorted({int(s) for s in args.shards.split(",") if s} | {4})  # part 3: 4 shards
     work = C.cache("scale", "work")
     work.mkdir(parents=True, exist_ok=True)
-    result: dict[str, Any] = {"machine": C.machine(), "documents": len(ids),
-                              "queries": len(topics), "shards": shards, "corpus": str(corpus)}
+    result: dict[str, Any] = {"machine": C.machine(), "shards": shards}
     modes = [] if args.no_ray else [m for m in args.ray.split(",") if m]
-    C.log(f"1. indexing {len(ids):,} documents: single-process"
+    small, _ = _corpus(index_docs)
+    C.log(f"1. indexing {index_docs:,} documents: single-process"
           + (f", then Ray ({', '.join(modes)})" if modes else ""))
-    result["indexing"] = indexing(corpus, modes, work) if modes else {
-        "single": _index(work / "single", corpus, None)}
+    result["index_documents"] = index_docs
+    result["indexing"] = indexing(small, modes, work)
+    corpus, ids = _corpus(docs)
+    topics, qrels = _topics(ids)
+    result.update(documents=len(ids), queries=len(topics), corpus=str(corpus))
+    if docs is None:
+        single = C.scifact_collection(INDEXES)
+    else:
+        single = work / f"single-{docs}"
+        _index(single, corpus, None)
     sharded = {}
     for n in shards:
-        C.log(f"2. indexing into {n} shards")
+        C.log(f"2. indexing {len(ids):,} documents into {n} shards")
         sharded[n] = work / f"shards-{n}"
-        result["indexing"][f"{n}_shards"] = _index(sharded[n], corpus, None, n)
+        result["indexing"][f"{n}_shards ({len(ids)} docs)"] = _index(sharded[n], corpus, None, n)
     C.log("2. evaluating sharded against unsharded")
-    result["equality"] = equality(work / "single", sharded, topics, qrels)
+    result["equality"] = equality(single, sharded, topics, qrels)
     C.log("3. latency")
-    result["latency"] = latency(work / "single", sharded[4], list(topics.values()), args.rounds)
-    result["sizes"] = sizes(work / "single", sharded[4], list(topics.values()), 4)
+    result["latency"] = latency(single, sharded[4], list(topics.values()), args.rounds)
+    result["sizes"] = sizes(single, sharded[4], list(topics.values()), 4)
     result["machine"]["loadavg_end"] = [round(x, 2) for x in os.getloadavg()]
     return C.emit(result, args.json, report)
 
