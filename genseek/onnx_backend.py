@@ -66,7 +66,7 @@ products with constant weights (the attention products of two activations stay f
 
 EXPORTS: Counter[str] = Counter()
 """Exports and quantisations run by this process, by ``kind/variant`` (cache misses; tests)."""
-_EXPORT_LOCK = threading.Lock()
+_EXPORT_LOCK = threading.RLock()  # re-entrant: an int8 build makes its float32 source first
 
 log = logging.getLogger("genseek.models")
 

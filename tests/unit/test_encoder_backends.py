@@ -219,6 +219,21 @@ def _folders(cache: Path, kind: str, variant: str, max_length: int = 256) -> lis
 
 @pytest.mark.slow
 @needs_ort
+def test_int8_first_on_an_empty_cache_exports_its_float32_source(tmp_path, monkeypatch):
+    from genseek.encoders import TokenEncoder
+
+    monkeypatch.setenv("GENSEEK_CACHE", str(tmp_path))
+    before = dict(ob.EXPORTS)
+    enc = TokenEncoder(max_length=32, backend="onnx-int8")
+    assert len(enc.encode(TEXTS[:2])) == 2
+    made = {k: v - before.get(k, 0) for k, v in ob.EXPORTS.items() if v != before.get(k, 0)}
+    assert made == {"hidden-states/float32": 1, "hidden-states/int8": 1}
+    assert len(_folders(tmp_path, "hidden-states", "float32", 32)) == 1
+    assert len(_folders(tmp_path, "hidden-states", "int8", 32)) == 1
+
+
+@pytest.mark.slow
+@needs_ort
 def test_second_construction_reuses_the_export(cache):
     from genseek.encoders import TextEncoder
 
