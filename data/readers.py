@@ -55,10 +55,16 @@ def corpus_file(path: Path) -> Path:
     return path
 
 
-def _lines(path: Path, skip: int = 0) -> Iterator[tuple[int, str]]:
-    """Decoded lines with 1-based numbers, blank lines skipped; strict UTF-8."""
+def _lines(path: Path, skip: int = 0, first: int = 1, offset: int = 0,
+           count: int | None = None) -> Iterator[tuple[int, str]]:
+    """Decoded lines with 1-based numbers, blank lines skipped; strict UTF-8. ``first``,
+    ``offset``: the number and byte offset of the line to start at; ``count``: how many
+    lines to read from there (all when None)."""
     with open(path, "rb") as fh:
-        for number, raw in enumerate(fh, start=1):
+        fh.seek(offset)
+        for number, raw in enumerate(fh, start=first):
+            if count is not None and number >= first + count:
+                break
             if number <= skip:
                 continue
             try:
@@ -116,24 +122,58 @@ def parse_json_doc(text: str, path: str, line: int) -> Document:
     return doc
 
 
+def _tsv_doc(line: str, name: str, number: int) -> Document:
+    cols = line.split("\t")
+    if len(cols) not in (2, 3):
+        raise InputError(f"expected 2 or 3 tab-separated columns (id, [title,] text), "
+                         f"got {len(cols)}", path=name, line=number)
+    doc_id = check_id(cols[0], name, number, "id")
+    title, text = (cols[1], cols[2]) if len(cols) == 3 else ("", cols[1])
+    return Document(doc_id, title, text)
+
+
+def _documents(file: Path, lines: Iterator[tuple[int, str]],
+               max_doc_bytes: int) -> Iterator[tuple[int, Document]]:
+    name = str(file)
+    parse = _tsv_doc if file.suffix == ".tsv" else parse_json_doc
+    for number, line in lines:
+        yield number, _check_size(parse(line, name, number), name, number, max_doc_bytes)
+
+
 def read_corpus(path: Path, skip_lines: int = 0,
                 max_doc_bytes: int = MAX_DOC_BYTES) -> Iterator[tuple[int, Document]]:
     """Stream ``(line_number, Document)`` from a corpus, after the first ``skip_lines`` lines."""
     file = corpus_file(path)
-    name = str(file)
-    if file.suffix == ".tsv":
-        for number, line in _lines(file, skip_lines):
-            cols = line.split("\t")
-            if len(cols) not in (2, 3):
-                raise InputError(f"expected 2 or 3 tab-separated columns (id, [title,] text), "
-                                 f"got {len(cols)}", path=name, line=number)
-            doc_id = check_id(cols[0], name, number, "id")
-            title, text = (cols[1], cols[2]) if len(cols) == 3 else ("", cols[1])
-            yield number, _check_size(Document(doc_id, title, text), name, number, max_doc_bytes)
-        return
-    for number, line in _lines(file, skip_lines):
-        doc = parse_json_doc(line, name, number)
-        yield number, _check_size(doc, name, number, max_doc_bytes)
+    yield from _documents(file, _lines(file, skip_lines), max_doc_bytes)
+
+
+def corpus_chunks(file: Path, skip_lines: int = 0,
+                  lines: int = 1000) -> Iterator[tuple[int, int, int]]:
+    """Consecutive pieces of a corpus file after its first ``skip_lines`` lines, as
+    ``(first line number, byte offset of that line, line count)`` with ``lines`` lines each
+    (the last one fewer), for :func:`read_corpus_chunk`. One pass over the bytes, nothing
+    decoded."""
+    number, offset, start = 0, 0, None
+    with open(file, "rb") as fh:
+        for raw in fh:
+            number += 1
+            if number > skip_lines:
+                if start is None:
+                    start = (number, offset)
+                if number - start[0] + 1 == lines:
+                    yield start[0], start[1], lines
+                    start = None
+            offset += len(raw)
+    if start is not None:
+        yield start[0], start[1], number - start[0] + 1
+
+
+def read_corpus_chunk(file: Path, first: int, offset: int, count: int,
+                      max_doc_bytes: int = MAX_DOC_BYTES) -> Iterator[tuple[int, Document]]:
+    """:func:`read_corpus` of the ``count`` lines from line ``first`` (at byte ``offset``) of
+    a corpus file (a piece given by :func:`corpus_chunks`): the same documents and errors."""
+    file = Path(file)
+    yield from _documents(file, _lines(file, 0, first, offset, count), max_doc_bytes)
 
 
 def read_queries(path: Path) -> dict[str, str]:

@@ -68,3 +68,43 @@ def weights(text: str) -> list[float]:
     if any(v < 0 or not math.isfinite(v) for v in values):
         raise argparse.ArgumentTypeError(f"weights must be finite and >= 0, not {text!r}")
     return values
+
+
+def positive_float(text: str) -> float:
+    """argparse type: a finite number > 0."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number > 0, not {text!r}") from None
+    if not value > 0 or not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"must be a finite number > 0, not {text!r}")
+    return value
+
+
+def ray_address(text: str) -> str:
+    """argparse type: a Ray address (``local``, ``auto``, ``HOST:PORT``), with Ray installed."""
+    import importlib.util
+
+    from genseek.cluster import INSTALL, parse_address
+    from genseek.errors import GenseekError
+
+    try:
+        parse_address(text)
+    except GenseekError as exc:
+        raise argparse.ArgumentTypeError(str(exc).removeprefix(f"--ray {text!r}: ")) from None
+    try:
+        missing = importlib.util.find_spec("ray") is None
+    except ValueError:  # a module named ray without a spec
+        missing = True
+    if missing:
+        raise argparse.ArgumentTypeError(f"Ray is not installed; install the extra: {INSTALL}")
+    return text
+
+
+def resource(text: str) -> tuple[str, float]:
+    """argparse type: ``NAME`` or ``NAME=AMOUNT`` (a Ray custom resource, amount > 0)."""
+    name, sep, amount = text.partition("=")
+    value = positive_float(amount) if sep else 1.0
+    if not name.strip():
+        raise argparse.ArgumentTypeError(f"expected NAME or NAME=AMOUNT, not {text!r}")
+    return name.strip(), value

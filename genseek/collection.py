@@ -28,7 +28,7 @@ import json
 import logging
 import os
 import threading
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -43,7 +43,7 @@ from genseek.errors import (
     NotFoundError,
     ServerError,
 )
-from genseek.protocols import Index, Retriever, UsesSiblings
+from genseek.protocols import EncodesDocuments, Index, Retriever, UsesSiblings
 from genseek.registry import check_spec, index_schemas, resolve
 from genseek.spec import IndexSpec, validate_name
 from genseek.store import DocStore, WriteResult
@@ -63,6 +63,10 @@ FORMAT_VERSION = 1
 
 Progress = Callable[[str, int, int], None]
 """``progress(index_name, applied_seq, target_seq)`` during catch-up."""
+
+Encoded = Mapping[str, Mapping[str, Any]]
+"""Precomputed model work for a batch: ``{DocumentWork.key: {doc_id: payload}}``
+(:mod:`genseek.docwork`)."""
 
 
 @dataclass(frozen=True)
@@ -350,24 +354,26 @@ class Collection:
     # -- keeping indexes current ------------------------------------------------------------
 
     def sync(self, progress: Progress | None = None, batch_ops: int = 1000,
-             raise_errors: bool = True) -> None:
+             raise_errors: bool = True, encoded: Encoded | None = None) -> None:
         """Apply every store operation each index has not applied yet.
 
         Every index is tried, and one that fails does not stop the others: its error is kept
         in :attr:`sync_errors` (see :meth:`health`) and, with ``raise_errors``, the first
-        failure is raised once all have been tried.
+        failure is raised once all have been tried. ``encoded``: precomputed model work for
+        the documents just written (:data:`Encoded`, see :meth:`write`).
         """
         first: Exception | None = None
         for name, index in list(self.indexes.items()):
-            first = self._sync_recorded(name, index, progress, batch_ops) or first
+            first = self._sync_recorded(name, index, progress, batch_ops, encoded) or first
         if first is not None and raise_errors:
             raise first
 
     def _sync_recorded(self, name: str, index: Index, progress: Progress | None = None,
-                       batch_ops: int = 1000) -> Exception | None:
+                       batch_ops: int = 1000, encoded: Encoded | None = None
+                       ) -> Exception | None:
         """:meth:`_sync_index`, its failure kept in :attr:`sync_errors` (and returned)."""
         try:
-            self._sync_index(name, index, progress, batch_ops)
+            self._sync_index(name, index, progress, batch_ops, encoded)
         except Exception as exc:  # noqa: BLE001 - reported through health()
             self.sync_errors[name] = _describe(exc)
             log.error("collection %s, index %s: applying writes failed: %s", self.path, name,
@@ -380,11 +386,14 @@ class Collection:
         return None
 
     def _sync_index(self, name: str, index: Index, progress: Progress | None = None,
-                    batch_ops: int = 1000) -> None:
+                    batch_ops: int = 1000, encoded: Encoded | None = None) -> None:
         """Bring one index up to the store's current sequence number (in steps of at most
-        250 operations when someone watches the ``progress``, so it moves)."""
+        250 operations when someone watches the ``progress``, so it moves). With
+        ``encoded``, an :class:`~genseek.protocols.EncodesDocuments` index takes the payloads
+        of its work's key from it (``apply_encoded``) and computes only what is missing."""
         if progress is not None:
             batch_ops = min(batch_ops, 250)
+        payloads = _payloads(index, encoded)
         with self._index_locks[name]:
             target = self.store.seq
             seq = index.applied_seq
@@ -395,7 +404,10 @@ class Collection:
                 progress(name, seq, target)  # at once: the bar exists before the first batch
             while seq < target:
                 changes = self.store.changes(seq, batch_ops)
-                index.apply(changes)
+                if payloads is None:
+                    index.apply(changes)
+                else:
+                    index.apply_encoded(changes, payloads)  # type: ignore[attr-defined]
                 index.commit(changes.upto_seq)
                 seq = changes.upto_seq
                 if progress:
@@ -428,7 +440,7 @@ class Collection:
 
     def write(self, upserts: Sequence[Document] = (), deletes: Iterable[str] = (),
               meta: dict[str, str] | None = None, *, sync: bool = True,
-              progress: Progress | None = None) -> WriteResult:
+              progress: Progress | None = None, encoded: Encoded | None = None) -> WriteResult:
         """Commit a batch to the store, then apply it to every index.
 
         The batch is acknowledged (durable) once the store has committed it; if the
@@ -436,10 +448,16 @@ class Collection:
         With ``sync=False`` the indexes are left to the background applier (see
         :meth:`start_background_sync`); :meth:`wait_for` waits for them. ``progress`` is
         :meth:`sync`'s.
+
+        ``encoded`` (:data:`Encoded`) is model work already done for ``upserts`` (by Ray
+        actors: :mod:`genseek.cluster`): ``{DocumentWork.key: {doc_id: payload}}``, each
+        payload made from the winning copy of that id in ``upserts``. The indexes whose work
+        has that key apply it instead of encoding (``apply_encoded``); ignored with
+        ``sync=False``.
         """
         result = self.store.write(upserts, deletes, meta)
         if sync:
-            self.sync(progress)
+            self.sync(progress, encoded=encoded)
         else:
             for wake in list(self._wakes.values()):
                 wake.set()
@@ -520,13 +538,16 @@ class Collection:
 
     def ingest(self, records: Iterator[tuple[int, Document]], source_key: str | None = None,
                batch_size: int = 1000, on_batch: Callable[[int], None] | None = None,
-               skip_lines: int = 0, on_apply: Progress | None = None) -> IngestReport:
+               skip_lines: int = 0, on_apply: Progress | None = None,
+               encode: Callable[[Sequence[Document]], Encoded] | None = None) -> IngestReport:
         """Write ``(line_number, Document)`` records in batches.
 
         With ``source_key``, each batch also records the last line it committed under
         that key, so an interrupted import resumes there (see :meth:`resume_point`).
         ``on_batch(n)`` follows each committed batch; ``on_apply`` is the indexes' progress
         within a batch (watched, they apply it in steps of at most 250 operations).
+        ``encode(batch)``, called before each batch is written, returns its precomputed
+        model work (see :meth:`write`; :func:`genseek.cluster.ingest` computes it in Ray).
         """
         read = upserted = unchanged = 0
         empty: list[str] = []
@@ -537,7 +558,8 @@ class Collection:
         def flush() -> None:
             nonlocal upserted, unchanged, seq
             meta = {source_key: json.dumps({"line": last_line})} if source_key else None
-            result = self.write(upserts=batch, meta=meta, progress=on_apply)
+            encoded = encode(batch) if encode is not None else None
+            result = self.write(upserts=batch, meta=meta, progress=on_apply, encoded=encoded)
             upserted += result.upserted
             unchanged += result.unchanged
             seq = result.seq
@@ -906,6 +928,14 @@ def _stats_record(path: Path, documents: int, seq: int, rss: int | None,
     return {"path": str(path), "documents": documents, "seq": seq,
             "disk_bytes": dir_bytes(path), "store_bytes": file_bytes(path.glob("docs.sqlite*")),
             "process_rss_bytes": rss, "indexes": indexes}
+
+
+def _payloads(index: Index, encoded: Encoded | None) -> Mapping[str, Any] | None:
+    """The payloads in ``encoded`` for ``index``'s document work, or None (apply as usual)."""
+    if not encoded or not isinstance(index, EncodesDocuments):
+        return None
+    work = index.document_work()
+    return encoded.get(work.key) if work is not None else None
 
 
 def _describe(exc: BaseException) -> str:

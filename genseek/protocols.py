@@ -15,6 +15,11 @@ they do not.
   (``dense``); :class:`UsesSiblings` is an index that asks for them (``repconc``). The
   collection hands the second a lookup of its siblings by name (:data:`Siblings`); no index
   opens another index's files.
+- :class:`EncodesDocuments` is an index whose ``apply`` runs a model on the documents
+  (``dense``, ``spann``, ``repconc``, ``muvera``, ``impact``): it describes that work
+  (``document_work()``, a :class:`~genseek.docwork.DocumentWork`) and applies a change set
+  with some of the results precomputed (``apply_encoded``), so the model work can run
+  elsewhere (Ray actors, :mod:`genseek.cluster`) and the index only stores the results.
 - :class:`Reranker` is the rerank stage: candidate texts of a batch of queries in, one score
   per candidate out (``rank_batch``: a listwise LLM batches its windows across queries).
 """
@@ -23,7 +28,7 @@ from __future__ import annotations
 
 import os
 import stat
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol, TypeVar, runtime_checkable
 
@@ -32,6 +37,7 @@ from genseek.types import ChangeSet, Hit, IndexStats
 if TYPE_CHECKING:
     import numpy as np
 
+    from genseek.docwork import DocumentWork, Payload
     from genseek.params import Params
 
 Q = TypeVar("Q")
@@ -115,6 +121,23 @@ class UsesSiblings(Protocol):
     ``dense`` vectors): the collection calls ``bind_siblings`` once, after opening it."""
 
     def bind_siblings(self, siblings: Siblings) -> None: ...
+
+
+@runtime_checkable
+class EncodesDocuments(Protocol):
+    """An index whose ``apply`` needs model work on the documents, done through a
+    :class:`~genseek.docwork.DocumentWork`.
+
+    ``document_work()`` describes it (None when it cannot be reproduced elsewhere, e.g. an
+    encoder object handed to the index in-process); ``apply_encoded(changes, encoded)`` is
+    ``apply`` taking the payloads of some upserts from ``encoded`` (``doc_id -> payload`` of
+    the document's current contents, as ``DocumentWork.run`` makes them) and computing the
+    others with the same ``run``. ``apply(changes)`` is ``apply_encoded(changes, {})``.
+    """
+
+    def document_work(self) -> DocumentWork | None: ...
+
+    def apply_encoded(self, changes: ChangeSet, encoded: Mapping[str, Payload]) -> None: ...
 
 
 @runtime_checkable

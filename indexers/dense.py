@@ -29,19 +29,20 @@ Siblings (``repconc``) read the stored vectors through :meth:`DenseIndex.stored_
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import faiss
 import numpy as np
 
+from genseek.docwork import DocumentWork, Payload, payloads_for, stack
 from genseek.encoders import TextEncoder, shared_encoder
 from genseek.errors import GenseekError
 from genseek.indexers._vectorindex import FaissCache, StoredIndex, encoder_id
 from genseek.indexers.labelstore import VectorStore
 from genseek.params import DenseParams, DenseSearchParams
-from genseek.types import ChangeSet, Hit, IndexStats
+from genseek.types import ChangeSet, Document, Hit, IndexStats
 
 
 class DenseIndex(StoredIndex[np.ndarray]):
@@ -57,6 +58,7 @@ class DenseIndex(StoredIndex[np.ndarray]):
 
     def __init__(self, path: Path, params: dict[str, Any], encoder: TextEncoder | None = None):
         self._init_spec(path, params)
+        self._own_encoder = encoder is None  # else document_work() cannot reproduce it
         self.encoder = encoder or shared_encoder(str(self.params["model"]),
                                                  self.params["max_length"])
         self.dim = self.encoder.dim
@@ -177,10 +179,29 @@ class DenseIndex(StoredIndex[np.ndarray]):
 
     # -- writes ---------------------------------------------------------------------------
 
+    def _work(self) -> DocumentWork:
+        return DocumentWork("text", str(self.params["model"]), self.params["max_length"],
+                            int(self.params["batch_size"]))
+
+    def document_work(self) -> DocumentWork | None:
+        """The encoder's work (:class:`~genseek.protocols.EncodesDocuments`): a ``text``
+        vector per document; None with an encoder object handed in."""
+        return self._work() if self._own_encoder else None
+
     def apply(self, changes: ChangeSet) -> None:
+        self.apply_encoded(changes, {})
+
+    def apply_encoded(self, changes: ChangeSet, encoded: Mapping[str, Payload]) -> None:
+        """:meth:`apply`, taking the vectors of some upserts from ``encoded`` (``doc_id ->
+        float32 [dim]``); the others are encoded here."""
+        work = self._work()
+
+        def vectors(docs: list[Document]) -> np.ndarray:
+            return stack(payloads_for(work, lambda: self.encoder, docs, encoded), self.dim,
+                         "dense")
+
         with self._store_lock:
-            staged = self._store.stage(changes, self._labels, lambda texts: self.encoder.encode(
-                texts, int(self.params["batch_size"])))
+            staged = self._store.stage(changes, self._labels, vectors)
         if staged is None:
             return
         gone, new_docs, vecs = staged

@@ -53,6 +53,7 @@ from typing import Any
 import numpy as np
 
 from genseek.atomic import atomic_write_json
+from genseek.docwork import DocumentWork, Payload, payloads_for
 from genseek.errors import GenseekError
 from genseek.indexers._lucene import LuceneClasses, LuceneFolder, writer_config
 from genseek.indexers._vectorindex import VectorIndex
@@ -96,6 +97,7 @@ class ImpactIndex(VectorIndex[list[Vector]]):
         self._check_meta(create=False)
         self.path.mkdir(parents=True, exist_ok=True)
         self._encoder = encoder
+        self._own_encoder = encoder is None  # else document_work() cannot reproduce it
         self._enc_lock = threading.Lock()
         self._parsers = threading.local()
         if self.params["mode"] == "inference-free":
@@ -157,31 +159,39 @@ class ImpactIndex(VectorIndex[list[Vector]]):
 
     # -- writes -----------------------------------------------------------------------
 
+    def _work(self) -> DocumentWork:
+        return DocumentWork("sparse", str(self.params["model"]), int(self.params["max_length"]),
+                            int(self.params["batch_size"]), windows=int(self.params["windows"]))
+
+    def document_work(self) -> DocumentWork | None:
+        """The SPLADE encoder's work (:class:`~genseek.protocols.EncodesDocuments`): one
+        unpruned ``(ids, weights)`` pair per document (pruning is this index's); None with an
+        encoder object handed in."""
+        return self._work() if self._own_encoder else None
+
+    def _raw_vectors(self, docs: Sequence[Document],
+                     encoded: Mapping[str, Payload]) -> list[Vector]:
+        """Unpruned vectors of ``docs``: from ``encoded`` by id, the others encoded here."""
+        with self._enc_lock:
+            return payloads_for(self._work(), lambda: self.encoder, docs, encoded)
+
     def doc_vectors(self, docs: Sequence[Document]) -> list[Vector]:
         """Pruned float vectors of ``docs`` through the encoder (``[(ids, weights)]``)."""
-        if not docs:
-            return []
-        with self._enc_lock:
-            raw = self.encoder.encode_ids([d.contents for d in docs],
-                                          batch_size=int(self.params["batch_size"]))
-        return [prune(v, int(self.params["top_k"]), float(self.params["threshold"]))
-                for v in raw]
+        top_k, threshold = int(self.params["top_k"]), float(self.params["threshold"])
+        return [prune(v, top_k, threshold) for v in self._raw_vectors(docs, {})]
 
     def apply(self, changes: ChangeSet) -> None:
         self.apply_encoded(changes, {})
 
-    def apply_encoded(self, changes: ChangeSet, vectors: Mapping[str, Vector]) -> None:
-        """:meth:`apply`, taking the unpruned vectors of some upserts from ``vectors``
-        (``doc_id -> (ids, weights)``, e.g. a cache of the same model's encodings of the
-        same contents); the others are encoded."""
-        todo = [d for d in changes.upserts if d.doc_id not in vectors]
-        encoded = dict(zip([d.doc_id for d in todo], self.doc_vectors(todo), strict=True))
+    def apply_encoded(self, changes: ChangeSet, encoded: Mapping[str, Payload]) -> None:
+        """:meth:`apply`, taking the unpruned vectors of some upserts from ``encoded``
+        (``doc_id -> (ids, weights)``: the same model's encodings of the same contents, e.g.
+        computed by Ray actors or a cache); the others are encoded."""
         top_k, threshold = int(self.params["top_k"]), float(self.params["threshold"])
         j = self._j
-        for doc in changes.upserts:
-            vec = encoded.get(doc.doc_id)
-            if vec is None:
-                vec = prune(vectors[doc.doc_id], top_k, threshold)
+        raw = self._raw_vectors(changes.upserts, encoded)
+        for doc, vec in zip(changes.upserts, raw, strict=True):
+            vec = prune(vec, top_k, threshold)
             self._lucene.upsert(doc.doc_id, j.Field("contents", self._pretokenised(vec),
                                                     self._ftype, signature=_FIELD_SIG))
         for doc_id in changes.deleted_ids:

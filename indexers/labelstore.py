@@ -141,22 +141,21 @@ class VectorStore(LabelStore):
         return ids, vecs
 
     def stage(self, changes: ChangeSet, labels: Mapping[int, str],
-              encode: Callable[[list[str]], np.ndarray]
+              vectors: Callable[[list[Document]], np.ndarray]
               ) -> tuple[list[int], list[Document], np.ndarray] | None:
         """Write the net effect of ``changes`` on ``labels`` (the stored ``{label: doc_id}``,
         which the caller updates): ``(gone, new_docs, vecs)``, None when it has none.
 
         ``gone`` are the removed versions that are stored, ``new_docs`` the upserts not stored
-        yet and ``vecs`` their ``encode([contents])``, computed before any write (a failing
-        encoder leaves no transaction open). Both are written uncommitted, as by
-        :meth:`delete` and :meth:`add`.
+        yet and ``vecs`` their ``vectors(new_docs)`` (``[n, dim]``: encoded, or precomputed),
+        computed before any write (a failing encoder leaves no transaction open). Both are
+        written uncommitted, as by :meth:`delete` and :meth:`add`.
         """
         gone = [v for _, v in changes.removed if v in labels]
         new_docs = [d for d in changes.upserts if d.version not in labels]
         if not gone and not new_docs:
             return None
-        vecs = (encode([d.contents for d in new_docs]) if new_docs
-                else np.zeros((0, self.dim), np.float32))
+        vecs = vectors(new_docs) if new_docs else np.zeros((0, self.dim), np.float32)
         if gone:
             self.delete(gone)
         if new_docs:

@@ -30,7 +30,7 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -38,6 +38,7 @@ import faiss
 import numpy as np
 
 from genseek.atomic import atomic_write
+from genseek.docwork import DocumentWork, Payload, payloads_for
 from genseek.encoders import TokenEncoder, resolve_model
 from genseek.errors import GenseekError
 from genseek.indexers._vectorindex import FaissCache, StoredIndex
@@ -80,6 +81,7 @@ class MuveraIndex(StoredIndex[list[np.ndarray]]):
         self._init_spec(path, params)
         (self.path / "segments").mkdir(exist_ok=True)
         self._encoder = encoder
+        self._own_encoder = encoder is None  # else document_work() cannot reproduce it
         if dim is None:
             dim = encoder.dim if encoder is not None else (
                 self.params["proj_dim"] or self._model_dim())
@@ -287,12 +289,26 @@ class MuveraIndex(StoredIndex[list[np.ndarray]]):
             for v in gone:
                 del self._rows[v]
 
+    def _work(self) -> DocumentWork:
+        return DocumentWork("tokens", str(self.params["model"]), self.params["max_length"],
+                            int(self.params["batch_size"]), self.params["proj_dim"],
+                            int(self.params["seed"]))
+
+    def document_work(self) -> DocumentWork | None:
+        """The token encoder's work (:class:`~genseek.protocols.EncodesDocuments`): float16
+        token vectors per document, as stored; None with an encoder object handed in."""
+        return self._work() if self._own_encoder else None
+
     def apply(self, changes: ChangeSet) -> None:
+        self.apply_encoded(changes, {})
+
+    def apply_encoded(self, changes: ChangeSet, encoded: Mapping[str, Payload]) -> None:
+        """:meth:`apply`, taking the token vectors of some upserts from ``encoded``
+        (``doc_id -> [n_tokens, dim]``); the others are encoded here."""
         self.remove_labels([v for _, v in changes.removed])
         new_docs = [d for d in changes.upserts if d.version not in self._rows]
         if new_docs:
-            tokens = self.encoder.encode([d.contents for d in new_docs],
-                                         int(self.params["batch_size"]))
+            tokens = payloads_for(self._work(), lambda: self.encoder, new_docs, encoded)
             self.add_token_vectors([(d.version, d.doc_id) for d in new_docs], tokens)
 
     def commit(self, seq: int) -> None:

@@ -31,7 +31,7 @@ Per search: ``nprobe`` (:class:`genseek.params.RepconcSearchParams`).
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -39,6 +39,7 @@ import faiss
 import numpy as np
 
 from genseek.atomic import atomic_write
+from genseek.docwork import DocumentWork, Payload, payloads_for, stack
 from genseek.encoders import TextEncoder, shared_encoder
 from genseek.errors import GenseekError
 from genseek.indexers._vectorindex import FaissCache, StoredIndex, encoder_id
@@ -77,6 +78,7 @@ class RepconcIndex(StoredIndex[np.ndarray]):
             self.params["encoder"] = str(self.model["config"].get("encoder",
                                                                  self.params["encoder"]))
         self._encoder = encoder
+        self._own_encoder = encoder is None  # else document_work() cannot reproduce it
         self._siblings: Siblings | None = None
         self.dim = int(self.model["config"]["dim"]) if self.model else (
             encoder.dim if encoder is not None else self._load_encoder().dim)
@@ -242,7 +244,22 @@ class RepconcIndex(StoredIndex[np.ndarray]):
             for lab, did in rows:
                 self._labels[lab] = did
 
+    def _work(self) -> DocumentWork:
+        return DocumentWork("text", str(self.params["encoder"]), self.params["max_length"],
+                            int(self.params["batch_size"]))
+
+    def document_work(self) -> DocumentWork | None:
+        """The encoder's work (:class:`~genseek.protocols.EncodesDocuments`): the same
+        ``text`` vectors as ``dense`` on the same encoder; None with an encoder object handed
+        in."""
+        return self._work() if self._own_encoder else None
+
     def apply(self, changes: ChangeSet) -> None:
+        self.apply_encoded(changes, {})
+
+    def apply_encoded(self, changes: ChangeSet, encoded: Mapping[str, Payload]) -> None:
+        """:meth:`apply`, taking the vectors of some upserts from ``encoded`` (``doc_id ->
+        float32 [dim]``), then from the sibling ``reuse``; the others are encoded here."""
         gone = [v for _, v in changes.removed if v in self._labels]
         if gone:
             self._store.delete(gone)
@@ -253,14 +270,13 @@ class RepconcIndex(StoredIndex[np.ndarray]):
         new_docs = [d for d in changes.upserts if d.version not in self._labels]
         if not new_docs:
             return
-        reused = self._reused_vectors([d.version for d in new_docs])
-        todo = [d for d in new_docs if d.version not in reused]
-        if todo:
-            encoded = self._load_encoder().encode([d.contents for d in todo],
-                                                  int(self.params["batch_size"]))
-            reused.update({d.version: encoded[i] for i, d in enumerate(todo)})
+        have = dict(encoded)
+        rest = [d for d in new_docs if d.doc_id not in have]
+        reused = self._reused_vectors([d.version for d in rest])
+        have.update({d.doc_id: reused[d.version] for d in rest if d.version in reused})
+        vecs = payloads_for(self._work(), self._load_encoder, new_docs, have)
         self.add_vectors([(d.version, d.doc_id) for d in new_docs],
-                         np.stack([reused[d.version] for d in new_docs]))
+                         stack(vecs, self.dim, "repconc"))
 
     def commit(self, seq: int) -> None:
         self._commit_store(seq)

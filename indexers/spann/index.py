@@ -18,12 +18,13 @@ Parameters: :class:`genseek.params.SpannParams`; per search ``nprobe``, ``eps``,
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from genseek.docwork import DocumentWork, Payload, payloads_for, stack
 from genseek.encoders import TextEncoder, shared_encoder
 from genseek.errors import GenseekError
 from genseek.indexers._vectorindex import StoredIndex
@@ -32,7 +33,7 @@ from genseek.indexers.spann.engine import ENGINE_PARAMS, SpannEngine
 from genseek.indexers.spann.format import check_vectors
 from genseek.indexers.spann.maintenance import Rebalancer, log
 from genseek.params import SpannParams, SpannSearchParams
-from genseek.types import ChangeSet, Hit, IndexStats
+from genseek.types import ChangeSet, Document, Hit, IndexStats
 
 
 class SpannIndex(StoredIndex[np.ndarray]):
@@ -59,6 +60,7 @@ class SpannIndex(StoredIndex[np.ndarray]):
         engine_params = {**{k: self.params[k] for k in ENGINE_PARAMS if k in self.params},
                          "auto_split": mode == "sync"}
         SpannEngine(self.path / "engine", 1, engine_params)  # validate before any work
+        self._own_encoder = encoder is None  # else document_work() cannot reproduce it
         self.encoder = encoder or shared_encoder(str(self.params["model"]),
                                                  self.params["max_length"])
         self.dim = self.encoder.dim
@@ -121,12 +123,30 @@ class SpannIndex(StoredIndex[np.ndarray]):
 
     # -- writes ---------------------------------------------------------------------------
 
-    def _encode(self, texts: list[str]) -> np.ndarray:
-        vecs = self.encoder.encode(texts, int(self.params["batch_size"]))
-        return check_vectors(vecs, self.dim, "encoded vectors")
+    def _work(self) -> DocumentWork:
+        return DocumentWork("text", str(self.params["model"]), self.params["max_length"],
+                            int(self.params["batch_size"]))
+
+    def document_work(self) -> DocumentWork | None:
+        """The encoder's work (:class:`~genseek.protocols.EncodesDocuments`): the same
+        ``text`` vectors as ``dense`` on the same model; None with an encoder object handed
+        in."""
+        return self._work() if self._own_encoder else None
 
     def apply(self, changes: ChangeSet) -> None:
-        staged = self._store.stage(changes, self._labels, self._encode)
+        self.apply_encoded(changes, {})
+
+    def apply_encoded(self, changes: ChangeSet, encoded: Mapping[str, Payload]) -> None:
+        """:meth:`apply`, taking the vectors of some upserts from ``encoded`` (``doc_id ->
+        float32 [dim]``); the others are encoded here."""
+        work = self._work()
+
+        def vectors(docs: list[Document]) -> np.ndarray:
+            vecs = stack(payloads_for(work, lambda: self.encoder, docs, encoded), self.dim,
+                         "spann")
+            return check_vectors(vecs, self.dim, "encoded vectors")
+
+        staged = self._store.stage(changes, self._labels, vectors)
         if staged is None:
             return
         gone, new_docs, vecs = staged
