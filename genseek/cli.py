@@ -133,10 +133,19 @@ def _ingest(collection, source: Path, args: argparse.Namespace, started: float) 
     applying = _ApplyProgress(meter, len(collection.indexes), args.batch_size)
     ingest_start = time.perf_counter()
     try:
-        records = read_corpus(file, skip_lines=skip, max_doc_bytes=args.max_doc_bytes)
-        report = collection.ingest(records, source_key=key, batch_size=args.batch_size,
-                                   on_batch=applying.batch_done, skip_lines=skip,
-                                   on_apply=applying)
+        if getattr(args, "ray", None):  # the model work on Ray (genseek.cluster)
+            from genseek import cluster
+
+            report = cluster.ingest(
+                collection, file, address=args.ray, source_key=key, skip_lines=skip,
+                batch_size=args.batch_size, max_doc_bytes=args.max_doc_bytes,
+                on_batch=applying.batch_done, on_apply=applying, actors=args.ray_actors,
+                cpus_per_actor=args.ray_cpus_per_actor, resources=dict(args.ray_resource or ()))
+        else:
+            records = read_corpus(file, skip_lines=skip, max_doc_bytes=args.max_doc_bytes)
+            report = collection.ingest(records, source_key=key, batch_size=args.batch_size,
+                                       on_batch=applying.batch_done, skip_lines=skip,
+                                       on_apply=applying)
     finally:
         meter.close()
     now = time.perf_counter()
@@ -530,7 +539,14 @@ def cmd_es(args: argparse.Namespace) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     from genseek import __version__
-    from genseek.cliutil import HelpFormatter, positive, weights
+    from genseek.cliutil import (
+        HelpFormatter,
+        positive,
+        positive_float,
+        ray_address,
+        resource,
+        weights,
+    )
 
     parser = argparse.ArgumentParser(
         prog="genseek", description="Index corpora into BM25, learned-sparse, dense, "
@@ -562,6 +578,20 @@ def build_parser() -> argparse.ArgumentParser:
                        "the last one)")
         p.add_argument("--max-doc-bytes", type=positive, default=16 * 1024 * 1024,
                        metavar="BYTES", help="refuse a document larger than this")
+        p.add_argument("--ray", type=ray_address, metavar="ADDRESS",
+                       help="run the indexes' model work on Ray: local (a Ray started "
+                       "in-process), auto (the cluster running on this machine) or HOST:PORT "
+                       "of a cluster's head; the collection stays here (needs "
+                       "pip install 'genseek[ray]')")
+        p.add_argument("--ray-actors", type=positive, metavar="N",
+                       help="encoder actors (default: one per CPU of each node, as far as "
+                       "they fit)")
+        p.add_argument("--ray-cpus-per-actor", type=positive_float, default=0.5, metavar="F",
+                       help="CPUs each encoder actor reserves (fractional, so that read tasks "
+                       "still fit)")
+        p.add_argument("--ray-resource", type=resource, action="append",
+                       metavar="NAME[=AMOUNT]", help="a custom resource each encoder actor "
+                       "needs (placement on the nodes that have it); repeatable")
         progress_flag(p)
         json_flag(p, "print a JSON summary instead of a sentence")
 
