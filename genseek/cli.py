@@ -103,11 +103,17 @@ class _ApplyProgress:
 # -- commands -------------------------------------------------------------------------------
 
 
-def _open(path: str, progress: bool, lazy: bool = False):
-    """Open a collection; ``lazy``: each index opens (and catches up) when first used."""
+def _open(path: str, progress: bool, lazy: bool = False, ray: str | None = None):
+    """Open a collection; ``lazy``: each index opens (and catches up) when first used. A
+    sharded one opens its shards here, or (``ray``, connected by :func:`_ray_for`) each in a
+    Ray actor."""
     from genseek.collection import Collection
     from genseek.progress import stage
+    from genseek.sharded import is_sharded, open_sharded
 
+    if is_sharded(Path(path)):
+        stage("opening %s (sharded%s)", path, ", a Ray actor per shard" if ray else "")
+        return open_sharded(Path(path), ray=ray)
     sync = _SyncProgress(progress)
     if lazy:
         return Collection.open(Path(path), progress=sync, lazy=True)
@@ -133,7 +139,9 @@ def _ingest(collection, source: Path, args: argparse.Namespace, started: float) 
     applying = _ApplyProgress(meter, len(collection.indexes), args.batch_size)
     ingest_start = time.perf_counter()
     try:
-        if getattr(args, "ray", None):  # the model work on Ray (genseek.cluster)
+        if getattr(args, "ray", None) and not hasattr(collection, "shards"):
+            # the model work on Ray (genseek.cluster); a sharded collection's shards are Ray
+            # actors already, each running its own indexes' model work
             from genseek import cluster
 
             report = cluster.ingest(
@@ -183,14 +191,33 @@ def _print_ingest(summary: dict[str, Any], as_json: bool) -> None:
 
 def cmd_index(args: argparse.Namespace) -> int:
     from genseek.collection import Collection
+    from genseek.sharded import is_sharded
     from genseek.spec import parse_named
 
     started = time.perf_counter()
     named = [parse_named(s) for s in (args.index or [])]
     path = Path(args.collection)
+    shards = getattr(args, "shards", None)
+    if shards is not None and Collection.exists(path):
+        raise GenseekError(f"{path} is an unsharded collection: --shards applies only when "
+                           "the collection is created")
+    if shards is not None and is_sharded(path) and \
+            json.loads((path / "sharded.json").read_text("utf-8"))["shards"] != shards:
+        raise GenseekError(f"{path} already has a different number of shards")
+    sharded = shards is not None or is_sharded(path)
+    with _ray_for(args, sharded):
+        return _index_into(args, path, named, shards, started,
+                           args.ray if sharded and getattr(args, "ray", None) else None)
+
+
+def _index_into(args: argparse.Namespace, path: Path, named: list[tuple[str, Any]],
+                shards: int | None, started: float, ray: str | None) -> int:
+    from genseek.collection import Collection
+    from genseek.sharded import ShardedCollection, is_sharded
+
     progress = not args.no_progress
-    if Collection.exists(path):
-        collection = _open(args.collection, progress)
+    if is_sharded(path) or Collection.exists(path):
+        collection = _open(args.collection, progress, ray=ray)
         try:
             for name, spec in named:
                 sync = _SyncProgress(progress)
@@ -209,13 +236,15 @@ def cmd_index(args: argparse.Namespace) -> int:
         corpus_file(Path(args.source))  # a missing source fails before anything is created
         from genseek.progress import stage
 
-        stage("creating %s with indexes %s", path, ", ".join(specs))
-        collection = Collection.create(path, specs)
+        stage("creating %s with indexes %s%s", path, ", ".join(specs),
+              f" in {shards} shards" if shards else "")
+        collection = ShardedCollection.create(path, specs, shards, ray=ray) if shards \
+            else Collection.create(path, specs)
         created = True
     try:
         summary = _ingest(collection, Path(args.source), args, started)
     except GenseekError:
-        nothing_written = created and collection.store.seq == 0
+        nothing_written = created and _seq(collection) == 0
         collection.close()
         if nothing_written:  # the first batch failed: leave no empty collection behind
             import shutil
@@ -230,9 +259,32 @@ def cmd_index(args: argparse.Namespace) -> int:
     return 0
 
 
+def _seq(collection: Any) -> int:
+    """A collection's last sequence number (a sharded one's: its router's)."""
+    from genseek.sharded import ShardedCollection
+
+    return collection.seq if isinstance(collection, ShardedCollection) else collection.store.seq
+
+
+def _ray_for(args: argparse.Namespace, sharded: bool) -> Any:
+    """The Ray connection a sharded import runs in (its shards become Ray actors); a null
+    context otherwise (an unsharded import with ``--ray`` connects in ``cluster.ingest``)."""
+    import contextlib
+
+    if not sharded or not getattr(args, "ray", None):
+        return contextlib.nullcontext()
+    from genseek import cluster
+
+    return cluster.connect(args.ray)
+
+
 def cmd_add(args: argparse.Namespace) -> int:
+    from genseek.sharded import is_sharded
+
     started = time.perf_counter()
-    with _open(args.collection, not args.no_progress) as collection:
+    sharded = is_sharded(Path(args.collection))
+    with _ray_for(args, sharded), _open(args.collection, not args.no_progress,
+                                         ray=args.ray if sharded else None) as collection:
         _print_ingest(_ingest(collection, Path(args.source), args, started), args.json)
     return 0
 
@@ -369,7 +421,10 @@ def cmd_stats(args: argparse.Namespace) -> int:
         with _open(args.collection, not args.no_progress) as collection:
             stats = collection.stats()
     else:
-        stats = Collection.describe(Path(args.collection))
+        from genseek.sharded import describe, is_sharded
+
+        path = Path(args.collection)
+        stats = describe(path) if is_sharded(path) else Collection.describe(path)
     if args.json:
         print(json.dumps(stats))
         return 0
@@ -395,7 +450,7 @@ def cmd_sync(args: argparse.Namespace) -> int:
     start = time.perf_counter()
     with _open(args.collection, not args.no_progress) as collection:
         before = collection.health()
-        seq = collection.store.seq
+        seq = _seq(collection)
     out = {"seq": seq, "seconds": round(time.perf_counter() - start, 2),
            "indexes": {name: h["state"] for name, h in before.items()},
            "errors": {name: h["error"] for name, h in before.items() if h["error"]},
@@ -605,6 +660,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="an index spec, e.g. bm25, 'bm25(k1=1.2,b=0.75)', "
                    "'hnsw=dense(factory=HNSW32)'; repeatable (default for a new collection: "
                    "bm25 and dense)")
+    p.add_argument("--shards", type=positive, metavar="N",
+                   help="create the collection as N shards, documents routed by a hash of "
+                   "their id; search, add, delete, eval, stats and the HTTP API use it like "
+                   "any collection (default: one unsharded collection)")
     ingest_options(p)
     p.set_defaults(func=cmd_index)
 

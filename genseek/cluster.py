@@ -150,6 +150,46 @@ def _is_ip(text: str, version: int) -> bool:
         return False
 
 
+_FATAL_SIGNALS = ("SIGSEGV", "SIGBUS", "SIGILL", "SIGFPE")
+
+
+def _fatal_handlers() -> dict[int, bytes]:
+    """The C-level handlers of the fatal signals (raw ``struct sigaction``s, via libc)."""
+    import ctypes
+    import signal
+
+    libc = ctypes.CDLL(None, use_errno=True)
+    out: dict[int, bytes] = {}
+    for name in _FATAL_SIGNALS:
+        sig = int(getattr(signal, name))
+        buf = ctypes.create_string_buffer(512)  # larger than any libc's struct sigaction
+        if libc.sigaction(sig, None, buf) == 0:
+            out[sig] = buf.raw
+    return out
+
+
+def shutdown() -> None:
+    """``ray.shutdown()``, keeping the fatal-signal handlers that were in place.
+
+    ``ray.shutdown`` resets SIGSEGV, SIGBUS, SIGILL and SIGFPE to what they were at
+    ``ray.init``. A JVM started in between (bm25, through pyjnius) installed its own handlers
+    there, and relies on them: it uses SIGSEGV for its own null checks, so with the default
+    handler back, the next Lucene call after a shutdown killed the process (measured: the
+    SIGSEGV handler read 0x0 after ``ray.shutdown``). The handlers seen just before the
+    shutdown are put back after it."""
+    import ctypes
+
+    ray = import_ray()
+    saved = _fatal_handlers()
+    try:
+        ray.shutdown()
+    finally:
+        libc = ctypes.CDLL(None, use_errno=True)
+        for sig, raw in saved.items():
+            buf = ctypes.create_string_buffer(raw, len(raw))
+            libc.sigaction(sig, buf, None)
+
+
 @dataclass
 class Connection:
     """A connection of this process to Ray. ``owned``: :func:`connect` called ``ray.init``
@@ -166,8 +206,7 @@ class Connection:
         """Disconnect (which ends this driver's actors and tasks) and connect again."""
         if not self.owned:
             raise ServerError("cannot reconnect a Ray connection genseek did not open")
-        ray = import_ray()
-        ray.shutdown()
+        shutdown()
         self.init_seconds = _init(self.address, self.timeout)
 
 
@@ -223,7 +262,7 @@ def _init(address: str, timeout: float) -> float:
         with contextlib.suppress(ValueError):
             if ipaddress.ip_address(host).is_loopback and host != "127.0.0.1":
                 kwargs["_node_ip_address"] = host  # a cluster on this machine's loopback
-    error = _bounded(lambda: ray.init(**kwargs), ray.shutdown, timeout + 30.0)
+    error = _bounded(lambda: ray.init(**kwargs), shutdown, timeout + 30.0)
     if error is not None:
         raise UnavailableError(f"cannot connect to Ray at {address}: {error}") from None
     return time.perf_counter() - started
@@ -295,7 +334,7 @@ def connect(address: str, *, timeout: float = 30.0) -> Iterator[Connection]:
     try:
         yield conn
     finally:
-        ray.shutdown()
+        shutdown()
 
 
 # -- the job ----------------------------------------------------------------------------------

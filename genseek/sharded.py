@@ -352,9 +352,15 @@ class _Router:
         self.applied = 0  # the last seq known applied by every shard
 
     def record(self, shard_seqs: Sequence[int]) -> int:
+        """The sequence number of a write that left the shards at ``shard_seqs``: a new one,
+        or the last one when no shard's number moved (a write of nothing new)."""
+        raw = json.dumps(list(shard_seqs))
         with self._lock:
-            cur = self._db.execute("INSERT INTO writes (shard_seqs) VALUES (?)",
-                                   (json.dumps(list(shard_seqs)),))
+            last = self._db.execute("SELECT seq, shard_seqs FROM writes ORDER BY seq DESC "
+                                    "LIMIT 1").fetchone()
+            if last is not None and last[1] == raw:
+                return int(last[0])
+            cur = self._db.execute("INSERT INTO writes (shard_seqs) VALUES (?)", (raw,))
             return int(cur.lastrowid or 0)
 
     @property
@@ -544,7 +550,7 @@ class ShardedCollection:
             current = self.shards.call("seq") if len(results) < self.n else None
             seqs = tuple(int(results[i].seq if i in results else current[i])  # type: ignore[index]
                          for i in range(self.n))
-            seq = self._router.record(seqs)
+            seq = self._router.record(seqs)  # (the last seq again if no shard moved)
         done = list(results.values())
         return ShardedWrite(seq, sum(r.upserted for r in done), sum(r.unchanged for r in done),
                             sum(r.deleted for r in done), sum(r.missing for r in done), seqs)

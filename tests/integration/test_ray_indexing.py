@@ -53,7 +53,7 @@ def ray_local():
         assert [n["NodeManagerAddress"] for n in ray.nodes()] == ["127.0.0.1"]
         yield {"init_seconds": seconds}
     finally:
-        ray.shutdown()
+        cluster.shutdown()  # ray.shutdown, keeping the JVM's signal handlers
         left = [p for p in me.children(recursive=True) if p.is_running()]
         for proc in left:  # by PID: whatever ray.shutdown() left behind
             proc.kill()

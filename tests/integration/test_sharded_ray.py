@@ -10,6 +10,7 @@ import os
 
 import pytest
 
+from genseek import cluster
 from genseek.collection import Collection
 from genseek.errors import CollectionLocked
 from genseek.sharded import ShardedCollection, open_sharded
@@ -21,13 +22,11 @@ pytestmark = pytest.mark.slow
 
 @pytest.fixture(scope="module")
 def local_ray():
-    os.environ["RAY_USAGE_STATS_ENABLED"] = "0"
-    ray.init(address="local", num_cpus=2, include_dashboard=False,
-             _node_ip_address="127.0.0.1", log_to_driver=False)
+    cluster.init_local(num_cpus=2, log_to_driver=False)  # every socket on 127.0.0.1
     try:
         yield ray
     finally:
-        ray.shutdown()
+        cluster.shutdown()  # ray.shutdown, keeping the JVM's signal handlers
 
 
 def test_ray_owned_shards_equal_one_collection(local_ray, tmp_path, beir_dataset):
@@ -60,3 +59,61 @@ def test_ray_owned_shards_equal_one_collection(local_ray, tmp_path, beir_dataset
         coll.close()
     with open_sharded(tmp_path / "sh") as again:  # the actors let go of the shards
         assert len(again) == 150
+
+
+def test_cli_index_into_ray_owned_shards(tmp_path, beir_dataset):
+    """``genseek index --shards 2 --ray local`` (a child process, as a user runs it: its own
+    Ray, started and stopped by the command): the shards are Ray actors for the import (each
+    runs its own indexes' model work), and the collection is an ordinary sharded one
+    afterwards."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = beir_dataset("scifact")
+    corpus = tmp_path / "corpus.jsonl"
+    with open(root / "corpus.jsonl", encoding="utf-8") as f:
+        corpus.write_text("".join(itertools.islice(f, 80)), encoding="utf-8")
+    script = Path(sys.executable).parent / "genseek"
+    proc = subprocess.run(
+        [str(script), "index", str(tmp_path / "c"), "--from", str(corpus), "--shards", "2",
+         "--ray", "local", "--index", "bm25", "--no-progress", "--json"],
+        capture_output=True, text=True, timeout=600,
+        env={**os.environ, "RAY_USAGE_STATS_ENABLED": "0"})
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert json.loads(proc.stdout.strip().splitlines()[-1])["upserted"] == 80
+    with open_sharded(tmp_path / "c") as coll:
+        assert len(coll) == 80 and coll.n == 2
+        assert sum(p["documents"] for p in coll.stats()["per_shard"]) == 80
+
+
+SHUTDOWN_CHILD = """
+import signal
+from genseek import cluster
+cluster.init_local(num_cpus=1, log_to_driver=False)
+from genseek.collection import Collection
+from genseek.types import Document
+import sys, tempfile, pathlib
+root = pathlib.Path(tempfile.mkdtemp())
+with Collection.create(root / "c", {"bm25": "bm25"}) as c:  # the JVM starts under Ray
+    c.write([Document("a", "t", "cells and more cells")])
+    before = cluster._fatal_handlers()[signal.SIGSEGV][:8]  # the handler address
+    cluster.shutdown()
+    assert cluster._fatal_handlers()[signal.SIGSEGV][:8] == before
+    for _ in range(200):  # Lucene after the shutdown: the JVM's own SIGSEGV use is handled
+        assert c.search("cells", k=1, index="bm25")[0].doc_id == "a"
+print("ok")
+"""
+
+
+def test_shutdown_keeps_the_jvm_signal_handlers():
+    """``ray.shutdown`` resets the fatal-signal handlers a JVM started under Ray installed;
+    :func:`genseek.cluster.shutdown` puts them back, so Lucene keeps working afterwards (a
+    child process: a lost handler kills the process with SIGSEGV)."""
+    import subprocess
+    import sys
+
+    proc = subprocess.run([sys.executable, "-c", SHUTDOWN_CHILD], capture_output=True,
+                          text=True, timeout=300,
+                          env={**os.environ, "RAY_USAGE_STATS_ENABLED": "0"})
+    assert proc.returncode == 0 and proc.stdout.strip().endswith("ok"), proc.stderr[-2000:]
