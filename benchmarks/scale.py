@@ -4,8 +4,7 @@ In one run, on SciFact:
 
 1. **indexing** the first 1,000 documents (``--quick``: 300) with bm25 + dense with ``genseek index`` in a child process, once per mode:
    single-process, ``--ray local`` (a Ray started in the child), and ``--ray HOST:PORT`` of a
-   two-node Ray cluster started here on loopback (head 127.0.0.3, worker 127.0.0.2, one CPU
-   each, stopped by PID afterwards). Per mode: wall seconds, docs/s, machine-wide busy CPU
+   running cluster when one is given (``--ray local,127.0.0.3:6379``). Per mode: wall seconds, docs/s, machine-wide busy CPU
    seconds per document (every process: the driver and Ray's), Ray's overhead against
    single-process, and the dense vectors' max |diff| from the single-process ones;
 2. **sharded = unsharded**: all documents (``--quick``: the first 600, and the test queries
@@ -26,12 +25,9 @@ two cores): part 1 measures what Ray costs, not a speed-up.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import os
 import shutil
-import signal
-import socket
 import subprocess
 import sys
 import time
@@ -120,59 +116,6 @@ def _max_diff(a: dict[str, Any], b: dict[str, Any]) -> float | None:
     return float(max(np.abs(a[k] - b[k]).max() for k in a))
 
 
-def _free_port(host: str) -> int:
-    with socket.socket() as s:
-        s.bind((host, 0))
-        return int(s.getsockname()[1])
-
-
-class TwoNodes:
-    """A Ray head on 127.0.0.3 and a worker on 127.0.0.2, one CPU each, in their own temp
-    folder; stopped by the PIDs of the processes they started (never ``ray stop``)."""
-
-    def __init__(self, folder: Path):
-        self.folder = folder
-        self.port = _free_port("127.0.0.3")
-        self.address = f"127.0.0.3:{self.port}"
-
-    def _start(self, *args: str) -> None:
-        ray = Path(sys.executable).parent / "ray"
-        env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0"}
-        subprocess.run([str(ray), "start", *args, "--num-cpus", "1", "--disable-usage-stats",
-                        f"--temp-dir={self.folder}"], check=True, env=env, timeout=180,
-                       stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-
-    def __enter__(self) -> TwoNodes:
-        shutil.rmtree(self.folder, ignore_errors=True)
-        self.folder.mkdir(parents=True)
-        self._start("--head", "--node-ip-address", "127.0.0.3", "--port", str(self.port),
-                    "--include-dashboard=false")
-        self._start("--address", self.address, "--node-ip-address", "127.0.0.2")
-        return self
-
-    def pids(self) -> list[int]:
-        """Every process whose command line names this cluster's temp folder."""
-        out = []
-        for proc in Path("/proc").iterdir():
-            if proc.name.isdigit():
-                try:
-                    cmd = (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode()
-                except OSError:
-                    continue
-                if str(self.folder) in cmd and int(proc.name) != os.getpid():
-                    out.append(int(proc.name))
-        return out
-
-    def __exit__(self, *exc: object) -> None:
-        for sig in (signal.SIGTERM, signal.SIGKILL):
-            for pid in self.pids():
-                with contextlib.suppress(ProcessLookupError):
-                    os.kill(pid, sig)
-            deadline = time.monotonic() + 20
-            while self.pids() and time.monotonic() < deadline:
-                time.sleep(0.5)
-
-
 def indexing(corpus: Path, modes: Sequence[str], work: Path) -> dict[str, Any]:
     out: dict[str, Any] = {}
     single = work / "single"
@@ -181,13 +124,9 @@ def indexing(corpus: Path, modes: Sequence[str], work: Path) -> dict[str, Any]:
         return out
     base = _vectors(single)
     for mode in modes:
-        path = work / f"ray-{mode}"
-        if mode == "local":
-            out["ray_local"] = _index(path, corpus, "local")
-        else:
-            with TwoNodes(work / "ray-tmp") as cluster:
-                out["ray_two_nodes"] = _index(path, corpus, cluster.address)
-        key = "ray_local" if mode == "local" else "ray_two_nodes"
+        key = "ray_local" if mode == "local" else f"ray_{mode}"
+        path = work / "ray"
+        out[key] = _index(path, corpus, mode)
         out[key]["overhead_vs_single"] = round(out["single"]["docs_per_s"]
                                                / out[key]["docs_per_s"], 3)
         out[key]["vectors_max_abs_diff"] = _max_diff(base, _vectors(path))
@@ -363,8 +302,10 @@ def main(argv: Sequence[str] | None = None) -> int:
                         help="parts 2-4 use the first N documents (default: all of SciFact, "
                         "whose unsharded collection is the cached one most benchmarks use)")
     parser.add_argument("--shards", default="2,4", help="shard counts to compare")
-    parser.add_argument("--ray", default="local,cluster",
-                        help="Ray indexing modes: local, cluster (two loopback nodes)")
+    parser.add_argument("--ray", default="local",
+                        help="Ray addresses to index with, comma-separated: local (a Ray "
+                        "started by the command) and/or HOST:PORT of a running cluster (e.g. "
+                        "the two loopback nodes of tests/integration/test_ray_cluster.py)")
     parser.add_argument("--no-ray", action="store_true", help="part 1 without Ray")
     parser.add_argument("--rounds", type=int, default=2, help="latency rounds per side")
     args = C.parse_args(parser, argv, report)
