@@ -119,6 +119,13 @@ class DocumentWork:
                 for ids, ws in worker.encode_ids(texts, batch_size=int(self.batch_size))]
 
 
+def backend_option(backend: str) -> tuple[tuple[str, str], ...]:
+    """A work's ``options`` for an encoder ``backend``: none for torch (so the key is the one
+    it always was, and dense, spann and repconc still share it), else ``backend`` (so the
+    actors load the same backend and other backends' payloads are not shared)."""
+    return () if backend == "torch" else (("backend", backend),)
+
+
 def payloads_for(work: DocumentWork, worker: Callable[[], Any], docs: Sequence[Document],
                  encoded: Mapping[str, Payload]) -> list[Payload]:
     """The payloads of ``docs``, in order: from ``encoded`` (by ``doc_id``) where it has them,

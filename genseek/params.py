@@ -106,6 +106,19 @@ def _pos(default: int | None, hi: int, description: str) -> Any:
 # -- lexical ------------------------------------------------------------------------------------
 
 
+EncoderBackend = Literal["torch", "onnx", "onnx-int8", "torch-bf16"]
+"""Encoder backends (:data:`genseek.onnx_backend.BACKENDS`): torch float32, ONNX Runtime
+float32 or int8 (exported locally at first use and cached), or torch with bfloat16 autocast
+(only where the CPU has AMX or AVX512-BF16, or on a GPU)."""
+
+
+def _backend() -> Any:
+    return Field("torch", description="encoder backend: torch (float32), onnx (ONNX Runtime "
+                 "float32), onnx-int8 (dynamic int8 quantisation) or torch-bf16 (bfloat16 "
+                 "autocast; AMX/AVX512-BF16 CPUs or a GPU); the stored vectors are the "
+                 "backend's, so changing it needs a rebuild")
+
+
 class BM25Params(Params):
     kind: ClassVar[str] = "bm25"
     k1: float = Field(0.9, ge=0, le=100, description="term-frequency saturation")
@@ -143,6 +156,7 @@ class ImpactParams(Params):
     windows: int = _pos(1, 64, "a document is encoded in up to this many overlapping "
                         "windows, max-pooled (1: cut at max_length)")
     batch_size: int = _pos(16, MAX_BATCH, "documents per encoder batch")
+    backend: EncoderBackend = _backend()
     ram_buffer_mb: float = Field(256, gt=0, le=2048, description="Lucene's indexing buffer")
 
 
@@ -195,6 +209,7 @@ class DenseParams(Params):
     metric: Literal["ip", "l2"] = Field("ip", description="inner product or L2 distance")
     batch_size: int = _pos(32, MAX_BATCH, "texts per encoder batch")
     max_length: int | None = _pos(None, MAX_TOKENS, "tokens per text (default: the model's)")
+    backend: EncoderBackend = _backend()
     nprobe: int | None = _pos(None, MAX_IVF_LISTS, "IVF lists searched")
     ef_search: int | None = _pos(None, 65536, "HNSW search breadth")
     train_min: int = Field(1000, ge=1, le=100_000_000, description="vectors needed before an "
@@ -326,6 +341,7 @@ class MuveraParams(Params):
     seed: int = Field(0, ge=0, description="seed of the random projections")
     candidates: int = _pos(200, 100_000, "FDE hits reranked by exact Chamfer")
     batch_size: int = _pos(16, MAX_BATCH, "texts per encoder batch")
+    backend: EncoderBackend = _backend()
     compact_dead: float = Field(0.5, ge=0, le=1, description="dead fraction that compacts "
                                 "segments")
     save_every: float = Field(300, ge=0, le=1e10, description="seconds between saves")

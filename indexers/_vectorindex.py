@@ -36,10 +36,12 @@ Q = TypeVar("Q")
 IndexT = TypeVar("IndexT", bound="VectorIndex[Any]")
 
 
-def encoder_id(model: str, max_length: int | None) -> str:
-    """Who made a set of vectors: the model, and the token limit when it is not the model's
-    own (:attr:`genseek.protocols.VectorSource.vector_model`)."""
-    return str(model) if max_length is None else f"{model} (max_length={int(max_length)})"
+def encoder_id(model: str, max_length: int | None, backend: str = "torch") -> str:
+    """Who made a set of vectors: the model, the token limit when it is not the model's own,
+    and the encoder backend when it is not torch float32
+    (:attr:`genseek.protocols.VectorSource.vector_model`)."""
+    out = str(model) if max_length is None else f"{model} (max_length={int(max_length)})"
+    return out if backend == "torch" else f"{out} [{backend}]"
 
 
 class VectorIndex(Generic[Q]):

@@ -36,7 +36,7 @@ from typing import Any
 import faiss
 import numpy as np
 
-from genseek.docwork import DocumentWork, Payload, payloads_for, stack
+from genseek.docwork import DocumentWork, Payload, backend_option, payloads_for, stack
 from genseek.encoders import TextEncoder, shared_encoder
 from genseek.errors import GenseekError
 from genseek.indexers._vectorindex import FaissCache, StoredIndex, encoder_id
@@ -60,7 +60,8 @@ class DenseIndex(StoredIndex[np.ndarray]):
         self._init_spec(path, params)
         self._own_encoder = encoder is None  # else document_work() cannot reproduce it
         self.encoder = encoder or shared_encoder(str(self.params["model"]),
-                                                 self.params["max_length"])
+                                                 self.params["max_length"],
+                                                 str(self.params["backend"]))
         self.dim = self.encoder.dim
         self._store = VectorStore(self.path / "vectors.sqlite", self.dim)
         self._check_meta()
@@ -76,9 +77,17 @@ class DenseIndex(StoredIndex[np.ndarray]):
 
     def _check_meta(self) -> None:
         stored_dim, stored_model = self._store.meta("dim"), self._store.meta("model")
+        backend = str(self.params["backend"])
         if stored_dim is None:
-            self._store.write_meta({"dim": str(self.dim), "model": str(self.params["model"])})
-        elif int(stored_dim) != self.dim:
+            self._store.write_meta({"dim": str(self.dim), "model": str(self.params["model"]),
+                                    "backend": backend})
+            return
+        stored_backend = self._store.meta("backend") or "torch"  # before backends: torch
+        if stored_backend != backend:
+            raise GenseekError(
+                f"dense index at {self.path} holds vectors of the {stored_backend} encoder "
+                f"backend; the spec asks for {backend} (rebuild the index to change it)")
+        if int(stored_dim) != self.dim:
             raise GenseekError(
                 f"dense index at {self.path} holds {stored_dim}-d vectors from model "
                 f"{stored_model!r}; model {self.params['model']!r} makes {self.dim}-d vectors"
@@ -89,7 +98,8 @@ class DenseIndex(StoredIndex[np.ndarray]):
     @property
     def vector_model(self) -> str:
         """The encoder of the stored vectors (:func:`encoder_id` of model and max_length)."""
-        return encoder_id(str(self.params["model"]), self.params["max_length"])
+        return encoder_id(str(self.params["model"]), self.params["max_length"],
+                          str(self.params["backend"]))
 
     def stored_vectors(self, labels: Sequence[int]) -> dict[int, np.ndarray]:
         """``label -> float32 [dim]`` of the labels this index holds (committed or applied);
@@ -181,7 +191,8 @@ class DenseIndex(StoredIndex[np.ndarray]):
 
     def _work(self) -> DocumentWork:
         return DocumentWork("text", str(self.params["model"]), self.params["max_length"],
-                            int(self.params["batch_size"]))
+                            int(self.params["batch_size"]),
+                            options=backend_option(str(self.params["backend"])))
 
     def document_work(self) -> DocumentWork | None:
         """The encoder's work (:class:`~genseek.protocols.EncodesDocuments`): a ``text``
@@ -278,3 +289,4 @@ class DenseIndex(StoredIndex[np.ndarray]):
             memory = int(faiss.serialize_index(self._index).nbytes)
             return self._index_stats(len(self._labels), memory, vectors=int(self._index.ntotal),
                                      dim=self.dim, exact_fallback=self._fallback)
+

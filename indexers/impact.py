@@ -53,7 +53,7 @@ from typing import Any
 import numpy as np
 
 from genseek.atomic import atomic_write_json
-from genseek.docwork import DocumentWork, Payload, payloads_for
+from genseek.docwork import DocumentWork, Payload, backend_option, payloads_for
 from genseek.errors import GenseekError
 from genseek.indexers._lucene import LuceneClasses, LuceneFolder, writer_config
 from genseek.indexers._vectorindex import VectorIndex
@@ -64,7 +64,8 @@ from genseek.types import ChangeSet, Document, Hit, IndexStats
 _DELIM = "\x01"  # not whitespace for Lucene's WhitespaceTokenizer (U+001C..U+001F are)
 _META = "impact.json"
 MODES = ("splade", "inference-free")
-_DOC_SIDE = ("model", "max_length", "windows", "top_k", "threshold", "quant")
+_DOC_SIDE = ("model", "max_length", "windows", "top_k", "threshold", "quant", "backend")
+_DOC_SIDE_BEFORE = {"backend": "torch"}  # what an index written before a key existed used
 
 Vector = tuple[np.ndarray, np.ndarray]  # (token ids int64 [n], weights float32 [n])
 
@@ -131,7 +132,7 @@ class ImpactIndex(VectorIndex[list[Vector]]):
                 have = json.loads(file.read_text(encoding="utf-8"))
             except (OSError, ValueError) as exc:
                 raise GenseekError(f"impact: cannot read {file}: {exc}") from None
-            diff = [k for k in _DOC_SIDE if have.get(k) != want[k]]
+            diff = [k for k in _DOC_SIDE if have.get(k, _DOC_SIDE_BEFORE.get(k)) != want[k]]
             if diff:
                 raise GenseekError(
                     f"impact: {self.path} was built with "
@@ -148,7 +149,8 @@ class ImpactIndex(VectorIndex[list[Vector]]):
             from genseek.encoders import shared_sparse_encoder
 
             self._encoder = shared_sparse_encoder(self.params["model"], self.params["max_length"],
-                                                  self.params["idf"], self.params["windows"])
+                                                  self.params["idf"], self.params["windows"],
+                                                  str(self.params["backend"]))
         return self._encoder
 
     # -- state ------------------------------------------------------------------------
@@ -161,7 +163,8 @@ class ImpactIndex(VectorIndex[list[Vector]]):
 
     def _work(self) -> DocumentWork:
         return DocumentWork("sparse", str(self.params["model"]), int(self.params["max_length"]),
-                            int(self.params["batch_size"]), windows=int(self.params["windows"]))
+                            int(self.params["batch_size"]), windows=int(self.params["windows"]),
+                            options=backend_option(str(self.params["backend"])))
 
     def document_work(self) -> DocumentWork | None:
         """The SPLADE encoder's work (:class:`~genseek.protocols.EncodesDocuments`): one

@@ -38,7 +38,7 @@ import faiss
 import numpy as np
 
 from genseek.atomic import atomic_write
-from genseek.docwork import DocumentWork, Payload, payloads_for
+from genseek.docwork import DocumentWork, Payload, backend_option, payloads_for
 from genseek.encoders import TokenEncoder, resolve_model
 from genseek.errors import GenseekError
 from genseek.indexers._vectorindex import FaissCache, StoredIndex
@@ -49,7 +49,7 @@ from genseek.models import loading
 from genseek.params import MuveraParams, MuveraSearchParams
 from genseek.types import ChangeSet, Hit, IndexStats
 
-_FDE_KEYS = ("k_sim", "d_proj", "r_reps", "d_final", "seed", "proj_dim", "model")
+_FDE_KEYS = ("k_sim", "d_proj", "r_reps", "d_final", "seed", "proj_dim", "model", "backend")
 _SEGMENT = re.compile(r"^(\d{6})\.npy$")
 _DOC_COLUMNS = ("label INTEGER PRIMARY KEY", "doc_id TEXT NOT NULL", "segment INTEGER NOT NULL",
                 "start INTEGER NOT NULL", "length INTEGER NOT NULL")
@@ -118,7 +118,8 @@ class MuveraIndex(StoredIndex[list[np.ndarray]]):
     def encoder(self) -> Any:
         if self._encoder is None:
             self._encoder = TokenEncoder(str(self.params["model"]), self.params["max_length"],
-                                         self.params["proj_dim"], int(self.params["seed"]))
+                                         self.params["proj_dim"], int(self.params["seed"]),
+                                         backend=str(self.params["backend"]))
             if self._encoder.dim != self.dim:
                 raise GenseekError(f"muvera: encoder makes {self._encoder.dim}-d token vectors;"
                                    f" the index holds {self.dim}-d ones")
@@ -133,7 +134,8 @@ class MuveraIndex(StoredIndex[list[np.ndarray]]):
             return
         old, new = json.loads(stored), json.loads(config)
         if old["dim"] != new["dim"] or old.get("proj_dim") != new.get("proj_dim") \
-                or old.get("model") != new.get("model"):
+                or old.get("model") != new.get("model") \
+                or old.get("backend", "torch") != new.get("backend", "torch"):
             raise GenseekError(f"muvera index at {self.path} holds {old['dim']}-d token vectors "
                                f"of model {old.get('model')!r} (proj_dim {old.get('proj_dim')});"
                                f" the spec asks for {new['dim']}-d ones of {new.get('model')!r}")
@@ -292,7 +294,8 @@ class MuveraIndex(StoredIndex[list[np.ndarray]]):
     def _work(self) -> DocumentWork:
         return DocumentWork("tokens", str(self.params["model"]), self.params["max_length"],
                             int(self.params["batch_size"]), self.params["proj_dim"],
-                            int(self.params["seed"]))
+                            int(self.params["seed"]),
+                            options=backend_option(str(self.params["backend"])))
 
     def document_work(self) -> DocumentWork | None:
         """The token encoder's work (:class:`~genseek.protocols.EncodesDocuments`): float16
