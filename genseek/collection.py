@@ -81,7 +81,45 @@ class IngestReport:
     seq: int
 
 
-class Collection:
+class Searching:
+    """``retriever`` and ``search`` over a collection's ``serving(name)`` and
+    ``default_indexes()`` (a :class:`Collection` and a sharded one share them)."""
+
+    path: Path
+
+    def serving(self, name: str) -> Any:  # pragma: no cover - the collection's own
+        raise NotImplementedError
+
+    def default_indexes(self) -> list[str]:  # pragma: no cover - the collection's own
+        raise NotImplementedError
+
+    def retriever(self, names: Sequence[str] | str | None = None, fusion: str = "rrf",
+                  **fusion_params: Any) -> Retriever:
+        """One index, or a fusion of several (by default every index that is serving: a failed
+        one is left out, see :meth:`default_indexes`), built by :func:`genseek.pipeline.fuse`.
+        ``fusion`` is ``rrf`` (``rrf_k``, ``weights``, ``depth``) or ``linear`` (``weights``,
+        ``normalization``, ``depth``). A named index that is failing raises
+        :class:`IndexUnavailable`."""
+        from genseek.pipeline import fuse_named
+
+        if isinstance(names, str):
+            return self.serving(names)
+        chosen = list(names) if names else self.default_indexes()
+        if not chosen:
+            raise GenseekError(f"collection {self.path} has no indexes")
+        return fuse_named(self.serving, chosen, fusion, **fusion_params)
+
+    def search(self, queries: Sequence[str] | str, k: int = 10,
+               index: Sequence[str] | str | None = None, fusion: str = "rrf",
+               **fusion_params: Any) -> list[list[Hit]] | list[Hit]:
+        """Search one query (returns hits) or a batch (returns one list per query)."""
+        single = isinstance(queries, str)
+        batch = [queries] if single else list(queries)
+        results = self.retriever(index, fusion, **fusion_params).search(batch, k)
+        return results[0] if single else results
+
+
+class Collection(Searching):
     """Open with :meth:`open` or :meth:`create`; use as a context manager."""
 
     def __init__(self, path: Path, manifest: dict[str, Any], lock_fd: int, strict: bool = True,
@@ -549,35 +587,12 @@ class Collection:
         ``encode(batch)``, called before each batch is written, returns its precomputed
         model work (see :meth:`write`; :func:`genseek.cluster.ingest` computes it in Ray).
         """
-        read = upserted = unchanged = 0
-        empty: list[str] = []
-        batch: list[Document] = []
-        last_line = skip_lines
-        seq = self.store.seq
-
-        def flush() -> None:
-            nonlocal upserted, unchanged, seq
-            meta = {source_key: json.dumps({"line": last_line})} if source_key else None
+        def write(batch: list[Document], meta: dict[str, str] | None) -> WriteResult:
             encoded = encode(batch) if encode is not None else None
-            result = self.write(upserts=batch, meta=meta, progress=on_apply, encoded=encoded)
-            upserted += result.upserted
-            unchanged += result.unchanged
-            seq = result.seq
-            if on_batch:
-                on_batch(len(batch))
-            batch.clear()
+            return self.write(upserts=batch, meta=meta, progress=on_apply, encoded=encoded)
 
-        for line, doc in records:
-            read += 1
-            last_line = line
-            if not doc.title.strip() and not doc.text.strip():
-                empty.append(doc.doc_id)
-            batch.append(doc)
-            if len(batch) >= batch_size:
-                flush()
-        if batch or source_key:
-            flush()
-        return IngestReport(read, skip_lines, upserted, unchanged, tuple(empty), seq)
+        return ingest_batches(records, write, self.store.seq, source_key, batch_size,
+                              on_batch, skip_lines)
 
     def resume_point(self, source_key: str) -> int:
         """The last line an earlier import of ``source_key`` committed (0 if none)."""
@@ -693,46 +708,6 @@ class Collection:
             return schema.check(params)
         except InvalidParameter as exc:
             raise InvalidParameter(f"index {name!r}: {exc}") from None
-
-    def retriever(self, names: Sequence[str] | str | None = None, fusion: str = "rrf",
-                  **fusion_params: Any) -> Retriever:
-        """One index, or a fusion of several (by default every index that is serving: a failed
-        one is left out, see :meth:`default_indexes`), built by :func:`genseek.pipeline.fuse`.
-        ``fusion`` is ``rrf`` (``rrf_k``, ``weights``, ``depth``) or ``linear`` (``weights``,
-        ``normalization``, ``depth``). A named index that is failing raises
-        :class:`IndexUnavailable`."""
-        from pydantic import ValidationError
-
-        from genseek.params import describe
-        from genseek.pipeline import Fusion, fuse
-
-        if isinstance(names, str):
-            return self.serving(names)
-        if fusion not in ("rrf", "linear"):
-            raise GenseekError(f"unknown fusion {fusion!r}: use rrf or linear")
-        chosen = list(names) if names else self.default_indexes()
-        if not chosen:
-            raise GenseekError(f"collection {self.path} has no indexes")
-        params = dict(fusion_params)
-        depth = int(params.pop("depth", 100))
-        if "rrf_k" in params:
-            params["k"] = float(params.pop("rrf_k"))
-        if params.get("weights") is not None:
-            params["weights"] = [float(w) for w in params["weights"]]
-        try:
-            spec = Fusion(method=fusion, **params)  # type: ignore[arg-type]
-        except ValidationError as exc:
-            raise InvalidParameter(f"{fusion} fusion: {describe(Fusion, exc)}") from None
-        return fuse([self.serving(n) for n in chosen], spec, depth=depth, names=chosen)
-
-    def search(self, queries: Sequence[str] | str, k: int = 10,
-               index: Sequence[str] | str | None = None, fusion: str = "rrf",
-               **fusion_params: Any) -> list[list[Hit]] | list[Hit]:
-        """Search one query (returns hits) or a batch (returns one list per query)."""
-        single = isinstance(queries, str)
-        batch = [queries] if single else list(queries)
-        results = self.retriever(index, fusion, **fusion_params).search(batch, k)
-        return results[0] if single else results
 
     def get(self, doc_ids: Sequence[str]) -> dict[str, Document]:
         return self.store.get(doc_ids)
@@ -859,6 +834,44 @@ class Collection:
 
 _RECORDED = ("type", "documents", "max_doc", "vectors", "dim", "terms")
 """Fields of an index's ``stats()`` that ``index-state.json`` keeps."""
+
+
+def ingest_batches(records: Iterator[tuple[int, Document]],
+                   write: Callable[[list[Document], dict[str, str] | None], Any], seq: int,
+                   source_key: str | None = None, batch_size: int = 1000,
+                   on_batch: Callable[[int], None] | None = None,
+                   skip_lines: int = 0) -> IngestReport:
+    """The import loop of :meth:`Collection.ingest` (and of a sharded collection's): records
+    in batches of ``batch_size``, each written by ``write(batch, meta)`` (a result with
+    ``upserted``, ``unchanged``, ``seq``) with ``meta`` = the last line it holds under
+    ``source_key``; ``seq`` is the collection's before the import."""
+    read = upserted = unchanged = 0
+    empty: list[str] = []
+    batch: list[Document] = []
+    last_line = skip_lines
+
+    def flush() -> None:
+        nonlocal upserted, unchanged, seq
+        meta = {source_key: json.dumps({"line": last_line})} if source_key else None
+        result = write(batch, meta)
+        upserted += result.upserted
+        unchanged += result.unchanged
+        seq = result.seq
+        if on_batch:
+            on_batch(len(batch))
+        batch.clear()
+
+    for line, doc in records:
+        read += 1
+        last_line = line
+        if not doc.title.strip() and not doc.text.strip():
+            empty.append(doc.doc_id)
+        batch.append(doc)
+        if len(batch) >= batch_size:
+            flush()
+    if batch or source_key:
+        flush()
+    return IngestReport(read, skip_lines, upserted, unchanged, tuple(empty), seq)
 
 
 def stats_dict(index: Index) -> dict[str, Any]:

@@ -144,6 +144,32 @@ class StageSearch:
         return self.index.search(queries, self.depth, self.params)
 
 
+def fuse_named(serving: Callable[[str], Retriever], names: Sequence[str], fusion: str = "rrf",
+               **fusion_params: Any) -> Retriever:
+    """:func:`fuse` of the indexes ``names`` (each looked up with ``serving``) from the
+    options a collection's ``retriever`` takes: ``fusion`` is ``rrf`` (``rrf_k``, ``weights``,
+    ``depth``) or ``linear`` (``weights``, ``normalization``, ``depth``); a bad option is one
+    :class:`~genseek.errors.InvalidParameter` line."""
+    from pydantic import ValidationError
+
+    from genseek.errors import GenseekError
+    from genseek.params import describe
+
+    if fusion not in ("rrf", "linear"):
+        raise GenseekError(f"unknown fusion {fusion!r}: use rrf or linear")
+    params = dict(fusion_params)
+    depth = int(params.pop("depth", 100))
+    if "rrf_k" in params:
+        params["k"] = float(params.pop("rrf_k"))
+    if params.get("weights") is not None:
+        params["weights"] = [float(w) for w in params["weights"]]
+    try:
+        spec = Fusion(method=fusion, **params)  # type: ignore[arg-type]
+    except ValidationError as exc:
+        raise InvalidParameter(f"{fusion} fusion: {describe(Fusion, exc)}") from None
+    return fuse([serving(n) for n in names], spec, depth=depth, names=list(names))
+
+
 def fuse(stages: Sequence[Retriever], fusion: Fusion | None = None, depth: int = 100,
          names: Sequence[str] | None = None) -> Retriever:
     """The one fusion builder (:meth:`Collection.search <genseek.collection.Collection.search>`,

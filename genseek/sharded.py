@@ -61,6 +61,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from genseek.collection import Searching
 from genseek.errors import GenseekError, InvalidParameter
 from genseek.spec import IndexSpec
 from genseek.types import Document, Hit, IndexStats
@@ -477,7 +478,7 @@ def merge_by_score(lists: Iterable[Sequence[Hit]], k: int) -> list[Hit]:
     return sorted((h for hits in lists for h in hits), key=lambda h: (-h.score, h.doc_id))[:k]
 
 
-class ShardedCollection:
+class ShardedCollection(Searching):
     """N shards that search, write, count and report as one collection (see the module
     docstring). Open with :func:`open_sharded`, create with :meth:`create`."""
 
@@ -567,36 +568,10 @@ class ShardedCollection:
         """:meth:`Collection.ingest <genseek.collection.Collection.ingest>` across the shards:
         each batch is one sharded write whose ``meta`` (the last line committed) goes to every
         shard, so :meth:`resume_point` is the line all shards have committed."""
-        from genseek.collection import IngestReport
+        from genseek.collection import ingest_batches
 
-        read = upserted = unchanged = 0
-        empty: list[str] = []
-        batch: list[Document] = []
-        last_line = skip_lines
-        seq = self.seq
-
-        def flush() -> None:
-            nonlocal upserted, unchanged, seq
-            meta = {source_key: json.dumps({"line": last_line})} if source_key else None
-            result = self.write(upserts=batch, meta=meta)
-            upserted += result.upserted
-            unchanged += result.unchanged
-            seq = result.seq
-            if on_batch:
-                on_batch(len(batch))
-            batch.clear()
-
-        for line, doc in records:
-            read += 1
-            last_line = line
-            if not doc.title.strip() and not doc.text.strip():
-                empty.append(doc.doc_id)
-            batch.append(doc)
-            if len(batch) >= batch_size:
-                flush()
-        if batch or source_key:
-            flush()
-        return IngestReport(read, skip_lines, upserted, unchanged, tuple(empty), seq)
+        return ingest_batches(records, lambda batch, meta: self.write(upserts=batch, meta=meta),
+                              self.seq, source_key, batch_size, on_batch, skip_lines)
 
     def resume_point(self, source_key: str) -> int:
         """The last line of ``source_key`` that every shard has committed."""
@@ -658,42 +633,6 @@ class ShardedCollection:
     def default_indexes(self) -> list[str]:
         down = self.unavailable()
         return [n for n in self.manifest["indexes"] if n not in down]
-
-    def retriever(self, names: Sequence[str] | str | None = None, fusion: str = "rrf",
-                  **fusion_params: Any) -> Any:
-        """As :meth:`Collection.retriever <genseek.collection.Collection.retriever>`: one
-        index, or a fusion of several merged across the shards."""
-        from pydantic import ValidationError
-
-        from genseek.params import describe
-        from genseek.pipeline import Fusion, fuse
-
-        if isinstance(names, str):
-            return self.serving(names)
-        if fusion not in ("rrf", "linear"):
-            raise GenseekError(f"unknown fusion {fusion!r}: use rrf or linear")
-        chosen = list(names) if names else self.default_indexes()
-        if not chosen:
-            raise GenseekError(f"collection {self.path} has no indexes")
-        params = dict(fusion_params)
-        depth = int(params.pop("depth", 100))
-        if "rrf_k" in params:
-            params["k"] = float(params.pop("rrf_k"))
-        if params.get("weights") is not None:
-            params["weights"] = [float(w) for w in params["weights"]]
-        try:
-            spec = Fusion(method=fusion, **params)  # type: ignore[arg-type]
-        except ValidationError as exc:
-            raise InvalidParameter(f"{fusion} fusion: {describe(Fusion, exc)}") from None
-        return fuse([self.serving(n) for n in chosen], spec, depth=depth, names=chosen)
-
-    def search(self, queries: Sequence[str] | str, k: int = 10,
-               index: Sequence[str] | str | None = None, fusion: str = "rrf",
-               **fusion_params: Any) -> list[list[Hit]] | list[Hit]:
-        single = isinstance(queries, str)
-        batch = [queries] if single else list(queries)
-        results = self.retriever(index, fusion, **fusion_params).search(batch, k)
-        return results[0] if single else results
 
     def get(self, doc_ids: Sequence[str]) -> dict[str, Document]:
         parts: list[list[str]] = [[] for _ in range(self.n)]
