@@ -168,24 +168,58 @@ def _fatal_handlers() -> dict[int, bytes]:
     return out
 
 
-def shutdown() -> None:
-    """``ray.shutdown()``, keeping the fatal-signal handlers that were in place.
+def _owner(address: int) -> str:
+    """The file mapped at ``address`` in this process (``/proc/self/maps``), or ""."""
+    try:
+        with open("/proc/self/maps", encoding="utf-8", errors="replace") as fh:
+            for line in fh:
+                parts = line.split()
+                lo, hi = (int(x, 16) for x in parts[0].split("-"))
+                if lo <= address < hi:
+                    return parts[5] if len(parts) > 5 else ""
+    except OSError:
+        pass
+    return ""
 
-    ``ray.shutdown`` resets SIGSEGV, SIGBUS, SIGILL and SIGFPE to what they were at
-    ``ray.init``. A JVM started in between (bm25, through pyjnius) installed its own handlers
-    there, and relies on them: it uses SIGSEGV for its own null checks, so with the default
-    handler back, the next Lucene call after a shutdown killed the process (measured: the
-    SIGSEGV handler read 0x0 after ``ray.shutdown``). The handlers seen just before the
-    shutdown are put back after it."""
+
+def _jvm_handlers() -> dict[int, bytes]:
+    """The fatal-signal handlers installed now that belong to a JVM (inside ``libjvm``)."""
+    out = {}
+    for sig, raw in _fatal_handlers().items():
+        handler = int.from_bytes(raw[:8], "little")
+        if handler > 1 and "libjvm" in _owner(handler):
+            out[sig] = raw
+    return out
+
+
+_JVM_HANDLERS: dict[int, bytes] = {}
+"""A JVM's fatal-signal handlers as seen before ``ray.init`` or ``ray.shutdown`` (signal
+handlers are the process's, so this record is too; a JVM installs them once)."""
+
+
+def _remember_jvm_handlers() -> None:
+    _JVM_HANDLERS.update(_jvm_handlers())
+
+
+def shutdown() -> None:
+    """``ray.shutdown()``, then a JVM's fatal-signal handlers put back.
+
+    ``ray.init`` installs Ray's handlers for SIGSEGV, SIGBUS, SIGILL and SIGFPE over what was
+    there, and ``ray.shutdown`` resets them to the default. A JVM (bm25, through pyjnius)
+    relies on its own (it uses SIGSEGV for its own null checks): with the default back, a later
+    Lucene call killed the process (measured: the SIGSEGV handler read 0x0 after
+    ``ray.shutdown``, whether the JVM started before Ray or under it). So the JVM's handlers,
+    recorded before ``ray.init`` (:func:`init_local`, :func:`connect`) and again just before
+    the shutdown, are put back after it."""
     import ctypes
 
     ray = import_ray()
-    saved = _fatal_handlers()
+    _remember_jvm_handlers()
     try:
         ray.shutdown()
     finally:
         libc = ctypes.CDLL(None, use_errno=True)
-        for sig, raw in saved.items():
+        for sig, raw in _JVM_HANDLERS.items():
             buf = ctypes.create_string_buffer(raw, len(raw))
             libc.sigaction(sig, buf, None)
 
@@ -230,6 +264,7 @@ def init_local(num_cpus: int | None = None, **kwargs: Any) -> None:
     saved_env, saved = os.environ.get(LOCAL_ONLY), ray_constants.ENABLE_RAY_CLUSTER
     os.environ[LOCAL_ONLY] = "0"  # for the processes Ray starts (they read it at start)
     ray_constants.ENABLE_RAY_CLUSTER = False
+    _remember_jvm_handlers()  # Ray's own handlers replace them until shutdown()
     try:
         ray.init(address="local", num_cpus=num_cpus or os.cpu_count() or 1,
                  include_dashboard=False, _node_ip_address="127.0.0.1", **kwargs)
@@ -262,6 +297,7 @@ def _init(address: str, timeout: float) -> float:
         with contextlib.suppress(ValueError):
             if ipaddress.ip_address(host).is_loopback and host != "127.0.0.1":
                 kwargs["_node_ip_address"] = host  # a cluster on this machine's loopback
+    _remember_jvm_handlers()  # Ray's own handlers replace them until shutdown()
     error = _bounded(lambda: ray.init(**kwargs), shutdown, timeout + 30.0)
     if error is not None:
         raise UnavailableError(f"cannot connect to Ray at {address}: {error}") from None

@@ -21,6 +21,14 @@ if TESTS not in sys.path:
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
 
+RAY_MODULES = ("unit/test_cluster.py", "integration/test_ray_cluster.py",
+               "integration/test_ray_indexing.py", "integration/test_sharded_ray.py")
+"""Test modules that run Ray in the test process. They run in a child pytest of their own
+(``integration/test_ray_suite.py``), never in the process of the other tests: after Ray had
+run in a process that also ran the JVM, a later Lucene test in it died with SIGSEGV."""
+RAY_CHILD = "GENSEEK_RAY_TESTS_CHILD"
+collect_ignore = [] if os.environ.get(RAY_CHILD) else list(RAY_MODULES)
+
 
 def datasets_path() -> Path:
     """``$GENSEEK_DATASETS``, else ``../shared/datasets`` relative to the repository root."""

@@ -88,32 +88,40 @@ def test_cli_index_into_ray_owned_shards(tmp_path, beir_dataset):
 
 
 SHUTDOWN_CHILD = """
-import signal
+import signal, sys, tempfile, pathlib
 from genseek import cluster
-cluster.init_local(num_cpus=1, log_to_driver=False)
 from genseek.collection import Collection
 from genseek.types import Document
-import sys, tempfile, pathlib
 root = pathlib.Path(tempfile.mkdtemp())
-with Collection.create(root / "c", {"bm25": "bm25"}) as c:  # the JVM starts under Ray
+
+def jvm():
+    c = Collection.create(root / "c", {"bm25": "bm25"})
     c.write([Document("a", "t", "cells and more cells")])
-    before = cluster._fatal_handlers()[signal.SIGSEGV][:8]  # the handler address
-    cluster.shutdown()
-    assert cluster._fatal_handlers()[signal.SIGSEGV][:8] == before
-    for _ in range(200):  # Lucene after the shutdown: the JVM's own SIGSEGV use is handled
-        assert c.search("cells", k=1, index="bm25")[0].doc_id == "a"
+    return c
+
+if sys.argv[1] == "jvm-first":
+    c = jvm()
+cluster.init_local(num_cpus=1, log_to_driver=False)
+if sys.argv[1] == "ray-first":
+    c = jvm()  # the JVM starts under Ray
+cluster.shutdown()
+handler = int.from_bytes(cluster._fatal_handlers()[signal.SIGSEGV][:8], "little")
+assert "libjvm" in cluster._owner(handler), cluster._owner(handler)
+for _ in range(200):  # Lucene after the shutdown: the JVM's own SIGSEGV use is handled
+    assert c.search("cells", k=1, index="bm25")[0].doc_id == "a"
 print("ok")
 """
 
 
-def test_shutdown_keeps_the_jvm_signal_handlers():
-    """``ray.shutdown`` resets the fatal-signal handlers a JVM started under Ray installed;
-    :func:`genseek.cluster.shutdown` puts them back, so Lucene keeps working afterwards (a
-    child process: a lost handler kills the process with SIGSEGV)."""
+@pytest.mark.parametrize("order", ["jvm-first", "ray-first"])
+def test_shutdown_keeps_the_jvm_signal_handlers(order):
+    """``ray.shutdown`` resets the fatal-signal handlers to the default, whether the JVM
+    started before Ray or under it; :func:`genseek.cluster.shutdown` puts the JVM's back, so
+    Lucene keeps working afterwards (a child process: a lost handler kills it with SIGSEGV)."""
     import subprocess
     import sys
 
-    proc = subprocess.run([sys.executable, "-c", SHUTDOWN_CHILD], capture_output=True,
+    proc = subprocess.run([sys.executable, "-c", SHUTDOWN_CHILD, order], capture_output=True,
                           text=True, timeout=300,
                           env={**os.environ, "RAY_USAGE_STATS_ENABLED": "0"})
     assert proc.returncode == 0 and proc.stdout.strip().endswith("ok"), proc.stderr[-2000:]
