@@ -211,17 +211,24 @@ def shutdown() -> None:
     ``ray.shutdown``, whether the JVM started before Ray or under it). So the JVM's handlers,
     recorded before ``ray.init`` (:func:`init_local`, :func:`connect`) and again just before
     the shutdown, are put back after it."""
-    import ctypes
 
     ray = import_ray()
     _remember_jvm_handlers()
     try:
         ray.shutdown()
     finally:
-        libc = ctypes.CDLL(None, use_errno=True)
-        for sig, raw in _JVM_HANDLERS.items():
-            buf = ctypes.create_string_buffer(raw, len(raw))
-            libc.sigaction(sig, buf, None)
+        _restore_jvm_handlers()
+
+
+def _restore_jvm_handlers() -> None:
+    """Put the recorded JVM handlers back (after ``ray.init``, which installs Ray's over them,
+    and after ``ray.shutdown``, which resets them to the default)."""
+    import ctypes
+
+    libc = ctypes.CDLL(None, use_errno=True)
+    for sig, raw in _JVM_HANDLERS.items():
+        buf = ctypes.create_string_buffer(raw, len(raw))
+        libc.sigaction(sig, buf, None)
 
 
 @dataclass
@@ -264,10 +271,11 @@ def init_local(num_cpus: int | None = None, **kwargs: Any) -> None:
     saved_env, saved = os.environ.get(LOCAL_ONLY), ray_constants.ENABLE_RAY_CLUSTER
     os.environ[LOCAL_ONLY] = "0"  # for the processes Ray starts (they read it at start)
     ray_constants.ENABLE_RAY_CLUSTER = False
-    _remember_jvm_handlers()  # Ray's own handlers replace them until shutdown()
+    _remember_jvm_handlers()  # ray.init installs Ray's over them: put back below
     try:
         ray.init(address="local", num_cpus=num_cpus or os.cpu_count() or 1,
                  include_dashboard=False, _node_ip_address="127.0.0.1", **kwargs)
+        _restore_jvm_handlers()  # a JVM already running keeps its own (see shutdown())
     finally:  # the node's address is fixed now; a later connection to a cluster is as usual
         ray_constants.ENABLE_RAY_CLUSTER = saved
         if saved_env is None:
@@ -297,8 +305,9 @@ def _init(address: str, timeout: float) -> float:
         with contextlib.suppress(ValueError):
             if ipaddress.ip_address(host).is_loopback and host != "127.0.0.1":
                 kwargs["_node_ip_address"] = host  # a cluster on this machine's loopback
-    _remember_jvm_handlers()  # Ray's own handlers replace them until shutdown()
+    _remember_jvm_handlers()  # Ray's own handlers replace them: put back below
     error = _bounded(lambda: ray.init(**kwargs), shutdown, timeout + 30.0)
+    _restore_jvm_handlers()
     if error is not None:
         raise UnavailableError(f"cannot connect to Ray at {address}: {error}") from None
     return time.perf_counter() - started

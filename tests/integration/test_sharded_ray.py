@@ -104,6 +104,10 @@ if sys.argv[1] == "jvm-first":
 cluster.init_local(num_cpus=1, log_to_driver=False)
 if sys.argv[1] == "ray-first":
     c = jvm()  # the JVM starts under Ray
+assert "libjvm" in cluster._owner(int.from_bytes(cluster._fatal_handlers()[signal.SIGSEGV][:8], "little")) or sys.argv[1] == "ray-first"
+for _ in range(100):
+    if sys.argv[1] == "jvm-first":
+        assert c.search("cells", k=1, index="bm25")[0].doc_id == "a"  # Lucene while Ray runs
 cluster.shutdown()
 handler = int.from_bytes(cluster._fatal_handlers()[signal.SIGSEGV][:8], "little")
 assert "libjvm" in cluster._owner(handler), cluster._owner(handler)
