@@ -30,9 +30,21 @@ POST /collections/{name}/documents/delete  write   ``{"ids": [...], "refresh"}``
 GET  /collections/{name}/documents/{id}    read    the stored document, 404 if absent
 POST /collections/{name}/search            read    ``{"query": str, "pipeline": Pipeline?}`` ->
                                                    ``{"results": [{"doc_id","score",...}],
-                                                   "took_ms"}``
+                                                   "took_ms"}``; ``"explain": true`` adds
+                                                   ``stages`` (each stage's own hits) and
+                                                   ``timings``
 POST /collections/{name}/search/batch      read    ``{"queries": [str], "pipeline"}`` ->
                                                    ``{"results": [[...], ...], "took_ms"}``
+GET  /datasets                             read    the BEIR folders of the datasets folder:
+                                                   ``{"root", "datasets": [{"name", "splits",
+                                                   "queries", "documents"}]}``
+POST /collections/{name}/evaluate          read    ``{"dataset"?, "split", "queries"?, "qrels"?,
+                                                   "qrels_tsv"?, "pipelines": {name: Pipeline},
+                                                   "max_queries"?}`` -> nDCG@10 / R@100 per
+                                                   pipeline and query, and each against the
+                                                   first (wins/ties/losses, p-value)
+GET  /ui/                                  none    the browser console (static files; the page
+                                                   asks for the key)
 POST /v1/embeddings                        read    OpenAI shape: ``{"input": str|[str],
                                                    "model"?}`` -> ``{"object": "list", "data":
                                                    [{"object": "embedding", "index", "embedding"}],

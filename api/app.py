@@ -9,10 +9,12 @@ background applier updates its indexes). Everything the app owns hangs off
 
 import base64
 import logging
+import threading
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
+from pathlib import Path as FilePath
 from typing import Annotated, Any, TypeVar
 
 import anyio
@@ -21,7 +23,9 @@ import numpy as np
 from fastapi import FastAPI, Path, Request
 from fastapi.openapi.utils import get_openapi
 from starlette.middleware.cors import CORSMiddleware
-from starlette.responses import Response
+from starlette.responses import RedirectResponse, Response
+from starlette.staticfiles import StaticFiles
+from starlette.types import Scope
 
 from genseek.api import errors, schemas
 from genseek.api.errors import JSON
@@ -37,9 +41,10 @@ from genseek.api.middleware import (
 from genseek.api.schemas import NAME_PATTERN
 from genseek.api.settings import Settings
 from genseek.collection import Collection
-from genseek.errors import GenseekError, NotFoundError
+from genseek.errors import GenseekError, InputError, NotFoundError
 from genseek.models import MODELS
-from genseek.pipeline import Pipeline, Result, run_pipeline
+from genseek.pipeline import Pipeline, PipelineRetriever, Result, Trace, run_pipeline
+from genseek.protocols import Reranker, Retriever
 from genseek.types import Document
 
 log = logging.getLogger("genseek.api")
@@ -49,6 +54,20 @@ T = TypeVar("T")
 CollectionName = Annotated[str, Path(pattern=NAME_PATTERN, min_length=1, max_length=64,
                                      description="a collection name")]
 DocIdPath = Annotated[str, Path(min_length=1, max_length=schemas.MAX_ID_CHARS)]
+
+UI_DIR = FilePath(__file__).resolve().parent / "ui"
+"""The console's static files, served at ``/ui/`` (shipped as package data)."""
+UI_HEADERS = {
+    "Content-Security-Policy": "default-src 'self'; img-src 'self' data:; style-src 'self'; "
+                               "script-src 'self'; connect-src 'self'; frame-ancestors 'none'",
+    "X-Content-Type-Options": "nosniff",
+    "Referrer-Policy": "no-referrer",
+}
+EVAL_MEASURES = ("nDCG@10", "R@100")
+"""What ``POST /collections/{name}/evaluate`` measures (each pipeline runs to depth 100)."""
+EVAL_DEPTH = 100
+COUNT_LIMIT_BYTES = 64 * 1024 * 1024
+"""``GET /datasets`` counts a corpus's documents only up to this size (else null)."""
 
 
 @dataclass
@@ -60,6 +79,28 @@ class ApiState:
     models: ModelHub
     metrics: Metrics
     _wait_limiter: Any = field(default=None, repr=False)
+    _line_counts: dict[tuple[str, int, int], int] = field(default_factory=dict, repr=False)
+    _counts_lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+
+    def count_lines(self, path: FilePath, limit: int | None = None) -> int | None:
+        """Lines of ``path`` (cached while its size and mtime stay), None when it is absent
+        or over ``limit`` bytes."""
+        from genseek.data.readers import count_lines
+
+        try:
+            stat = path.stat()
+        except OSError:
+            return None
+        if limit is not None and stat.st_size > limit:
+            return None
+        key = (str(path), stat.st_size, stat.st_mtime_ns)
+        with self._counts_lock:
+            if key in self._line_counts:
+                return self._line_counts[key]
+        count = count_lines(path)
+        with self._counts_lock:
+            self._line_counts[key] = count
+        return count
 
     @property
     def wait_limiter(self) -> anyio.CapacityLimiter:
@@ -106,7 +147,7 @@ def create_app(settings: Settings) -> FastAPI:
                   lifespan=lifespan, default_response_class=JSON)
     st = ApiState(settings, manager, hub, Metrics(manager))
     app.state.genseek = st
-    s = schemas.build(settings.max_batch_docs, settings.max_queries)
+    s = schemas.build(settings.max_batch_docs, settings.max_queries, settings.max_eval_queries)
     errors.install(app)
 
     # Added innermost first: each add_middleware wraps what is already there.
@@ -125,7 +166,9 @@ def create_app(settings: Settings) -> FastAPI:
     _collections_routes(app, st)
     _documents_routes(app, st, s)
     _search_routes(app, st, s)
+    _evaluation_routes(app, st, s)
     _models_routes(app, st, s)
+    _console_routes(app)
     _install_openapi(app)
     return app
 
@@ -308,30 +351,49 @@ def _documents_routes(app: FastAPI, st: ApiState, s: Any) -> None:
                      "metadata": dict(doc.metadata), "version": doc.version})
 
 
+@dataclass
+class _Plan:
+    """A pipeline ready to run on an open collection (:func:`_plan`)."""
+
+    pipeline: Pipeline
+    indexes: dict[str, Retriever]
+    rerankers: dict[str, Reranker] | None
+    warnings: list[str]
+
+
+def _plan(st: ApiState, name: str, coll: Collection, pipeline: Pipeline | None) -> _Plan:
+    """``pipeline`` (None: the default, every serving index, with a warning per index left
+    out) with its indexes as serving now (timed in ``genseek_search_seconds``) and its reranker:
+    what a search and an evaluation both run."""
+    warnings: list[str] = []
+    if pipeline is None:  # every serving index; say which ones were left out
+        p = _default_pipeline(name, coll)
+        warnings = [f"index {n!r} is unavailable and was left out: {error}"
+                    for n, error in sorted(coll.unavailable().items())]
+    else:
+        p = pipeline
+    # a named index that does not exist is a 404, one that is failing a 503
+    indexes = {stage.index: coll.serving(stage.index) for stage in p.retrieve}
+    rerankers = None
+    if p.rerank is not None:
+        rerankers = {p.rerank.reranker: st.models.reranker(p.rerank.reranker)}
+    timed = {n: st.metrics.timed(name, n, index) for n, index in indexes.items()}
+    return _Plan(p, timed, rerankers, warnings)
+
+
 def _search_routes(app: FastAPI, st: ApiState, s: Any) -> None:
     """Routes: one query or a batch through a pipeline."""
     manager = st.manager
 
 
-    async def _search(name: str, queries: list[str], pipeline: Pipeline | None
+    async def _search(name: str, queries: list[str], pipeline: Pipeline | None,
+                      trace: Trace | None = None,
                       ) -> tuple[list[list[Result]], float, list[str]]:
         def work() -> tuple[list[list[Result]], list[str]]:
             with manager.use(name) as coll:
-                warnings: list[str] = []
-                if pipeline is None:  # every serving index; say which ones were left out
-                    p = _default_pipeline(name, coll)
-                    warnings = [f"index {n!r} is unavailable and was left out: {error}"
-                                for n, error in sorted(coll.unavailable().items())]
-                else:
-                    p = pipeline
-                # a named index that does not exist is a 404, one that is failing a 503
-                indexes = {stage.index: coll.serving(stage.index) for stage in p.retrieve}
-                rerankers = None
-                if p.rerank is not None:
-                    rerankers = {p.rerank.reranker: st.models.reranker(p.rerank.reranker)}
-                timed = {n: st.metrics.timed(name, n, index) for n, index in indexes.items()}
-                return run_pipeline(p, queries, timed, coll.get, rerankers,
-                                    coll.search_params), warnings
+                plan = _plan(st, name, coll, pipeline)
+                return run_pipeline(plan.pipeline, queries, plan.indexes, coll.get,
+                                    plan.rerankers, coll.search_params, trace), plan.warnings
 
         start = time.perf_counter()
         results, warnings = await blocking(work)
@@ -347,9 +409,14 @@ def _search_routes(app: FastAPI, st: ApiState, s: Any) -> None:
               responses=_err(*_COMMON, 404))
     async def search(name: CollectionName, body: schemas.SearchRequest) -> Response:
         """Search one query with a pipeline (default: RRF over every index, k = 10).
-        An empty or whitespace-only query is a 422."""
-        results, took, warnings = await _search(name, [body.query], body.pipeline)
-        return JSON(_search_body([r.to_dict() for r in results[0]], took, warnings))
+        An empty or whitespace-only query is a 422. ``explain: true`` adds ``stages`` (each
+        retrieval stage's own top k before fusion, in pipeline order) and ``timings``."""
+        trace = Trace() if body.explain else None
+        results, took, warnings = await _search(name, [body.query], body.pipeline, trace)
+        out = _search_body([r.to_dict() for r in results[0]], took, warnings)
+        if trace is not None:
+            out.update(trace.to_dict(0))
+        return JSON(out)
 
     @app.post("/collections/{name}/search/batch", response_model=schemas.BatchSearchOut,
               tags=["search"], responses=_err(*_COMMON, 404))
@@ -357,6 +424,166 @@ def _search_routes(app: FastAPI, st: ApiState, s: Any) -> None:
         """Search a batch of queries with one pipeline; one result list per query."""
         results, took, warnings = await _search(name, list(body.queries), body.pipeline)
         return JSON(_search_body([[r.to_dict() for r in rs] for rs in results], took, warnings))
+
+
+def _dataset_folder(settings: Settings, name: str) -> tuple[FilePath, list[str]]:
+    """The folder and splits of dataset ``name`` of the server's datasets folder, or a 404
+    naming the datasets there (only what :func:`genseek.data.readers.list_datasets` lists)."""
+    from genseek.data.readers import list_datasets
+
+    if settings.datasets_root is None:
+        raise NotFoundError("dataset: this server reads no datasets (GENSEEK_API_DATASETS=off); "
+                            "upload queries and qrels instead")
+    found = {n: (folder, splits) for n, folder, splits
+             in list_datasets(settings.datasets_root, NAME_PATTERN)}
+    if name not in found:
+        raise NotFoundError(f"dataset: no dataset {name!r} in the server's datasets folder "
+                            f"(datasets: {', '.join(found) or 'none'})")
+    return found[name]
+
+
+def _eval_inputs(settings: Settings, body: Any) -> tuple[dict[str, str],
+                                                          dict[str, dict[str, int]]]:
+    """The topics and qrels an evaluation runs: from the request where it gives them, else
+    from its dataset; only the judged queries, the first ``max_queries`` of them."""
+    from genseek.data.readers import parse_qrels, read_queries
+
+    folder = None
+    if body.dataset is not None:
+        folder, splits = _dataset_folder(settings, body.dataset)
+    if body.qrels is not None and body.qrels_tsv is not None:
+        raise InputError("qrels, qrels_tsv: give one of them, not both")
+    if body.qrels is not None:
+        qrels: dict[str, dict[str, int]] = {q: dict(d) for q, d in body.qrels.items()}
+    elif body.qrels_tsv is not None:
+        qrels = parse_qrels(body.qrels_tsv.splitlines(), "qrels_tsv")
+    elif folder is not None:
+        if body.split not in splits:
+            raise NotFoundError(f"split: dataset {body.dataset!r} has no split {body.split!r} "
+                                f"(splits: {', '.join(splits)})")
+        where = f"{body.dataset}/qrels/{body.split}.tsv"
+        with open(folder / "qrels" / f"{body.split}.tsv", encoding="utf-8", newline="") as fh:
+            qrels = parse_qrels(fh, where)
+    else:
+        raise InputError("dataset: give a dataset, or qrels (qrels or qrels_tsv) with queries")
+    if body.queries is not None:
+        queries: Mapping[str, str] = body.queries
+    elif folder is not None:
+        queries = read_queries(folder)
+    else:
+        raise InputError("queries: uploaded qrels need their queries (or a dataset to take "
+                         "them from)")
+    judged = [q for q, docs in qrels.items() if docs]
+    if not judged:
+        raise InputError("qrels: no judged queries (no query has a judged document)")
+    missing = [q for q in judged if q not in queries]
+    if missing:
+        source = "queries" if body.queries is not None else f"{body.dataset}/queries.jsonl"
+        raise InputError(f"qrels: judged query {missing[0]!r} has no text in {source} "
+                         f"({len(missing)} of {len(judged)} judged queries have none)")
+    if body.max_queries is not None:
+        judged = judged[:body.max_queries]
+    if len(judged) > settings.max_eval_queries:
+        raise InputError(f"max_queries: {len(judged)} judged queries, and this server evaluates "
+                         f"at most {settings.max_eval_queries} at a time "
+                         "(GENSEEK_MAX_EVAL_QUERIES): set max_queries")
+    return {q: queries[q] for q in judged}, {q: qrels[q] for q in judged}
+
+
+def _evaluation_routes(app: FastAPI, st: ApiState, s: Any) -> None:
+    """Routes: the datasets the server can read, and evaluating pipelines on judged queries."""
+    settings, manager = st.settings, st.manager
+
+
+    @app.get("/datasets", response_model=schemas.DatasetList, tags=["evaluation"],
+             responses=_err(401, 403, 504))
+    async def datasets() -> Response:
+        """The BEIR datasets of the server's datasets folder (``GENSEEK_API_DATASETS``, by
+        default ``$GENSEEK_DATASETS``): each direct sub-folder with ``queries.jsonl`` and
+        ``qrels/<split>.tsv``, its splits and counts (``documents`` null when the corpus is
+        absent or large)."""
+        from genseek.data.readers import list_datasets
+
+        root = settings.datasets_root
+        if root is None:
+            return JSON({"root": None, "datasets": []})
+
+        def work() -> list[dict[str, Any]]:
+            return [{"name": name, "splits": splits,
+                     "queries": st.count_lines(folder / "queries.jsonl") or 0,
+                     "documents": st.count_lines(folder / "corpus.jsonl", COUNT_LIMIT_BYTES)}
+                    for name, folder, splits in list_datasets(root, NAME_PATTERN)]
+
+        return JSON({"root": str(root), "datasets": await blocking(work)})
+
+    @app.post("/collections/{name}/evaluate", response_model=schemas.EvaluateOut,
+              tags=["evaluation"], responses=_err(*_COMMON, 404))
+    async def evaluate(name: CollectionName, body: s.EvaluateRequest) -> Response:  # type: ignore[name-defined]
+        """Run the judged queries of a dataset (or of uploaded qrels) through 1-4 named
+        pipelines, each to depth 100 (its final k raised to at least 100), and score them
+        with nDCG@10 and R@100 (genseek.evaluation): the means, the per-query values, and each
+        pipeline against the first (mean difference, wins/ties/losses, paired randomisation
+        test p-value)."""
+        from genseek.evaluation import experiment
+
+        def work() -> dict[str, Any]:
+            topics, qrels = _eval_inputs(settings, body)
+            with manager.use(name) as coll:
+                systems: dict[str, Retriever] = {}
+                for system, pipeline in body.pipelines.items():
+                    try:
+                        plan = _plan(st, name, coll, pipeline)
+                        systems[system] = PipelineRetriever(plan.pipeline, plan.indexes,
+                                                            coll.get, plan.rerankers,
+                                                            coll.search_params)
+                    except GenseekError as exc:
+                        raise type(exc)(f"pipelines.{system}: {exc}") from None
+                baseline = next(iter(systems))
+                result = experiment(systems, topics, qrels, EVAL_MEASURES, k=EVAL_DEPTH,
+                                    baseline=baseline)
+            return _evaluation_body(result, topics, qrels)
+
+        start = time.perf_counter()
+        out = await blocking(work)
+        out["took_ms"] = round((time.perf_counter() - start) * 1000, 3)
+        return JSON(out)
+
+
+def _evaluation_body(result: Any, topics: dict[str, str],
+                     qrels: dict[str, dict[str, int]]) -> dict[str, Any]:
+    """The answer of ``POST .../evaluate`` from an :class:`~genseek.evaluation.ExperimentResult`."""
+    measures = list(result.measures)
+    return {
+        "measures": measures,
+        "systems": result.metrics,
+        "per_query": {system: {q: {m: values[m][q] for m in measures} for q in result.query_ids}
+                      for system, values in result.per_query.items()},
+        "comparison": {"baseline": result.baseline, "against": {
+            system: {m: {"mean_difference": c["delta"], "wins": c["wins"], "ties": c["ties"],
+                         "losses": c["losses"], "p_value": c["p_value"]}
+                     for m, c in by_measure.items()}
+            for system, by_measure in result.significance.items()}},
+        "queries": topics, "qrels": qrels}
+
+
+class ConsoleFiles(StaticFiles):
+    """The console's static files with the security headers of :data:`UI_HEADERS`; no
+    directory listing, nothing outside :data:`UI_DIR` (Starlette's own checks)."""
+
+    async def get_response(self, path: str, scope: Scope) -> Response:
+        response = await super().get_response(path, scope)
+        response.headers.update(UI_HEADERS)
+        return response
+
+
+def _console_routes(app: FastAPI) -> None:
+    """The browser console: ``/ui/`` (public: the page asks for the API key)."""
+
+    @app.get("/ui", include_in_schema=False)
+    async def console_redirect() -> Response:
+        return RedirectResponse("/ui/", status_code=308, headers=UI_HEADERS)
+
+    app.mount("/ui", ConsoleFiles(directory=UI_DIR, html=True, check_dir=False), name="ui")
 
 
 def _models_routes(app: FastAPI, st: ApiState, s: Any) -> None:

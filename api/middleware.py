@@ -27,11 +27,14 @@ from genseek.api.errors import dump_json, error_body
 log = logging.getLogger("genseek.api")
 
 PUBLIC_PATHS = frozenset({"/health", "/ready", "/docs", "/docs/oauth2-redirect", "/redoc",
-                          "/openapi.json"})
+                          "/openapi.json", "/ui"})
 """Paths any client may call. ``/ready`` then says only ready or not; its details (collection
 names, errors) need a key with the read scope, as does ``/metrics`` (unless the server is
 started with ``public_metrics``)."""
-_READ_POSTS = re.compile(r"^/(collections/[^/]+/search(/batch)?|v1/[^/]+)/?$")
+PUBLIC_PREFIX = "/ui/"
+"""The console's static files (:data:`genseek.api.app.UI_DIR`): public, as the page asks for
+the key and sends it with its API calls. Only the static mount serves paths under it."""
+_READ_POSTS = re.compile(r"^/(collections/[^/]+/(search(/batch)?|evaluate)|v1/[^/]+)/?$")
 
 
 async def send_error(send: Send, status: int, message: str, type: str | None = None,
@@ -45,7 +48,7 @@ async def send_error(send: Send, status: int, message: str, type: str | None = N
 
 def required_scope(method: str, path: str, public: frozenset[str] = PUBLIC_PATHS) -> str | None:
     """``None`` for public paths, else ``read`` or ``write``."""
-    if path in public:
+    if path in public or path.startswith(PUBLIC_PREFIX):
         return None
     if method in ("GET", "HEAD", "OPTIONS") or (method == "POST" and _READ_POSTS.match(path)):
         return "read"

@@ -207,11 +207,34 @@ class ResultOut(_Out):
     metadata: dict[str, Any] | None = None
 
 
+class StageHit(_Out):
+    doc_id: str
+    score: float | None
+
+
+class StageOut(_Out):
+    index: str = Field(description="the stage's index")
+    took_ms: float | None = Field(description="the time of the stage's search")
+    hits: list[StageHit] = Field(description="the stage's own top k, in rank order, before "
+                                 "fusion")
+
+
+class TimingsOut(_Out):
+    retrieve_ms: float | None = Field(description="every stage's search")
+    fusion_ms: float | None = Field(description="fusing the stages' lists")
+    rerank_ms: float | None = Field(None, description="null without a rerank stage")
+    fetch_ms: float | None = Field(description="reading stored documents (for a filter, a "
+                                   "rerank or the fields asked for)")
+
+
 class SearchOut(_Out):
     results: list[ResultOut]
     took_ms: float
     warnings: list[str] | None = Field(None, description="e.g. an index left out of the "
                                        "default pipeline because it is unavailable")
+    stages: list[StageOut] | None = Field(None, description="with explain: every retrieval "
+                                          "stage of the pipeline run, in pipeline order")
+    timings: TimingsOut | None = Field(None, description="with explain: the time of each step")
 
 
 class BatchSearchOut(_Out):
@@ -220,23 +243,73 @@ class BatchSearchOut(_Out):
     warnings: list[str] | None = None
 
 
-class _WithPipeline(_In):
-    pipeline: Pipeline | None = Field(
-        None, description="default: RRF over every index of the collection, k = 10")
+def _finite_weights(pipeline: Pipeline | None) -> Pipeline | None:
+    weights = pipeline.fusion.weights if pipeline is not None else None
+    if weights and not all(math.isfinite(w) for w in weights):
+        raise ValueError("fusion.weights must be finite numbers")
+    return pipeline
 
-    @field_validator("pipeline")
-    @classmethod
-    def _finite_weights(cls, pipeline: Pipeline | None) -> Pipeline | None:
-        weights = pipeline.fusion.weights if pipeline is not None else None
-        if weights and not all(math.isfinite(w) for w in weights):
-            raise ValueError("fusion.weights must be finite numbers")
-        return pipeline
+
+CheckedPipeline = Annotated[Pipeline, AfterValidator(_finite_weights)]
+
+
+class _WithPipeline(_In):
+    pipeline: CheckedPipeline | None = Field(
+        None, description="default: RRF over every index of the collection, k = 10")
 
 
 class SearchRequest(_WithPipeline):
     query: Query
+    explain: bool = Field(False, description="also answer each retrieval stage's own hits "
+                          "(stages) and the time of each step (timings)")
 
     _blank = field_validator("query")(_not_blank)
+
+
+# -- datasets and evaluation -----------------------------------------------------------------
+
+SYSTEM_PATTERN = r"^[A-Za-z0-9_ -]{1,64}$"
+"""Names of the pipelines compared by an evaluation."""
+MAX_SYSTEMS = 4
+
+
+class DatasetOut(_Out):
+    name: str
+    splits: list[str] = Field(description="the qrels/<split>.tsv files")
+    queries: int = Field(description="lines of queries.jsonl")
+    documents: int | None = Field(None, description="lines of corpus.jsonl (null when absent "
+                                  "or too large to count on request)")
+
+
+class DatasetList(_Out):
+    root: str | None = Field(description="the server's datasets folder (null: reading "
+                             "datasets is turned off)")
+    datasets: list[DatasetOut]
+
+
+class ComparisonValues(_Out):
+    mean_difference: float = Field(description="mean of system - baseline over the queries")
+    wins: int
+    ties: int
+    losses: int
+    p_value: float = Field(description="paired randomisation test, two-sided")
+
+
+class ComparisonOut(_Out):
+    baseline: str = Field(description="the first pipeline")
+    against: dict[str, dict[str, ComparisonValues]] = Field(
+        description="pipeline -> measure -> its difference from the baseline")
+
+
+class EvaluateOut(_Out):
+    measures: list[str]
+    systems: dict[str, dict[str, float]] = Field(description="pipeline -> measure -> mean")
+    per_query: dict[str, dict[str, dict[str, float]]] = Field(
+        description="pipeline -> query id -> measure -> value")
+    comparison: ComparisonOut
+    queries: dict[str, str] = Field(description="the evaluated queries")
+    qrels: dict[str, dict[str, int]] = Field(description="their judgements")
+    took_ms: float
 
 
 # -- models ----------------------------------------------------------------------------------
@@ -299,13 +372,15 @@ class Schemas:
     UpsertRequest: type[BaseModel]
     DeleteRequest: type[BaseModel]
     BatchSearchRequest: type[BaseModel]
+    EvaluateRequest: type[BaseModel]
     EmbeddingsRequest: type[BaseModel]
     SparseEmbeddingsRequest: type[BaseModel]
     RerankRequest: type[BaseModel]
 
 
-def build(max_batch_docs: int, max_queries: int) -> Schemas:
-    """Request models with ``max_batch_docs`` and ``max_queries`` as their list bounds."""
+def build(max_batch_docs: int, max_queries: int, max_eval_queries: int = 2000) -> Schemas:
+    """Request models with ``max_batch_docs``, ``max_queries`` and ``max_eval_queries`` as
+    their bounds."""
     Texts = Annotated[list[LongText], Field(min_length=1, max_length=max_batch_docs)]
     Input = LongText | Texts
 
@@ -328,6 +403,25 @@ def build(max_batch_docs: int, max_queries: int) -> Schemas:
                 if not q.strip():
                     raise ValueError(f"query {i} is empty (only whitespace)")
             return queries
+
+    class EvaluateRequest(_In):
+        dataset: Name | None = Field(None, description="a dataset of GET /datasets: its "
+                                     "queries.jsonl and qrels/<split>.tsv")
+        split: Name = Field("test", description="the dataset's qrels split")
+        queries: dict[Annotated[str, Field(min_length=1, max_length=MAX_ID_CHARS)], Query] | None \
+            = Field(None, description="query id -> text (default: the dataset's)")
+        qrels: dict[Annotated[str, Field(min_length=1, max_length=MAX_ID_CHARS)],
+                    dict[Annotated[str, Field(min_length=1, max_length=4 * MAX_ID_CHARS)],
+                         int]] | None = Field(
+            None, description="query id -> document id -> grade (default: the dataset's)")
+        qrels_tsv: Annotated[str, Field(max_length=64 * 1024 * 1024)] | None = Field(
+            None, description="qrels as text: BEIR TSV (header optional), 'qid docid grade' "
+            "or TREC 'qid 0 docid grade' lines")
+        pipelines: dict[Annotated[str, Field(pattern=SYSTEM_PATTERN)], CheckedPipeline] = Field(
+            min_length=1, max_length=MAX_SYSTEMS,
+            description="name -> pipeline; the first is the baseline of the comparison")
+        max_queries: int | None = Field(None, ge=1, le=max_eval_queries,
+                                        description="evaluate only the first judged queries")
 
     class EmbeddingsRequest(_In):
         input: Input
@@ -354,5 +448,5 @@ def build(max_batch_docs: int, max_queries: int) -> Schemas:
 
         _blank = field_validator("query")(_not_blank)
 
-    return Schemas(UpsertRequest, DeleteRequest, BatchSearchRequest, EmbeddingsRequest,
-                   SparseEmbeddingsRequest, RerankRequest)
+    return Schemas(UpsertRequest, DeleteRequest, BatchSearchRequest, EvaluateRequest,
+                   EmbeddingsRequest, SparseEmbeddingsRequest, RerankRequest)

@@ -12,6 +12,10 @@ Environment (:meth:`Settings.from_env`):
   (comma-separated), ``GENSEEK_MAX_BODY_BYTES``, ``GENSEEK_MAX_BATCH_DOCS``,
   ``GENSEEK_MAX_QUERIES``, ``GENSEEK_REQUEST_TIMEOUT_S``, ``GENSEEK_EMBEDDING_MODEL``,
   ``GENSEEK_SPARSE_MODEL``
+- ``GENSEEK_API_DATASETS``: the folder of BEIR datasets that ``GET /datasets`` lists and
+  ``POST /collections/{name}/evaluate`` reads, or ``off`` (default: ``$GENSEEK_DATASETS``,
+  else ``../shared/datasets`` beside the checkout: :func:`genseek.data.readers.datasets_root`);
+  ``GENSEEK_MAX_EVAL_QUERIES``: judged queries one evaluation may run (default 2000)
 - ``GENSEEK_RERANKERS``: ``name=spec;name=spec`` (default ``biencoder=biencoder;
   first=first;pointwise=pointwise``; the first one named answers ``/v1/rerank``
   requests without a ``model``), e.g. ``first=first(model=/models/first-ft)``
@@ -150,6 +154,13 @@ def _env_float(env: Mapping[str, str], name: str) -> float | None:
 
 
 PRELOAD = ("all", "collections", "none")
+_OFF = ("off", "none", "0", "false", "no")
+
+
+def _default_datasets() -> Path:
+    from genseek.data.readers import datasets_root
+
+    return datasets_root()
 
 
 @dataclass(frozen=True)
@@ -173,10 +184,15 @@ class Settings:
     # what the server loads in the background at start: "all" (every collection and the
     # models of the /v1 routes and rerankers), "collections" (their indexes' models), "none"
     preload: str = "none"
+    # the BEIR datasets the console may evaluate on (None: reading datasets is off)
+    datasets_root: Path | None = field(default_factory=_default_datasets)
+    max_eval_queries: int = 2000  # judged queries one POST .../evaluate may run
 
     def __post_init__(self) -> None:
         set_ = object.__setattr__  # frozen: normalise once, here
         set_(self, "root", Path(self.root))
+        if self.datasets_root is not None:
+            set_(self, "datasets_root", Path(self.datasets_root))
         keys = {}
         for key, scopes in dict(self.api_keys).items():
             keys[_check_key(key, "api_keys")] = _check_scopes(
@@ -191,7 +207,7 @@ class Settings:
         set_(self, "rerankers", MappingProxyType(rerankers))
         if not isinstance(self.port, int) or not 0 <= self.port <= 65535:
             raise GenseekError(f"port must be an integer from 0 to 65535, not {self.port!r}")
-        for name in ("max_body_bytes", "max_batch_docs", "max_queries"):
+        for name in ("max_body_bytes", "max_batch_docs", "max_queries", "max_eval_queries"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise GenseekError(f"{name} must be a positive integer, not {value!r}")
@@ -242,7 +258,8 @@ class Settings:
                                            if o.strip())
         for name, attr in (("GENSEEK_PORT", "port"), ("GENSEEK_MAX_BODY_BYTES", "max_body_bytes"),
                            ("GENSEEK_MAX_BATCH_DOCS", "max_batch_docs"),
-                           ("GENSEEK_MAX_QUERIES", "max_queries")):
+                           ("GENSEEK_MAX_QUERIES", "max_queries"),
+                           ("GENSEEK_MAX_EVAL_QUERIES", "max_eval_queries")):
             value = _env_int(env, name)
             if value is not None:
                 values[attr] = value
@@ -258,6 +275,13 @@ class Settings:
             if flag not in ("1", "0", "true", "false", "yes", "no"):
                 raise GenseekError(f"GENSEEK_PUBLIC_METRICS: expected 1 or 0, not {flag!r}")
             values["public_metrics"] = flag in ("1", "true", "yes")
+        datasets = env.get("GENSEEK_API_DATASETS", "").strip()
+        if datasets:
+            values["datasets_root"] = None if datasets.lower() in _OFF else Path(datasets)
+        else:
+            from genseek.data.readers import datasets_root
+
+            values["datasets_root"] = datasets_root(env)
         if env.get("GENSEEK_RERANKERS", "").strip():
             values["rerankers"] = parse_rerankers(env["GENSEEK_RERANKERS"])
         # a served process preloads everything unless told otherwise

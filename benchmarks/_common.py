@@ -35,10 +35,10 @@ def quiet_libraries() -> None:
 
 
 def datasets_root() -> Path:
-    """``$GENSEEK_DATASETS``, else ``../shared/datasets`` relative to the repository root."""
-    raw = os.environ.get("GENSEEK_DATASETS")
-    root = Path(raw) if raw else REPO.parent / "shared" / "datasets"
-    return root.resolve()
+    """:func:`genseek.data.readers.datasets_root`, resolved."""
+    from genseek.data.readers import datasets_root as root
+
+    return root().resolve()
 
 
 def dataset_dir(name: str) -> Path:

@@ -16,7 +16,9 @@ from __future__ import annotations
 
 import csv
 import json
-from collections.abc import Iterator
+import os
+import re
+from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
 
 from genseek.errors import InputError
@@ -212,27 +214,87 @@ def read_qrels(path: Path, split: str = "test") -> dict[str, dict[str, int]]:
     """Relevance judgements ``{query_id: {doc_id: grade}}`` from a BEIR folder or TSV file.
 
     Accepts BEIR's ``query-id<TAB>corpus-id<TAB>score`` (header optional) and TREC's
-    ``qid 0 docid grade``.
+    ``qid 0 docid grade`` (:func:`parse_qrels`).
     """
     path = Path(path)
     file = path / "qrels" / f"{split}.tsv" if path.is_dir() else path
     if not file.is_file():
         raise InputError(f"no qrels for split {split!r}", path=str(file))
-    qrels: dict[str, dict[str, int]] = {}
     with open(file, encoding="utf-8", newline="") as fh:
-        for number, row in enumerate(csv.reader(fh, delimiter="\t", quoting=csv.QUOTE_NONE), start=1):
-            if len(row) == 1:
-                row = row[0].split()
-            if not row or (number == 1 and row[0] == "query-id"):
-                continue
-            if len(row) == 4:
-                row = [row[0], row[2], row[3]]
-            if len(row) != 3:
-                raise InputError("expected query-id, corpus-id, score", path=str(file), line=number)
-            try:
-                grade = int(float(row[2]))
-            except ValueError:
-                raise InputError(f"score {row[2]!r} is not a number", path=str(file),
-                                 line=number) from None
-            qrels.setdefault(row[0], {})[row[1]] = grade
+        return parse_qrels(fh, str(file))
+
+
+def parse_qrels(lines: Iterable[str], where: str = "qrels") -> dict[str, dict[str, int]]:
+    """Qrels from lines of text (a file, or qrels pasted into the console): BEIR's
+    ``query-id<TAB>corpus-id<TAB>score`` (header optional), whitespace-separated
+    ``qid docid grade`` or TREC's ``qid 0 docid grade``; a bad line is an InputError naming
+    ``where`` and the line."""
+    qrels: dict[str, dict[str, int]] = {}
+    for number, row in enumerate(csv.reader(lines, delimiter="\t", quoting=csv.QUOTE_NONE),
+                                 start=1):
+        if len(row) == 1:
+            row = row[0].split()
+        if not row or (number == 1 and row[0] == "query-id"):
+            continue
+        if len(row) == 4:
+            row = [row[0], row[2], row[3]]
+        if len(row) != 3:
+            raise InputError("expected query-id, corpus-id, score", path=where, line=number)
+        try:
+            grade = int(float(row[2]))
+        except (ValueError, OverflowError):
+            raise InputError(f"score {row[2]!r} is not a number", path=where,
+                             line=number) from None
+        qrels.setdefault(row[0], {})[row[1]] = grade
     return qrels
+
+
+def count_lines(path: Path) -> int:
+    """Newline-terminated lines of ``path`` (plus a last line without one), read in 1 MiB
+    chunks."""
+    count, last = 0, b"\n"
+    with open(path, "rb") as fh:
+        while chunk := fh.read(1 << 20):
+            count += chunk.count(b"\n")
+            last = chunk[-1:]
+    return count + (last != b"\n")
+
+
+def datasets_root(environ: Mapping[str, str] | None = None) -> Path:
+    """The folder of BEIR datasets (``scifact/``, ...): ``$GENSEEK_DATASETS``, else
+    ``../shared/datasets`` beside the genseek checkout (the benchmarks, the tests, the
+    training recipes and the API server's ``GET /datasets`` all read this one)."""
+    env = os.environ if environ is None else environ
+    raw = env.get("GENSEEK_DATASETS")
+    return Path(raw) if raw else Path(__file__).resolve().parent.parent.parent / "shared" / \
+        "datasets"
+
+
+def list_datasets(root: Path, name_pattern: str) -> list[tuple[str, Path, list[str]]]:
+    """``(name, folder, splits)`` of each BEIR dataset directly under ``root``: a folder whose
+    name matches ``name_pattern`` and that holds ``queries.jsonl`` and ``qrels/<split>.tsv``
+    files (the splits, sorted, are those whose names match too). Nothing that resolves outside
+    ``root`` (a symlink out of it) is listed; a missing ``root`` lists nothing."""
+    pattern = re.compile(name_pattern)
+    try:
+        base = Path(root).resolve(strict=True)
+        entries = sorted(base.iterdir())
+    except OSError:
+        return []
+    out = []
+    for entry in entries:
+        if not pattern.fullmatch(entry.name):
+            continue
+        try:
+            folder = entry.resolve(strict=True)
+            if folder.parent != base or not (folder / "queries.jsonl").is_file():
+                continue
+            qrels = folder / "qrels"
+            splits = sorted(f.stem for f in qrels.iterdir() if f.suffix == ".tsv"
+                            and pattern.fullmatch(f.stem) and f.is_file()
+                            and f.resolve().parent == qrels.resolve())
+        except OSError:
+            continue
+        if splits:
+            out.append((entry.name, folder, splits))
+    return out

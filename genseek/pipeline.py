@@ -16,8 +16,9 @@ reranker added later is usable without changing this shape::
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
@@ -125,23 +126,70 @@ class Result:
         return out
 
 
+@dataclass
+class StageTrace:
+    """One retrieval stage as :func:`run_pipeline` ran it: its index, the seconds its search
+    took and its own ranked hits per query (its top ``k``, before fusion)."""
+
+    index: str
+    seconds: float
+    hits: list[list[Hit]]
+
+
+@dataclass
+class Trace:
+    """What :func:`run_pipeline` fills in when given one (the search API's ``explain``): each
+    retrieval stage in pipeline order, and the seconds spent retrieving (the stages' searches),
+    fusing (the fused search less its stages), reranking (None without a rerank) and fetching
+    stored documents (for a filter, a rerank or the requested fields)."""
+
+    stages: list[StageTrace] = field(default_factory=list)
+    retrieve_s: float = 0.0
+    fusion_s: float = 0.0
+    rerank_s: float | None = None
+    fetch_s: float = 0.0
+
+    def to_dict(self, query: int = 0) -> dict[str, Any]:
+        """``{"stages": [{"index", "took_ms", "hits": [{"doc_id", "score"}]}], "timings":
+        {"retrieve_ms", "fusion_ms", "rerank_ms", "fetch_ms"}}`` for the ``query``-th query."""
+        def ms(seconds: float | None) -> float | None:
+            return None if seconds is None else round(seconds * 1000, 3)
+
+        return {
+            "stages": [{"index": s.index, "took_ms": ms(s.seconds),
+                        "hits": [{"doc_id": h.doc_id, "score": h.score} for h in s.hits[query]]}
+                       for s in self.stages],
+            "timings": {"retrieve_ms": ms(self.retrieve_s), "fusion_ms": ms(self.fusion_s),
+                        "rerank_ms": ms(self.rerank_s), "fetch_ms": ms(self.fetch_s)}}
+
+
 @dataclass(frozen=True)
 class StageSearch:
     """An index searched to a fixed depth with per-request parameters (an instance of the
-    index type's ``SearchParams``, already validated, or None): a stage of a fusion."""
+    index type's ``SearchParams``, already validated, or None): a stage of a fusion. With a
+    ``trace``, each search is recorded there under ``name``."""
 
     index: Retriever
     depth: int
     params: Params | None = None
+    name: str = ""
+    trace: Trace | None = None
 
     def search(self, queries: Sequence[str], k: int,
                params: Params | None = None) -> list[list[Hit]]:
         if params is not None:
             raise InvalidParameter("a pipeline stage takes its search parameters from the "
                                    "pipeline, not from the fusion")
+        start = time.perf_counter()
         if self.params is None:
-            return self.index.search(queries, self.depth)
-        return self.index.search(queries, self.depth, self.params)
+            hits = self.index.search(queries, self.depth)
+        else:
+            hits = self.index.search(queries, self.depth, self.params)
+        if self.trace is not None:
+            seconds = time.perf_counter() - start
+            self.trace.stages.append(StageTrace(self.name, seconds, [list(h) for h in hits]))
+            self.trace.retrieve_s += seconds
+        return hits
 
 
 def fuse_named(serving: Callable[[str], Retriever], names: Sequence[str], fusion: str = "rrf",
@@ -195,13 +243,14 @@ def fuse(stages: Sequence[Retriever], fusion: Fusion | None = None, depth: int =
 
 def build_retriever(pipeline: Pipeline, indexes: Mapping[str, Retriever],
                     search_params: Callable[[str, dict[str, Any]], Params | None] | None = None,
-                    ) -> Retriever:
+                    trace: Trace | None = None) -> Retriever:
     """The retrieval and fusion part of ``pipeline`` as one Retriever.
 
     ``search_params(index_name, params)`` validates a stage's ``params`` into the index
     type's ``SearchParams`` (:meth:`Collection.search_params
     <genseek.collection.Collection.search_params>`); without it, a stage's params are checked
-    by the ``SearchParams`` class of the index object.
+    by the ``SearchParams`` class of the index object. With a ``trace``, every stage's
+    search is recorded there (:class:`Trace`).
     """
     check_indexes(pipeline, list(indexes))
     def check(name: str, params: dict[str, Any]) -> Params | None:
@@ -210,7 +259,7 @@ def build_retriever(pipeline: Pipeline, indexes: Mapping[str, Retriever],
         return _schema_of_index(indexes[name], name, params)
 
     stages = [StageSearch(indexes[s.index], s.k,
-                          check(s.index, dict(s.params)) if s.params else None)
+                          check(s.index, dict(s.params)) if s.params else None, s.index, trace)
               for s in pipeline.retrieve]
     return fuse(stages, pipeline.fusion, depth=1, names=[s.index for s in pipeline.retrieve])
 
@@ -225,11 +274,23 @@ def _schema_of_index(index: Retriever, name: str, params: dict[str, Any]) -> Par
         raise InvalidParameter(f"index {name!r}: {exc}") from None
 
 
+def _fused(pipeline: Pipeline, indexes: Mapping[str, Retriever],
+           rerankers: Mapping[str, Reranker] | None,
+           search_params: Callable[[str, dict[str, Any]], Params | None] | None,
+           trace: Trace | None = None) -> Retriever:
+    """The checked retrieval + fusion of ``pipeline``: a NotFoundError for an unknown index
+    or reranker, an InvalidParameter for bad stage params, before any index is searched."""
+    if pipeline.rerank is not None and pipeline.rerank.reranker not in (rerankers or {}):
+        known = ", ".join(sorted(rerankers or {})) or "none"
+        raise NotFoundError(f"no reranker named {pipeline.rerank.reranker!r} (rerankers: {known})")
+    return build_retriever(pipeline, indexes, search_params, trace)
+
+
 def run_pipeline(pipeline: Pipeline, queries: Sequence[str], indexes: Mapping[str, Retriever],
                  fetch: Callable[[Sequence[str]], Mapping[str, Document]],
                  rerankers: Mapping[str, Reranker] | None = None,
                  search_params: Callable[[str, dict[str, Any]], Params | None] | None = None,
-                 ) -> list[list[Result]]:
+                 trace: Trace | None = None) -> list[list[Result]]:
     """Run ``pipeline`` for a batch of queries.
 
     1. each stage searches its index to its own depth; 2. the lists are fused;
@@ -238,13 +299,16 @@ def run_pipeline(pipeline: Pipeline, queries: Sequence[str], indexes: Mapping[st
     candidates are reranked; 5. the top ``k`` get the requested stored fields.
     ``fetch(ids)`` returns the live documents among ``ids`` (the collection's store);
     ``search_params`` validates a stage's params (see :func:`build_retriever`). Every stage's
-    params are validated before any index is searched.
+    params are validated before any index is searched. A ``trace`` (:class:`Trace`) gets
+    each stage's own hits and the time of each step.
     """
-    if pipeline.rerank is not None and pipeline.rerank.reranker not in (rerankers or {}):
-        known = ", ".join(sorted(rerankers or {})) or "none"
-        raise NotFoundError(f"no reranker named {pipeline.rerank.reranker!r} (rerankers: {known})")
-    fused = build_retriever(pipeline, indexes, search_params).search(queries, MAX_K)
+    retriever = _fused(pipeline, indexes, rerankers, search_params, trace)
+    start = time.perf_counter()
+    fused = retriever.search(queries, MAX_K)
+    if trace is not None:
+        trace.fusion_s = max(0.0, time.perf_counter() - start - trace.retrieve_s)
     need_docs = bool(pipeline.filter or pipeline.rerank or pipeline.fields)
+    start = time.perf_counter()
     kept: list[tuple[list[Hit], Mapping[str, Document]]] = []
     for hits in fused:
         docs = fetch([h.doc_id for h in hits]) if need_docs else {}
@@ -252,8 +316,13 @@ def run_pipeline(pipeline: Pipeline, queries: Sequence[str], indexes: Mapping[st
             hits = [h for h in hits if h.doc_id in docs
                     and matches(dict(docs[h.doc_id].metadata), pipeline.filter)]
         kept.append((hits, docs))
+    if trace is not None:
+        trace.fetch_s = time.perf_counter() - start
     if pipeline.rerank is not None:
+        start = time.perf_counter()
         kept = _rerank(rerankers[pipeline.rerank.reranker], pipeline.rerank.depth, queries, kept)
+        if trace is not None:
+            trace.rerank_s = time.perf_counter() - start
     out: list[list[Result]] = []
     for hits, docs in kept:
         results = []
@@ -267,6 +336,34 @@ def run_pipeline(pipeline: Pipeline, queries: Sequence[str], indexes: Mapping[st
                 metadata=dict(doc.metadata) if doc and "metadata" in want else None))
         out.append(results)
     return out
+
+
+@dataclass
+class PipelineRetriever:
+    """A pipeline over a collection's indexes as a :class:`~genseek.protocols.Retriever`
+    (what :func:`genseek.evaluation.experiment` runs): ``search(queries, k)`` runs
+    :func:`run_pipeline` with the pipeline's final ``k`` raised to at least ``k`` (its stages
+    keep their own depths) and without stored fields. The pipeline's indexes, reranker and
+    stage params are checked when it is built, so a bad one fails before any search."""
+
+    pipeline: Pipeline
+    indexes: Mapping[str, Retriever]
+    fetch: Callable[[Sequence[str]], Mapping[str, Document]]
+    rerankers: Mapping[str, Reranker] | None = None
+    search_params: Callable[[str, dict[str, Any]], Params | None] | None = None
+
+    def __post_init__(self) -> None:
+        _fused(self.pipeline, self.indexes, self.rerankers, self.search_params)
+
+    def search(self, queries: Sequence[str], k: int,
+               params: Params | None = None) -> list[list[Hit]]:
+        if params is not None:
+            raise InvalidParameter("a pipeline takes its search parameters from its stages")
+        p = self.pipeline.model_copy(update={"k": max(self.pipeline.k, min(k, MAX_K)),
+                                             "fields": []})
+        results = run_pipeline(p, queries, self.indexes, self.fetch, self.rerankers,
+                               self.search_params)
+        return [[Hit(r.doc_id, r.score) for r in rs] for rs in results]
 
 
 def _rerank(reranker: Reranker, depth: int, queries: Sequence[str],

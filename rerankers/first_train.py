@@ -250,14 +250,11 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _dataset(arg: Path | None) -> Path:
-    import os
+    from genseek.data.readers import datasets_root
 
     if arg is not None:
         return arg
-    root = os.environ.get("GENSEEK_DATASETS")
-    base = Path(root) if root else Path(__file__).resolve().parent.parent.parent / "shared" / \
-        "datasets"
-    return base / "scifact"
+    return datasets_root() / "scifact"
 
 
 def main(argv: list[str]) -> int:

@@ -31,9 +31,11 @@ collect_ignore = [] if os.environ.get(RAY_CHILD) else list(RAY_MODULES)
 
 
 def datasets_path() -> Path:
-    """``$GENSEEK_DATASETS``, else ``../shared/datasets`` relative to the repository root."""
-    env = os.environ.get("GENSEEK_DATASETS")
-    return Path(env) if env else REPO_ROOT.parent / "shared" / "datasets"
+    """``$GENSEEK_DATASETS``, else ``../shared/datasets`` relative to the repository root
+    (:func:`genseek.data.readers.datasets_root`)."""
+    from genseek.data.readers import datasets_root
+
+    return datasets_root()
 
 
 @pytest.fixture(scope="session")

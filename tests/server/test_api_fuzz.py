@@ -64,6 +64,8 @@ OPERATIONS = [
     ("GET", "/collections/{name}/documents/{doc_id}"),
     ("POST", "/collections/{name}/search"),
     ("POST", "/collections/{name}/search/batch"),
+    ("GET", "/datasets"),
+    ("POST", "/collections/{name}/evaluate"),
     ("POST", "/v1/embeddings"),
     ("POST", "/v1/sparse-embeddings"),
     ("POST", "/v1/rerank"),
@@ -74,8 +76,10 @@ _AUTH_HEADERS = ("authorization", "x-api-key")
 @pytest.fixture(scope="module")
 def app(tmp_path_factory):
     root = tmp_path_factory.mktemp("fuzz") / "root"
+    datasets = tmp_path_factory.mktemp("fuzz-datasets")  # no dataset: only uploaded qrels
     return create_app(Settings(root=root, api_keys=KEYS, max_batch_docs=20, max_queries=8,
-                               request_timeout_s=REQUEST_TIMEOUT_S))
+                               request_timeout_s=REQUEST_TIMEOUT_S, datasets_root=datasets,
+                               max_eval_queries=50))
 
 
 @pytest.fixture(scope="module")
@@ -159,8 +163,13 @@ def _steer(case, data, docs) -> None:
     body = case.body
     if not isinstance(body, dict):
         return
-    pipeline = body.get("pipeline")
-    if isinstance(pipeline, dict) and data.draw(st.integers(0, 4), label="real indexes") > 0:
+    pipelines = [body.get("pipeline")]
+    if isinstance(body.get("pipelines"), dict):  # an evaluation's named pipelines
+        pipelines += list(body["pipelines"].values())
+    for pipeline in pipelines:
+        if not isinstance(pipeline, dict) or data.draw(st.integers(0, 4),
+                                                       label="real indexes") == 0:
+            continue
         stages = pipeline.get("retrieve")
         if isinstance(stages, list):
             for stage in stages:
