@@ -10,6 +10,7 @@ import json
 import pytest
 from _synth import make_docs, unique_token
 from fastapi.testclient import TestClient
+from test_api import error_of
 
 from genseek.api import app as app_module
 from genseek.api.app import EVAL_MEASURES, create_app
@@ -25,15 +26,6 @@ N_DOCS = 40
 INDEXES = {"bm25": "bm25", "flat": "bm25(k1=1.6,b=0.9)"}
 PIPE_A = {"retrieve": [{"index": "bm25", "k": 20}], "k": 5}
 PIPE_B = {"retrieve": [{"index": "bm25", "k": 20}, {"index": "flat", "k": 15}], "k": 5}
-
-
-def error_of(response, status, type_=None):
-    assert response.status_code == status, response.text
-    body = response.json()
-    assert set(body) == {"error"} and body["error"]["message"], body
-    if type_ is not None:
-        assert body["error"]["type"] == type_, body
-    return body["error"]
 
 
 @pytest.fixture(scope="module")
