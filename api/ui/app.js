@@ -126,6 +126,8 @@ export async function show() {
   }
   $('forget-key').hidden = !getKey();
   if (collections === null) {
+    // the collection's stats load beside the list (a deep link needs both before its search)
+    if (state.collection) collectionInfo(state.collection).catch(() => {});
     const ok = await guarded(loadCollections);
     if (ok === undefined && collections === null) return;
   }
