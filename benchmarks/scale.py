@@ -2,9 +2,11 @@
 
 In one run, on SciFact:
 
-1. **indexing** the first 1,000 documents (``--quick``: 300) with bm25 + dense with ``genseek index`` in a child process, once per mode:
-   single-process, ``--ray local`` (a Ray started in the child), and ``--ray HOST:PORT`` of a
-   running cluster when one is given (``--ray local,127.0.0.3:6379``). Per mode: wall seconds, docs/s, machine-wide busy CPU
+1. **indexing** the first 1,000 documents (``--quick``: 300) with bm25 + dense with
+   ``genseek index`` in a child process, once per mode: single-process, ``--ray local`` (a Ray
+   started in the child), ``--ray HOST:PORT`` of a two-node cluster on loopback addresses
+   that the benchmark starts and stops (:mod:`genseek.localcluster`, one CPU and one encoder
+   actor per node), and of any running cluster given (``--ray local,127.0.0.5:6379``). Per mode: wall seconds, docs/s, machine-wide busy CPU
    seconds per document (every process: the driver and Ray's), Ray's overhead against
    single-process, and the dense vectors' max |diff| from the single-process ones;
 2. **sharded = unsharded**: all documents (``--quick``: the first 600, and the test queries
@@ -70,8 +72,10 @@ def _topics(ids: set[str]) -> tuple[dict[str, str], dict[str, dict[str, int]]]:
 # -- 1. indexing ---------------------------------------------------------------------------
 
 
-def _index(path: Path, corpus: Path, ray: str | None, shards: int | None = None) -> dict:
-    """``genseek index`` in a child process: its summary, wall seconds, busy CPU seconds."""
+def _index(path: Path, corpus: Path, ray: str | None, shards: int | None = None,
+           extra: Sequence[str] = (), env: dict[str, str] | None = None) -> dict:
+    """``genseek index`` in a child process (``extra`` options, ``env``): its summary, wall
+    seconds, busy CPU seconds."""
     shutil.rmtree(path, ignore_errors=True)
     cmd = [sys.executable, "-m", "genseek.cli", "index", str(path), "--from", str(corpus),
            *(a for n in INDEXES for a in ("--index", n)), "--json", "--no-progress"]
@@ -79,7 +83,8 @@ def _index(path: Path, corpus: Path, ray: str | None, shards: int | None = None)
         cmd += ["--ray", ray]
     if shards:
         cmd += ["--shards", str(shards)]
-    env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0"}
+    cmd += list(extra)
+    env = {**(env or os.environ), "RAY_USAGE_STATS_ENABLED": "0"}
     busy, load = C.busy_cpu_seconds(), os.getloadavg()[0]
     start = time.perf_counter()
     proc = subprocess.run(cmd, capture_output=True, text=True,
@@ -126,11 +131,34 @@ def indexing(corpus: Path, modes: Sequence[str], work: Path) -> dict[str, Any]:
     for mode in modes:
         key = "ray_local" if mode == "local" else f"ray_{mode}"
         path = work / "ray"
-        out[key] = _index(path, corpus, mode)
+        if mode == TWO_NODES:
+            out[key] = _two_nodes(path, corpus)
+        else:
+            out[key] = _index(path, corpus, mode)
         out[key]["overhead_vs_single"] = round(out["single"]["docs_per_s"]
                                                / out[key]["docs_per_s"], 3)
         out[key]["vectors_max_abs_diff"] = _max_diff(base, _vectors(path))
         shutil.rmtree(path, ignore_errors=True)
+    return out
+
+
+TWO_NODES = "two-nodes"
+NODES = (("127.0.0.3", {"genseek_encoder": 1}), ("127.0.0.2", {"genseek_encoder": 1}))
+
+
+def _two_nodes(path: Path, corpus: Path) -> dict[str, Any]:
+    """Index on a two-node cluster started here (genseek.localcluster: a head on 127.0.0.3
+    and a node on 127.0.0.2, one CPU and one ``genseek_encoder`` each, so that one encoder
+    actor runs on each node); the cluster's start is timed apart and not counted."""
+    from genseek.localcluster import loopback_cluster
+
+    with loopback_cluster(NODES) as cluster:
+        C.log(f"   two loopback nodes up in {cluster.start_seconds:.1f} s ({cluster.address})")
+        out = _index(path, corpus, cluster.address,
+                     extra=["--ray-actors", "2", "--ray-resource", "genseek_encoder"],
+                     env=cluster.env)
+        out["node_rss_mib_after"] = [tree.rss() >> 20 for tree in cluster.nodes]
+    out["cluster_start_s"] = round(cluster.start_seconds, 1)
     return out
 
 
@@ -302,10 +330,11 @@ def main(argv: Sequence[str] | None = None) -> int:
                         help="parts 2-4 use the first N documents (default: all of SciFact, "
                         "whose unsharded collection is the cached one most benchmarks use)")
     parser.add_argument("--shards", default="2,4", help="shard counts to compare")
-    parser.add_argument("--ray", default="local",
-                        help="Ray addresses to index with, comma-separated: local (a Ray "
-                        "started by the command) and/or HOST:PORT of a running cluster (e.g. "
-                        "the two loopback nodes of tests/integration/test_ray_cluster.py)")
+    parser.add_argument("--ray", default=f"local,{TWO_NODES}",
+                        help=f"Ray modes to index with, comma-separated: local (a Ray started "
+                        f"by the command), {TWO_NODES} (a head on 127.0.0.3 and a node on "
+                        "127.0.0.2 started by the benchmark, one CPU each) and/or HOST:PORT "
+                        "of a running cluster")
     parser.add_argument("--no-ray", action="store_true", help="part 1 without Ray")
     parser.add_argument("--rounds", type=int, default=2, help="latency rounds per side")
     args = C.parse_args(parser, argv, report)

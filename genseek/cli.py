@@ -39,14 +39,6 @@ def _quiet_libraries() -> None:
 # -- progress -------------------------------------------------------------------------------
 
 
-def _count_lines(path: Path) -> int:
-    count = 0
-    with open(path, "rb") as fh:
-        while chunk := fh.read(1 << 20):
-            count += chunk.count(b"\n")
-    return count
-
-
 class _SyncProgress:
     """Catch-up progress, one meter per index (in operations), shown from its first batch and
     closed when the index has caught up (also when a lazy collection opens it later)."""
@@ -103,17 +95,18 @@ class _ApplyProgress:
 # -- commands -------------------------------------------------------------------------------
 
 
-def _open(path: str, progress: bool, lazy: bool = False, ray: str | None = None):
+def _open(path: str, progress: bool, lazy: bool = False, ray: str | None = None,
+          args: argparse.Namespace | None = None):
     """Open a collection; ``lazy``: each index opens (and catches up) when first used. A
     sharded one opens its shards here, or (``ray``, connected by :func:`_ray_for`) each in a
-    Ray actor."""
+    Ray actor, placed as ``args`` say (:func:`_shard_placement`)."""
     from genseek.collection import Collection
     from genseek.progress import stage
     from genseek.sharded import is_sharded, open_sharded
 
     if is_sharded(Path(path)):
         stage("opening %s (sharded%s)", path, ", a Ray actor per shard" if ray else "")
-        return open_sharded(Path(path), ray=ray)
+        return open_sharded(Path(path), ray=ray, **_shard_placement(args))
     sync = _SyncProgress(progress)
     if lazy:
         return Collection.open(Path(path), progress=sync, lazy=True)
@@ -125,14 +118,14 @@ def _open(path: str, progress: bool, lazy: bool = False, ray: str | None = None)
 
 
 def _ingest(collection, source: Path, args: argparse.Namespace, started: float) -> dict[str, Any]:
-    from genseek.data.readers import corpus_file, read_corpus
+    from genseek.data.readers import corpus_file, count_lines, read_corpus
     from genseek.progress import Meter, stage
 
     file = corpus_file(source)
     stat = file.stat()
     key = f"ingest:{file.resolve()}:{stat.st_size}:{stat.st_mtime_ns}"
     skip = collection.resume_point(key)
-    total = _count_lines(file)
+    total = count_lines(file)
     stage("reading %s (%s lines)%s", file, f"{total:,}",
           f"; resuming after line {skip:,}, committed by an earlier run" if skip else "")
     meter = Meter(total, "indexing", enabled=not args.no_progress, initial=skip)
@@ -148,7 +141,8 @@ def _ingest(collection, source: Path, args: argparse.Namespace, started: float) 
                 collection, file, address=args.ray, source_key=key, skip_lines=skip,
                 batch_size=args.batch_size, max_doc_bytes=args.max_doc_bytes,
                 on_batch=applying.batch_done, on_apply=applying, actors=args.ray_actors,
-                cpus_per_actor=args.ray_cpus_per_actor, resources=dict(args.ray_resource or ()))
+                cpus_per_actor=args.ray_cpus_per_actor or ENCODER_CPUS,
+                resources=dict(args.ray_resource or ()))
         else:
             records = read_corpus(file, skip_lines=skip, max_doc_bytes=args.max_doc_bytes)
             report = collection.ingest(records, source_key=key, batch_size=args.batch_size,
@@ -217,7 +211,7 @@ def _index_into(args: argparse.Namespace, path: Path, named: list[tuple[str, Any
 
     progress = not args.no_progress
     if is_sharded(path) or Collection.exists(path):
-        collection = _open(args.collection, progress, ray=ray)
+        collection = _open(args.collection, progress, ray=ray, args=args)
         try:
             for name, spec in named:
                 sync = _SyncProgress(progress)
@@ -238,7 +232,8 @@ def _index_into(args: argparse.Namespace, path: Path, named: list[tuple[str, Any
 
         stage("creating %s with indexes %s%s", path, ", ".join(specs),
               f" in {shards} shards" if shards else "")
-        collection = ShardedCollection.create(path, specs, shards, ray=ray) if shards \
+        collection = ShardedCollection.create(path, specs, shards, ray=ray,
+                                              **_shard_placement(args)) if shards \
             else Collection.create(path, specs)
         created = True
     try:
@@ -266,6 +261,22 @@ def _seq(collection: Any) -> int:
     return collection.seq if isinstance(collection, ShardedCollection) else collection.store.seq
 
 
+ENCODER_CPUS = 0.5
+"""CPUs an encoder actor of an unsharded import reserves unless ``--ray-cpus-per-actor`` says
+otherwise."""
+
+
+def _shard_placement(args: argparse.Namespace | None) -> dict[str, Any]:
+    """Where a sharded collection's Ray actors go: ``--ray-cpus-per-actor`` and
+    ``--ray-resource`` (a shard's actor runs its own indexes' model work, so the flags of the
+    encoder actors apply to it)."""
+    from genseek.sharded import SHARD_CPUS
+
+    cpus = getattr(args, "ray_cpus_per_actor", None)
+    return {"cpus_per_shard": SHARD_CPUS if cpus is None else cpus,
+            "resources": dict(getattr(args, "ray_resource", None) or ())}
+
+
 def _ray_for(args: argparse.Namespace, sharded: bool) -> Any:
     """The Ray connection a sharded import runs in (its shards become Ray actors); a null
     context otherwise (an unsharded import with ``--ray`` connects in ``cluster.ingest``)."""
@@ -284,7 +295,8 @@ def cmd_add(args: argparse.Namespace) -> int:
     started = time.perf_counter()
     sharded = is_sharded(Path(args.collection))
     with _ray_for(args, sharded), _open(args.collection, not args.no_progress,
-                                         ray=args.ray if sharded else None) as collection:
+                                         ray=args.ray if sharded else None,
+                                         args=args) as collection:
         _print_ingest(_ingest(collection, Path(args.source), args, started), args.json)
     return 0
 
@@ -641,12 +653,14 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--ray-actors", type=positive, metavar="N",
                        help="encoder actors (default: one per CPU of each node, as far as "
                        "they fit)")
-        p.add_argument("--ray-cpus-per-actor", type=positive_float, default=0.5, metavar="F",
-                       help="CPUs each encoder actor reserves (fractional, so that read tasks "
-                       "still fit)")
+        p.add_argument("--ray-cpus-per-actor", type=positive_float, metavar="F",
+                       help=f"CPUs each encoder actor reserves (fractional, so that read tasks "
+                       f"still fit; default {ENCODER_CPUS}); of a sharded collection: each "
+                       "shard's actor (default 0.25)")
         p.add_argument("--ray-resource", type=resource, action="append",
                        metavar="NAME[=AMOUNT]", help="a custom resource each encoder actor "
-                       "needs (placement on the nodes that have it); repeatable")
+                       "(of a sharded collection: each shard's actor) needs, for placement on "
+                       "the nodes that have it; repeatable")
         progress_flag(p)
         json_flag(p, "print a JSON summary instead of a sentence")
 

@@ -66,6 +66,10 @@ from genseek.errors import GenseekError, InvalidParameter
 from genseek.spec import IndexSpec
 from genseek.types import Document, Hit, IndexStats
 
+SHARD_CPUS = 0.25
+"""CPUs a shard's Ray actor reserves by default (fractional: the actors leave room for
+other work)."""
+
 MANIFEST = "sharded.json"
 ROUTER = "router.sqlite"
 FORMAT = "genseek-sharded-1"
@@ -283,7 +287,7 @@ class RayShards:
 
     where = "ray"
 
-    def __init__(self, folders: Sequence[Path], num_cpus: float = 0.25,
+    def __init__(self, folders: Sequence[Path], num_cpus: float = SHARD_CPUS,
                  resources: dict[str, float] | None = None, background: bool = False):
         import ray
 
@@ -499,9 +503,11 @@ class ShardedCollection(Searching):
 
     @classmethod
     def create(cls, path: Path, indexes: dict[str, str], shards: int,
-               ray: str | None = None) -> ShardedCollection:
+               ray: str | None = None, cpus_per_shard: float = SHARD_CPUS,
+               resources: dict[str, float] | None = None) -> ShardedCollection:
         """A new sharded collection of ``shards`` empty shards with ``indexes``; the folder
-        appears whole or not at all (built beside it, then renamed into place)."""
+        appears whole or not at all (built beside it, then renamed into place). Opened as
+        :func:`open_sharded` opens it (``ray``, ``cpus_per_shard``, ``resources``)."""
         from genseek.collection import Collection
 
         path = Path(path)
@@ -528,7 +534,7 @@ class ShardedCollection(Searching):
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)
             raise
-        return open_sharded(path, ray=ray)
+        return open_sharded(path, ray=ray, cpus_per_shard=cpus_per_shard, resources=resources)
 
     # -- writes ------------------------------------------------------------------------------
 
@@ -737,10 +743,12 @@ def _total(parts: Sequence[dict[str, Any]], key: str) -> int | None:
 
 
 def open_sharded(path: Path, ray: str | None = None, background: bool = False,
-                 cpus_per_shard: float = 0.25,
+                 cpus_per_shard: float = SHARD_CPUS,
                  resources: dict[str, float] | None = None) -> ShardedCollection:
     """Open a sharded collection: its shards in this process, or (``ray``, an address for
-    :func:`genseek.cluster.connect`, already connected) each in a Ray actor."""
+    :func:`genseek.cluster.connect`, already connected) each in a Ray actor reserving
+    ``cpus_per_shard`` CPUs and the custom ``resources`` (placement on the nodes that have
+    them)."""
     manifest = read_manifest(path)
     folders = _shard_folders(Path(path), int(manifest["shards"]))
     for folder in folders:

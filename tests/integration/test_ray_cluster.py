@@ -15,7 +15,8 @@ as the uninterrupted run. Ray 2.60 binds its gRPC servers (GCS, raylet, object m
 workers) and the autoscaler's metrics server to the wildcard address for any node address
 other than 127.0.0.1; the test lists those listeners and allows only them (see
 ARCHITECTURE.md, "Running on Ray"). Every process started here is stopped by its PID (never
-``ray stop``, which kills by name), whatever happens; every wait is bounded.
+``ray stop``, which kills by name), whatever happens; every wait is bounded (the launcher,
+shared with ``benchmarks/scale.py``, is :mod:`genseek.localcluster`).
 """
 
 from __future__ import annotations
@@ -25,16 +26,11 @@ import ipaddress
 import json
 import os
 import re
-import secrets
-import shutil
 import signal
-import socket
 import sqlite3
 import subprocess
 import sys
-import tempfile
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -46,13 +42,13 @@ from _compare import assert_same_collection  # noqa: E402
 
 from genseek.collection import Collection  # noqa: E402
 from genseek.data.readers import read_corpus, read_queries  # noqa: E402
+from genseek.localcluster import Tree, loopback_cluster, wait  # noqa: E402
 
 pytestmark = pytest.mark.slow
 
 HEAD_IP, WORKER_IP = "127.0.0.3", "127.0.0.2"
 BIN = Path(sys.executable).parent
 SPECS = {"bm25": "bm25", "dense": "dense"}
-MARK = "GENSEEK_RAY_CLUSTER_TEST"
 START_TIMEOUT_S = 120
 JOB_TIMEOUT_S = 420
 WILDCARD_OWNERS = ("gcs_server", "raylet", "ray::", "python", "genseek")
@@ -60,177 +56,17 @@ WILDCARD_OWNERS = ("gcs_server", "raylet", "ray::", "python", "genseek")
 core workers, the driver's, ``genseek``, among them; the autoscaler's metrics server)."""
 
 
-def _free_ports(ip: str, n: int) -> list[int]:
-    socks = [socket.socket() for _ in range(n)]
-    try:
-        for s in socks:
-            s.bind((ip, 0))
-        return [s.getsockname()[1] for s in socks]
-    finally:
-        for s in socks:
-            s.close()
-
-
-def _free_range(ip: str, width: int = 40) -> int:
-    """The first of ``width`` consecutive free ports (a node's worker port range)."""
-    for _ in range(200):
-        start = _free_ports(ip, 1)[0]
-        if start + width > 65535:
-            continue
-        held: list[socket.socket] = []
-        try:
-            for port in range(start, start + width):
-                s = socket.socket()
-                held.append(s)
-                s.bind((ip, port))
-            return start
-        except OSError:
-            continue
-        finally:
-            for s in held:
-                s.close()
-    raise RuntimeError("no free port range")
-
-
-class Tree:
-    """A process started here and every process it started, remembered by (PID, start time)
-    so that they are stopped by PID even once orphaned."""
-
-    def __init__(self, name: str, argv: list[str], log: Path, env: dict[str, str]):
-        self.name = name
-        self.log = log
-        self.seen: dict[int, float] = {}
-        with open(log, "wb") as out:
-            self.proc = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT,
-                                         start_new_session=True, env=env)
-        self.note()
-
-    def note(self) -> list[psutil.Process]:
-        """The tree's processes now (remembered)."""
-        procs: list[psutil.Process] = []
-        with contextlib.suppress(psutil.NoSuchProcess):
-            root = psutil.Process(self.proc.pid)
-            procs = [root, *root.children(recursive=True)]
-        for p in procs:
-            with contextlib.suppress(psutil.NoSuchProcess):
-                self.seen.setdefault(p.pid, p.create_time())
-        return procs
-
-    def named(self, part: str) -> list[psutil.Process]:
-        out = []
-        for p in self.note():
-            with contextlib.suppress(psutil.NoSuchProcess):
-                if part in " ".join(p.cmdline()) or p.name() == part:
-                    out.append(p)
-        return out
-
-    def alive(self) -> list[psutil.Process]:
-        out = []
-        for pid, created in self.seen.items():
-            with contextlib.suppress(psutil.NoSuchProcess):
-                p = psutil.Process(pid)
-                if abs(p.create_time() - created) < 0.01 and p.status() != psutil.STATUS_ZOMBIE:
-                    out.append(p)
-        return out
-
-    def stop(self) -> None:
-        """SIGTERM every remembered process, SIGKILL what is left after 15 s; by PID."""
-        self.note()
-        procs = self.alive()
-        for p in procs:
-            with contextlib.suppress(psutil.NoSuchProcess):
-                p.terminate()
-        _, left = psutil.wait_procs(procs, timeout=15)
-        for p in left:
-            with contextlib.suppress(psutil.NoSuchProcess):
-                p.kill()
-        psutil.wait_procs(left, timeout=10)
-        with contextlib.suppress(subprocess.TimeoutExpired):
-            self.proc.wait(timeout=10)
-
-
-def _node_args(ip: str, temp: Path, resources: dict[str, float]) -> list[str]:
-    ports = _free_ports(ip, 6)
-    low = _free_range(ip)
-    return ["--node-ip-address", ip, "--num-cpus", "1", "--resources", json.dumps(resources),
-            "--temp-dir", str(temp), "--object-store-memory", str(300 * 2**20),
-            "--node-manager-port", str(ports[0]), "--object-manager-port", str(ports[1]),
-            "--dashboard-agent-listen-port", str(ports[2]),
-            "--dashboard-agent-grpc-port", str(ports[3]),
-            "--runtime-env-agent-port", str(ports[4]), "--metrics-export-port", str(ports[5]),
-            "--min-worker-port", str(low), "--max-worker-port", str(low + 39),
-            "--disable-usage-stats", "--block"]
-
-
-def _wait(what: str, check: Callable[[], bool], timeout: float, trees: list[Tree]) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if check():
-            return
-        for tree in trees:
-            if tree.proc.poll() is not None:
-                raise AssertionError(f"{tree.name} exited ({tree.proc.returncode}): "
-                                     f"{tree.log.read_text(errors='replace')[-3000:]}")
-        time.sleep(0.5)
-    raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
-
-
 @pytest.fixture(scope="module")
 def two_nodes() -> Iterator[dict]:
-    """The head on 127.0.0.3 and a worker on 127.0.0.2; stopped by PID at the end."""
-    temp = Path(tempfile.mkdtemp(prefix="gs-ray-", dir="/tmp"))  # short: Ray's socket paths
-    token = temp / "auth_token"
-    token.write_text(secrets.token_hex(32))
-    mark = secrets.token_hex(8)  # in the environment of every process started here
-    env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0", "RAY_AUTH_MODE": "token",
-           "RAY_AUTH_TOKEN_PATH": str(token), "TOKENIZERS_PARALLELISM": "false",
-           MARK: mark}
-    env.pop("RAY_ADDRESS", None)
-    trees: list[Tree] = []
-    try:
-        port, metrics = _free_ports(HEAD_IP, 2)
-        started = time.perf_counter()
-        head = Tree("head", [str(BIN / "ray"), "start", "--head", "--port", str(port),
-                             "--include-dashboard=false",
-                             *_node_args(HEAD_IP, temp / "head",
-                                         {"head_node": 1, "genseek_encoder": 1})],
-                    temp / "head.log", {**env, "AUTOSCALER_METRIC_PORT": str(metrics)})
-        trees.append(head)
-        _wait("the head", lambda: "Ray runtime started" in head.log.read_text(errors="replace"),
-              START_TIMEOUT_S, trees)
-        address = f"{HEAD_IP}:{port}"
-        worker = Tree("worker", [str(BIN / "ray"), "start", "--address", address,
-                                 *_node_args(WORKER_IP, temp / "worker",
-                                             {"worker_node": 1, "genseek_encoder": 1})],
-                      temp / "worker.log", env)
-        trees.append(worker)
-        _wait("the worker node",
-              lambda: "Ray runtime started" in worker.log.read_text(errors="replace"),
-              START_TIMEOUT_S, trees)
-        yield {"address": address, "head": head, "worker": worker, "env": env, "temp": temp,
-               "trees": trees, "start_seconds": time.perf_counter() - started}
-    finally:
-        for tree in reversed(trees):
-            tree.stop()
-        leftover = [(t.name, p.pid) for t in trees for p in t.alive()]
-        strays = _marked(mark)  # started here but never seen in a tree (orphaned early)
-        for p in strays:
-            with contextlib.suppress(psutil.NoSuchProcess):
-                p.kill()
-        psutil.wait_procs(strays, timeout=10)
-        shutil.rmtree(temp, ignore_errors=True)
-        assert not leftover, f"processes left running: {leftover}"
-        assert not strays, f"processes left running: {[(p.pid, p.name()) for p in strays]}"
-
-
-def _marked(mark: str) -> list[psutil.Process]:
-    """The running processes whose environment holds this test's mark."""
-    found = []
-    for p in psutil.process_iter():
-        with contextlib.suppress(psutil.Error):
-            if p.environ().get(MARK) == mark and p.status() != psutil.STATUS_ZOMBIE:
-                found.append(p)
-    return found
+    """The head on 127.0.0.3 and a worker on 127.0.0.2 (genseek.localcluster); stopped by
+    PID at the end, failing if anything is left running."""
+    nodes = [(HEAD_IP, {"head_node": 1, "genseek_encoder": 1}),
+             (WORKER_IP, {"worker_node": 1, "genseek_encoder": 1})]
+    with loopback_cluster(nodes, timeout=START_TIMEOUT_S) as cluster:
+        head, worker = cluster.nodes
+        yield {"address": cluster.address, "head": head, "worker": worker, "env": cluster.env,
+               "temp": cluster.temp, "cluster": cluster,
+               "start_seconds": cluster.start_seconds}
 
 
 def _sockets(pids: set[int]) -> list[tuple[str, str, str, str]]:
@@ -285,7 +121,7 @@ def _index(nodes: dict, collection: Path, corpus: Path, log: Path) -> Tree:
             "--index", "bm25", "--index", "dense", "--batch-size", "20",
             "--ray", nodes["address"], "--ray-actors", "2", "--ray-resource", "genseek_encoder",
             "--no-progress", "--json"]
-    return Tree("genseek index", argv, log, nodes["env"])
+    return nodes["cluster"].run("genseek index", argv, log)
 
 
 def _summary(log: Path) -> dict:
@@ -325,12 +161,17 @@ def test_two_nodes_index_and_survive_losing_one(two_nodes, corpus, datasets_root
                 total += p.memory_info().rss
         return total
 
+    def _wait(what: str, check, timeout: float, trees: list[Tree]) -> None:
+        try:
+            wait(what, check, timeout, trees)
+        except (RuntimeError, TimeoutError) as err:
+            raise AssertionError(str(err)) from None
+
     idle = {"head_mib": rss(head.note()) >> 20, "worker_mib": rss(worker.note()) >> 20}
 
     # 1. One encoder actor on each node; the sockets of every Ray process mid-job.
     path = tmp_path / "ray"
     job = _index(two_nodes, path, corpus, tmp_path / "index.log")
-    two_nodes["trees"].append(job)
     _wait("an encoder actor on each node and a committed batch",
           lambda: bool(head.named("Encode")) and bool(worker.named("Encode"))
           and _committed(path) > 0, JOB_TIMEOUT_S, [job, head, worker])
@@ -363,7 +204,6 @@ def test_two_nodes_index_and_survive_losing_one(two_nodes, corpus, datasets_root
     #    the head holds, and ends with the same collection.
     path2 = tmp_path / "ray-killed"
     job2 = _index(two_nodes, path2, corpus, tmp_path / "index-killed.log")
-    two_nodes["trees"].append(job2)
     _wait("the first committed batch", lambda: _committed(path2) > 0, JOB_TIMEOUT_S,
           [job2, head, worker])
     raylets = worker.named("raylet")

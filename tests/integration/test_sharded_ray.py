@@ -7,6 +7,7 @@ from __future__ import annotations
 import itertools
 import json
 import os
+import time
 
 import pytest
 
@@ -22,7 +23,8 @@ pytestmark = pytest.mark.slow
 
 @pytest.fixture(scope="module")
 def local_ray():
-    cluster.init_local(num_cpus=2, log_to_driver=False)  # every socket on 127.0.0.1
+    # every socket on 127.0.0.1; a custom resource for placing the shard actors
+    cluster.init_local(num_cpus=2, log_to_driver=False, resources={"shard_box": 2})
     try:
         yield ray
     finally:
@@ -40,9 +42,16 @@ def test_ray_owned_shards_equal_one_collection(local_ray, tmp_path, beir_dataset
     with Collection.create(tmp_path / "one", {"bm25": "bm25"}) as one:
         one.write(docs)
         want = one.search(queries, k=20, index="bm25")
-    coll = open_sharded(tmp_path / "sh", ray="local")
+    coll = open_sharded(tmp_path / "sh", ray="local", cpus_per_shard=0.5,
+                        resources={"shard_box": 1})
     try:
         assert coll.stats()["placement"] == "ray"
+        # each shard's actor holds what it was placed with (Ray's view settles within seconds)
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline and ray.available_resources().get("shard_box", 0):
+            time.sleep(0.2)
+        held = ray.available_resources()
+        assert held.get("shard_box", 0) == 0 and held.get("CPU", 0) <= 1.0, held
         pids = coll.shards.call("process")
         assert len(set(pids)) == 2 and os.getpid() not in pids  # each shard in its own actor
         written = coll.write(docs[:100])

@@ -487,10 +487,12 @@ def test_close_with_pending_work_then_reopen(tmp_path):
     seq = add(idx, range(300, 1200), seq)
     remove(idx, dead, seq)
     rb = idx.stats().details["rebalance"]
-    assert rb["running"] and rb["queued"] > 0  # pending work is reported
+    assert rb["running"] and rb["queued"] > 0, rb  # pending work is reported
     started = time.monotonic()
-    idx.close()  # finishes the current step, leaves the queue
-    assert time.monotonic() - started < 5
+    idx.close()  # finishes the current step, leaves the queue (checked below: still queued)
+    # far sooner than the queue would take (tens of steps 0.5 s apart); generous, since a step
+    # on a loaded machine can take seconds (a 5 s bound here failed once under load)
+    assert time.monotonic() - started < 30
     # the saved state as closed (no rebalancer): work still pending, answers correct
     again = SpannIndex(tmp_path / "bg", {**params, "rebalance": "off"}, encoder=TableEncoder(x))
     assert again.stats().details["rebalance"]["queued"] > 0

@@ -65,15 +65,18 @@ def test_missing_ray_is_one_line_naming_the_extra(monkeypatch):
 
 
 def test_cli_refuses_ray_options_before_anything_runs(monkeypatch, capsys, tmp_path):
-    from genseek.cli import build_parser
+    from genseek import cli
 
-    parser = build_parser()
+    parser = cli.build_parser()
     args = parser.parse_args(["index", str(tmp_path / "c"), "--from", "x.jsonl",
                               "--ray", "local", "--ray-actors", "3",
                               "--ray-cpus-per-actor", "0.25", "--ray-resource", "gpu_box=2"])
     assert (args.ray, args.ray_actors, args.ray_cpus_per_actor) == ("local", 3, 0.25)
     assert args.ray_resource == [("gpu_box", 2.0)]
-    assert parser.parse_args(["add", "c", "--from", "x"]).ray_cpus_per_actor == 0.5
+    plain = parser.parse_args(["add", "c", "--from", "x"])
+    assert plain.ray_cpus_per_actor is None  # 0.5 per encoder actor, 0.25 per shard actor
+    assert cli._shard_placement(plain) == {"cpus_per_shard": 0.25, "resources": {}}
+    assert cli._shard_placement(args) == {"cpus_per_shard": 0.25, "resources": {"gpu_box": 2.0}}
     for bad in (["--ray", "nowhere"], ["--ray-cpus-per-actor", "0"], ["--ray-actors", "0"]):
         with pytest.raises(SystemExit):
             parser.parse_args(["add", "c", "--from", "x", *bad])
@@ -92,7 +95,8 @@ def test_help_shows_the_ray_defaults(capsys):
         build_parser().parse_args(["index", "--help"])
     out = " ".join(capsys.readouterr().out.split())
     assert "--ray ADDRESS" in out and "--ray-actors N" in out
-    assert "(default: 0.5)" in out and "default: one per CPU of each node" in out
+    assert "default 0.5)" in out and "default: one per CPU of each node" in out
+    assert "shard's actor (default 0.25)" in out
 
 
 @pytest.mark.skipif(importlib.util.find_spec("ray") is None, reason="Ray is not installed")
@@ -105,7 +109,8 @@ def test_unreachable_cluster_fails_fast():
     with pytest.raises(UnavailableError) as err, cluster.connect(f"127.0.0.1:{port}",
                                                                   timeout=5):
         pass
-    assert time.perf_counter() - started < 10
+    # far sooner than Ray's own retries (minutes); generous, so a loaded machine passes too
+    assert time.perf_counter() - started < 60
     assert "not reachable" in str(err.value) and "\n" not in str(err.value)
 
 
@@ -114,10 +119,11 @@ def test_a_connection_that_never_answers_is_given_up_and_undone():
     minutes: the caller gives up after its bound, and a late success is undone."""
     undone = []
     started = time.perf_counter()
-    outcome = cluster._bounded(lambda: time.sleep(1.0), lambda: undone.append(1), 0.2)
+    outcome = cluster._bounded(lambda: time.sleep(3.0), lambda: undone.append(1), 0.2)
     assert outcome is not None and "within 0.2 s" in outcome
-    assert time.perf_counter() - started < 1.0
-    deadline = time.monotonic() + 5
+    assert time.perf_counter() - started < 2.9  # given up before the call returned
+    assert not undone
+    deadline = time.monotonic() + 60
     while not undone and time.monotonic() < deadline:
         time.sleep(0.05)
     assert undone == [1]
