@@ -1,8 +1,8 @@
 """Shared fixtures (the BEIR datasets folder) and the test groups' common ground.
 
-The tests live in groups (``unit/``, ``contract/``, ``integration/``, ``server/``, ``es/``); the
-helpers they share (``_synth.py``, ``_apiserver.py``, ``_fake_es.py``, ``plugins/``) stay in this
-folder, which is put on ``sys.path`` here.
+The tests live in groups (``unit/``, ``contract/``, ``integration/``, ``server/``, ``es/``,
+``browser/``); the helpers they share (``_synth.py``, ``_apiserver.py``, ``_fake_es.py``,
+``_raysuite.py``, ``plugins/``) stay in this folder, which is put on ``sys.path`` here.
 """
 
 from __future__ import annotations
@@ -21,12 +21,8 @@ if TESTS not in sys.path:
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
 
-RAY_MODULES = ("unit/test_cluster.py", "integration/test_ray_cluster.py",
-               "integration/test_ray_indexing.py", "integration/test_sharded_ray.py")
-"""Test modules that run Ray in the test process. They run in a child pytest of their own
-(``integration/test_ray_suite.py``), never in the process of the other tests: after Ray had
-run in a process that also ran the JVM, a later Lucene test in it died with SIGSEGV."""
-RAY_CHILD = "GENSEEK_RAY_TESTS_CHILD"
+from _raysuite import RAY_CHILD, RAY_MODULES  # noqa: E402
+
 collect_ignore = [] if os.environ.get(RAY_CHILD) else list(RAY_MODULES)
 
 

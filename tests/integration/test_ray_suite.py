@@ -1,4 +1,4 @@
-"""The Ray test modules (``conftest.RAY_MODULES``), run in a child pytest process of their own.
+"""The Ray test modules (``_raysuite.RAY_MODULES``), run in a child pytest process of their own.
 
 Ray installs signal handlers and leaves threads behind in the process it runs in; after Ray
 had run in a process that also ran the JVM, a later Lucene test there died with SIGSEGV. The
@@ -13,7 +13,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import RAY_CHILD, RAY_MODULES
+from _raysuite import RAY_CHILD, RAY_MODULES
 
 pytest.importorskip("ray", reason="Ray is not installed (pip install 'genseek[ray]')")
 pytestmark = pytest.mark.slow
