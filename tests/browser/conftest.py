@@ -52,8 +52,10 @@ def server(tmp_path_factory):
         assert proc.stop() == 0, proc.output()[-4000:]
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def browser():
+    """Headless Chromium for one module: Playwright's sync API keeps an event loop running in
+    this thread while it is open, which breaks any later test that calls ``asyncio.run``."""
     with sync_playwright() as pw:
         chromium = pw.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS,
                                       headless=True)

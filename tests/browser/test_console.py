@@ -82,7 +82,7 @@ def test_a_deep_link_opens_on_its_results_and_history_works(server, page):
     wait_results(page, "protein folding")
     assert column_ids(page, 3)[0] == "b1"
     first = page.evaluate("window.__genseekFirstResults")
-    assert isinstance(first, float) and first > 0
+    assert isinstance(first, (int, float)) and first > 0  # performance.now(): may be whole
     page.locator("#q").fill("cache memory")
     page.locator("#q").press("Enter")
     wait_results(page, "cache memory")
